@@ -1,0 +1,507 @@
+//! Service configuration: `worker-config/logexport.toml` overridden by `LOGEXPORT_*` variables.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The default configuration file, used when present and no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "worker-config/logexport.toml";
+
+/// A secret value: never printed by `Debug` or `Display`, only read through [`Secret::expose`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is sent to the system that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// True when no value was configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("Secret(<empty>)")
+        } else {
+            f.write_str("Secret(<redacted>)")
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub worker: WorkerConfig,
+    pub export: ExportConfig,
+    pub splunk: SplunkConfig,
+    pub storage: StorageConfig,
+    pub email: EmailConfig,
+    pub callback: CallbackConfig,
+    pub logs: LogsConfig,
+}
+
+/// `[server]`: the HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    /// Base URL clients reach this service at; local-storage download links start with it.
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    /// Key for signing local-storage download links; a random one per process when empty.
+    pub signing_key: Secret,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+            max_body_bytes: 65536,
+            signing_key: Secret::default(),
+        }
+    }
+}
+
+/// `[database]`: Postgres.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://postgres@127.0.0.1:5432/logexport"),
+            max_connections: 10,
+        }
+    }
+}
+
+/// `[worker]`: the queue and the worker pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub lease_seconds: u64,
+    pub max_attempts: u32,
+    pub backoff_base_seconds: u64,
+    pub backoff_max_seconds: u64,
+    pub poll_interval_ms: u64,
+    pub per_namespace_limit: u32,
+    pub max_work_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+    pub job_retention_days: u32,
+    /// How often housekeeping (retention, object expiry, stale uploads) runs.
+    pub housekeeping_interval_seconds: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            lease_seconds: 60,
+            max_attempts: 3,
+            backoff_base_seconds: 30,
+            backoff_max_seconds: 900,
+            poll_interval_ms: 1000,
+            per_namespace_limit: 1,
+            max_work_seconds: 7200,
+            shutdown_grace_seconds: 30,
+            job_retention_days: 30,
+            housekeeping_interval_seconds: 300,
+        }
+    }
+}
+
+/// `[export]`: request limits and the archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    pub default_format: String,
+    pub default_compression: String,
+    pub max_range_days: u32,
+    pub url_expiry_seconds: u64,
+    pub object_retention_seconds: u64,
+    pub object_prefix: String,
+    /// Incomplete multipart uploads under the prefix older than this are aborted.
+    pub stale_upload_seconds: u64,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            default_format: "json".into(),
+            default_compression: "none".into(),
+            max_range_days: 366,
+            url_expiry_seconds: 3600,
+            object_retention_seconds: 3600,
+            object_prefix: "exportedactionlogs/".into(),
+            stale_upload_seconds: 86400,
+        }
+    }
+}
+
+/// `[splunk]`: mirrors Quay's `LOGS_MODEL_CONFIG.splunk_config`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SplunkConfig {
+    pub host: String,
+    pub port: u16,
+    pub url_scheme: String,
+    pub bearer_token: Secret,
+    pub verify_ssl: bool,
+    pub ssl_ca_path: Option<PathBuf>,
+    /// The exact index name searched (Quay's naming).
+    pub index_prefix: String,
+    pub sourcetype: Option<String>,
+    pub search_timeout_seconds: u64,
+    pub export_batch_size: u32,
+    pub connect_timeout_seconds: u64,
+    /// Longest silence tolerated on an open response before it counts as a dead connection.
+    pub read_timeout_seconds: u64,
+    pub max_retries: u32,
+}
+
+impl Default for SplunkConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8089,
+            url_scheme: "https".into(),
+            bearer_token: Secret::default(),
+            verify_ssl: true,
+            ssl_ca_path: None,
+            index_prefix: "quay_logs".into(),
+            sourcetype: None,
+            search_timeout_seconds: 60,
+            export_batch_size: 5000,
+            connect_timeout_seconds: 10,
+            read_timeout_seconds: 300,
+            max_retries: 4,
+        }
+    }
+}
+
+/// Which object store holds the archives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    S3,
+    Local,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    pub local: LocalStorageConfig,
+    pub s3: S3Config,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: StorageKind::Local,
+            local: LocalStorageConfig::default(),
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// `[storage.local]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalStorageConfig {
+    pub path: PathBuf,
+}
+
+impl Default for LocalStorageConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("exported-logs"),
+        }
+    }
+}
+
+/// `[storage.s3]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    pub force_path_style: bool,
+    /// Static credentials; when empty the AWS environment/profile chain is used.
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub part_size_mib: u64,
+    /// `when_required` or `when_supported`.
+    pub checksum: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            bucket: String::new(),
+            region: "us-east-1".into(),
+            endpoint_url: None,
+            force_path_style: false,
+            access_key_id: Secret::default(),
+            secret_access_key: Secret::default(),
+            part_size_mib: 8,
+            checksum: "when_required".into(),
+        }
+    }
+}
+
+/// `[email]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `smtp`, `file` or `none`.
+    pub transport: String,
+    /// `smtp://` (plain), `smtp://...?tls=required` (STARTTLS) or `smtps://` (implicit TLS);
+    /// credentials may be given as `user:password@`.
+    pub smtp_url: Secret,
+    pub from: String,
+    pub registry_title: String,
+    pub file_dir: PathBuf,
+    pub timeout_seconds: u64,
+    pub max_attempts: u32,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            transport: "smtp".into(),
+            smtp_url: Secret::new("smtp://127.0.0.1:1025"),
+            from: "Project Quay <noreply@quay.local>".into(),
+            registry_title: "Project Quay".into(),
+            file_dir: PathBuf::from("exported-mail"),
+            timeout_seconds: 30,
+            max_attempts: 8,
+        }
+    }
+}
+
+/// `[callback]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackConfig {
+    pub timeout_seconds: u64,
+    pub max_attempts: u32,
+    pub signing_secret: Secret,
+    /// Hosts or CIDRs exempt from the internal-address guard (e.g. `127.0.0.1/32` in tests).
+    pub allowed_hosts: Vec<String>,
+    pub backoff_base_seconds: u64,
+    pub backoff_max_seconds: u64,
+}
+
+impl Default for CallbackConfig {
+    fn default() -> Self {
+        Self {
+            timeout_seconds: 10,
+            max_attempts: 8,
+            signing_secret: Secret::default(),
+            allowed_hosts: Vec::new(),
+            backoff_base_seconds: 5,
+            backoff_max_seconds: 600,
+        }
+    }
+}
+
+/// `[logs]`: the read side (logs and aggregatelogs listing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Key for encrypting `next_page` tokens; a random one per process when empty
+    /// (tokens then do not survive a restart or cross replicas).
+    pub page_token_key: Secret,
+    pub page_size: u32,
+    pub max_aggregate_days: u32,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            page_token_key: Secret::default(),
+            page_size: 20,
+            max_aggregate_days: 32,
+        }
+    }
+}
+
+/// A configuration that could not be loaded; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then the TOML file (the given one, or the default path when present),
+    /// then `LOGEXPORT_*` and `DATABASE_URL` from the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                figment = figment.merge(Toml::file(DEFAULT_CONFIG_PATH));
+            }
+            None => {}
+        }
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            figment = figment.merge(Serialized::default("database.url", url));
+        }
+        figment = figment.merge(Env::prefixed("LOGEXPORT_").split("__"));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the relations between keys that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.worker.concurrency == 0 {
+            return fail("worker.concurrency", "must be at least 1");
+        }
+        if self.worker.lease_seconds < 3 {
+            return fail("worker.lease_seconds", "must be at least 3");
+        }
+        if self.worker.max_attempts == 0 {
+            return fail("worker.max_attempts", "must be at least 1");
+        }
+        if self.worker.per_namespace_limit == 0 {
+            return fail("worker.per_namespace_limit", "must be at least 1");
+        }
+        if !matches!(self.export.default_format.as_str(), "json" | "ndjson" | "csv") {
+            return fail("export.default_format", "must be json, ndjson or csv");
+        }
+        if !matches!(self.export.default_compression.as_str(), "none" | "gzip") {
+            return fail("export.default_compression", "must be none or gzip");
+        }
+        if self.export.max_range_days == 0 {
+            return fail("export.max_range_days", "must be at least 1");
+        }
+        if !matches!(self.splunk.url_scheme.as_str(), "http" | "https") {
+            return fail("splunk.url_scheme", "must be http or https");
+        }
+        if self.storage.kind == StorageKind::S3 {
+            if self.storage.s3.bucket.is_empty() {
+                return fail("storage.s3.bucket", "required when storage.kind = \"s3\"");
+            }
+            if self.storage.s3.part_size_mib < 5 {
+                return fail("storage.s3.part_size_mib", "S3 needs parts of at least 5 MiB");
+            }
+        }
+        if !matches!(
+            self.storage.s3.checksum.as_str(),
+            "when_required" | "when_supported"
+        ) {
+            return fail(
+                "storage.s3.checksum",
+                "must be when_required or when_supported",
+            );
+        }
+        if !matches!(self.email.transport.as_str(), "smtp" | "file" | "none") {
+            return fail("email.transport", "must be smtp, file or none");
+        }
+        if self.logs.page_size == 0 {
+            return fail("logs.page_size", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn describe(error: figment::Error) -> String {
+    let mut lines = Vec::new();
+    for e in error {
+        let key = if e.path.is_empty() {
+            String::from("<root>")
+        } else {
+            e.path.join(".")
+        };
+        lines.push(format!("{key}: {}", e.kind));
+    }
+    lines.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let mut config = Config::default();
+        config.splunk.bearer_token = Secret::new("super-secret-token");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("super-secret-token"));
+        assert!(printed.contains("<redacted>"));
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn environment_overrides_name_the_bad_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LOGEXPORT_WORKER__CONCURRENCY", "lots");
+            let err = Config::load(None).expect_err("non-numeric concurrency");
+            assert!(err.to_string().contains("worker.concurrency"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn nested_environment_overrides_apply() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LOGEXPORT_STORAGE__KIND", "s3");
+            jail.set_env("LOGEXPORT_STORAGE__S3__BUCKET", "exports");
+            let config = Config::load(None).expect("valid");
+            assert_eq!(config.storage.kind, StorageKind::S3);
+            assert_eq!(config.storage.s3.bucket, "exports");
+            Ok(())
+        });
+    }
+}

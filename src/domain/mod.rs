@@ -1,0 +1,15 @@
+//! Domain values, each parsed once at the edge so nothing downstream re-validates strings.
+
+mod callback_url;
+mod date_range;
+mod email;
+mod export;
+mod log_entry;
+mod names;
+
+pub use callback_url::{CallbackUrl, CallbackUrlError};
+pub use date_range::{DateRange, DateRangeError, RangeBound, day_start, parse_timezone};
+pub use email::{EmailAddress, EmailAddressError};
+pub use export::{Compression, ExportFormat, ExportId, ExportScope, ParseEnumError};
+pub use log_entry::{LogEntry, LogWithNamespace, PerformerInfo, quay_datetime};
+pub use names::{InvalidName, Namespace, Performer, RepositoryName};

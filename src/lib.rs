@@ -1,0 +1,23 @@
+//! logexport: exports container-registry audit logs from Splunk into object storage.
+//!
+//! Data flows `api` → `queue` → `worker` → `export` (the job) which reads `splunk`, encodes with
+//! `archive`, writes to `storage` and hands the outcome to `notify`. `logs` is the read side;
+//! `emulator` is the local Splunk stand-in used by tests, the demo and the benchmarks.
+
+pub mod api;
+pub mod archive;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod emulator;
+pub mod export;
+pub mod logs;
+pub mod metrics;
+pub mod notify;
+pub mod queue;
+pub mod splunk;
+pub mod storage;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,13 @@
+//! Integration tests against real servers: Postgres, Garage (S3), an SMTP server and the Splunk
+//! emulator. Start them with `deploy/test.sh`, which also runs this suite.
+
+mod helpers;
+
+mod api;
+mod emulator;
+mod export;
+mod logs;
+mod notify;
+mod queue;
+mod splunk;
+mod storage;
