@@ -45,8 +45,11 @@ impl RangeBound {
         if value.len() > 64 {
             return Err(unparseable());
         }
-        if let Ok(day) = NaiveDate::parse_from_str(value, "%m/%d/%Y") {
-            return Ok(Self::Day(day));
+        let four_digit_year = value.rsplit('/').next().is_some_and(|y| y.len() == 4);
+        if four_digit_year {
+            if let Ok(day) = NaiveDate::parse_from_str(value, "%m/%d/%Y") {
+                return Ok(Self::Day(day));
+            }
         }
         if value.len() == 10 {
             if let Ok(day) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
