@@ -189,9 +189,8 @@ impl SplunkClient {
     /// Filters over `[start, end)` for this client's index and sourcetype; add namespace etc.
     pub fn filters(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> SearchFilters {
         SearchFilters {
-            index: self.inner.index.clone(),
             sourcetype: self.inner.sourcetype.clone(),
-            ..SearchFilters::new(start, end)
+            ..SearchFilters::new(self.inner.index.clone(), start, end)
         }
     }
 

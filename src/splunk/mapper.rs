@@ -34,6 +34,7 @@ pub fn map_row(row: &Row) -> Result<LogEntry, SkipReason> {
         _ => None,
     };
     // A `_raw` that is not JSON (or not an object) leaves only the extracted fields.
+    // Only objects reach here: `raw_text` starts with `{` and rows are checked when made.
     let inner: Fields<'_> = match &raw_text {
         Some(text) => serde_json::from_str(text).unwrap_or_default(),
         None => Fields::default(),
@@ -44,6 +45,10 @@ pub fn map_row(row: &Row) -> Result<LogEntry, SkipReason> {
 /// Maps one Quay audit event given as a JSON object (e.g. an NDJSON line), without Splunk's
 /// envelope.
 pub fn map_event_json(event: &str) -> Result<LogEntry, SkipReason> {
+    // Derived struct deserializers also accept arrays; an event must be an object.
+    if !event.trim_start().starts_with('{') {
+        return Err(SkipReason::Malformed);
+    }
     let fields: Fields<'_> = serde_json::from_str(event).map_err(|_| SkipReason::Malformed)?;
     map_fields(&fields, &Fields::default())
 }
@@ -130,22 +135,27 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
 
 /// Epoch seconds written as text, parsed exactly (no float rounding of the fraction).
 fn parse_epoch_text(s: &str) -> Option<DateTime<Utc>> {
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if frac.contains(['.', '-']) || (int.is_empty() && frac.is_empty()) {
+    let (negative, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let digits_only = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only(int) || !digits_only(frac) || (int.is_empty() && frac.is_empty()) {
         return None;
     }
-    let secs: i64 = if int.is_empty() || int == "-" {
-        0
-    } else {
-        int.parse().ok()?
-    };
-    let digits: String = frac.chars().take(9).collect();
+    let secs: i64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let digits = &frac[..frac.len().min(9)];
     let nanos: u32 = if digits.is_empty() {
         0
     } else {
         format!("{digits:0<9}").parse().ok()?
     };
-    epoch(secs, nanos, int.starts_with('-'))
+    if negative {
+        epoch(-secs, nanos, true)
+    } else {
+        epoch(secs, nanos, false)
+    }
 }
 
 /// An epoch value from a JSON number.
