@@ -80,7 +80,11 @@ fn wildcard_match(pattern: &[u8], text: &[u8], whole: bool) -> bool {
             None => return false,
         }
     };
-    let (last, middle) = rest.split_last().unwrap_or((&&b""[..], &[]));
+    let empty: &[u8] = b"";
+    let (last, middle) = match rest.split_last() {
+        Some((l, m)) => (*l, m),
+        None => (empty, &[][..]),
+    };
     for part in middle {
         match find_ci(&text[pos..], part) {
             Some(p) => pos += p + part.len(),
