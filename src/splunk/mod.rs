@@ -1,1 +1,26 @@
-//! (in progress)
+//! Everything that talks to Splunk: the REST client, the streaming export, search jobs, the safe
+//! query builder and the mapping of result rows to the registry's log objects.
+//!
+//! The export pipeline uses [`SplunkClient::export`] (one streaming request, rows as they arrive)
+//! and [`map_row`]; the read side uses search jobs ([`SplunkClient::create_job`],
+//! [`SplunkClient::search_rows`]). Every query is built from [`SearchFilters`].
+
+mod avatar;
+mod client;
+mod error;
+mod export_stream;
+mod fields;
+mod lines;
+mod mapper;
+mod query;
+mod row;
+mod search_job;
+
+pub use avatar::{AVATAR_COLORS, avatar};
+pub use client::{RetryPolicy, SplunkClient, install_crypto_provider};
+pub use error::{SplunkError, splunk_message};
+pub use export_stream::{ExportStream, MAX_LINE_BYTES};
+pub use mapper::{SkipReason, map_event_json, map_row, parse_timestamp};
+pub use query::{BuiltQuery, QueryError, SearchFilters, SortOrder, StatsField, quote_value};
+pub use row::Row;
+pub use search_job::{JobStatus, MAX_PAGE, SearchJob};

@@ -1,0 +1,111 @@
+//! `search/jobs/export`: results streamed as JSON lines while they are produced, with
+//! backpressure (a small bounded channel of ~64 KiB chunks) and the stream faults.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::engine::{self, Item};
+use super::plan::Plan;
+use super::render::write_item_json;
+use super::{Faults, Shared};
+
+const CHUNK: usize = 64 * 1024;
+
+/// Starts streaming a planned search.
+pub fn stream(shared: Arc<Shared>, plan: Plan, faults: Faults) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || produce(&shared, &plan, &faults, &tx));
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    resp
+}
+
+/// Paces output to a byte rate.
+struct Throttle {
+    rate: Option<u64>,
+    started: Instant,
+    sent: u64,
+}
+
+impl Throttle {
+    fn wait(&mut self, bytes: usize) {
+        self.sent += bytes as u64;
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(self.sent as f64 / rate as f64);
+            if let Some(sleep) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(sleep);
+            }
+        }
+    }
+}
+
+fn produce(shared: &Shared, plan: &Plan, faults: &Faults, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+    let ctx = &shared.ctx;
+    let chunk = match faults.slow_bytes_per_sec {
+        Some(r) if r > 0 => usize::try_from(r / 10).unwrap_or(CHUNK).clamp(1, CHUNK),
+        _ => CHUNK,
+    };
+    let mut throttle = Throttle {
+        rate: faults.slow_bytes_per_sec,
+        started: Instant::now(),
+        sent: 0,
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk + 4096);
+    let send = |buf: &mut Vec<u8>, throttle: &mut Throttle| -> bool {
+        while !buf.is_empty() {
+            let n = buf.len().min(chunk);
+            let piece = Bytes::copy_from_slice(&buf[..n]);
+            buf.drain(..n);
+            throttle.wait(n);
+            if tx.blocking_send(Ok(piece)).is_err() {
+                return false; // client went away
+            }
+        }
+        true
+    };
+    let rows;
+    let mut items: Box<dyn Iterator<Item = Item<'_>>> = if plan.rest.is_empty() {
+        Box::new(engine::events(plan, ctx, &shared.store).map(Item::Event))
+    } else {
+        rows = engine::materialise(plan, ctx, &shared.store);
+        Box::new(rows.iter().map(Item::Row))
+    };
+    let mut next = items.next();
+    let mut offset: u64 = 0;
+    if next.is_none() {
+        buf.extend_from_slice(b"{\"preview\":false,\"lastrow\":true}\n");
+    }
+    while let Some(item) = next {
+        if faults.cut_after.is_some_and(|n| offset >= n) {
+            if send(&mut buf, &mut throttle) {
+                let _ = tx.blocking_send(Err(std::io::Error::other("splunk emulator: injected stream cut")));
+            }
+            return;
+        }
+        next = items.next();
+        buf.extend_from_slice(b"{\"preview\":false,\"offset\":");
+        super::synthetic::push_u64(&mut buf, offset);
+        if next.is_none() {
+            buf.extend_from_slice(b",\"lastrow\":true");
+        }
+        buf.extend_from_slice(b",\"result\":");
+        write_item_json(&mut buf, &item, &plan.row_ops, ctx);
+        buf.extend_from_slice(b"}\n");
+        offset += 1;
+        if buf.len() >= chunk && !send(&mut buf, &mut throttle) {
+            return;
+        }
+    }
+    send(&mut buf, &mut throttle);
+}

@@ -1,0 +1,325 @@
+//! The HTTP client for Splunk's REST API: TLS, bearer token, timeouts and retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use reqwest::{Method, RequestBuilder, Response};
+
+use super::{SearchFilters, SplunkError};
+use crate::config::{Secret, SplunkConfig};
+
+/// Most bytes of an error body read to quote Splunk's message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// How often and how patiently failed requests are tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = try once).
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles for each further one.
+    pub base_delay: Duration,
+    /// Upper bound of one delay.
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (0-based): exponential, with jitter so that many
+    /// workers hitting a busy Splunk do not retry in lockstep.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+            .min(self.max_delay);
+        let half = exp / 2;
+        let jitter_ms = rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64);
+        half + Duration::from_millis(jitter_ms)
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 4,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A Splunk REST client built from `[splunk]`; cheap to clone (one connection pool).
+#[derive(Clone)]
+pub struct SplunkClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    http: reqwest::Client,
+    /// `<scheme>://<host>:<port>/services/`
+    base: String,
+    token: Secret,
+    retry: RetryPolicy,
+    search_timeout: Duration,
+    index: String,
+    sourcetype: Option<String>,
+}
+
+impl std::fmt::Debug for SplunkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplunkClient")
+            .field("base", &self.inner.base)
+            .field("index", &self.inner.index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Installs aws-lc-rs as the process's rustls provider unless one is installed already.
+pub fn install_crypto_provider() {
+    // An Err only means another provider won the race, which is fine for us.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+impl SplunkClient {
+    /// Builds a client from the `[splunk]` configuration.
+    pub fn new(config: &SplunkConfig) -> Result<Self, SplunkError> {
+        install_crypto_provider();
+        let scheme = match config.url_scheme.as_str() {
+            s @ ("http" | "https") => s,
+            other => {
+                return Err(SplunkError::Config(format!(
+                    "splunk.url_scheme must be http or https, not {other:?}"
+                )));
+            }
+        };
+        let host = config.host.trim();
+        if host.is_empty() || host.contains(['/', '@', '?', '#', ' ']) {
+            return Err(SplunkError::Config(format!(
+                "splunk.host must be a host name or IP address, not {host:?}"
+            )));
+        }
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        let base = format!("{scheme}://{host}:{}/services/", config.port);
+        url::Url::parse(&base)
+            .map_err(|e| SplunkError::Config(format!("splunk.host/port give no valid URL: {e}")))?;
+
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
+            // A read timeout bounds silence, not the whole response: exports stream for hours.
+            .read_timeout(Duration::from_secs(config.read_timeout_seconds.max(1)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("logexport/", env!("CARGO_PKG_VERSION")));
+        if !config.verify_ssl {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if let Some(path) = &config.ssl_ca_path {
+            let pem = std::fs::read(path).map_err(|e| {
+                SplunkError::Config(format!(
+                    "splunk.ssl_ca_path {} cannot be read: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SplunkError::Config(format!(
+                    "splunk.ssl_ca_path {} holds no PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(SplunkError::Config(format!(
+                    "splunk.ssl_ca_path {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| SplunkError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token: config.bearer_token.clone(),
+                retry: RetryPolicy {
+                    max_retries: config.max_retries,
+                    ..RetryPolicy::default()
+                },
+                search_timeout: Duration::from_secs(config.search_timeout_seconds.max(1)),
+                index: config.index_prefix.clone(),
+                sourcetype: config.sourcetype.clone().filter(|s| !s.is_empty()),
+            }),
+        })
+    }
+
+    /// The same client with another retry policy (tests use short delays).
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        Arc::make_mut(&mut self.inner).retry = retry;
+        self
+    }
+
+    /// The retry policy in force.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
+    }
+
+    /// The index searched (`splunk.index_prefix`, used as the exact name as Quay does).
+    pub fn index(&self) -> &str {
+        &self.inner.index
+    }
+
+    /// The configured sourcetype filter, if any.
+    pub fn sourcetype(&self) -> Option<&str> {
+        self.inner.sourcetype.as_deref()
+    }
+
+    /// How long one search job may take (`splunk.search_timeout_seconds`).
+    pub fn search_timeout(&self) -> Duration {
+        self.inner.search_timeout
+    }
+
+    /// Filters over `[start, end)` for this client's index and sourcetype; add namespace etc.
+    pub fn filters(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> SearchFilters {
+        SearchFilters {
+            sourcetype: self.inner.sourcetype.clone(),
+            ..SearchFilters::new(self.inner.index.clone(), start, end)
+        }
+    }
+
+    /// The full URL of a REST path below `/services/`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.inner.base, path.trim_start_matches('/'))
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.inner.http.request(method, self.url(path));
+        if self.inner.token.is_empty() {
+            builder
+        } else {
+            builder.bearer_auth(self.inner.token.expose())
+        }
+    }
+
+    /// Sends a request built by `build` until it succeeds, fails permanently or retries run out.
+    /// A non-success answer becomes a [`SplunkError`] quoting Splunk's message.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, SplunkError> {
+        self.send_with(self.inner.retry, method, path, build).await
+    }
+
+    /// Like [`SplunkClient::send`] with an explicit retry policy.
+    pub(crate) async fn send_with(
+        &self,
+        retry: RetryPolicy,
+        method: Method,
+        path: &str,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response, SplunkError> {
+        let mut attempt = 0;
+        loop {
+            let err = match build(self.request(method.clone(), path)).send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = read_capped(resp).await;
+                    SplunkError::from_response(status, &body)
+                }
+                Err(e) => SplunkError::transport(e),
+            };
+            if !err.is_retryable() || attempt >= retry.max_retries {
+                return Err(err);
+            }
+            let delay = retry.delay(attempt);
+            tracing::warn!(
+                error = %err, attempt = attempt + 1, delay_ms = delay.as_millis() as u64,
+                "Splunk request failed, retrying"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// Reads at most [`MAX_ERROR_BODY`] bytes of an answer; errors while reading end it early.
+async fn read_capped(mut resp: Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_ERROR_BODY - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        let p = RetryPolicy {
+            max_retries: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for _ in 0..50 {
+            let d0 = p.delay(0);
+            assert!(d0 >= Duration::from_millis(50) && d0 <= Duration::from_millis(100));
+            let d3 = p.delay(3);
+            assert!(d3 >= Duration::from_millis(400) && d3 <= Duration::from_millis(800));
+            assert!(p.delay(30) <= Duration::from_secs(1));
+        }
+    }
+
+    #[test]
+    fn builds_urls_and_refuses_bad_config() {
+        let cfg = SplunkConfig {
+            host: "::1".into(),
+            url_scheme: "http".into(),
+            ..SplunkConfig::default()
+        };
+        let client = SplunkClient::new(&cfg).unwrap();
+        assert_eq!(
+            client.url("search/v2/jobs/export"),
+            "http://[::1]:8089/services/search/v2/jobs/export"
+        );
+        for (host, scheme) in [("a/b", "https"), ("", "https"), ("h", "ftp")] {
+            let cfg = SplunkConfig {
+                host: host.into(),
+                url_scheme: scheme.into(),
+                ..SplunkConfig::default()
+            };
+            assert!(matches!(SplunkClient::new(&cfg), Err(SplunkError::Config(_))));
+        }
+        let cfg = SplunkConfig {
+            ssl_ca_path: Some("/nonexistent/ca.pem".into()),
+            ..SplunkConfig::default()
+        };
+        let err = SplunkClient::new(&cfg).unwrap_err();
+        assert!(err.to_string().contains("splunk.ssl_ca_path"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let cfg = SplunkConfig {
+            bearer_token: Secret::new("s3cr3t-token"),
+            ..SplunkConfig::default()
+        };
+        let client = SplunkClient::new(&cfg).unwrap();
+        assert!(!format!("{client:?}").contains("s3cr3t"));
+    }
+}

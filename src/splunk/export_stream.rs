@@ -1,0 +1,279 @@
+//! One streaming export request (`search/v2/jobs/export`), read row by row as it arrives.
+
+use bytes::Bytes;
+use futures::Stream;
+use reqwest::{Method, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::{JsonMessage, is_quota_message};
+use super::lines::{LineSplitter, LineTooLong};
+use super::{BuiltQuery, Row, SplunkClient, SplunkError};
+
+/// Longest export line accepted; a longer one is an error rather than unbounded memory.
+pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// One line of Splunk's JSON export stream.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(default)]
+    preview: bool,
+    #[serde(default)]
+    lastrow: bool,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    messages: Vec<JsonMessage>,
+}
+
+/// The rows of one export search, in the order Splunk sends them.
+///
+/// Memory stays bounded by one chunk plus one line whatever the result size. The stream ends
+/// successfully only after Splunk's `lastrow` marker, or when the answer ended cleanly without a
+/// single result (Splunk sends no rows, or only message lines, for an empty result). An answer
+/// that stops after rows but before `lastrow` is a retryable [`SplunkError::StreamCut`].
+pub struct ExportStream {
+    response: Option<Response>,
+    lines: LineSplitter,
+    rows: u64,
+    finished: bool,
+}
+
+impl std::fmt::Debug for ExportStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportStream")
+            .field("rows", &self.rows)
+            .field("finished", &self.finished)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SplunkClient {
+    /// Starts one export search; failures before the first byte are retried per the policy.
+    pub async fn export(&self, query: &BuiltQuery) -> Result<ExportStream, SplunkError> {
+        let form = [
+            ("search", query.spl.as_str()),
+            ("output_mode", "json"),
+            ("earliest_time", query.earliest_time.as_str()),
+            ("latest_time", query.latest_time.as_str()),
+        ];
+        let response = self
+            .send(Method::POST, "search/v2/jobs/export", |r| r.form(&form))
+            .await?;
+        Ok(ExportStream::new(response))
+    }
+}
+
+impl ExportStream {
+    fn new(response: Response) -> Self {
+        Self {
+            response: Some(response),
+            lines: LineSplitter::new(MAX_LINE_BYTES),
+            rows: 0,
+            finished: false,
+        }
+    }
+
+    /// Rows handed out so far.
+    pub fn rows_read(&self) -> u64 {
+        self.rows
+    }
+
+    /// The next row; `None` once the result is complete. After an error the stream is over.
+    pub async fn next_row(&mut self) -> Option<Result<Row, SplunkError>> {
+        if self.finished {
+            return None;
+        }
+        let outcome = self.advance().await;
+        if !matches!(outcome, Some(Ok(_))) {
+            self.finish();
+        }
+        outcome
+    }
+
+    /// Turns the reader into a `Stream` of rows, for combinators.
+    pub fn into_stream(self) -> impl Stream<Item = Result<Row, SplunkError>> + Send {
+        futures::stream::unfold(self, |mut s| async move {
+            let item = s.next_row().await?;
+            Some((item, s))
+        })
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        // Dropping the response closes the connection instead of draining a long stream.
+        self.response = None;
+    }
+
+    async fn advance(&mut self) -> Option<Result<Row, SplunkError>> {
+        loop {
+            while let Some(line) = self.lines.next_line() {
+                match self.handle_line(&line) {
+                    LineOutcome::Row(row) => return Some(Ok(row)),
+                    LineOutcome::LastRow(row) => {
+                        self.finish();
+                        return row.map(Ok);
+                    }
+                    LineOutcome::Skip => {}
+                    LineOutcome::Fail(e) => return Some(Err(e)),
+                }
+            }
+            let response = self.response.as_mut()?;
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(LineTooLong) = self.lines.push(chunk) {
+                        return Some(Err(SplunkError::LineTooLong {
+                            max: MAX_LINE_BYTES,
+                        }));
+                    }
+                }
+                Ok(None) => return self.at_end(),
+                // A broken connection mid-stream: the rows so far are not the whole result.
+                Err(e) => {
+                    tracing::warn!(rows = self.rows, error = %e, "Splunk export stream broke");
+                    return Some(Err(SplunkError::StreamCut { rows: self.rows }));
+                }
+            }
+        }
+    }
+
+    fn at_end(&mut self) -> Option<Result<Row, SplunkError>> {
+        if let Some(last) = self.lines.finish() {
+            // An unterminated final line is complete JSON when it carries `lastrow`; a cut line
+            // fails to parse and is reported as a cut below.
+            match self.handle_line(&last) {
+                LineOutcome::LastRow(row) => {
+                    self.finish();
+                    return row.map(Ok);
+                }
+                LineOutcome::Row(_) | LineOutcome::Fail(SplunkError::Protocol(_)) => {
+                    return Some(Err(SplunkError::StreamCut { rows: self.rows }));
+                }
+                LineOutcome::Fail(e) => return Some(Err(e)),
+                LineOutcome::Skip => {}
+            }
+        }
+        if self.rows == 0 {
+            None
+        } else {
+            Some(Err(SplunkError::StreamCut { rows: self.rows }))
+        }
+    }
+
+    fn handle_line(&mut self, line: &Bytes) -> LineOutcome {
+        if line.trim_ascii().is_empty() {
+            return LineOutcome::Skip;
+        }
+        let env: Envelope<'_> = match serde_json::from_slice(line) {
+            Ok(env) => env,
+            Err(e) => {
+                return LineOutcome::Fail(SplunkError::Protocol(format!(
+                    "export line {} is not JSON: {e}",
+                    self.rows + 1
+                )));
+            }
+        };
+        if let Some(err) = fatal_message(&env.messages) {
+            return LineOutcome::Fail(err);
+        }
+        if env.preview {
+            return LineOutcome::Skip;
+        }
+        let row = env.result.map(|raw| Row::from_raw_in(line, raw));
+        if row.is_some() {
+            self.rows += 1;
+        }
+        match (row, env.lastrow) {
+            (row, true) => LineOutcome::LastRow(row),
+            (Some(row), false) => LineOutcome::Row(row),
+            (None, false) => LineOutcome::Skip,
+        }
+    }
+}
+
+enum LineOutcome {
+    Row(Row),
+    LastRow(Option<Row>),
+    Skip,
+    Fail(SplunkError),
+}
+
+/// An in-stream FATAL/ERROR message ends the export; quota messages are retryable.
+fn fatal_message(messages: &[JsonMessage]) -> Option<SplunkError> {
+    let fatal: Vec<&JsonMessage> = messages
+        .iter()
+        .filter(|m| m.kind.eq_ignore_ascii_case("FATAL") || m.kind.eq_ignore_ascii_case("ERROR"))
+        .collect();
+    if fatal.is_empty() {
+        return None;
+    }
+    let message = fatal
+        .iter()
+        .map(|m| format!("{}: {}", m.kind, m.text.replace(char::is_control, " ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let retryable = is_quota_message(&message);
+    Some(SplunkError::SearchFailed { message, retryable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(line: &str) -> LineOutcome {
+        let mut s = ExportStream {
+            response: None,
+            lines: LineSplitter::new(1024),
+            rows: 0,
+            finished: false,
+        };
+        s.handle_line(&Bytes::copy_from_slice(line.as_bytes()))
+    }
+
+    #[test]
+    fn classifies_export_lines() {
+        assert!(matches!(
+            outcome(r#"{"preview":true,"offset":0,"result":{"a":"1"}}"#),
+            LineOutcome::Skip
+        ));
+        match outcome(r#"{"preview":false,"offset":0,"result":{"a":"1"}}"#) {
+            LineOutcome::Row(row) => assert_eq!(row.as_str(), r#"{"a":"1"}"#),
+            _ => panic!("expected a row"),
+        }
+        assert!(matches!(
+            outcome(r#"{"preview":false,"offset":9,"lastrow":true,"result":{"a":"1"}}"#),
+            LineOutcome::LastRow(Some(_))
+        ));
+        assert!(matches!(
+            outcome(r#"{"preview":false,"lastrow":true}"#),
+            LineOutcome::LastRow(None)
+        ));
+        assert!(matches!(
+            outcome(r#"{"preview":false,"messages":[{"type":"INFO","text":"ok"}]}"#),
+            LineOutcome::Skip
+        ));
+        match outcome(
+            r#"{"preview":false,"messages":[{"type":"FATAL","text":"Unknown search command 'delete'."}]}"#,
+        ) {
+            LineOutcome::Fail(e) => {
+                assert!(!e.is_retryable());
+                assert!(e.to_string().contains("Unknown search command"), "{e}");
+            }
+            _ => panic!("expected a failure"),
+        }
+        assert!(matches!(
+            outcome(r#"{"preview":false,"result":{"a""#),
+            LineOutcome::Fail(SplunkError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn quota_messages_in_stream_are_retryable() {
+        let err = fatal_message(&[JsonMessage {
+            kind: "ERROR".into(),
+            text: "The maximum number of concurrent historical searches has been reached".into(),
+        }])
+        .unwrap();
+        assert!(err.is_retryable());
+    }
+}

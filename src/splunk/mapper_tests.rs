@@ -1,0 +1,178 @@
+use serde_json::json;
+
+use super::*;
+
+fn row(v: serde_json::Value) -> Row {
+    Row::from_json(v.to_string()).unwrap()
+}
+
+/// A row as Splunk returns it: the event as `_raw` text plus some of Splunk's own fields.
+fn raw_row(event: serde_json::Value) -> Row {
+    row(json!({
+        "_bkt": "quay_logs~0~X", "_cd": "0:1", "_indextime": "1718737153",
+        "_raw": event.to_string(), "_serial": "0", "_si": ["idx", "quay_logs"],
+        "_sourcetype": "_json", "_time": "2024-06-18T18:59:13.000+00:00",
+        "host": "h", "index": "quay_logs", "linecount": "1", "source": "quay",
+    }))
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+#[test]
+fn maps_a_full_event_from_raw() {
+    let entry = map_row(&raw_row(json!({
+        "kind": "push_repo", "account": "myorg", "performer": "alice",
+        "performer_email": "Alice@Example.com ", "performer_kind": "user",
+        "repository": "web", "ip": "10.0.0.1",
+        "metadata_json": {"tag": "latest", "n": 1},
+        "datetime": "2024-06-18T18:59:13+00:00",
+    })))
+    .unwrap();
+    assert_eq!(entry.kind, "push_repo");
+    assert_eq!(entry.namespace.as_deref(), Some("myorg"));
+    assert_eq!(entry.repository.as_deref(), Some("web"));
+    assert_eq!(entry.ip.as_deref(), Some("10.0.0.1"));
+    assert_eq!(entry.datetime, t("2024-06-18T18:59:13Z"));
+    assert_eq!(json!(entry.metadata), json!({"tag": "latest", "n": 1}));
+    let p = entry.performer.unwrap();
+    assert_eq!(p.name, "alice");
+    assert!(!p.is_robot);
+    assert_eq!(
+        p.avatar_hash,
+        "ff8d9819fc0e12bf0d24892e45987e249a28dce836a85cad60e28eaaa8c6d976"
+    );
+    assert_eq!(p.avatar_color, "#a55194");
+}
+
+#[test]
+fn every_datetime_form_maps_to_the_same_instant() {
+    let want = t("2024-06-18T18:59:13Z");
+    for dt in [
+        json!(1718737153),
+        json!(1718737153.0),
+        json!("1718737153"),
+        json!("1718737153.000"),
+        json!("2024-06-18T18:59:13Z"),
+        json!("2024-06-18T18:59:13+00:00"),
+        json!("2024-06-18T20:59:13+02:00"),
+        json!("2024-06-18T20:59:13.000+0200"),
+        json!("2024-06-18 18:59:13"),
+        json!("2024-06-18T18:59:13"),
+        json!("2024-06-18 18:59:13.000000"),
+        json!("Tue, 18 Jun 2024 18:59:13 -0000"),
+    ] {
+        let entry = map_event_json(&json!({"kind": "k", "datetime": dt}).to_string())
+            .unwrap_or_else(|e| panic!("{dt}: {e}"));
+        assert_eq!(entry.datetime, want, "{dt}");
+    }
+    let frac = map_event_json(r#"{"kind":"k","datetime":"1718737153.25"}"#).unwrap();
+    assert_eq!(frac.datetime, t("2024-06-18T18:59:13.25Z"));
+    let float = map_event_json(r#"{"kind":"k","datetime":1718737153.5}"#).unwrap();
+    assert_eq!(float.datetime, t("2024-06-18T18:59:13.5Z"));
+}
+
+#[test]
+fn metadata_as_string_object_or_alternate_key() {
+    for event in [
+        json!({"kind": "k", "datetime": 0, "metadata_json": "{\"a\": [1, 2]}"}),
+        json!({"kind": "k", "datetime": 0, "metadata_json": {"a": [1, 2]}}),
+        json!({"kind": "k", "datetime": 0, "metadata": {"a": [1, 2]}}),
+        json!({"kind": "k", "datetime": 0, "metadata_json": "not json", "metadata": "{\"a\":[1,2]}"}),
+    ] {
+        let entry = map_event_json(&event.to_string()).unwrap();
+        assert_eq!(json!(entry.metadata), json!({"a": [1, 2]}), "{event}");
+    }
+    let none = map_event_json(r#"{"kind":"k","datetime":0,"metadata_json":null}"#).unwrap();
+    assert!(none.metadata.is_empty());
+}
+
+#[test]
+fn falls_back_to_extracted_fields_and_time() {
+    // `_raw` is not JSON: everything comes from Splunk's extracted fields and `_time`.
+    let entry = map_row(&row(json!({
+        "_raw": "kind=pull_repo account=ns1", "_time": "2024-06-18T20:59:13.000+02:00",
+        "kind": "pull_repo", "account": "ns1", "repository": ["r1", "r1"],
+        "performer": "bob", "ip": "",
+    })))
+    .unwrap();
+    assert_eq!(entry.kind, "pull_repo");
+    assert_eq!(entry.namespace.as_deref(), Some("ns1"));
+    assert_eq!(entry.repository.as_deref(), Some("r1"));
+    assert_eq!(entry.ip, None);
+    assert_eq!(entry.datetime, t("2024-06-18T18:59:13Z"));
+    assert_eq!(entry.performer.unwrap().name, "bob");
+
+    // `_raw` lacks the datetime: `_time` fills in; `_raw` fields win over extracted ones.
+    let entry = map_row(&row(json!({
+        "_raw": json!({"kind": "create_repo", "account": "real"}).to_string(),
+        "_time": "1718737153", "account": "extracted",
+    })))
+    .unwrap();
+    assert_eq!(entry.namespace.as_deref(), Some("real"));
+    assert_eq!(entry.datetime, t("2024-06-18T18:59:13Z"));
+}
+
+#[test]
+fn robots_and_missing_performers() {
+    let robot = map_event_json(r#"{"kind":"k","datetime":0,"performer":"myorg+deploy"}"#)
+        .unwrap()
+        .performer
+        .unwrap();
+    assert!(robot.is_robot);
+    assert_eq!(
+        robot.avatar_hash,
+        "d0539501946030e00b4961d6794919e279bfe877777f539d62eabde65317f3f8"
+    );
+    assert_eq!(robot.avatar_color, "#bcbd22");
+    let by_kind = map_event_json(
+        r#"{"kind":"k","datetime":0,"performer":"builder","performer_kind":"robot"}"#,
+    )
+    .unwrap();
+    assert!(by_kind.performer.unwrap().is_robot);
+    for event in [
+        r#"{"kind":"k","datetime":0}"#,
+        r#"{"kind":"k","datetime":0,"performer":null}"#,
+        r#"{"kind":"k","datetime":0,"performer":""}"#,
+    ] {
+        assert_eq!(map_event_json(event).unwrap().performer, None, "{event}");
+    }
+}
+
+#[test]
+fn unmappable_rows_are_skipped_not_fatal() {
+    assert_eq!(
+        map_row(&raw_row(json!({"datetime": 0}))),
+        Err(SkipReason::NoKind)
+    );
+    assert_eq!(
+        map_row(&row(json!({"_raw": "{\"kind\":\"k\",\"datetime\":\"soon\"}"}))),
+        Err(SkipReason::NoTimestamp)
+    );
+    assert_eq!(
+        map_row(&row(json!({"kind": "k", "_time": "garbage"}))),
+        Err(SkipReason::NoTimestamp)
+    );
+    assert_eq!(map_event_json("[1,2]"), Err(SkipReason::Malformed));
+    assert_eq!(map_event_json("{"), Err(SkipReason::Malformed));
+    for weird in [
+        r#"{"kind":{"a":1},"datetime":0}"#,
+        r#"{"kind":"k","datetime":1e300}"#,
+        r#"{"kind":"k","datetime":"-"}"#,
+        r#"{"kind":"k","datetime":"1.2.3"}"#,
+        r#"{"kind":"k","datetime":99999999999999999999}"#,
+    ] {
+        assert!(map_event_json(weird).is_err(), "{weird}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_panics_on_arbitrary_rows(text in ".*", dt in ".*") {
+        let _ = map_event_json(&text);
+        let _ = parse_timestamp(&dt);
+        let event = json!({"kind": "k", "datetime": dt, "metadata_json": text}).to_string();
+        let _ = map_row(&raw_row(serde_json::from_str(&event).unwrap()));
+    }
+}

@@ -1,0 +1,104 @@
+//! One Splunk result row, kept as the JSON text Splunk sent so the mapper parses it in place.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::SplunkError;
+
+/// One search result: the JSON object Splunk sent under `result`, not yet parsed into fields.
+///
+/// Rows from the export stream share the buffer of the chunk they arrived in, so handing a row on
+/// costs no copy; [`crate::splunk::map_row`] parses it directly.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Row(Bytes);
+
+impl Row {
+    /// A row from the text of a JSON object; refuses anything else.
+    pub fn from_json(text: impl Into<Bytes>) -> Result<Self, SplunkError> {
+        let bytes = text.into();
+        let raw: &RawValue = serde_json::from_slice(&bytes)
+            .map_err(|e| SplunkError::Protocol(format!("result row is not JSON: {e}")))?;
+        if !raw.get().starts_with('{') {
+            return Err(SplunkError::Protocol("result row is not a JSON object".into()));
+        }
+        Ok(Self(bytes))
+    }
+
+    /// A row from a raw value that lies inside `buffer` (zero copy), or a copy otherwise.
+    pub(crate) fn from_raw_in(buffer: &Bytes, raw: &RawValue) -> Self {
+        let text = raw.get().as_bytes();
+        let start = (text.as_ptr() as usize).wrapping_sub(buffer.as_ptr() as usize);
+        if start <= buffer.len() && text.len() <= buffer.len() - start {
+            Self(buffer.slice(start..start + text.len()))
+        } else {
+            Self(Bytes::copy_from_slice(text))
+        }
+    }
+
+    /// The row's JSON text.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The row's JSON text as a string (it was valid UTF-8 JSON when the row was made).
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("{}")
+    }
+
+    /// The row as a JSON object, for small results such as `stats count by` rows.
+    pub fn to_object(&self) -> Result<serde_json::Map<String, serde_json::Value>, SplunkError> {
+        serde_json::from_slice(&self.0)
+            .map_err(|e| SplunkError::Protocol(format!("result row is not a JSON object: {e}")))
+    }
+
+    /// A field's value as text: strings as they are, numbers printed, first value of a multivalue.
+    pub fn field_text(&self, name: &str) -> Option<String> {
+        let obj = self.to_object().ok()?;
+        let value = match obj.get(name)? {
+            serde_json::Value::Array(items) => items.first()?.clone(),
+            other => other.clone(),
+        };
+        match value {
+            serde_json::Value::String(s) => Some(s),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Row").field(&self.as_str()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_inside_a_buffer_share_it() {
+        let buffer = Bytes::from_static(br#"{"result":{"a":"1"},"x":2}"#);
+        #[derive(serde::Deserialize)]
+        struct Env<'a> {
+            #[serde(borrow)]
+            result: &'a RawValue,
+        }
+        let env: Env<'_> = serde_json::from_slice(&buffer).unwrap();
+        let row = Row::from_raw_in(&buffer, env.result);
+        assert_eq!(row.as_str(), r#"{"a":"1"}"#);
+        assert_eq!(row.as_bytes().as_ptr(), buffer[10..].as_ptr());
+        assert_eq!(row.field_text("a").as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn field_text_reads_numbers_and_multivalues() {
+        let row = Row::from_json(r#"{"count":"12","n":3,"mv":["x","y"],"z":null}"#).unwrap();
+        assert_eq!(row.field_text("count").as_deref(), Some("12"));
+        assert_eq!(row.field_text("n").as_deref(), Some("3"));
+        assert_eq!(row.field_text("mv").as_deref(), Some("x"));
+        assert_eq!(row.field_text("z"), None);
+        assert!(Row::from_json("[1]").is_err());
+        assert!(Row::from_json("{").is_err());
+    }
+}
