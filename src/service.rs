@@ -18,7 +18,13 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.server.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.bind {}: {e}", config.server.bind))?;
-    api::serve(listener, AppState::new(pool, config), shutdown).await
+    let storage = crate::storage::open(&config).await?;
+    api::serve(
+        listener,
+        AppState::new(pool, config).with_local_store(storage.local),
+        shutdown,
+    )
+    .await
 }
 
 /// Runs export workers, the notifier and housekeeping until shutdown.
@@ -27,7 +33,8 @@ pub async fn work(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let handler = crate::export::handler_from_config(&config).await?;
+    let storage = crate::storage::open(&config).await?;
+    let handler = crate::export::handler(&config, storage.objects.clone())?;
     let housekeeping =
         tokio::spawn(Housekeeper::new(pool.clone(), (*config).clone()).run(shutdown.clone()));
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)

@@ -22,6 +22,7 @@ pub use status::status_json;
 
 use crate::config::Config;
 use crate::notify::ssrf::AllowList;
+use crate::storage::{LocalStore, download_router};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub allow: Arc<AllowList>,
+    /// Set with local storage: this service serves the signed download links.
+    pub local_store: Option<Arc<LocalStore>>,
 }
 
 impl AppState {
@@ -39,7 +42,14 @@ impl AppState {
             pool,
             config,
             allow,
+            local_store: None,
         }
+    }
+
+    /// Serves local-storage downloads from `store`.
+    pub fn with_local_store(mut self, store: Option<Arc<LocalStore>>) -> Self {
+        self.local_store = store;
+        self
     }
 }
 
@@ -61,8 +71,11 @@ pub fn router(state: AppState) -> Router {
             "/exportlogs/{export_id}",
             get(status::get).delete(status::cancel),
         );
-    Router::new()
-        .nest("/api/v1", api)
+    let mut router = Router::new().nest("/api/v1", api);
+    if let Some(store) = &state.local_store {
+        router = router.merge(download_router(store.clone()));
+    }
+    router
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
