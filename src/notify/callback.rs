@@ -177,7 +177,12 @@ fn classify_response(response: &reqwest::Response) -> Delivery {
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().filter(|c| !c.is_control()).take(200).collect::<String>())
+            .map(|s| {
+                s.chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
+            })
             .unwrap_or_default();
         return Delivery::give_up(format!(
             "callback receiver answered {status} redirecting to {target:?}; redirects are not \
@@ -211,7 +216,7 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
-fn find_source<'a, T: std::error::Error + 'static>(e: &'a reqwest::Error) -> Option<&'a T> {
+fn find_source<T: std::error::Error + 'static>(e: &reqwest::Error) -> Option<&T> {
     let mut source = e.source();
     while let Some(err) = source {
         if let Some(found) = err.downcast_ref::<T>() {
@@ -242,9 +247,13 @@ mod tests {
     use chrono::DateTime;
 
     fn notice(outcome: Outcome) -> Notice {
-        let now = DateTime::parse_from_rfc3339("2024-06-18T12:00:00Z").unwrap().to_utc();
+        let now = DateTime::parse_from_rfc3339("2024-06-18T12:00:00Z")
+            .unwrap()
+            .to_utc();
         Notice {
-            export_id: "6a0b9ea9-444c-4a19-9db8-113201c38cd4".parse::<ExportId>().unwrap(),
+            export_id: "6a0b9ea9-444c-4a19-9db8-113201c38cd4"
+                .parse::<ExportId>()
+                .unwrap(),
             namespace: "acme".into(),
             repository: None,
             range: DateRange::from_request(Some("06/01/2024"), Some("06/18/2024"), None, now, 366)
@@ -256,7 +265,9 @@ mod tests {
 
     #[test]
     fn payload_for_success_has_every_field() {
-        let expires_at = DateTime::parse_from_rfc3339("2024-06-18T19:59:00Z").unwrap().to_utc();
+        let expires_at = DateTime::parse_from_rfc3339("2024-06-18T19:59:00Z")
+            .unwrap()
+            .to_utc();
         let body = callback_payload(&notice(Outcome::Succeeded {
             url: url::Url::parse("https://s3.example.com/b/k?sig=1").unwrap(),
             expires_at,
@@ -285,7 +296,10 @@ mod tests {
         for (outcome, status) in [
             (Outcome::Failed { reason: "x".into() }, "failed"),
             (Outcome::TimedOut, "timedout"),
-            (Outcome::InvalidRequest { reason: "y".into() }, "invalidrequest"),
+            (
+                Outcome::InvalidRequest { reason: "y".into() },
+                "invalidrequest",
+            ),
         ] {
             let body = callback_payload(&notice(outcome));
             assert_eq!(body["status"], status);

@@ -73,7 +73,10 @@ impl Composer {
             builder = builder.message_id(Some(id));
         }
         builder
-            .multipart(MultiPart::alternative_plain_html(content.plain, content.html))
+            .multipart(MultiPart::alternative_plain_html(
+                content.plain,
+                content.html,
+            ))
             .context("building the export e-mail")
     }
 }
@@ -179,9 +182,8 @@ impl FileMailer {
     /// Creates the directory if needed.
     pub fn new(cfg: &EmailConfig) -> anyhow::Result<Self> {
         let composer = Composer::new(cfg)?;
-        std::fs::create_dir_all(&cfg.file_dir).with_context(|| {
-            format!("email.file_dir: cannot create {}", cfg.file_dir.display())
-        })?;
+        std::fs::create_dir_all(&cfg.file_dir)
+            .with_context(|| format!("email.file_dir: cannot create {}", cfg.file_dir.display()))?;
         Ok(Self {
             transport: AsyncFileTransport::new(&cfg.file_dir),
             composer,
@@ -260,7 +262,10 @@ mod tests {
 
     #[test]
     fn message_ids_are_stable_and_header_safe() {
-        assert_eq!(message_id("msg_abc-1", "quay.local").as_deref(), Some("<msg_abc-1@quay.local>"));
+        assert_eq!(
+            message_id("msg_abc-1", "quay.local").as_deref(),
+            Some("<msg_abc-1@quay.local>")
+        );
         assert_eq!(message_id("a\r\nBcc: x", "quay.local"), None);
         assert_eq!(message_id("", "quay.local"), None);
     }

@@ -84,7 +84,9 @@ pub fn render(registry_title: &str, notice: &Notice, now: DateTime<Utc>) -> Mail
             html.push(format!("<p>{}</p>", escape(next)));
         }
     }
-    let footer = format!("This message was sent by {registry_title} because this address was given for the export.");
+    let footer = format!(
+        "This message was sent by {registry_title} because this address was given for the export."
+    );
     plain.push(String::new());
     plain.push("-- ".into());
     plain.push(footer.clone());
@@ -105,7 +107,9 @@ fn validity(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     let until = expires_at.format("%Y-%m-%d %H:%M UTC");
     let left = (expires_at - now).num_seconds();
     if left <= 0 {
-        format!("The link expired at {until} and the file has been deleted; request the export again.")
+        format!(
+            "The link expired at {until} and the file has been deleted; request the export again."
+        )
     } else {
         format!(
             "The link is valid until {until} ({}); after that the file is deleted, so save a copy \
@@ -115,10 +119,12 @@ fn validity(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// "1 hour", "2 hours 5 minutes", "45 minutes", "less than a minute".
+/// "1 hour", "2 hours 5 minutes", "45 minutes", "less than a minute" (to the nearest minute, so
+/// a link sent a few seconds after it was made still reads "1 hour").
 fn human_duration(seconds: i64) -> String {
     let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
-    let (days, hours, minutes) = (seconds / 86_400, seconds % 86_400 / 3600, seconds % 3600 / 60);
+    let total = (seconds + 30) / 60;
+    let (days, hours, minutes) = (total / 1440, total % 1440 / 60, total % 60);
     let parts: Vec<String> = [(days, "day"), (hours, "hour"), (minutes, "minute")]
         .into_iter()
         .filter(|(n, _)| *n > 0)
@@ -203,7 +209,10 @@ mod tests {
         assert_eq!(mail.subject, "[Quay <Prod>] Export Action Logs Complete");
         for body in [&mail.plain, &mail.html] {
             assert!(body.contains(&n.export_id.to_string()));
-            assert!(body.contains("valid until 2024-06-18 19:59 UTC (1 hour)"), "{body}");
+            assert!(
+                body.contains("valid until 2024-06-18 19:59 UTC (1 hour)"),
+                "{body}"
+            );
             assert!(body.contains("06/01/2024 to 06/18/2024"));
         }
         assert!(mail.plain.contains(url.as_str()));
@@ -217,9 +226,21 @@ mod tests {
     #[test]
     fn failure_outcomes_say_so() {
         let cases = [
-            (Outcome::Failed { reason: "Splunk unreachable".into() }, "failed", Some("Splunk unreachable")),
+            (
+                Outcome::Failed {
+                    reason: "Splunk unreachable".into(),
+                },
+                "failed",
+                Some("Splunk unreachable"),
+            ),
             (Outcome::TimedOut, "timed out", None),
-            (Outcome::InvalidRequest { reason: "no such namespace".into() }, "invalid request", Some("no such namespace")),
+            (
+                Outcome::InvalidRequest {
+                    reason: "no such namespace".into(),
+                },
+                "invalid request",
+                Some("no such namespace"),
+            ),
         ];
         for (outcome, phrase, reason) in cases {
             let mail = render("Quay", &notice(outcome), at("2024-06-18T18:59:00Z"));
@@ -250,7 +271,8 @@ mod tests {
         assert_eq!(human_duration(3600), "1 hour");
         assert_eq!(human_duration(7500), "2 hours 5 minutes");
         assert_eq!(human_duration(2700), "45 minutes");
-        assert_eq!(human_duration(30), "less than a minute");
+        assert_eq!(human_duration(3597), "1 hour");
+        assert_eq!(human_duration(29), "less than a minute");
         assert_eq!(human_duration(90_000), "1 day 1 hour");
     }
 

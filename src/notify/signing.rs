@@ -105,7 +105,13 @@ mod tests {
         let expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
         assert_eq!(sign(SECRET, ID, TS, BODY).unwrap(), expected);
         assert!(verify(SECRET, expected, ID, TS, BODY));
-        assert!(verify(SECRET, &format!("v1,bm9wZQ== {expected}"), ID, TS, BODY));
+        assert!(verify(
+            SECRET,
+            &format!("v1,bm9wZQ== {expected}"),
+            ID,
+            TS,
+            BODY
+        ));
     }
 
     #[test]
@@ -127,7 +133,10 @@ mod tests {
 
     #[test]
     fn invalid_whsec_secret_is_refused() {
-        assert_eq!(SigningKey::parse("whsec_not base64!").unwrap_err(), SigningKeyError);
+        assert_eq!(
+            SigningKey::parse("whsec_not base64!").unwrap_err(),
+            SigningKeyError
+        );
         assert!(!format!("{:?}", SigningKey::parse(SECRET).unwrap()).contains("MfKQ"));
     }
 

@@ -29,20 +29,24 @@ pub fn free_port() -> u16 {
 
 /// A fresh, empty directory under the system temp dir.
 pub fn scratch_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("logexport-notify-{what}-{}", uuid::Uuid::new_v4()));
+    let dir =
+        std::env::temp_dir().join(format!("logexport-notify-{what}-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
 /// A notice for acme/widgets over 06/01/2024–06/18/2024 with a fresh export id.
 pub fn notice(outcome: Outcome) -> Notice {
-    let now = DateTime::parse_from_rfc3339("2024-06-18T12:00:00Z").unwrap().to_utc();
+    let now = DateTime::parse_from_rfc3339("2024-06-18T12:00:00Z")
+        .unwrap()
+        .to_utc();
     let export_id = ExportId::new();
     Notice {
         export_id,
         namespace: "acme".into(),
         repository: Some("widgets".into()),
-        range: DateRange::from_request(Some("06/01/2024"), Some("06/18/2024"), None, now, 366).unwrap(),
+        range: DateRange::from_request(Some("06/01/2024"), Some("06/18/2024"), None, now, 366)
+            .unwrap(),
         outcome,
         webhook_id: format!("msg_{}", export_id.0.simple()),
     }
@@ -84,15 +88,25 @@ impl SmtpSink {
         if let Some(suffix) = reject_suffix {
             cmd.args(["--reject-rcpt-suffix", suffix]);
         }
-        let mut child = cmd.spawn().expect("python3 deploy/smtp_sink.py (pip install aiosmtpd)");
+        let mut child = cmd
+            .spawn()
+            .expect("python3 deploy/smtp_sink.py (pip install aiosmtpd)");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
             .await
             .expect("SMTP sink did not start within 20 s")
             .unwrap();
-        assert_eq!(ready.as_deref(), Some("ready"), "SMTP sink failed to start (is aiosmtpd installed?)");
-        Self { port, dir, _child: child }
+        assert_eq!(
+            ready.as_deref(),
+            Some("ready"),
+            "SMTP sink failed to start (is aiosmtpd installed?)"
+        );
+        Self {
+            port,
+            dir,
+            _child: child,
+        }
     }
 
     /// Every message received so far, oldest first.
@@ -103,7 +117,10 @@ impl SmtpSink {
             .filter(|p| p.extension().is_some_and(|e| e == "eml"))
             .collect();
         names.sort();
-        names.iter().map(|p| Mail::parse(&std::fs::read_to_string(p).unwrap())).collect()
+        names
+            .iter()
+            .map(|p| Mail::parse(&std::fs::read_to_string(p).unwrap()))
+            .collect()
     }
 }
 
@@ -121,19 +138,36 @@ impl Mail {
         let headers = unfold(head);
         let envelope_to = find(&headers, "X-Envelope-To").to_owned();
         let content_type = find(&headers, "Content-Type");
-        assert!(content_type.starts_with("multipart/alternative"), "{content_type}");
-        let boundary = content_type.split("boundary=").nth(1).unwrap().trim_matches('"').to_owned();
+        assert!(
+            content_type.starts_with("multipart/alternative"),
+            "{content_type}"
+        );
+        let boundary = content_type
+            .split("boundary=")
+            .nth(1)
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
         let parts = body
             .split(&format!("--{boundary}"))
             .filter_map(|chunk| {
                 let (part_head, part_body) = chunk.trim_start_matches('\n').split_once("\n\n")?;
                 let part_headers = unfold(part_head);
-                let kind = find(&part_headers, "Content-Type").split(';').next()?.trim().to_owned();
-                let encoding = find(&part_headers, "Content-Transfer-Encoding").to_ascii_lowercase();
+                let kind = find(&part_headers, "Content-Type")
+                    .split(';')
+                    .next()?
+                    .trim()
+                    .to_owned();
+                let encoding =
+                    find(&part_headers, "Content-Transfer-Encoding").to_ascii_lowercase();
                 Some((kind, decode(&encoding, part_body)))
             })
             .collect();
-        Self { envelope_to, headers, parts }
+        Self {
+            envelope_to,
+            headers,
+            parts,
+        }
     }
 
     /// A header's (unfolded) value, or "" when absent.
@@ -178,7 +212,9 @@ fn decode(encoding: &str, body: &str) -> String {
     match encoding {
         "base64" => {
             let compact: String = body.split_whitespace().collect();
-            let bytes = base64::engine::general_purpose::STANDARD.decode(compact).unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(compact)
+                .unwrap();
             String::from_utf8(bytes).unwrap()
         }
         "quoted-printable" => {
@@ -221,7 +257,10 @@ pub struct Call {
 impl Call {
     /// A header's value, or "" when absent.
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 }
 
@@ -241,14 +280,21 @@ pub struct Receiver {
 impl Receiver {
     /// Starts the receiver; once the script is used up it answers 200.
     pub async fn start(script: Vec<Reply>) -> Self {
-        let shared = Shared { script: Arc::new(Mutex::new(script.into())), ..Shared::default() };
+        let shared = Shared {
+            script: Arc::new(Mutex::new(script.into())),
+            ..Shared::default()
+        };
         let app = Router::new().fallback(record).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { port, shared, server }
+        Self {
+            port,
+            shared,
+            server,
+        }
     }
 
     /// A callback URL on this receiver.
@@ -276,7 +322,12 @@ async fn record(State(shared): State<Shared>, request: Request) -> Response {
         headers: parts.headers,
         body,
     });
-    let reply = shared.script.lock().unwrap().pop_front().unwrap_or(Reply::Status(200));
+    let reply = shared
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(Reply::Status(200));
     match reply {
         Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
         Reply::Hang(duration) => {
