@@ -42,7 +42,7 @@ impl AllowList {
     /// True when the host name itself is allowed.
     pub fn allows_host(&self, host: &str) -> bool {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
-        self.hosts.iter().any(|h| *h == host)
+        self.hosts.contains(&host)
     }
 
     /// True when the address is allowed by a configured network.
