@@ -33,9 +33,13 @@ fn log(i: u64) -> LogEntry {
         repository: Some("web".into()),
         ip: Some("192.0.2.7".into()),
         metadata,
-        performer: (i % 3 != 0).then(|| PerformerInfo {
-            name: if i % 2 == 0 { "acme+robot".into() } else { "alice".into() },
-            is_robot: i % 2 == 0,
+        performer: (!i.is_multiple_of(3)).then(|| PerformerInfo {
+            name: if i.is_multiple_of(2) {
+                "acme+robot".into()
+            } else {
+                "alice".into()
+            },
+            is_robot: i.is_multiple_of(2),
             avatar_hash: "ab".repeat(32),
             avatar_color: "#969696",
         }),
@@ -112,7 +116,10 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
             }
         }
     }
-    assert!(field.is_empty() && record.is_empty(), "last record lacks CRLF");
+    assert!(
+        field.is_empty() && record.is_empty(),
+        "last record lacks CRLF"
+    );
     records
 }
 
@@ -150,7 +157,13 @@ fn empty_json_archive_holds_only_the_terminator() {
 #[test]
 fn ndjson_has_one_log_object_per_line() {
     let logs: Vec<_> = (0..20).map(log).collect();
-    let bytes = encode(ExportFormat::Ndjson, Compression::None, &details(None), &logs, 100);
+    let bytes = encode(
+        ExportFormat::Ndjson,
+        Compression::None,
+        &details(None),
+        &logs,
+        100,
+    );
     let text = String::from_utf8(bytes).unwrap();
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 20);
@@ -158,13 +171,28 @@ fn ndjson_has_one_log_object_per_line() {
         let v: Value = serde_json::from_str(line).unwrap();
         assert_eq!(v, serde_json::to_value(original).unwrap());
     }
-    assert!(encode(ExportFormat::Ndjson, Compression::None, &details(None), &[], 1).is_empty());
+    assert!(
+        encode(
+            ExportFormat::Ndjson,
+            Compression::None,
+            &details(None),
+            &[],
+            1
+        )
+        .is_empty()
+    );
 }
 
 #[test]
 fn csv_rows_follow_rfc4180_and_carry_every_column() {
     let logs: Vec<_> = (0..7).map(log).collect();
-    let bytes = encode(ExportFormat::Csv, Compression::None, &details(None), &logs, 64);
+    let bytes = encode(
+        ExportFormat::Csv,
+        Compression::None,
+        &details(None),
+        &logs,
+        64,
+    );
     let records = parse_csv(std::str::from_utf8(&bytes).unwrap());
     assert_eq!(
         records[0],
@@ -183,7 +211,15 @@ fn csv_rows_follow_rfc4180_and_carry_every_column() {
     // log(0) has no performer; log(1) is alice; log(2) is a robot.
     assert_eq!(
         records[1][..7],
-        ["2024-06-18T18:59:13Z", "push_repo", "acme", "web", "", "", "192.0.2.7"]
+        [
+            "2024-06-18T18:59:13Z",
+            "push_repo",
+            "acme",
+            "web",
+            "",
+            "",
+            "192.0.2.7"
+        ]
     );
     assert_eq!(records[2][4..6], ["alice", "false"]);
     assert_eq!(records[3][4..6], ["acme+robot", "true"]);
@@ -197,7 +233,13 @@ fn csv_datetime_keeps_subsecond_precision_in_utc() {
     l.datetime = DateTime::parse_from_rfc3339("2024-06-18T20:59:13.250+02:00")
         .unwrap()
         .with_timezone(&Utc);
-    let bytes = encode(ExportFormat::Csv, Compression::None, &details(None), &[l], 1);
+    let bytes = encode(
+        ExportFormat::Csv,
+        Compression::None,
+        &details(None),
+        &[l],
+        1,
+    );
     let records = parse_csv(std::str::from_utf8(&bytes).unwrap());
     assert_eq!(records[1][0], "2024-06-18T18:59:13.250Z");
 }
@@ -210,7 +252,13 @@ fn csv_quotes_only_when_needed() {
     l.namespace = Some("say \"hi\"".into());
     l.repository = Some("line\nbreak".into());
     l.metadata = serde_json::Map::new();
-    let bytes = encode(ExportFormat::Csv, Compression::None, &details(None), &[l], 1);
+    let bytes = encode(
+        ExportFormat::Csv,
+        Compression::None,
+        &details(None),
+        &[l],
+        1,
+    );
     let text = std::str::from_utf8(&bytes).unwrap();
     let row = text.split_once("\r\n").unwrap().1;
     assert_eq!(
@@ -253,12 +301,30 @@ fn take_bytes_waits_for_enough_and_take_all_drains() {
 
 #[test]
 fn extensions_and_content_types() {
-    assert_eq!(file_extension(ExportFormat::Json, Compression::None), "json");
-    assert_eq!(file_extension(ExportFormat::Csv, Compression::Gzip), "csv.gz");
-    assert_eq!(file_extension(ExportFormat::Ndjson, Compression::Gzip), "ndjson.gz");
-    assert_eq!(content_type(ExportFormat::Json, Compression::Gzip), "application/gzip");
-    assert_eq!(content_type(ExportFormat::Csv, Compression::None), "text/csv; charset=utf-8");
-    assert_eq!(content_type_for_file_name("x.ndjson"), "application/x-ndjson");
+    assert_eq!(
+        file_extension(ExportFormat::Json, Compression::None),
+        "json"
+    );
+    assert_eq!(
+        file_extension(ExportFormat::Csv, Compression::Gzip),
+        "csv.gz"
+    );
+    assert_eq!(
+        file_extension(ExportFormat::Ndjson, Compression::Gzip),
+        "ndjson.gz"
+    );
+    assert_eq!(
+        content_type(ExportFormat::Json, Compression::Gzip),
+        "application/gzip"
+    );
+    assert_eq!(
+        content_type(ExportFormat::Csv, Compression::None),
+        "text/csv; charset=utf-8"
+    );
+    assert_eq!(
+        content_type_for_file_name("x.ndjson"),
+        "application/x-ndjson"
+    );
     assert_eq!(content_type_for_file_name("x.json.gz"), "application/gzip");
 }
 

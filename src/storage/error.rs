@@ -42,7 +42,12 @@ impl StorageError {
         Self::build(system, operation, Kind::Permanent, message)
     }
 
-    fn build(system: &str, operation: &'static str, kind: Kind, message: impl fmt::Display) -> Self {
+    fn build(
+        system: &str,
+        operation: &'static str,
+        kind: Kind,
+        message: impl fmt::Display,
+    ) -> Self {
         let mut message = message.to_string();
         if message.len() > MAX_MESSAGE {
             let mut end = MAX_MESSAGE;

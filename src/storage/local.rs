@@ -117,7 +117,10 @@ impl LocalStore {
     }
 
     /// Partial files under `prefix` with their last modification time.
-    async fn partial_files(&self, prefix: &str) -> Result<Vec<(PathBuf, SystemTime)>, StorageError> {
+    async fn partial_files(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(PathBuf, SystemTime)>, StorageError> {
         let prefix = file_name(prefix);
         let mut entries = tokio::fs::read_dir(&self.dir)
             .await
@@ -273,11 +276,17 @@ struct LocalUpload {
 impl LocalUpload {
     async fn complete_inner(&mut self) -> Result<u64, StorageError> {
         let Some(mut file) = self.file.take() else {
-            return Err(StorageError::permanent(SYSTEM, "complete", "upload already finished"));
+            return Err(StorageError::permanent(
+                SYSTEM,
+                "complete",
+                "upload already finished",
+            ));
         };
         file.flush().await.map_err(|e| io_error("write file", e))?;
         // Durable before it becomes visible: a crash never leaves a truncated archive in place.
-        file.sync_all().await.map_err(|e| io_error("sync file", e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| io_error("sync file", e))?;
         drop(file);
         tokio::fs::rename(&self.partial, &self.path)
             .await
@@ -298,7 +307,11 @@ impl LocalUpload {
 impl Upload for LocalUpload {
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
         let Some(file) = self.file.as_mut() else {
-            return Err(StorageError::permanent(SYSTEM, "write", "upload already finished"));
+            return Err(StorageError::permanent(
+                SYSTEM,
+                "write",
+                "upload already finished",
+            ));
         };
         if let Err(e) = file.write_all(&chunk).await {
             let _ = self.remove_partial();

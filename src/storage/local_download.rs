@@ -73,7 +73,10 @@ pub async fn serve_download(
         .map_err(|_| DownloadError::NotFound)?
         .len();
     let headers = [
-        (header::CONTENT_TYPE, content_type_for_file_name(&file).to_owned()),
+        (
+            header::CONTENT_TYPE,
+            content_type_for_file_name(&file).to_owned(),
+        ),
         (header::CONTENT_LENGTH, length.to_string()),
         (
             header::CONTENT_DISPOSITION,

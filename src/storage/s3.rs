@@ -74,7 +74,10 @@ impl S3Store {
                     .read_timeout(Duration::from_secs(120))
                     .build(),
             );
-        match (cfg.access_key_id.is_empty(), cfg.secret_access_key.is_empty()) {
+        match (
+            cfg.access_key_id.is_empty(),
+            cfg.secret_access_key.is_empty(),
+        ) {
             (false, false) => {
                 loader = loader.credentials_provider(Credentials::new(
                     cfg.access_key_id.expose(),
@@ -95,9 +98,8 @@ impl S3Store {
             .request_checksum_calculation(request_checksum)
             .response_checksum_validation(response_checksum);
         if let Some(endpoint) = cfg.endpoint_url.as_deref().filter(|e| !e.is_empty()) {
-            Url::parse(endpoint).map_err(|e| {
-                anyhow::anyhow!("storage.s3.endpoint_url: not a URL ({e})")
-            })?;
+            Url::parse(endpoint)
+                .map_err(|e| anyhow::anyhow!("storage.s3.endpoint_url: not a URL ({e})"))?;
             builder = builder.endpoint_url(endpoint);
         }
         Ok(Self {
@@ -189,9 +191,18 @@ impl ObjectStore for S3Store {
 
     async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
         let s = &self.inner;
-        match s.client.head_object().bucket(&s.bucket).key(key).send().await {
+        match s
+            .client
+            .head_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(head) => Ok(Some(
-                head.content_length().and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+                head.content_length()
+                    .and_then(|l| u64::try_from(l).ok())
+                    .unwrap_or(0),
             )),
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
             Err(e) => Err(sdk_error(&s.system, "head object", e)),
@@ -226,7 +237,8 @@ impl ObjectStore for S3Store {
             match result {
                 Ok(_) => aborted += 1,
                 // Completed or aborted by someone else meanwhile: nothing left to clean.
-                Err(SdkError::ServiceError(e)) if e.err().meta().code() == Some("NoSuchUpload") => {}
+                Err(SdkError::ServiceError(e)) if e.err().meta().code() == Some("NoSuchUpload") => {
+                }
                 Err(e) => return Err(sdk_error(&s.system, "abort stale upload", e)),
             }
         }

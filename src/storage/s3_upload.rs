@@ -70,7 +70,11 @@ impl S3Upload {
             .await
             .map_err(|e| sdk_error(&s.system, "create multipart upload", e))?;
         let id = created.upload_id().ok_or_else(|| {
-            StorageError::permanent(&s.system, "create multipart upload", "no upload id returned")
+            StorageError::permanent(
+                &s.system,
+                "create multipart upload",
+                "no upload id returned",
+            )
         })?;
         self.upload_id = Some(id.to_owned());
         Ok(id.to_owned())
