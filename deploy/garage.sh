@@ -94,6 +94,10 @@ fi
 if pid="$(running_pid)"; then
     log "garage already running (pid $pid)"
 else
+    if curl -s -o /dev/null "http://127.0.0.1:$S3_PORT/" 2>/dev/null; then
+        die "port $S3_PORT already answers but not for the garage in $STATE (another checkout's?);" \
+            "stop it (deploy/garage.sh stop in that checkout) or pick other ports with GARAGE_S3_PORT/GARAGE_RPC_PORT/GARAGE_ADMIN_PORT"
+    fi
     log "starting garage (log: $LOG_FILE)"
     nohup "$GARAGE" -c "$CONF" server >>"$LOG_FILE" 2>&1 &
     echo $! >"$PID_FILE"

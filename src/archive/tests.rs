@@ -33,13 +33,13 @@ fn log(i: u64) -> LogEntry {
         repository: Some("web".into()),
         ip: Some("192.0.2.7".into()),
         metadata,
-        performer: (i % 3 != 0).then(|| PerformerInfo {
-            name: if i % 2 == 0 {
+        performer: (!i.is_multiple_of(3)).then(|| PerformerInfo {
+            name: if i.is_multiple_of(2) {
                 "acme+robot".into()
             } else {
                 "alice".into()
             },
-            is_robot: i % 2 == 0,
+            is_robot: i.is_multiple_of(2),
             avatar_hash: "ab".repeat(32),
             avatar_color: "#969696",
         }),
