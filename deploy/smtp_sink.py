@@ -2,23 +2,29 @@
 """A real SMTP server for tests: accepts mail and writes each message to a directory.
 
 Usage: smtp_sink.py --port N --dir DIR [--host 127.0.0.1] [--reject-rcpt-suffix @bad.example]
+                    [--auth USER:PASSWORD]
 
 Each accepted message is written as DIR/<unix-ms>-<n>.eml: an `X-Envelope-From:` and an
 `X-Envelope-To:` line (the SMTP envelope, which the headers alone do not show) followed by the
 message exactly as received. Files appear atomically (written to a temporary name, then renamed),
 so a test polling the directory never reads half a message. Recipients ending with
---reject-rcpt-suffix are answered `550 5.1.1 mailbox unavailable`. Prints "ready" once listening.
+--reject-rcpt-suffix are answered `550 5.1.1 mailbox unavailable`. With --auth, clients must log
+in (PLAIN or LOGIN, allowed without TLS since this is a local test server) with exactly those
+credentials. Prints "ready" once listening.
 """
 
 import argparse
 import asyncio
 import itertools
+import logging
 import os
 import signal
 import sys
 import time
+import warnings
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
@@ -51,13 +57,40 @@ class Sink:
         return "250 Message accepted for delivery as %s" % name
 
 
+def authenticator_for(credentials):
+    user, _, password = credentials.partition(":")
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == user.encode()
+            and auth_data.password == password.encode()
+        )
+        # handled=False makes aiosmtpd answer 535 itself; the default would send no reply at all.
+        return AuthResult(success=ok, handled=False)
+
+    return authenticate
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--dir", required=True)
     parser.add_argument("--reject-rcpt-suffix", default=None)
+    parser.add_argument("--auth", default=None, metavar="USER:PASSWORD")
     args = parser.parse_args()
+    auth = {}
+    if args.auth:
+        # Plain-text AUTH is intended here: a loopback-only test server.
+        warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
+        auth = dict(
+            authenticator=authenticator_for(args.auth),
+            auth_required=True,
+            auth_require_tls=False,
+        )
 
     os.makedirs(args.dir, exist_ok=True)
     controller = Controller(
@@ -67,6 +100,7 @@ def main():
         # The sink is a test double: accept 8BITMIME/SMTPUTF8 bodies verbatim.
         decode_data=False,
         enable_SMTPUTF8=True,
+        **auth,
     )
     controller.start()
     print("ready", flush=True)

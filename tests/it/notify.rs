@@ -59,7 +59,7 @@ fn give_up_reason(delivery: Delivery) -> String {
 
 #[tokio::test]
 async fn success_mail_reaches_the_smtp_server_with_link_in_both_parts() {
-    let sink = SmtpSink::start(free_port(), None).await;
+    let sink = SmtpSink::start(free_port(), &[]).await;
     let mailer = mailer_from_config(&smtp_config(sink.port)).unwrap();
     let n = notice(success(
         "https://s3.example.com/bucket/exportedactionlogs/x.json?X-Amz-Signature=abc&X-Amz-Expires=3600",
@@ -100,7 +100,7 @@ async fn success_mail_reaches_the_smtp_server_with_link_in_both_parts() {
 
 #[tokio::test]
 async fn unsuccessful_outcomes_are_stated_in_the_mail() {
-    let sink = SmtpSink::start(free_port(), None).await;
+    let sink = SmtpSink::start(free_port(), &[]).await;
     let mailer = SmtpMailer::new(&smtp_config(sink.port)).unwrap();
     let outcomes = [
         (
@@ -141,7 +141,7 @@ async fn unsuccessful_outcomes_are_stated_in_the_mail() {
 #[tokio::test]
 async fn smtp_outage_is_retried_and_delivered_once_the_server_is_back() {
     let port = free_port();
-    let sink = SmtpSink::start(port, None).await;
+    let sink = SmtpSink::start(port, &[]).await;
     let mailer = SmtpMailer::new(&smtp_config(port)).unwrap();
     let first = notice(Outcome::TimedOut);
     assert!(
@@ -157,7 +157,7 @@ async fn smtp_outage_is_retried_and_delivered_once_the_server_is_back() {
     assert_retry(&mailer.send(&to("admin@example.com"), &n).await);
     assert_retry(&mailer.send(&to("admin@example.com"), &n).await);
 
-    let sink = SmtpSink::start_in(port, None, dir).await;
+    let sink = SmtpSink::start_in(port, dir, &[]).await;
     let delivery = mailer.send(&to("admin@example.com"), &n).await;
     assert!(delivery.is_delivered(), "{delivery:?}");
     let with_id = |id: String| {
@@ -176,7 +176,7 @@ async fn smtp_outage_is_retried_and_delivered_once_the_server_is_back() {
 
 #[tokio::test]
 async fn permanent_rejection_gives_up() {
-    let sink = SmtpSink::start(free_port(), Some("@rejected.example")).await;
+    let sink = SmtpSink::start(free_port(), &["--reject-rcpt-suffix", "@rejected.example"]).await;
     let mailer = SmtpMailer::new(&smtp_config(sink.port)).unwrap();
     let reason = give_up_reason(
         mailer
@@ -188,6 +188,37 @@ async fn permanent_rejection_gives_up() {
         "{reason}"
     );
     assert!(sink.messages().is_empty());
+}
+
+#[tokio::test]
+async fn smtp_credentials_from_the_url_are_used_and_never_reported() {
+    let sink = SmtpSink::start(free_port(), &["--auth", "mailer:s3cr%t pw"]).await;
+    let mut cfg = smtp_config(sink.port);
+    cfg.smtp_url = Secret::new(format!(
+        "smtp://mailer:s3cr%25t%20pw@127.0.0.1:{}",
+        sink.port
+    ));
+    let n = notice(Outcome::TimedOut);
+    let delivery = SmtpMailer::new(&cfg)
+        .unwrap()
+        .send(&to("admin@example.com"), &n)
+        .await;
+    assert!(delivery.is_delivered(), "{delivery:?}");
+    assert_eq!(sink.messages().len(), 1);
+
+    // A wrong password is our configuration, fixable before the last retry: retried, and the
+    // reason the queue stores and logs does not contain it.
+    cfg.smtp_url = Secret::new(format!("smtp://mailer:wrong-pw@127.0.0.1:{}", sink.port));
+    let delivery = SmtpMailer::new(&cfg)
+        .unwrap()
+        .send(&to("admin@example.com"), &n)
+        .await;
+    let Delivery::Retry { reason, .. } = delivery else {
+        panic!("expected Retry, got {delivery:?}");
+    };
+    assert!(reason.contains("535"), "{reason}");
+    assert!(!reason.contains("wrong-pw"), "{reason}");
+    assert_eq!(sink.messages().len(), 1);
 }
 
 #[tokio::test]

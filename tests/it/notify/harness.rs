@@ -71,12 +71,13 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     /// Starts a sink writing into a fresh directory.
-    pub async fn start(port: u16, reject_suffix: Option<&str>) -> Self {
-        Self::start_in(port, reject_suffix, scratch_dir("smtp")).await
+    pub async fn start(port: u16, args: &[&str]) -> Self {
+        Self::start_in(port, scratch_dir("smtp"), args).await
     }
 
-    /// Starts a sink writing into `dir` and waits until it prints "ready".
-    pub async fn start_in(port: u16, reject_suffix: Option<&str>, dir: PathBuf) -> Self {
+    /// Starts a sink writing into `dir` (extra `args` such as `--auth u:p`) and waits until it
+    /// prints "ready".
+    pub async fn start_in(port: u16, dir: PathBuf, args: &[&str]) -> Self {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/smtp_sink.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
@@ -85,9 +86,7 @@ impl SmtpSink {
             .arg(&dir)
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(suffix) = reject_suffix {
-            cmd.args(["--reject-rcpt-suffix", suffix]);
-        }
+        cmd.args(args);
         let mut child = cmd
             .spawn()
             .expect("python3 deploy/smtp_sink.py (pip install aiosmtpd)");
