@@ -147,6 +147,7 @@ if [ -z "$ACCESS_KEY" ] || [ -z "$SECRET_KEY" ] || ! g key info "$ACCESS_KEY" >/
 fi
 g bucket allow --read --write --owner "$BUCKET" --key "$ACCESS_KEY" >/dev/null
 
+mkdir -p "$(dirname "$ENV_FILE")"
 umask 077
 cat >"$ENV_FILE.tmp" <<ENV
 # Written by deploy/garage.sh: the Garage S3 store the integration tests use.

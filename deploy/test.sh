@@ -32,6 +32,8 @@ if ! python3 -c 'import aiosmtpd, splunklib' 2>/dev/null; then
 fi
 
 step "Garage (S3)"
+# Shared by every checkout on this machine (CI runs a fresh one), so one server is reused.
+export GARAGE_STATE_DIR="${GARAGE_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/logexport/garage}"
 deploy/garage.sh
 # shellcheck disable=SC1091
 source .test-env/garage.env

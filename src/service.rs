@@ -7,7 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::worker::{Housekeeper, WorkerPool, WorkerSettings};
+use crate::queue::QueueListener;
+use crate::worker::{Housekeeper, Notifier, WorkerPool, WorkerSettings};
 
 /// Runs the HTTP API until shutdown.
 pub async fn serve(
@@ -19,12 +20,8 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.bind {}: {e}", config.server.bind))?;
     let storage = crate::storage::open(&config).await?;
-    api::serve(
-        listener,
-        AppState::new(pool, config).with_local_store(storage.local),
-        shutdown,
-    )
-    .await
+    let state = AppState::new(pool, config).with_local_store(storage.local);
+    api::serve(listener, state, shutdown).await
 }
 
 /// Runs export workers, the notifier and housekeeping until shutdown.
@@ -35,11 +32,20 @@ pub async fn work(
 ) -> anyhow::Result<()> {
     let storage = crate::storage::open(&config).await?;
     let handler = crate::export::handler(&config, storage.objects.clone())?;
-    let housekeeping =
-        tokio::spawn(Housekeeper::new(pool.clone(), (*config).clone()).run(shutdown.clone()));
+    let mailer = crate::notify::mailer_from_config(&config.email)?;
+    let notifier = Notifier::new(pool.clone(), &config, mailer)?;
+    let listener_stop = CancellationToken::new();
+    let listener = QueueListener::spawn(pool.clone(), listener_stop.clone());
+    let notifications = tokio::spawn(notifier.run(listener, shutdown.clone()));
+    let housekeeping = tokio::spawn(
+        Housekeeper::new(pool.clone(), (*config).clone(), Some(storage.objects.clone()))
+            .run(shutdown.clone()),
+    );
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
         .run(shutdown)
         .await;
+    let _ = notifications.await;
     let _ = housekeeping.await;
+    listener_stop.cancel();
     Ok(())
 }

@@ -145,6 +145,8 @@ pub struct ExportRow {
     pub notify_last_error: Option<String>,
     pub notified_at: Option<DateTime<Utc>>,
     pub webhook_id: String,
+    pub email_done: bool,
+    pub callback_done: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

@@ -420,11 +420,14 @@ pub enum NotifyResult {
 }
 
 /// Records a notification attempt, fenced on the attempt number the claim returned.
+/// `email_done`/`callback_done` mark channels that need no further attempt.
 pub async fn finish_notification(
     pool: &PgPool,
     id: Uuid,
     notify_attempts: i32,
     result: &NotifyResult,
+    email_done: bool,
+    callback_done: bool,
 ) -> sqlx::Result<bool> {
     let (state, delay, error) = match result {
         NotifyResult::Delivered => ("delivered", 0.0, None),
@@ -437,6 +440,7 @@ pub async fn finish_notification(
              notify_run_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4) ELSE notify_run_at END,
              notify_lease_expires_at = NULL,
              notified_at = CASE WHEN $3 = 'delivered' THEN now() ELSE notified_at END,
+             email_done = $6, callback_done = $7,
              updated_at = now()
          WHERE id = $1 AND notify_attempts = $2 AND notify_state = 'pending'",
     )
@@ -445,6 +449,8 @@ pub async fn finish_notification(
     .bind(state)
     .bind(delay)
     .bind(error)
+    .bind(email_done)
+    .bind(callback_done)
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)

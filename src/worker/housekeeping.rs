@@ -1,5 +1,6 @@
 //! Periodic cleanup: job retention, expired exported objects and stale multipart uploads.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -7,26 +8,63 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::queue::storage;
+use crate::storage::ObjectStore;
 
 /// Runs the cleanup tasks on an interval.
 pub struct Housekeeper {
     pool: PgPool,
     config: Config,
+    store: Option<Arc<dyn ObjectStore>>,
 }
 
 impl Housekeeper {
-    /// A housekeeper over the job table.
-    pub fn new(pool: PgPool, config: Config) -> Self {
-        Self { pool, config }
+    /// A housekeeper over the job table and, when given, the object store.
+    pub fn new(pool: PgPool, config: Config, store: Option<Arc<dyn ObjectStore>>) -> Self {
+        Self { pool, config, store }
     }
 
     /// One pass of every cleanup task; errors are logged, never fatal.
     pub async fn run_once(&self) {
+        if let Some(store) = &self.store {
+            self.delete_expired_objects(store.as_ref()).await;
+            let older_than = Duration::from_secs(self.config.export.stale_upload_seconds);
+            match store
+                .abort_stale_uploads(&self.config.export.object_prefix, older_than)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(aborted = n, "aborted stale incomplete uploads"),
+                Err(e) => tracing::warn!(error = %e, "aborting stale uploads failed"),
+            }
+        }
         let retention = chrono::Duration::days(i64::from(self.config.worker.job_retention_days));
         match storage::delete_finished_before(&self.pool, chrono::Utc::now() - retention).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "deleted finished jobs past retention"),
             Err(e) => tracing::warn!(error = %e, "job retention cleanup failed"),
+        }
+    }
+
+    async fn delete_expired_objects(&self, store: &dyn ObjectStore) {
+        let retention = Duration::from_secs(self.config.export.object_retention_seconds);
+        let expired = match storage::expired_objects(&self.pool, retention, 500).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing expired exports failed");
+                return;
+            }
+        };
+        for (id, key) in expired {
+            match store.delete(&key).await {
+                Ok(()) => {
+                    if let Err(e) = storage::mark_object_deleted(&self.pool, id).await {
+                        tracing::warn!(export_id = %id, error = %e, "recording the deletion failed");
+                    } else {
+                        tracing::info!(export_id = %id, "deleted the exported archive past its retention");
+                    }
+                }
+                Err(e) => tracing::warn!(export_id = %id, error = %e, "deleting an expired archive failed"),
+            }
         }
     }
 

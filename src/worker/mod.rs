@@ -2,8 +2,10 @@
 
 mod housekeeping;
 mod job;
+mod notifier;
 mod runner;
 
 pub use housekeeping::Housekeeper;
 pub use job::{JobContext, JobError, JobHandler, NoopHandler, StopReason};
+pub use notifier::{Notifier, notice};
 pub use runner::{WorkerPool, WorkerSettings};

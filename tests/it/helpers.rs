@@ -158,3 +158,25 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The Garage store `deploy/garage.sh` started, as S3 configuration (part size 5 MiB).
+pub fn garage_s3_config() -> logexport::config::S3Config {
+    let var = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| {
+            panic!(
+                "{name} is not set: start Garage with deploy/garage.sh (or run deploy/test.sh), \
+                 then `source .test-env/garage.env`"
+            )
+        })
+    };
+    logexport::config::S3Config {
+        bucket: var("LOGEXPORT_TEST_S3_BUCKET"),
+        region: var("LOGEXPORT_TEST_S3_REGION"),
+        endpoint_url: Some(var("LOGEXPORT_TEST_S3_ENDPOINT")),
+        force_path_style: true,
+        access_key_id: Secret::new(var("LOGEXPORT_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Secret::new(var("LOGEXPORT_TEST_S3_SECRET_KEY")),
+        part_size_mib: 5,
+        checksum: "when_required".into(),
+    }
+}

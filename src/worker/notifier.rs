@@ -1,0 +1,209 @@
+//! The notification stage's loop: claims due notifications, makes one delivery attempt per
+//! channel through `notify`, and records the result with its own backoff — never re-running
+//! the export.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use crate::config::Config;
+use crate::domain::{CallbackUrl, EmailAddress, ExportId};
+use crate::metrics::METRICS;
+use crate::notify::{CallbackSender, Delivery, Mailer, Notice, Outcome};
+use crate::queue::storage::{self, NotifyResult};
+use crate::queue::{ExportRow, JobState, QueueListener, RetryPolicy};
+
+/// Delivers the one notification of every finished export.
+#[derive(Clone)]
+pub struct Notifier {
+    pool: PgPool,
+    mailer: Arc<dyn Mailer>,
+    callbacks: Arc<CallbackSender>,
+    retry: RetryPolicy,
+    email_attempts: i32,
+    callback_attempts: i32,
+    lease: Duration,
+    poll_interval: Duration,
+    concurrency: usize,
+}
+
+impl Notifier {
+    /// A notifier with the configured mail transport and callback client.
+    pub fn new(pool: PgPool, config: &Config, mailer: Arc<dyn Mailer>) -> anyhow::Result<Self> {
+        Ok(Self {
+            pool,
+            mailer,
+            callbacks: Arc::new(CallbackSender::new(&config.callback)?),
+            retry: RetryPolicy {
+                base: Duration::from_secs(config.callback.backoff_base_seconds),
+                max: Duration::from_secs(config.callback.backoff_max_seconds),
+            },
+            email_attempts: config.email.max_attempts as i32,
+            callback_attempts: config.callback.max_attempts as i32,
+            // Longer than a callback or SMTP exchange can take, so two notifiers never overlap.
+            lease: Duration::from_secs(
+                config.callback.timeout_seconds.max(config.email.timeout_seconds) * 2 + 30,
+            ),
+            poll_interval: Duration::from_millis(config.worker.poll_interval_ms),
+            concurrency: 4,
+        })
+    }
+
+    /// Runs until shutdown; in-flight deliveries finish first.
+    pub async fn run(self, listener: QueueListener, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        for _ in 0..self.concurrency {
+            let this = self.clone();
+            let (listener, shutdown) = (listener.clone(), shutdown.clone());
+            tracker.spawn(async move { this.run_one(listener, shutdown).await });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    async fn run_one(&self, listener: QueueListener, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let woken = listener.notify_due.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.deliver_next().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "claiming a notification failed"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Delivers one due notification; false when none was due.
+    pub async fn deliver_next(&self) -> sqlx::Result<bool> {
+        let Some(row) = storage::claim_notification(&self.pool, self.lease).await? else {
+            return Ok(false);
+        };
+        let span = tracing::info_span!("notify", export_id = %row.id, attempt = row.notify_attempts);
+        let _enter = span.enter();
+        drop(_enter);
+        self.deliver(row).await?;
+        Ok(true)
+    }
+
+    async fn deliver(&self, row: ExportRow) -> sqlx::Result<()> {
+        let notice = notice(&row);
+        let mut email_done = row.email_done;
+        let mut callback_done = row.callback_done;
+        let mut retry: Vec<String> = Vec::new();
+        let mut gave_up: Vec<String> = Vec::new();
+
+        if let (false, Some(address)) = (email_done, row.callback_email.as_deref()) {
+            let delivery = match EmailAddress::parse(address) {
+                Ok(to) => self.mailer.send(&to, &notice).await,
+                Err(e) => Delivery::give_up(e.to_string()),
+            };
+            email_done = self.classify("email", delivery, row.notify_attempts, self.email_attempts, &mut retry, &mut gave_up);
+        }
+        if let (false, Some(url)) = (callback_done, row.callback_url.as_deref()) {
+            let delivery = match CallbackUrl::from_stored(url) {
+                Ok(url) => self.callbacks.send(&url, &notice).await,
+                Err(e) => Delivery::give_up(e.to_string()),
+            };
+            callback_done = self.classify("callback", delivery, row.notify_attempts, self.callback_attempts, &mut retry, &mut gave_up);
+        }
+
+        let result = if !retry.is_empty() {
+            let delay = self.retry.delay(row.notify_attempts.max(1) as u32);
+            tracing::warn!(reasons = ?retry, retry_in = ?delay, "notification will be retried");
+            NotifyResult::RetryAfter(delay, retry.join("; "))
+        } else if !gave_up.is_empty() {
+            tracing::error!(reasons = ?gave_up, "notification given up");
+            NotifyResult::GaveUp(gave_up.join("; "))
+        } else {
+            tracing::info!("notification delivered");
+            NotifyResult::Delivered
+        };
+        let recorded = storage::finish_notification(
+            &self.pool,
+            row.id,
+            row.notify_attempts,
+            &result,
+            email_done,
+            callback_done,
+        )
+        .await?;
+        if !recorded {
+            tracing::warn!("notification lease lapsed before the result was recorded");
+        }
+        Ok(())
+    }
+
+    /// Counts a channel's delivery and says whether the channel is done.
+    fn classify(
+        &self,
+        channel: &'static str,
+        delivery: Delivery,
+        attempt: i32,
+        max_attempts: i32,
+        retry: &mut Vec<String>,
+        gave_up: &mut Vec<String>,
+    ) -> bool {
+        match delivery {
+            Delivery::Delivered { receipt } => {
+                METRICS.incr("logexport_notifications_total", &format!("{channel}_delivered"));
+                tracing::info!(channel, receipt = %receipt, "delivered");
+                true
+            }
+            Delivery::Retry { reason, .. } if attempt < max_attempts => {
+                METRICS.incr("logexport_notifications_total", &format!("{channel}_retry"));
+                retry.push(format!("{channel}: {reason}"));
+                false
+            }
+            Delivery::Retry { reason, .. } | Delivery::GiveUp { reason } => {
+                METRICS.incr("logexport_notifications_total", &format!("{channel}_failed"));
+                gave_up.push(format!("{channel}: {reason} (attempt {attempt} of {max_attempts})"));
+                true
+            }
+        }
+    }
+}
+
+/// The notice for a finished export row.
+pub fn notice(row: &ExportRow) -> Notice {
+    let outcome = match row.state() {
+        JobState::Succeeded => match row.download_url.as_deref().map(Url::parse) {
+            Some(Ok(url)) => Outcome::Succeeded {
+                url,
+                expires_at: row.url_expires_at.unwrap_or_else(chrono::Utc::now),
+                logs_exported: row.logs_exported.max(0) as u64,
+                size_bytes: row.bytes_written.max(0) as u64,
+            },
+            _ => Outcome::Failed {
+                reason: "the archive's link is missing".into(),
+            },
+        },
+        JobState::TimedOut => Outcome::TimedOut,
+        JobState::Invalid => Outcome::InvalidRequest {
+            reason: row.last_error.clone().unwrap_or_default(),
+        },
+        _ => Outcome::Failed {
+            reason: row
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the export failed".into()),
+        },
+    };
+    Notice {
+        export_id: ExportId(row.id),
+        namespace: row.namespace.clone(),
+        repository: row.repository.clone(),
+        range: row.range(),
+        outcome,
+        webhook_id: row.webhook_id.clone(),
+    }
+}
