@@ -38,8 +38,12 @@ pub async fn work(
     let listener = QueueListener::spawn(pool.clone(), listener_stop.clone());
     let notifications = tokio::spawn(notifier.run(listener, shutdown.clone()));
     let housekeeping = tokio::spawn(
-        Housekeeper::new(pool.clone(), (*config).clone(), Some(storage.objects.clone()))
-            .run(shutdown.clone()),
+        Housekeeper::new(
+            pool.clone(),
+            (*config).clone(),
+            Some(storage.objects.clone()),
+        )
+        .run(shutdown.clone()),
     );
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
         .run(shutdown)

@@ -20,7 +20,11 @@ pub struct Housekeeper {
 impl Housekeeper {
     /// A housekeeper over the job table and, when given, the object store.
     pub fn new(pool: PgPool, config: Config, store: Option<Arc<dyn ObjectStore>>) -> Self {
-        Self { pool, config, store }
+        Self {
+            pool,
+            config,
+            store,
+        }
     }
 
     /// One pass of every cleanup task; errors are logged, never fatal.
@@ -63,7 +67,9 @@ impl Housekeeper {
                         tracing::info!(export_id = %id, "deleted the exported archive past its retention");
                     }
                 }
-                Err(e) => tracing::warn!(export_id = %id, error = %e, "deleting an expired archive failed"),
+                Err(e) => {
+                    tracing::warn!(export_id = %id, error = %e, "deleting an expired archive failed")
+                }
             }
         }
     }

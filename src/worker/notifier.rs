@@ -46,7 +46,12 @@ impl Notifier {
             callback_attempts: config.callback.max_attempts as i32,
             // Longer than a callback or SMTP exchange can take, so two notifiers never overlap.
             lease: Duration::from_secs(
-                config.callback.timeout_seconds.max(config.email.timeout_seconds) * 2 + 30,
+                config
+                    .callback
+                    .timeout_seconds
+                    .max(config.email.timeout_seconds)
+                    * 2
+                    + 30,
             ),
             poll_interval: Duration::from_millis(config.worker.poll_interval_ms),
             concurrency: 4,
@@ -88,7 +93,8 @@ impl Notifier {
         let Some(row) = storage::claim_notification(&self.pool, self.lease).await? else {
             return Ok(false);
         };
-        let span = tracing::info_span!("notify", export_id = %row.id, attempt = row.notify_attempts);
+        let span =
+            tracing::info_span!("notify", export_id = %row.id, attempt = row.notify_attempts);
         let _enter = span.enter();
         drop(_enter);
         self.deliver(row).await?;
@@ -107,14 +113,28 @@ impl Notifier {
                 Ok(to) => self.mailer.send(&to, &notice).await,
                 Err(e) => Delivery::give_up(e.to_string()),
             };
-            email_done = self.classify("email", delivery, row.notify_attempts, self.email_attempts, &mut retry, &mut gave_up);
+            email_done = self.classify(
+                "email",
+                delivery,
+                row.notify_attempts,
+                self.email_attempts,
+                &mut retry,
+                &mut gave_up,
+            );
         }
         if let (false, Some(url)) = (callback_done, row.callback_url.as_deref()) {
             let delivery = match CallbackUrl::from_stored(url) {
                 Ok(url) => self.callbacks.send(&url, &notice).await,
                 Err(e) => Delivery::give_up(e.to_string()),
             };
-            callback_done = self.classify("callback", delivery, row.notify_attempts, self.callback_attempts, &mut retry, &mut gave_up);
+            callback_done = self.classify(
+                "callback",
+                delivery,
+                row.notify_attempts,
+                self.callback_attempts,
+                &mut retry,
+                &mut gave_up,
+            );
         }
 
         let result = if !retry.is_empty() {
@@ -155,7 +175,10 @@ impl Notifier {
     ) -> bool {
         match delivery {
             Delivery::Delivered { receipt } => {
-                METRICS.incr("logexport_notifications_total", &format!("{channel}_delivered"));
+                METRICS.incr(
+                    "logexport_notifications_total",
+                    &format!("{channel}_delivered"),
+                );
                 tracing::info!(channel, receipt = %receipt, "delivered");
                 true
             }
@@ -165,8 +188,13 @@ impl Notifier {
                 false
             }
             Delivery::Retry { reason, .. } | Delivery::GiveUp { reason } => {
-                METRICS.incr("logexport_notifications_total", &format!("{channel}_failed"));
-                gave_up.push(format!("{channel}: {reason} (attempt {attempt} of {max_attempts})"));
+                METRICS.incr(
+                    "logexport_notifications_total",
+                    &format!("{channel}_failed"),
+                );
+                gave_up.push(format!(
+                    "{channel}: {reason} (attempt {attempt} of {max_attempts})"
+                ));
                 true
             }
         }

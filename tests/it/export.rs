@@ -19,13 +19,24 @@ const TOKEN: &str = "splunk-test-token";
 /// (robots too), and events at the exact range edges.
 fn dataset() -> Vec<Value> {
     let mut events = Vec::new();
-    let base = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap().timestamp();
+    let base = Utc
+        .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
+        .unwrap()
+        .timestamp();
     for i in 0..600i64 {
         let namespace = ["acme", "other", "alice"][(i % 3) as usize];
         let repository = ["web", "api", "db"][(i / 3 % 3) as usize];
-        let performer = if i % 7 == 0 { format!("{namespace}+deployer") } else { format!("user{}", i % 5) };
+        let performer = if i % 7 == 0 {
+            format!("{namespace}+deployer")
+        } else {
+            format!("user{}", i % 5)
+        };
         let kind = ["push_repo", "pull_repo", "create_tag", "delete_tag"][(i % 4) as usize];
-        let metadata = if i % 2 == 0 { json!({"tag": format!("v{i}"), "n": i}) } else { json!(format!("{{\"tag\": \"v{i}\"}}")) };
+        let metadata = if i % 2 == 0 {
+            json!({"tag": format!("v{i}"), "n": i})
+        } else {
+            json!(format!("{{\"tag\": \"v{i}\"}}"))
+        };
         events.push(json!({
             "kind": kind,
             "account": namespace,
@@ -40,9 +51,15 @@ fn dataset() -> Vec<Value> {
         }));
     }
     // Exactly at the edges of January (start inclusive, end exclusive).
-    for (t, label) in [(base, "start-edge"), (base + 31 * 86_400, "end-edge"), (base + 31 * 86_400 - 1, "last-second")] {
-        events.push(json!({"kind": "push_repo", "account": "acme", "repository": "web", "performer": "edge",
-                           "metadata_json": {"label": label}, "ip": "192.0.2.1", "datetime": t}));
+    for (t, label) in [
+        (base, "start-edge"),
+        (base + 31 * 86_400, "end-edge"),
+        (base + 31 * 86_400 - 1, "last-second"),
+    ] {
+        events.push(
+            json!({"kind": "push_repo", "account": "acme", "repository": "web", "performer": "edge",
+                           "metadata_json": {"label": label}, "ip": "192.0.2.1", "datetime": t}),
+        );
     }
     // Unmappable: no kind.
     events.push(json!({"account": "acme", "repository": "web", "datetime": base + 100}));
@@ -66,7 +83,8 @@ mod tempfile_dir {
     pub struct TempDir(pub std::path::PathBuf);
     impl TempDir {
         pub fn new() -> Self {
-            let dir = std::env::temp_dir().join(format!("logexport-it-{}", uuid::Uuid::new_v4().simple()));
+            let dir = std::env::temp_dir()
+                .join(format!("logexport-it-{}", uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).unwrap();
             Self(dir)
         }
@@ -122,19 +140,37 @@ impl ExportEnv {
         prefix: String,
     ) -> Self {
         let storage = logexport::storage::open(&config).await.expect("storage");
-        let handler = logexport::export::handler(&config, storage.objects.clone()).expect("handler");
+        let handler =
+            logexport::export::handler(&config, storage.objects.clone()).expect("handler");
         let worker_stop = CancellationToken::new();
         let worker = tokio::spawn(
-            WorkerPool::new(pool.clone(), WorkerSettings::from_config(&config.worker), handler).run(worker_stop.clone()),
+            WorkerPool::new(
+                pool.clone(),
+                WorkerSettings::from_config(&config.worker),
+                handler,
+            )
+            .run(worker_stop.clone()),
         );
         let app = spawn_app_with(pool, config).await;
         let admin = app.token("alice", &["acme"], &[], false).await;
-        Self { app, emulator, store: storage.objects, prefix, admin, worker_stop, worker: Some(worker), _data: data }
+        Self {
+            app,
+            emulator,
+            store: storage.objects,
+            prefix,
+            admin,
+            worker_stop,
+            worker: Some(worker),
+            _data: data,
+        }
     }
 
     /// Requests an export and returns its id.
     pub async fn request(&self, path: &str, body: Value) -> String {
-        let response = self.app.post_export(&self.admin, path, &body.to_string()).await;
+        let response = self
+            .app
+            .post_export(&self.admin, path, &body.to_string())
+            .await;
         assert_eq!(response.status(), 200, "{:?}", response.text().await);
         let body: Value = response.json().await.unwrap();
         body["export_id"].as_str().unwrap().to_owned()
@@ -143,15 +179,30 @@ impl ExportEnv {
     /// Waits until the export reaches a terminal state and returns its status document.
     pub async fn finished(&self, id: &str) -> Value {
         eventually(60, "export finished", || async {
-            let status: Value = self.app.export_status(&self.admin, id).await.json().await.ok()?;
-            matches!(status["state"].as_str(), Some("succeeded" | "failed" | "timed_out" | "invalid" | "cancelled"))
-                .then_some(status)
+            let status: Value = self
+                .app
+                .export_status(&self.admin, id)
+                .await
+                .json()
+                .await
+                .ok()?;
+            matches!(
+                status["state"].as_str(),
+                Some("succeeded" | "failed" | "timed_out" | "invalid" | "cancelled")
+            )
+            .then_some(status)
         })
         .await
     }
 
     /// The ground truth for a namespace/repository over January 2024.
-    pub fn expected(&self, namespace: &str, repository: Option<&str>, start: DateTime<Utc>, end: DateTime<Utc>) -> Vec<Value> {
+    pub fn expected(
+        &self,
+        namespace: &str,
+        repository: Option<&str>,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Vec<Value> {
         self.emulator.events_in(&EventFilter {
             namespace: Some(namespace.into()),
             repository: repository.map(Into::into),
@@ -159,6 +210,17 @@ impl ExportEnv {
             latest: Some(end),
             ..EventFilter::default()
         })
+    }
+
+    /// Starts a notifier process (mail and callbacks) with the app's configuration.
+    pub fn start_notifier(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let config = &self.app.config;
+        let mailer = logexport::notify::mailer_from_config(&config.email).expect("mailer");
+        let notifier = logexport::worker::Notifier::new(self.app.pool.clone(), config, mailer)
+            .expect("notifier");
+        let stop = CancellationToken::new();
+        let listener = logexport::queue::QueueListener::spawn(self.app.pool.clone(), stop.clone());
+        (stop.clone(), tokio::spawn(notifier.run(listener, stop)))
     }
 
     /// Stops the worker process gracefully.
@@ -177,16 +239,28 @@ async fn download(url: &str) -> reqwest::Response {
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes).read_to_end(&mut out).expect("valid gzip");
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
     out
 }
 
 /// Reduces a log object (or an emulator event) to the facts both must agree on.
 fn fingerprint_log(log: &Value) -> String {
-    let when = DateTime::parse_from_rfc2822(log["datetime"].as_str().unwrap()).unwrap().timestamp();
+    let when = DateTime::parse_from_rfc2822(log["datetime"].as_str().unwrap())
+        .unwrap()
+        .timestamp();
     let performer = log["performer"]["name"].as_str().unwrap_or_default();
     let meta = &log["metadata"];
-    format!("{when}|{}|{performer}|{}|{}", log["kind"].as_str().unwrap(), log["ip"].as_str().unwrap_or_default(), meta["tag"].as_str().or(meta["label"].as_str()).unwrap_or_default())
+    format!(
+        "{when}|{}|{performer}|{}|{}",
+        log["kind"].as_str().unwrap(),
+        log["ip"].as_str().unwrap_or_default(),
+        meta["tag"]
+            .as_str()
+            .or(meta["label"].as_str())
+            .unwrap_or_default()
+    )
 }
 
 fn fingerprint_event(event: &Value) -> Option<String> {
@@ -201,7 +275,10 @@ fn fingerprint_event(event: &Value) -> Option<String> {
         event["kind"].as_str().unwrap(),
         event["performer"].as_str().unwrap_or_default(),
         event["ip"].as_str().unwrap_or_default(),
-        meta["tag"].as_str().or(meta["label"].as_str()).unwrap_or_default()
+        meta["tag"]
+            .as_str()
+            .or(meta["label"].as_str())
+            .unwrap_or_default()
     ))
 }
 
@@ -212,25 +289,43 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 fn parse_csv_rows(text: &str) -> Vec<Vec<String>> {
     // RFC 4180: quoted fields may hold commas, quotes (doubled) and line breaks.
-    let (mut rows, mut row, mut field, mut quoted, mut chars) = (Vec::new(), Vec::new(), String::new(), false, text.chars().peekable());
+    let (mut rows, mut row, mut field, mut quoted, mut chars) = (
+        Vec::new(),
+        Vec::new(),
+        String::new(),
+        false,
+        text.chars().peekable(),
+    );
     while let Some(c) = chars.next() {
         match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => { field.push('"'); chars.next(); }
+            (true, '"') if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
             (true, '"') => quoted = false,
             (true, c) => field.push(c),
             (false, '"') => quoted = true,
             (false, ',') => row.push(std::mem::take(&mut field)),
             (false, '\r') => {}
-            (false, '\n') => { row.push(std::mem::take(&mut field)); rows.push(std::mem::take(&mut row)); }
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+            }
             (false, c) => field.push(c),
         }
     }
-    if !field.is_empty() || !row.is_empty() { row.push(field); rows.push(row); }
+    if !field.is_empty() || !row.is_empty() {
+        row.push(field);
+        rows.push(row);
+    }
     rows
 }
 
 fn january() -> (DateTime<Utc>, DateTime<Utc>) {
-    (Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(), Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap())
+    (
+        Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap(),
+    )
 }
 
 const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
@@ -239,27 +334,56 @@ const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
 async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
     let (start, end) = january();
-    let expected = sorted(env.expected("acme", None, start, end).iter().filter_map(fingerprint_event).collect());
-    assert!(expected.len() > 150, "data set too small: {}", expected.len());
-    assert!(expected.iter().any(|e| e.ends_with("start-edge")) && expected.iter().any(|e| e.ends_with("last-second")));
+    let expected = sorted(
+        env.expected("acme", None, start, end)
+            .iter()
+            .filter_map(fingerprint_event)
+            .collect(),
+    );
+    assert!(
+        expected.len() > 150,
+        "data set too small: {}",
+        expected.len()
+    );
+    assert!(
+        expected.iter().any(|e| e.ends_with("start-edge"))
+            && expected.iter().any(|e| e.ends_with("last-second"))
+    );
     assert!(!expected.iter().any(|e| e.ends_with("end-edge")));
 
     let path = format!("/api/v1/organization/acme/exportlogs?{JANUARY}");
     let mut results = Vec::new();
-    for (format, compression) in [("json", "none"), ("json", "gzip"), ("ndjson", "none"), ("csv", "gzip")] {
+    for (format, compression) in [
+        ("json", "none"),
+        ("json", "gzip"),
+        ("ndjson", "none"),
+        ("csv", "gzip"),
+    ] {
         let id = env.request(&path, json!({"callback_email": "admin@example.com", "format": format, "compression": compression})).await;
         let status = env.finished(&id).await;
         assert_eq!(status["state"], "succeeded", "{status}");
         assert_eq!(status["status"], "success");
-        assert_eq!(status["logs_exported"].as_u64().unwrap() as usize, expected.len());
-        assert_eq!(status["logs_skipped"], 1, "the event without a kind is counted and skipped");
+        assert_eq!(
+            status["logs_exported"].as_u64().unwrap() as usize,
+            expected.len()
+        );
+        assert_eq!(
+            status["logs_skipped"], 1,
+            "the event without a kind is counted and skipped"
+        );
         let link = status["exported_data_url"].as_str().expect("link");
         let response = download(link).await;
         assert_eq!(response.status(), 200);
-        let disposition = response.headers()["content-disposition"].to_str().unwrap().to_owned();
+        let disposition = response.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(disposition.contains("attachment"), "{disposition}");
         let mut bytes = response.bytes().await.unwrap().to_vec();
-        assert_eq!(bytes.len() as u64, status["bytes_written"].as_u64().unwrap());
+        assert_eq!(
+            bytes.len() as u64,
+            status["bytes_written"].as_u64().unwrap()
+        );
         if compression == "gzip" {
             bytes = gunzip(&bytes);
         }
@@ -273,24 +397,53 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
                 assert_eq!(logs.last().unwrap(), &json!({"terminator": true}));
                 logs[..logs.len() - 1].iter().map(fingerprint_log).collect()
             }
-            "ndjson" => text.lines().map(|l| fingerprint_log(&serde_json::from_str(l).unwrap())).collect(),
+            "ndjson" => text
+                .lines()
+                .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
+                .collect(),
             _ => {
                 let rows = parse_csv_rows(&text);
-                assert_eq!(rows[0].join(","), "datetime,kind,namespace,repository,performer,performer_is_robot,ip,metadata");
-                rows[1..].iter().map(|r| {
-                    let when = DateTime::parse_from_rfc3339(&r[0]).unwrap().timestamp();
-                    let meta: Value = serde_json::from_str(&r[7]).unwrap();
-                    assert_eq!(r[2], "acme");
-                    format!("{when}|{}|{}|{}|{}", r[1], r[4], r[6], meta["tag"].as_str().or(meta["label"].as_str()).unwrap_or_default())
-                }).collect()
+                assert_eq!(
+                    rows[0].join(","),
+                    "datetime,kind,namespace,repository,performer,performer_is_robot,ip,metadata"
+                );
+                rows[1..]
+                    .iter()
+                    .map(|r| {
+                        let when = DateTime::parse_from_rfc3339(&r[0]).unwrap().timestamp();
+                        let meta: Value = serde_json::from_str(&r[7]).unwrap();
+                        assert_eq!(r[2], "acme");
+                        format!(
+                            "{when}|{}|{}|{}|{}",
+                            r[1],
+                            r[4],
+                            r[6],
+                            meta["tag"]
+                                .as_str()
+                                .or(meta["label"].as_str())
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect()
             }
         };
         let prints = sorted(prints);
-        assert_eq!(prints, expected, "{format}+{compression} differs from the emulator's data");
+        assert_eq!(
+            prints, expected,
+            "{format}+{compression} differs from the emulator's data"
+        );
         results.push(prints);
     }
-    assert_eq!(env.emulator.stats().search_jobs_created, 0, "exports read through the export endpoint");
-    assert_eq!(env.emulator.stats().export_requests, 4, "one Splunk request per export");
+    assert_eq!(
+        env.emulator.stats().search_jobs_created,
+        0,
+        "exports read through the export endpoint"
+    );
+    assert_eq!(
+        env.emulator.stats().export_requests,
+        4,
+        "one Splunk request per export"
+    );
 }
 
 #[tokio::test]
@@ -298,122 +451,297 @@ async fn repository_user_and_empty_exports_hold_only_their_events() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
     let (start, end) = january();
 
-    let id = env.request(&format!("/api/v1/repository/acme/api/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com", "format": "ndjson"})).await;
+    let id = env
+        .request(
+            &format!("/api/v1/repository/acme/api/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com", "format": "ndjson"}),
+        )
+        .await;
     let status = env.finished(&id).await;
-    let text = download(status["exported_data_url"].as_str().unwrap()).await.text().await.unwrap();
-    let got = sorted(text.lines().map(|l| fingerprint_log(&serde_json::from_str(l).unwrap())).collect());
-    let want = sorted(env.expected("acme", Some("api"), start, end).iter().filter_map(fingerprint_event).collect());
+    let text = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let got = sorted(
+        text.lines()
+            .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
+            .collect(),
+    );
+    let want = sorted(
+        env.expected("acme", Some("api"), start, end)
+            .iter()
+            .filter_map(fingerprint_event)
+            .collect(),
+    );
     assert!(!want.is_empty());
     assert_eq!(got, want);
 
-    let id = env.request(&format!("/api/v1/user/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com", "format": "ndjson"})).await;
+    let id = env
+        .request(
+            &format!("/api/v1/user/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com", "format": "ndjson"}),
+        )
+        .await;
     let status = env.finished(&id).await;
-    let text = download(status["exported_data_url"].as_str().unwrap()).await.text().await.unwrap();
-    let got = sorted(text.lines().map(|l| fingerprint_log(&serde_json::from_str(l).unwrap())).collect());
-    let want = sorted(env.expected("alice", None, start, end).iter().filter_map(fingerprint_event).collect());
+    let text = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let got = sorted(
+        text.lines()
+            .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
+            .collect(),
+    );
+    let want = sorted(
+        env.expected("alice", None, start, end)
+            .iter()
+            .filter_map(fingerprint_event)
+            .collect(),
+    );
     assert_eq!(got, want);
 
-    let id = env.request("/api/v1/organization/acme/exportlogs?starttime=06/01/2023&endtime=06/02/2023", json!({"callback_email": "a@example.com"})).await;
+    let id = env
+        .request(
+            "/api/v1/organization/acme/exportlogs?starttime=06/01/2023&endtime=06/02/2023",
+            json!({"callback_email": "a@example.com"}),
+        )
+        .await;
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["logs_exported"], 0);
-    let doc: Value = download(status["exported_data_url"].as_str().unwrap()).await.json().await.unwrap();
+    let doc: Value = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["logs"], json!([{"terminator": true}]));
 }
 
 #[tokio::test]
 async fn the_link_expires_refuses_tampering_and_the_key_is_not_guessable() {
     let env = ExportEnv::start(&dataset(), |c| c.export.url_expiry_seconds = 3).await;
-    let id = env.request(&format!("/api/v1/organization/acme/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com"})).await;
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com"}),
+        )
+        .await;
     let status = env.finished(&id).await;
     let link = status["exported_data_url"].as_str().unwrap().to_owned();
     let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(&id).fetch_one(&env.app.pool).await.unwrap();
-    let suffix = key.strip_prefix(&format!("{}{id}-", env.prefix)).expect("key layout");
+        .bind(&id)
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    let suffix = key
+        .strip_prefix(&format!("{}{id}-", env.prefix))
+        .expect("key layout");
     let random = suffix.split('.').next().unwrap();
-    assert!(random.len() >= 32 && random.chars().all(|c| c.is_ascii_hexdigit()), "{key}");
+    assert!(
+        random.len() >= 32 && random.chars().all(|c| c.is_ascii_hexdigit()),
+        "{key}"
+    );
 
     let signature_at = link.find("X-Amz-Signature=").expect("presigned") + "X-Amz-Signature=".len();
     let mut tampered = link.clone().into_bytes();
-    tampered[signature_at] = if tampered[signature_at] == b'0' { b'1' } else { b'0' };
-    assert_eq!(download(&String::from_utf8(tampered).unwrap()).await.status(), 403);
+    tampered[signature_at] = if tampered[signature_at] == b'0' {
+        b'1'
+    } else {
+        b'0'
+    };
+    assert_eq!(
+        download(&String::from_utf8(tampered).unwrap())
+            .await
+            .status(),
+        403
+    );
     assert_eq!(download(&link).await.status(), 200);
     tokio::time::sleep(Duration::from_secs(4)).await;
     // Garage answers an expired presigned URL with 400 "Date is too old" (AWS says 403).
     let expired = download(&link).await;
     let status = expired.status();
     let body = expired.text().await.unwrap_or_default();
-    assert!(status == 400 || status == 403, "the link outlived its expiry: {status} {body}");
+    assert!(
+        status == 400 || status == 403,
+        "the link outlived its expiry: {status} {body}"
+    );
 }
 
 #[tokio::test]
 async fn splunk_rejecting_the_token_fails_the_export_at_once() {
-    let env = ExportEnv::start(&dataset(), |c| c.splunk.bearer_token = Secret::new("wrong-token")).await;
-    let id = env.request(&format!("/api/v1/organization/acme/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com"})).await;
+    let env = ExportEnv::start(&dataset(), |c| {
+        c.splunk.bearer_token = Secret::new("wrong-token")
+    })
+    .await;
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com"}),
+        )
+        .await;
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "failed");
     assert_eq!(status["attempts"], 1, "a permanent error is not retried");
     let error = status["last_error"].as_str().unwrap();
-    assert!(error.contains("Splunk") && !error.contains("wrong-token"), "{error}");
+    assert!(
+        error.contains("Splunk") && !error.contains("wrong-token"),
+        "{error}"
+    );
     assert_eq!(status["notification"]["state"], "pending");
-    assert!(env.store.list_incomplete_uploads(&env.prefix).await.unwrap().is_empty());
+    assert!(
+        env.store
+            .list_incomplete_uploads(&env.prefix)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn transient_503s_are_retried_and_the_export_is_complete() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
-    env.emulator.set_faults(Faults { rate_503: 0.5, ..Faults::default() });
+    env.emulator.set_faults(Faults {
+        rate_503: 0.5,
+        ..Faults::default()
+    });
     let (start, end) = january();
-    let id = env.request(&format!("/api/v1/organization/acme/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com", "format": "ndjson"})).await;
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com", "format": "ndjson"}),
+        )
+        .await;
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
-    let text = download(status["exported_data_url"].as_str().unwrap()).await.text().await.unwrap();
-    assert_eq!(text.lines().count(), env.expected("acme", None, start, end).iter().filter_map(fingerprint_event).count());
+    let text = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        text.lines().count(),
+        env.expected("acme", None, start, end)
+            .iter()
+            .filter_map(fingerprint_event)
+            .count()
+    );
 }
 
 #[tokio::test]
 async fn a_cut_stream_fails_the_attempt_and_the_retry_is_complete_without_duplicates() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
-    env.emulator.set_faults(Faults { cut_after: Some(50), ..Faults::default() });
+    env.emulator.set_faults(Faults {
+        cut_after: Some(50),
+        ..Faults::default()
+    });
     let (start, end) = january();
-    let id = env.request(&format!("/api/v1/organization/acme/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com", "format": "ndjson"})).await;
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com", "format": "ndjson"}),
+        )
+        .await;
     let failed_once = eventually(30, "first attempt failed", || async {
-        let status: Value = env.app.export_status(&env.admin, &id).await.json().await.ok()?;
+        let status: Value = env
+            .app
+            .export_status(&env.admin, &id)
+            .await
+            .json()
+            .await
+            .ok()?;
         (status["state"] == "queued" && status["attempts"] == 1).then_some(status)
     })
     .await;
     let error = failed_once["last_error"].as_str().unwrap();
     assert!(error.to_lowercase().contains("splunk"), "{error}");
-    assert!(env.store.list_incomplete_uploads(&env.prefix).await.unwrap().is_empty(), "orphaned multipart upload");
+    assert!(
+        env.store
+            .list_incomplete_uploads(&env.prefix)
+            .await
+            .unwrap()
+            .is_empty(),
+        "orphaned multipart upload"
+    );
     env.emulator.set_faults(Faults::default());
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["attempts"], 2);
-    let text = download(status["exported_data_url"].as_str().unwrap()).await.text().await.unwrap();
-    let got: Vec<String> = text.lines().map(|l| fingerprint_log(&serde_json::from_str(l).unwrap())).collect();
-    let want = sorted(env.expected("acme", None, start, end).iter().filter_map(fingerprint_event).collect());
+    let text = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let got: Vec<String> = text
+        .lines()
+        .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
+        .collect();
+    let want = sorted(
+        env.expected("acme", None, start, end)
+            .iter()
+            .filter_map(fingerprint_event)
+            .collect(),
+    );
     assert_eq!(sorted(got), want, "missing or duplicated rows");
-    assert!(env.store.list_incomplete_uploads(&env.prefix).await.unwrap().is_empty());
+    assert!(
+        env.store
+            .list_incomplete_uploads(&env.prefix)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
 async fn cancel_stops_a_running_export_and_aborts_its_upload() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
-    env.emulator.set_faults(Faults { slow_bytes_per_sec: Some(2_000), ..Faults::default() });
-    let id = env.request(&format!("/api/v1/organization/acme/exportlogs?{JANUARY}"), json!({"callback_email": "a@example.com"})).await;
+    env.emulator.set_faults(Faults {
+        slow_bytes_per_sec: Some(2_000),
+        ..Faults::default()
+    });
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com"}),
+        )
+        .await;
     eventually(20, "export running", || async {
-        let status: Value = env.app.export_status(&env.admin, &id).await.json().await.ok()?;
+        let status: Value = env
+            .app
+            .export_status(&env.admin, &id)
+            .await
+            .json()
+            .await
+            .ok()?;
         (status["state"] == "running").then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let response = env.app.client.delete(env.app.url(&format!("/api/v1/exportlogs/{id}"))).bearer_auth(&env.admin).send().await.unwrap();
+    let response = env
+        .app
+        .client
+        .delete(env.app.url(&format!("/api/v1/exportlogs/{id}")))
+        .bearer_auth(&env.admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let asked = std::time::Instant::now();
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "cancelled");
-    assert!(asked.elapsed() < Duration::from_secs(6), "took {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        asked.elapsed()
+    );
     assert_eq!(status["notification"]["state"], "skipped");
     assert!(status["exported_data_url"].is_null());
-    assert!(env.store.list_incomplete_uploads(&env.prefix).await.unwrap().is_empty());
+    assert!(
+        env.store
+            .list_incomplete_uploads(&env.prefix)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

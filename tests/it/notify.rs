@@ -1,7 +1,7 @@
 //! Notification delivery against a real SMTP server (`deploy/smtp_sink.py`, aiosmtpd) and a real
 //! HTTP receiver (axum on 127.0.0.1:0).
 
-mod harness;
+pub mod harness;
 
 use std::time::Duration;
 
