@@ -303,7 +303,10 @@ mod tests {
                 url_scheme: scheme.into(),
                 ..SplunkConfig::default()
             };
-            assert!(matches!(SplunkClient::new(&cfg), Err(SplunkError::Config(_))));
+            assert!(matches!(
+                SplunkClient::new(&cfg),
+                Err(SplunkError::Config(_))
+            ));
         }
         let cfg = SplunkConfig {
             ssl_ca_path: Some("/nonexistent/ca.pem".into()),

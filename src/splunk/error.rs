@@ -36,7 +36,9 @@ pub enum SplunkError {
     #[error("Splunk search failed: {message}")]
     SearchFailed { message: String, retryable: bool },
     /// The search job did not finish within `splunk.search_timeout_seconds`.
-    #[error("Splunk search job {sid} did not finish within {seconds}s (splunk.search_timeout_seconds)")]
+    #[error(
+        "Splunk search job {sid} did not finish within {seconds}s (splunk.search_timeout_seconds)"
+    )]
     SearchTimeout { sid: String, seconds: u64 },
     /// One line of the export stream exceeded the size limit.
     #[error("a Splunk export line exceeded {max} bytes")]
@@ -255,7 +257,10 @@ mod tests {
         assert!(!err.is_retryable());
         let text = err.to_string();
         assert!(text.contains("Splunk rejected the bearer token"), "{text}");
-        assert!(text.contains("WARN: call not properly authenticated"), "{text}");
+        assert!(
+            text.contains("WARN: call not properly authenticated"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -266,7 +271,13 @@ mod tests {
         assert!(SplunkError::from_response(500, b"").is_retryable());
         assert!(SplunkError::from_response(429, b"").is_retryable());
         assert!(!SplunkError::from_response(403, b"").is_retryable());
-        assert!(!SplunkError::from_response(404, b"<response><messages><msg type=\"FATAL\">Unknown sid.</msg></messages></response>").is_retryable());
+        assert!(
+            !SplunkError::from_response(
+                404,
+                b"<response><messages><msg type=\"FATAL\">Unknown sid.</msg></messages></response>"
+            )
+            .is_retryable()
+        );
     }
 
     #[test]
@@ -276,6 +287,10 @@ mod tests {
         assert!(!text.contains('\n') && !text.contains('\r'), "{text}");
         assert!(text.contains("bad gateway"));
         assert_eq!(splunk_message(b"not json"), None);
-        assert!(SplunkError::from_response(503, b"").to_string().contains("no message"));
+        assert!(
+            SplunkError::from_response(503, b"")
+                .to_string()
+                .contains("no message")
+        );
     }
 }

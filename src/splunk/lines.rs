@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn refuses_over_long_lines() {
         let mut s = LineSplitter::new(8);
-        assert_eq!(s.push(Bytes::from_static(b"0123456789\n")), Err(LineTooLong));
+        assert_eq!(
+            s.push(Bytes::from_static(b"0123456789\n")),
+            Err(LineTooLong)
+        );
         let mut s = LineSplitter::new(8);
         s.push(Bytes::from_static(b"0123")).unwrap();
         assert_eq!(s.push(Bytes::from_static(b"45678")), Err(LineTooLong));

@@ -104,7 +104,9 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     if s.is_empty() {
         return None;
     }
-    if s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') {
+    if s.bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
         return parse_epoch_text(s);
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {

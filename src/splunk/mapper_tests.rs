@@ -147,7 +147,9 @@ fn unmappable_rows_are_skipped_not_fatal() {
         Err(SkipReason::NoKind)
     );
     assert_eq!(
-        map_row(&row(json!({"_raw": "{\"kind\":\"k\",\"datetime\":\"soon\"}"}))),
+        map_row(&row(
+            json!({"_raw": "{\"kind\":\"k\",\"datetime\":\"soon\"}"})
+        )),
         Err(SkipReason::NoTimestamp)
     );
     assert_eq!(

@@ -8,7 +8,11 @@ fn t(s: &str) -> DateTime<Utc> {
 }
 
 fn base() -> SearchFilters {
-    SearchFilters::new("quay_logs", t("2024-06-01T00:00:00Z"), t("2024-06-02T00:00:00Z"))
+    SearchFilters::new(
+        "quay_logs",
+        t("2024-06-01T00:00:00Z"),
+        t("2024-06-02T00:00:00Z"),
+    )
 }
 
 #[test]
@@ -247,12 +251,19 @@ mod round_trip {
 
     #[test]
     fn stats_pipes_parse() {
-        let q = base().build().unwrap().count_by(&[StatsField::Kind, StatsField::Day]);
+        let q = base()
+            .build()
+            .unwrap()
+            .count_by(&[StatsField::Kind, StatsField::Day]);
         let parsed = spl::parse(&q.spl).unwrap();
-        assert!(matches!(&parsed.commands[0], Command::Strftime { target, source, .. } if target == "day" && source == "_time"));
+        assert!(
+            matches!(&parsed.commands[0], Command::Strftime { target, source, .. } if target == "day" && source == "_time")
+        );
         assert_eq!(
             parsed.commands[1],
-            Command::StatsCount { by: vec!["kind".into(), "day".into()] }
+            Command::StatsCount {
+                by: vec!["kind".into(), "day".into()]
+            }
         );
     }
 }

@@ -19,7 +19,9 @@ impl Row {
         let raw: &RawValue = serde_json::from_slice(&bytes)
             .map_err(|e| SplunkError::Protocol(format!("result row is not JSON: {e}")))?;
         if !raw.get().starts_with('{') {
-            return Err(SplunkError::Protocol("result row is not a JSON object".into()));
+            return Err(SplunkError::Protocol(
+                "result row is not a JSON object".into(),
+            ));
         }
         Ok(Self(bytes))
     }

@@ -317,7 +317,10 @@ mod tests {
 
     #[test]
     fn reads_sids_in_json_and_xml() {
-        assert_eq!(parse_sid(br#"{"sid":"1653561573.457"}"#).unwrap(), "1653561573.457");
+        assert_eq!(
+            parse_sid(br#"{"sid":"1653561573.457"}"#).unwrap(),
+            "1653561573.457"
+        );
         assert_eq!(
             parse_sid(b"<?xml version='1.0'?>\n<response>\n  <sid>abc.1</sid>\n</response>")
                 .unwrap(),
@@ -333,7 +336,8 @@ mod tests {
         assert!(s.is_done && !s.is_failed);
         assert_eq!((s.result_count, s.event_count), (12, 12));
         assert_eq!(s.messages, ["INFO: fine"]);
-        let failed = br#"{"entry":[{"content":{"dispatchState":"FAILED","isDone":"1","isFailed":"1"}}]}"#;
+        let failed =
+            br#"{"entry":[{"content":{"dispatchState":"FAILED","isDone":"1","isFailed":"1"}}]}"#;
         assert!(parse_status(failed).unwrap().is_failed);
         assert!(parse_status(b"{}").is_err());
     }

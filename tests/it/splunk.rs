@@ -144,12 +144,20 @@ async fn namespace_repository_and_time_filters_hold_at_the_range_edges() {
         .expect("stats search");
     let mut counts: Vec<(String, String)> = counts
         .iter()
-        .map(|r| (r.field_text("repository").unwrap(), r.field_text("count").unwrap()))
+        .map(|r| {
+            (
+                r.field_text("repository").unwrap(),
+                r.field_text("count").unwrap(),
+            )
+        })
         .collect();
     counts.sort();
     assert_eq!(
         counts,
-        [("a".to_owned(), "2".to_owned()), ("b".to_owned(), "1".to_owned())]
+        [
+            ("a".to_owned(), "2".to_owned()),
+            ("b".to_owned(), "1".to_owned())
+        ]
     );
     emu.shutdown().await;
 }
@@ -392,7 +400,11 @@ async fn injection_attempts_never_return_another_namespaces_events() {
     // whose account is exactly that text, never the victim's.
     let base = client.filters(at(0), at(10_000)).build().unwrap();
     let literal = BuiltQuery {
-        spl: format!("{} account={}", base.spl, quote_value("account", hostile).unwrap()),
+        spl: format!(
+            "{} account={}",
+            base.spl,
+            quote_value("account", hostile).unwrap()
+        ),
         ..base.clone()
     };
     let rows = export_all(&client, &literal).await;
