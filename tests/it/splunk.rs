@@ -421,3 +421,118 @@ async fn injection_attempts_never_return_another_namespaces_events() {
     emu.shutdown().await;
     let _ = std::fs::remove_file(path);
 }
+
+/// Makes a CA and a server certificate for 127.0.0.1 with the `openssl` command; returns
+/// `(ca.pem, server.pem, server.key)`.
+fn make_certs(
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=logexport test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_is_verified_through_ssl_ca_path() {
+    let dir = std::env::temp_dir().join(format!("splunk-it-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (ca, cert, key) = make_certs(&dir);
+    let emu = start(EmulatorOptions {
+        tls: Some((cert, key)),
+        ..EmulatorOptions::default()
+    })
+    .await;
+    emu.ingest(audit("org1", "a", "push_repo", 1000));
+    let cfg = |ca_path: Option<std::path::PathBuf>, verify: bool| SplunkConfig {
+        host: "127.0.0.1".into(),
+        port: emu.addr().port(),
+        url_scheme: "https".into(),
+        bearer_token: Secret::new(TOKEN),
+        verify_ssl: verify,
+        ssl_ca_path: ca_path,
+        max_retries: 0,
+        ..SplunkConfig::default()
+    };
+    let query = SearchFilters::new("quay_logs", at(0), at(10_000))
+        .build()
+        .unwrap();
+
+    let trusted = SplunkClient::new(&cfg(Some(ca), true)).expect("client");
+    assert_eq!(export_all(&trusted, &query).await.len(), 1);
+
+    // Without the CA the certificate is refused, unless verification is switched off.
+    let untrusted = SplunkClient::new(&cfg(None, true)).expect("client");
+    let err = untrusted.export(&query).await.expect_err("unknown CA");
+    assert!(err.to_string().contains("Splunk"), "{err}");
+    let unverified = SplunkClient::new(&cfg(None, false)).expect("client");
+    assert_eq!(export_all(&unverified, &query).await.len(), 1);
+    emu.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
