@@ -6,6 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::mapper::{epoch_from_f64, metadata_from_str, parse_timestamp};
@@ -31,8 +32,11 @@ pub(crate) struct Fields<'a> {
     pub ip: Option<Scalar<'a>>,
     #[serde(borrow)]
     pub datetime: Option<Scalar<'a>>,
-    pub metadata_json: Option<Metadata>,
-    pub metadata: Option<Metadata>,
+    /// Kept raw: parsed (by [`Metadata`]) only for the field that is used.
+    #[serde(borrow)]
+    pub metadata_json: Option<&'a RawValue>,
+    #[serde(borrow)]
+    pub metadata: Option<&'a RawValue>,
     #[serde(borrow, rename = "_raw")]
     pub raw: Option<Scalar<'a>>,
     #[serde(borrow, rename = "_time")]

@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::Row;
 use super::avatar::avatar;
 use super::fields::{Fields, Metadata, Scalar};
+
 use crate::domain::{LogEntry, PerformerInfo};
 
 /// Why a row could not become a log entry; the caller counts and skips it.
@@ -27,10 +28,11 @@ pub enum SkipReason {
 /// Maps a result row: fields from the `_raw` JSON event first, Splunk's extracted top-level
 /// fields as fallback, `_time` as the fallback timestamp. Never panics on any input.
 pub fn map_row(row: &Row) -> Result<LogEntry, SkipReason> {
-    let top: Fields<'_> =
+    let mut top: Fields<'_> =
         serde_json::from_slice(row.as_bytes()).map_err(|_| SkipReason::Malformed)?;
-    let raw_text: Option<Cow<'_, str>> = match &top.raw {
-        Some(Scalar::Str(s)) if s.trim_start().starts_with('{') => Some(s.clone()),
+    // Taken, not cloned: `_raw` is usually the largest allocation of a row.
+    let raw_text: Option<Cow<'_, str>> = match top.raw.take() {
+        Some(Scalar::Str(s)) if s.trim_start().starts_with('{') => Some(s),
         _ => None,
     };
     // A `_raw` that is not JSON (or not an object) leaves only the extracted fields.
@@ -72,7 +74,11 @@ fn map_fields(inner: &Fields<'_>, top: &Fields<'_>) -> Result<LogEntry, SkipReas
         &top.metadata,
     ]
     .into_iter()
-    .find_map(|m| m.as_ref().and_then(|Metadata(map)| map.clone()))
+    // Parsed only here, and only until one candidate holds an object.
+    .find_map(|raw| {
+        let raw = (*raw)?;
+        serde_json::from_str::<Metadata>(raw.get()).ok()?.0
+    })
     .unwrap_or_default();
     let performer = text(&inner.performer, &top.performer).map(|name| {
         let email = text(&inner.performer_email, &top.performer_email);
