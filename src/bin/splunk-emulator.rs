@@ -67,11 +67,16 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
-    anyhow::ensure!((0.0..=1.0).contains(&a.fault_503_rate), "--fault-503-rate must be between 0 and 1");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.fault_503_rate),
+        "--fault-503-rate must be between 0 and 1"
+    );
     let opts = EmulatorOptions {
         bind: a.bind,
         token: a.token,

@@ -20,7 +20,10 @@ pub struct Row {
 
 impl Row {
     fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn set(&mut self, name: &str, value: String) {
@@ -120,7 +123,10 @@ pub fn apply_row_op(op: &Command, row: &mut Row) {
             }
         }
         Command::Fields { remove, fields } => {
-            let pats: Vec<Pattern> = fields.iter().map(|f| Pattern::new(f.as_str(), false)).collect();
+            let pats: Vec<Pattern> = fields
+                .iter()
+                .map(|f| Pattern::new(f.as_str(), false))
+                .collect();
             let listed = |k: &str| pats.iter().any(|p| p.matches(k));
             if *remove {
                 row.fields.retain(|(k, _)| !listed(k));
@@ -134,7 +140,11 @@ pub fn apply_row_op(op: &Command, row: &mut Row) {
 }
 
 /// The matching events, in plan order, limited.
-pub fn events<'a>(plan: &'a Plan, ctx: &'a Ctx, store: &Store) -> Box<dyn Iterator<Item = EventRef> + Send + 'a> {
+pub fn events<'a>(
+    plan: &'a Plan,
+    ctx: &'a Ctx,
+    store: &Store,
+) -> Box<dyn Iterator<Item = EventRef> + Send + 'a> {
     let filter = &plan.filter;
     let stored = store.select(filter.earliest, filter.latest, |e| filter.matches(e));
     let desc = plan.desc;
@@ -156,7 +166,11 @@ pub fn events<'a>(plan: &'a Plan, ctx: &'a Ctx, store: &Store) -> Box<dyn Iterat
     }
 }
 
-fn synth_stream<'a>(sel: Option<SynthSel>, desc: bool, ctx: &'a Ctx) -> Box<dyn Iterator<Item = EventRef> + Send + 'a> {
+fn synth_stream<'a>(
+    sel: Option<SynthSel>,
+    desc: bool,
+    ctx: &'a Ctx,
+) -> Box<dyn Iterator<Item = EventRef> + Send + 'a> {
     match sel {
         Some(sel) => Box::new((0..sel.len).filter_map(move |k| {
             let i = sel.nth(k, desc);
@@ -218,12 +232,25 @@ impl ResultSet {
 
     /// Results `offset .. offset+count` (`count == 0`: to the end).
     pub fn page(&self, offset: u64, count: u64) -> Vec<Item<'_>> {
-        let end = if count == 0 { self.len() } else { offset.saturating_add(count).min(self.len()) };
+        let end = if count == 0 {
+            self.len()
+        } else {
+            offset.saturating_add(count).min(self.len())
+        };
         let range = offset.min(end)..end;
         match self {
-            ResultSet::Lazy { sel, desc, .. } => range.map(|k| Item::Event(EventRef::Synth(sel.nth(k, *desc)))).collect(),
-            ResultSet::Refs(v) => v[range.start as usize..range.end as usize].iter().cloned().map(Item::Event).collect(),
-            ResultSet::Rows(v) => v[range.start as usize..range.end as usize].iter().map(Item::Row).collect(),
+            ResultSet::Lazy { sel, desc, .. } => range
+                .map(|k| Item::Event(EventRef::Synth(sel.nth(k, *desc))))
+                .collect(),
+            ResultSet::Refs(v) => v[range.start as usize..range.end as usize]
+                .iter()
+                .cloned()
+                .map(Item::Event)
+                .collect(),
+            ResultSet::Rows(v) => v[range.start as usize..range.end as usize]
+                .iter()
+                .map(Item::Row)
+                .collect(),
         }
     }
 }
@@ -231,11 +258,19 @@ impl ResultSet {
 /// Runs a plan to completion (search jobs); `cancel` stops it early.
 pub fn run(plan: &Plan, ctx: &Ctx, store: &Store, cancel: &AtomicBool) -> ResultSet {
     if plan.rest.is_empty() {
-        let stored_none = store.select(plan.filter.earliest, plan.filter.latest, |e| plan.filter.matches(e)).is_empty();
+        let stored_none = store
+            .select(plan.filter.earliest, plan.filter.latest, |e| {
+                plan.filter.matches(e)
+            })
+            .is_empty();
         if stored_none {
             if let Some(sel) = plan.filter.synthetic(ctx).filter(|s| s.residual.is_empty()) {
                 let len = plan.limit.map_or(sel.len, |l| l.min(sel.len));
-                return ResultSet::Lazy { sel, desc: plan.desc, len };
+                return ResultSet::Lazy {
+                    sel,
+                    desc: plan.desc,
+                    len,
+                };
             }
         }
         let mut refs = Vec::new();
@@ -262,7 +297,9 @@ pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
                     by.iter().map(|f| e.field_value(f, ctx)).collect()
                 } else {
                     let mut row = e.to_row(ctx);
-                    plan.row_ops.iter().for_each(|op| apply_row_op(op, &mut row));
+                    plan.row_ops
+                        .iter()
+                        .for_each(|op| apply_row_op(op, &mut row));
                     by.iter().map(|f| row.get(f).map(str::to_string)).collect()
                 };
                 if let Some(key) = key {
@@ -284,7 +321,9 @@ pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
         _ => events(plan, ctx, store)
             .map(|e| {
                 let mut row = e.to_row(ctx);
-                plan.row_ops.iter().for_each(|op| apply_row_op(op, &mut row));
+                plan.row_ops
+                    .iter()
+                    .for_each(|op| apply_row_op(op, &mut row));
                 row
             })
             .collect(),
@@ -328,10 +367,16 @@ pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
 }
 
 fn stats_rows(cmd: &Command, rows: Vec<Row>) -> Vec<Row> {
-    let Command::StatsCount { by } = cmd else { return rows };
+    let Command::StatsCount { by } = cmd else {
+        return rows;
+    };
     let mut groups: BTreeMap<Vec<String>, u64> = BTreeMap::new();
     for r in &rows {
-        if let Some(key) = by.iter().map(|f| r.get(f).map(str::to_string)).collect::<Option<Vec<_>>>() {
+        if let Some(key) = by
+            .iter()
+            .map(|f| r.get(f).map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+        {
             *groups.entry(key).or_default() += 1;
         }
     }

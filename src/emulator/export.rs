@@ -50,7 +50,12 @@ impl Throttle {
     }
 }
 
-fn produce(shared: &Shared, plan: &Plan, faults: &Faults, tx: &mpsc::Sender<Result<Bytes, std::io::Error>>) {
+fn produce(
+    shared: &Shared,
+    plan: &Plan,
+    faults: &Faults,
+    tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
     let ctx = &shared.ctx;
     let chunk = match faults.slow_bytes_per_sec {
         Some(r) if r > 0 => usize::try_from(r / 10).unwrap_or(CHUNK).clamp(1, CHUNK),
@@ -89,7 +94,9 @@ fn produce(shared: &Shared, plan: &Plan, faults: &Faults, tx: &mpsc::Sender<Resu
     while let Some(item) = next {
         if faults.cut_after.is_some_and(|n| offset >= n) {
             if send(&mut buf, &mut throttle) {
-                let _ = tx.blocking_send(Err(std::io::Error::other("splunk emulator: injected stream cut")));
+                let _ = tx.blocking_send(Err(std::io::Error::other(
+                    "splunk emulator: injected stream cut",
+                )));
             }
             return;
         }

@@ -37,7 +37,12 @@ impl Job {
 }
 
 /// Creates a job and runs it on the blocking pool; waits for it when `blocking`.
-pub async fn dispatch(shared: &Arc<Shared>, search: String, plan: Plan, blocking: bool) -> Arc<Job> {
+pub async fn dispatch(
+    shared: &Arc<Shared>,
+    search: String,
+    plan: Plan,
+    blocking: bool,
+) -> Arc<Job> {
     Counters::bump(&shared.counters.jobs);
     let seq = shared.next_sid.fetch_add(1, Ordering::Relaxed);
     let created = Utc::now();
@@ -68,13 +73,23 @@ pub async fn dispatch(shared: &Arc<Shared>, search: String, plan: Plan, blocking
 
 /// Looks a job up.
 pub fn find(shared: &Shared, sid: &str) -> Option<Arc<Job>> {
-    shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).get(sid).cloned()
+    shared
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(sid)
+        .cloned()
 }
 
 /// Cancels and forgets a job (Splunk deletes a cancelled job's artifacts).
 pub fn remove(shared: &Shared, sid: &str) -> bool {
-    let job = shared.jobs.lock().unwrap_or_else(|e| e.into_inner()).remove(sid);
-    job.map(|j| j.cancel.store(true, Ordering::Relaxed)).is_some()
+    let job = shared
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(sid);
+    job.map(|j| j.cancel.store(true, Ordering::Relaxed))
+        .is_some()
 }
 
 /// The `<response><sid>` / `{"sid"}` answer to a create.
@@ -99,7 +114,9 @@ pub fn status(job: &Job, mode: Mode, base_path: &str) -> Response {
     let transforming = !job.plan.rest.is_empty();
     let event_count = if transforming { 0 } else { count };
     let href = format!("{base_path}/{}", job.sid);
-    let published = job.created.to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
+    let published = job
+        .created
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
     let updated = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false);
     let dispatch_state = if done { "DONE" } else { "RUNNING" };
     let progress = if done { "1.00000" } else { "0.50000" };
@@ -127,12 +144,30 @@ pub fn status(job: &Job, mode: Mode, base_path: &str) -> Response {
                 ("ttl", "600".into()),
                 ("eai:acl", acl_xml(&job.owner)),
             ]);
-            let mut entry = render::atom_entry(&job.search, &href, &updated, &job.owner, &content, true);
-            let links = ["search.log", "events", "results", "results_preview", "timeline", "summary", "control"]
-                .iter()
-                .map(|rel| format!("  <link href=\"{}/{rel}\" rel=\"{rel}\"/>\n", xml_escape(&href)))
-                .collect::<String>();
-            entry = entry.replacen("  <author>", &format!("{links}  <published>{published}</published>\n  <author>"), 1);
+            let mut entry =
+                render::atom_entry(&job.search, &href, &updated, &job.owner, &content, true);
+            let links = [
+                "search.log",
+                "events",
+                "results",
+                "results_preview",
+                "timeline",
+                "summary",
+                "control",
+            ]
+            .iter()
+            .map(|rel| {
+                format!(
+                    "  <link href=\"{}/{rel}\" rel=\"{rel}\"/>\n",
+                    xml_escape(&href)
+                )
+            })
+            .collect::<String>();
+            entry = entry.replacen(
+                "  <author>",
+                &format!("{links}  <published>{published}</published>\n  <author>"),
+                1,
+            );
             render::body(
                 StatusCode::OK,
                 Mode::Xml,
@@ -154,7 +189,11 @@ pub fn status(job: &Job, mode: Mode, base_path: &str) -> Response {
                           "events": format!("{href}/events"), "control": format!("{href}/control")},
                 "author": job.owner, "acl": acl_json(&job.owner), "content": content,
             });
-            render::body(StatusCode::OK, Mode::Json, render::json_feed(&updated, vec![entry]))
+            render::body(
+                StatusCode::OK,
+                Mode::Json,
+                render::json_feed(&updated, vec![entry]),
+            )
         }
     }
 }

@@ -162,7 +162,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn faults(&self) -> Faults {
-        self.faults.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.faults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -189,16 +192,23 @@ impl RunningEmulator {
 
     /// Replaces the injected faults; applies to requests that start afterwards.
     pub fn set_faults(&self, f: Faults) {
-        *self.shared.faults.write().unwrap_or_else(|e| e.into_inner()) = f;
+        *self
+            .shared
+            .faults
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = f;
     }
 
     /// Indexes one event (into the emulator's index), as if sent through `receivers/simple`.
     pub fn ingest(&self, event: serde_json::Value) {
         let raw = event.to_string();
         let ctx = &self.shared.ctx;
-        self.shared
-            .store
-            .insert(StoredEvent::new(raw, &ctx.index, &ctx.sourcetype, Utc::now().timestamp_micros()));
+        self.shared.store.insert(StoredEvent::new(
+            raw,
+            &ctx.index,
+            &ctx.sourcetype,
+            Utc::now().timestamp_micros(),
+        ));
     }
 
     /// The events a filter selects, oldest first: indexed events and synthetic ones.
@@ -270,10 +280,21 @@ fn load_file(path: &PathBuf, ctx: &Ctx, now: i64) -> anyhow::Result<Vec<StoredEv
         if line.is_empty() {
             continue;
         }
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).with_context(|| {
-            format!("splunk emulator: {}:{} is not a JSON object", path.display(), n + 1)
-        })?;
-        out.push(StoredEvent::new(line.to_string(), &ctx.index, &ctx.sourcetype, now));
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line).with_context(
+            || {
+                format!(
+                    "splunk emulator: {}:{} is not a JSON object",
+                    path.display(),
+                    n + 1
+                )
+            },
+        )?;
+        out.push(StoredEvent::new(
+            line.to_string(),
+            &ctx.index,
+            &ctx.sourcetype,
+            now,
+        ));
     }
     Ok(out)
 }
@@ -281,8 +302,14 @@ fn load_file(path: &PathBuf, ctx: &Ctx, now: i64) -> anyhow::Result<Vec<StoredEv
 /// Loads the data and starts serving.
 pub async fn spawn(opts: EmulatorOptions) -> anyhow::Result<RunningEmulator> {
     if let Some(s) = &opts.synthetic {
-        anyhow::ensure!(s.end >= s.start, "splunk emulator: --synthetic-end is before --synthetic-start");
-        anyhow::ensure!(s.namespaces >= 1, "splunk emulator: --synthetic-namespaces must be at least 1");
+        anyhow::ensure!(
+            s.end >= s.start,
+            "splunk emulator: --synthetic-end is before --synthetic-start"
+        );
+        anyhow::ensure!(
+            s.namespaces >= 1,
+            "splunk emulator: --synthetic-namespaces must be at least 1"
+        );
     }
     let ctx = Ctx::new(&opts.index, &opts.sourcetype, opts.synthetic.clone());
     let store = Store::default();

@@ -38,7 +38,11 @@ impl Ctx {
 /// A field or text term (time terms are folded into the bounds).
 #[derive(Debug, Clone)]
 pub enum Term {
-    Field { field: String, op: CmpOp, value: Pattern },
+    Field {
+        field: String,
+        op: CmpOp,
+        value: Pattern,
+    },
     Text(Pattern),
 }
 
@@ -145,7 +149,11 @@ impl Filter {
         for t in &self.terms {
             match t {
                 Term::Field { field, op, value } if field == "index" || field == "sourcetype" => {
-                    let actual = if field == "index" { &ctx.index } else { &ctx.sourcetype };
+                    let actual = if field == "index" {
+                        &ctx.index
+                    } else {
+                        &ctx.sourcetype
+                    };
                     if value.matches(actual) != (*op == CmpOp::Eq) {
                         return None;
                     }
@@ -187,7 +195,11 @@ impl Filter {
         let hi = self.latest.map_or(spec.count, first_at_or_after);
         let (step, res) = residue.map_or((1, 0), |r| (k, r));
         let first = lo + (res + step - lo % step) % step;
-        let len = if first >= hi { 0 } else { (hi - 1 - first) / step + 1 };
+        let len = if first >= hi {
+            0
+        } else {
+            (hi - 1 - first) / step + 1
+        };
         Some(SynthSel {
             spec: spec.clone(),
             first,

@@ -19,7 +19,9 @@ impl Mode {
     /// `output_mode=json` selects JSON; anything else gets Splunk's default, XML.
     pub fn from_param(v: Option<&str>) -> Self {
         match v {
-            Some(m) if m.eq_ignore_ascii_case("json") || m.eq_ignore_ascii_case("json_rows") => Mode::Json,
+            Some(m) if m.eq_ignore_ascii_case("json") || m.eq_ignore_ascii_case("json_rows") => {
+                Mode::Json
+            }
             _ => Mode::Xml,
         }
     }
@@ -49,7 +51,8 @@ pub fn body(status: StatusCode, mode: Mode, text: String) -> Response {
         Mode::Json => "application/json; charset=utf-8",
     };
     let mut r = (status, text).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     r
 }
 
@@ -78,8 +81,14 @@ pub fn s_dict(pairs: &[(&str, String)]) -> String {
 /// The ACL block every entity carries.
 pub fn acl_xml(owner: &str) -> String {
     let perms = s_dict(&[
-        ("read", format!("<s:list><s:item>{}</s:item></s:list>", xml_escape(owner))),
-        ("write", format!("<s:list><s:item>{}</s:item></s:list>", xml_escape(owner))),
+        (
+            "read",
+            format!("<s:list><s:item>{}</s:item></s:list>", xml_escape(owner)),
+        ),
+        (
+            "write",
+            format!("<s:list><s:item>{}</s:item></s:list>", xml_escape(owner)),
+        ),
     ]);
     s_dict(&[
         ("app", "search".into()),
@@ -101,8 +110,19 @@ pub fn acl_json(owner: &str) -> serde_json::Value {
 const ATOM_NS: &str = "xmlns=\"http://www.w3.org/2005/Atom\" xmlns:s=\"http://dev.splunk.com/ns/rest\" xmlns:opensearch=\"http://a9.com/-/spec/opensearch/1.1/\"";
 
 /// One Atom `<entry>` (without the XML declaration).
-pub fn atom_entry(title: &str, href: &str, updated: &str, owner: &str, content: &str, with_ns: bool) -> String {
-    let ns = if with_ns { format!(" {ATOM_NS}") } else { String::new() };
+pub fn atom_entry(
+    title: &str,
+    href: &str,
+    updated: &str,
+    owner: &str,
+    content: &str,
+    with_ns: bool,
+) -> String {
+    let ns = if with_ns {
+        format!(" {ATOM_NS}")
+    } else {
+        String::new()
+    };
     format!(
         "<entry{ns}>\n  <title>{t}</title>\n  <id>{h}</id>\n  <updated>{updated}</updated>\n  <link href=\"{h}\" rel=\"alternate\"/>\n  <author>\n    <name>{o}</name>\n  </author>\n  <content type=\"text/xml\">\n    {content}\n  </content>\n</entry>",
         t = xml_escape(title),
@@ -147,7 +167,11 @@ pub fn write_event_json(buf: &mut Vec<u8>, e: &EventRef, row_ops: &[Command], ct
         match (e, &ctx.synthetic) {
             (EventRef::Stored(s), _) => return buf.extend_from_slice(s.result_json.as_bytes()),
             (EventRef::Synth(i), Some(spec)) => {
-                return Parts::of(spec, *i).write_result(buf, &ctx.index_json, &ctx.sourcetype_json);
+                return Parts::of(spec, *i).write_result(
+                    buf,
+                    &ctx.index_json,
+                    &ctx.sourcetype_json,
+                );
             }
             _ => {}
         }
@@ -201,7 +225,13 @@ pub fn page_rows(items: &[Item<'_>], row_ops: &[Command], ctx: &Ctx) -> Vec<Row>
 }
 
 /// A results page: the JSON document or Splunk's XML `<results>`.
-pub fn results_page(mode: Mode, offset: u64, items: &[Item<'_>], row_ops: &[Command], ctx: &Ctx) -> Response {
+pub fn results_page(
+    mode: Mode,
+    offset: u64,
+    items: &[Item<'_>],
+    row_ops: &[Command],
+    ctx: &Ctx,
+) -> Response {
     let rows = page_rows(items, row_ops, ctx);
     let names = field_names(&rows);
     match mode {
@@ -210,7 +240,10 @@ pub fn results_page(mode: Mode, offset: u64, items: &[Item<'_>], row_ops: &[Comm
             buf.extend_from_slice(b"{\"preview\":false,\"init_offset\":");
             buf.extend_from_slice(offset.to_string().as_bytes());
             buf.extend_from_slice(b",\"messages\":[],\"fields\":");
-            let fields: Vec<serde_json::Value> = names.iter().map(|n| serde_json::json!({"name": n})).collect();
+            let fields: Vec<serde_json::Value> = names
+                .iter()
+                .map(|n| serde_json::json!({"name": n}))
+                .collect();
             let _ = serde_json::to_writer(&mut buf, &fields);
             buf.extend_from_slice(b",\"results\":[");
             for (n, it) in items.iter().enumerate() {
@@ -220,10 +253,16 @@ pub fn results_page(mode: Mode, offset: u64, items: &[Item<'_>], row_ops: &[Comm
                 write_item_json(&mut buf, it, row_ops, ctx);
             }
             buf.extend_from_slice(b"]}");
-            body(StatusCode::OK, Mode::Json, String::from_utf8(buf).unwrap_or_default())
+            body(
+                StatusCode::OK,
+                Mode::Json,
+                String::from_utf8(buf).unwrap_or_default(),
+            )
         }
         Mode::Xml => {
-            let mut out = String::from("<?xml version='1.0' encoding='UTF-8'?>\n<results preview='0'>\n<meta>\n<fieldOrder>\n");
+            let mut out = String::from(
+                "<?xml version='1.0' encoding='UTF-8'?>\n<results preview='0'>\n<meta>\n<fieldOrder>\n",
+            );
             for n in &names {
                 out.push_str(&format!("<field>{}</field>\n", xml_escape(n)));
             }
@@ -232,9 +271,16 @@ pub fn results_page(mode: Mode, offset: u64, items: &[Item<'_>], row_ops: &[Comm
                 out.push_str(&format!("<result offset='{}'>\n", offset + n as u64));
                 for (k, v) in &r.fields {
                     if k == "_raw" {
-                        out.push_str(&format!("<field k='_raw'><v xml:space='preserve' trunc='0'>{}</v></field>\n", xml_escape(v)));
+                        out.push_str(&format!(
+                            "<field k='_raw'><v xml:space='preserve' trunc='0'>{}</v></field>\n",
+                            xml_escape(v)
+                        ));
                     } else {
-                        out.push_str(&format!("<field k='{}'><value><text>{}</text></value></field>\n", xml_escape(k), xml_escape(v)));
+                        out.push_str(&format!(
+                            "<field k='{}'><value><text>{}</text></value></field>\n",
+                            xml_escape(k),
+                            xml_escape(v)
+                        ));
                     }
                 }
                 out.push_str("</result>\n");

@@ -46,21 +46,27 @@ fn split_path(path: &str) -> Option<(String, Vec<String>)> {
     let segs: Vec<String> = path
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| urlencoding::decode(s).map(|c| c.into_owned()).unwrap_or_else(|_| s.to_string()))
+        .map(|s| {
+            urlencoding::decode(s)
+                .map(|c| c.into_owned())
+                .unwrap_or_else(|_| s.to_string())
+        })
         .collect();
     match segs.first().map(String::as_str) {
         Some("services") => Some(("/services".into(), segs[1..].to_vec())),
-        Some("servicesNS") if segs.len() >= 3 => {
-            Some((format!("/servicesNS/{}/{}", segs[1], segs[2]), segs[3..].to_vec()))
-        }
+        Some("servicesNS") if segs.len() >= 3 => Some((
+            format!("/servicesNS/{}/{}", segs[1], segs[2]),
+            segs[3..].to_vec(),
+        )),
         _ => None,
     }
 }
 
 fn parse_params(uri: &Uri, body: &[u8], form_body: bool) -> HashMap<String, String> {
-    let mut params: HashMap<String, String> = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+    let mut params: HashMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     if form_body {
         params.extend(url::form_urlencoded::parse(body).into_owned());
     }
@@ -84,11 +90,18 @@ async fn dispatch(
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
     let Some((prefix, segs)) = split_path(uri.path()) else {
-        let mode = Mode::from_param(parse_params(&uri, &[], false).get("output_mode").map(String::as_str));
+        let mode = Mode::from_param(
+            parse_params(&uri, &[], false)
+                .get("output_mode")
+                .map(String::as_str),
+        );
         return render::message(StatusCode::NOT_FOUND, mode, "ERROR", "Not Found");
     };
     let raw_body = matches!(
-        segs.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+        segs.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice(),
         ["receivers", ..] | ["collector", ..]
     );
     let params = parse_params(&uri, &body, !raw_body);
@@ -108,13 +121,30 @@ async fn dispatch(
         if s.first() == Some(&"collector") {
             return ingest::hec_unauthorized();
         }
-        return render::message(StatusCode::UNAUTHORIZED, mode, "WARN", "call not properly authenticated");
+        return render::message(
+            StatusCode::UNAUTHORIZED,
+            mode,
+            "WARN",
+            "call not properly authenticated",
+        );
     }
-    let is_dispatch = matches!(s.as_slice(), ["search", "jobs"] | ["search", "v2", "jobs"]) && req.method == Method::POST
-        || matches!(s.as_slice(), ["search", "jobs", "export"] | ["search", "v2", "jobs", "export"]);
-    if is_dispatch && faults.rate_503 > 0.0 && rand::thread_rng().gen_bool(faults.rate_503.clamp(0.0, 1.0)) {
+    let is_dispatch = matches!(s.as_slice(), ["search", "jobs"] | ["search", "v2", "jobs"])
+        && req.method == Method::POST
+        || matches!(
+            s.as_slice(),
+            ["search", "jobs", "export"] | ["search", "v2", "jobs", "export"]
+        );
+    if is_dispatch
+        && faults.rate_503 > 0.0
+        && rand::thread_rng().gen_bool(faults.rate_503.clamp(0.0, 1.0))
+    {
         Counters::bump(&shared.counters.injected_503);
-        return render::message(StatusCode::SERVICE_UNAVAILABLE, mode, "FATAL", &quota_message());
+        return render::message(
+            StatusCode::SERVICE_UNAVAILABLE,
+            mode,
+            "FATAL",
+            &quota_message(),
+        );
     }
     match s.as_slice() {
         ["server", "info"] => server_info(&req),
@@ -123,7 +153,9 @@ async fn dispatch(
         ["receivers", "simple"] if req.method == Method::POST => {
             ingest::simple(&shared, &body, req.param("index"), req.param("sourcetype"))
         }
-        ["collector"] | ["collector", "event"] | ["collector", "event", "1.0"] if req.method == Method::POST => {
+        ["collector"] | ["collector", "event"] | ["collector", "event", "1.0"]
+            if req.method == Method::POST =>
+        {
             ingest::hec(&shared, &body)
         }
         ["search", "jobs", rest @ ..] => search(&shared, &req, "search/jobs", rest).await,
@@ -134,7 +166,10 @@ async fn dispatch(
 
 fn login(shared: &Shared, req: &Req) -> Response {
     let ok = req.method == Method::POST
-        && shared.password_ok(req.param("username").unwrap_or(""), req.param("password").unwrap_or(""));
+        && shared.password_ok(
+            req.param("username").unwrap_or(""),
+            req.param("password").unwrap_or(""),
+        );
     if !ok {
         return render::message(StatusCode::UNAUTHORIZED, req.mode, "WARN", "Login failed");
     }
@@ -165,15 +200,33 @@ fn server_info(req: &Req) -> Response {
     let updated = now_text();
     match req.mode {
         Mode::Xml => {
-            let pairs: Vec<(&str, String)> = info.iter().map(|(k, v)| (*k, xml_escape(v))).collect();
-            let entry = render::atom_entry("server-info", "/services/server/info/server-info", &updated, "system", &s_dict(&pairs), false);
-            render::body(StatusCode::OK, Mode::Xml, render::atom_feed("server-info", &updated, &[entry]))
+            let pairs: Vec<(&str, String)> =
+                info.iter().map(|(k, v)| (*k, xml_escape(v))).collect();
+            let entry = render::atom_entry(
+                "server-info",
+                "/services/server/info/server-info",
+                &updated,
+                "system",
+                &s_dict(&pairs),
+                false,
+            );
+            render::body(
+                StatusCode::OK,
+                Mode::Xml,
+                render::atom_feed("server-info", &updated, &[entry]),
+            )
         }
         Mode::Json => {
-            let content: serde_json::Map<String, serde_json::Value> =
-                info.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+            let content: serde_json::Map<String, serde_json::Value> = info
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect();
             let entry = serde_json::json!({"name": "server-info", "id": "/services/server/info/server-info", "content": content});
-            render::body(StatusCode::OK, Mode::Json, render::json_feed(&updated, vec![entry]))
+            render::body(
+                StatusCode::OK,
+                Mode::Json,
+                render::json_feed(&updated, vec![entry]),
+            )
         }
     }
 }
@@ -184,7 +237,12 @@ fn indexes(shared: &Shared, req: &Req, name: Option<&str>) -> Response {
     names.insert("main".into());
     let selected: Vec<String> = match name {
         Some(n) if !names.contains(n) => {
-            return render::message(StatusCode::NOT_FOUND, req.mode, "ERROR", &format!("Could not find object id={n}"));
+            return render::message(
+                StatusCode::NOT_FOUND,
+                req.mode,
+                "ERROR",
+                &format!("Could not find object id={n}"),
+            );
         }
         Some(n) => vec![n.to_string()],
         None => names.into_iter().collect(),
@@ -201,18 +259,29 @@ fn indexes(shared: &Shared, req: &Req, name: Option<&str>) -> Response {
                         ("eai:acl", render::acl_xml("nobody")),
                         ("totalEventCount", "0".into()),
                     ]);
-                    let href = format!("/servicesNS/nobody/search/data/indexes/{}", urlencoding::encode(n));
+                    let href = format!(
+                        "/servicesNS/nobody/search/data/indexes/{}",
+                        urlencoding::encode(n)
+                    );
                     render::atom_entry(n, &href, &updated, "nobody", &content, false)
                 })
                 .collect();
-            render::body(StatusCode::OK, Mode::Xml, render::atom_feed("indexes", &updated, &entries))
+            render::body(
+                StatusCode::OK,
+                Mode::Xml,
+                render::atom_feed("indexes", &updated, &entries),
+            )
         }
         Mode::Json => {
             let entries = selected
                 .iter()
                 .map(|n| serde_json::json!({"name": n, "content": {"datatype": "event", "disabled": false}, "acl": render::acl_json("nobody")}))
                 .collect();
-            render::body(StatusCode::OK, Mode::Json, render::json_feed(&updated, entries))
+            render::body(
+                StatusCode::OK,
+                Mode::Json,
+                render::json_feed(&updated, entries),
+            )
         }
     }
 }
@@ -246,7 +315,9 @@ fn plan_from(req: &Req, cap_param: &[&str]) -> Result<(String, Plan), Response> 
 }
 
 fn num(req: &Req, k: &str, default: u64) -> u64 {
-    req.param(k).and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+    req.param(k)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
 }
 
 async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> Response {
@@ -261,15 +332,29 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
             let job = jobs::dispatch(shared, search, plan, exec_mode != "normal").await;
             if exec_mode == "oneshot" {
                 jobs::remove(shared, &job.sid);
-                return jobs::results(shared, &job, req.mode, num(req, "offset", 0), num(req, "count", 100));
+                return jobs::results(
+                    shared,
+                    &job,
+                    req.mode,
+                    num(req, "offset", 0),
+                    num(req, "count", 100),
+                );
             }
             jobs::created(req.mode, &job.sid)
         }
         ([], &Method::GET) => {
             let updated = now_text();
             match req.mode {
-                Mode::Xml => render::body(StatusCode::OK, Mode::Xml, render::atom_feed("jobs", &updated, &[])),
-                Mode::Json => render::body(StatusCode::OK, Mode::Json, render::json_feed(&updated, Vec::new())),
+                Mode::Xml => render::body(
+                    StatusCode::OK,
+                    Mode::Xml,
+                    render::atom_feed("jobs", &updated, &[]),
+                ),
+                Mode::Json => render::body(
+                    StatusCode::OK,
+                    Mode::Json,
+                    render::json_feed(&updated, Vec::new()),
+                ),
             }
         }
         (["export"], &Method::GET | &Method::POST) => {
@@ -291,20 +376,33 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
                     render::message(StatusCode::OK, req.mode, "INFO", "Search job cancelled.")
                 }
                 (["results" | "events" | "results_preview"], &Method::GET | &Method::POST) => {
-                    jobs::results(shared, &job, req.mode, num(req, "offset", 0), num(req, "count", 100))
+                    jobs::results(
+                        shared,
+                        &job,
+                        req.mode,
+                        num(req, "offset", 0),
+                        num(req, "count", 100),
+                    )
                 }
                 (["control"], &Method::POST) => match req.param("action").unwrap_or("") {
                     "cancel" => {
                         jobs::remove(shared, sid);
                         render::message(StatusCode::OK, req.mode, "INFO", "Search job cancelled.")
                     }
-                    "finalize" | "pause" | "unpause" | "touch" | "setttl" | "setpriority" | "enablepreview"
-                    | "disablepreview" => render::message(StatusCode::OK, req.mode, "INFO", "Search job updated."),
+                    "finalize" | "pause" | "unpause" | "touch" | "setttl" | "setpriority"
+                    | "enablepreview" | "disablepreview" => {
+                        render::message(StatusCode::OK, req.mode, "INFO", "Search job updated.")
+                    }
                     other => bad_request(req.mode, &format!("Unknown action '{other}'.")),
                 },
                 _ => render::message(StatusCode::NOT_FOUND, req.mode, "ERROR", "Not Found"),
             }
         }
-        _ => render::message(StatusCode::METHOD_NOT_ALLOWED, req.mode, "ERROR", "Method not allowed."),
+        _ => render::message(
+            StatusCode::METHOD_NOT_ALLOWED,
+            req.mode,
+            "ERROR",
+            "Method not allowed.",
+        ),
     }
 }

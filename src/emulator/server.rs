@@ -26,7 +26,10 @@ impl ServerHandle {
     pub async fn shutdown(self) {
         let _ = self.stop.send(());
         let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(2), &mut task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+        {
             task.abort();
         }
     }
@@ -52,7 +55,8 @@ impl Listener for TlsListener {
                     continue;
                 }
             };
-            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await {
+            match tokio::time::timeout(Duration::from_secs(10), self.acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => return (tls, addr),
                 Ok(Err(e)) => tracing::debug!(error = %e, "splunk emulator: TLS handshake failed"),
                 Err(_) => tracing::debug!("splunk emulator: TLS handshake timed out"),
@@ -67,15 +71,17 @@ impl Listener for TlsListener {
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> anyhow::Result<TlsAcceptor> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let mut cert_reader = std::io::BufReader::new(
-        std::fs::File::open(cert).with_context(|| format!("splunk emulator: cannot open --tls-cert {}", cert.display()))?,
-    );
+    let mut cert_reader =
+        std::io::BufReader::new(std::fs::File::open(cert).with_context(|| {
+            format!("splunk emulator: cannot open --tls-cert {}", cert.display())
+        })?);
     let certs = rustls_pemfile::certs(&mut cert_reader)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("splunk emulator: invalid PEM in {}", cert.display()))?;
-    let mut key_reader = std::io::BufReader::new(
-        std::fs::File::open(key).with_context(|| format!("splunk emulator: cannot open --tls-key {}", key.display()))?,
-    );
+    let mut key_reader =
+        std::io::BufReader::new(std::fs::File::open(key).with_context(|| {
+            format!("splunk emulator: cannot open --tls-key {}", key.display())
+        })?);
     let key = rustls_pemfile::private_key(&mut key_reader)
         .with_context(|| format!("splunk emulator: invalid PEM in {}", key.display()))?
         .with_context(|| format!("splunk emulator: no private key in {}", key.display()))?;
@@ -102,7 +108,9 @@ pub async fn start(
     };
     let task = match tls {
         None => tokio::spawn(async move {
-            let _ = axum::serve(tcp, router).with_graceful_shutdown(signal).await;
+            let _ = axum::serve(tcp, router)
+                .with_graceful_shutdown(signal)
+                .await;
         }),
         Some((cert, key)) => {
             let listener = TlsListener {
@@ -110,7 +118,9 @@ pub async fn start(
                 acceptor: tls_acceptor(cert, key)?,
             };
             tokio::spawn(async move {
-                let _ = axum::serve(listener, router).with_graceful_shutdown(signal).await;
+                let _ = axum::serve(listener, router)
+                    .with_graceful_shutdown(signal)
+                    .await;
             })
         }
     };

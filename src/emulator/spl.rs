@@ -162,7 +162,9 @@ fn split_pipes(s: &str) -> Result<Vec<String>, SplError> {
             }
             '|' if !in_quote => out.push(std::mem::take(&mut cur)),
             '[' | ']' if !in_quote => {
-                return Err(search_error("Subsearches are not supported by this server."));
+                return Err(search_error(
+                    "Subsearches are not supported by this server.",
+                ));
             }
             _ => cur.push(c),
         }
@@ -209,13 +211,24 @@ fn parse_terms(text: &str) -> Result<Vec<SearchTerm>, SplError> {
         }
         let Some(&c) = chars.peek() else { break };
         match c {
-            '(' | ')' => return Err(search_error("Parenthesised expressions are not supported by this server.")),
+            '(' | ')' => {
+                return Err(search_error(
+                    "Parenthesised expressions are not supported by this server.",
+                ));
+            }
             '"' => {
                 chars.next();
-                terms.push(SearchTerm::Text(Pattern::new(read_quoted(&mut chars)?, true)));
+                terms.push(SearchTerm::Text(Pattern::new(
+                    read_quoted(&mut chars)?,
+                    true,
+                )));
                 continue;
             }
-            '=' => return Err(search_error("Comparator '=' has an invalid term on the left hand side.")),
+            '=' => {
+                return Err(search_error(
+                    "Comparator '=' has an invalid term on the left hand side.",
+                ));
+            }
             _ => {}
         }
         let mut word = String::new();
@@ -244,7 +257,9 @@ fn parse_terms(text: &str) -> Result<Vec<SearchTerm>, SplError> {
                 Some(CmpOp::Ne)
             }
             Some('<' | '>') => {
-                return Err(search_error("Comparators '<' and '>' are not supported by this server."));
+                return Err(search_error(
+                    "Comparators '<' and '>' are not supported by this server.",
+                ));
             }
             Some('(' | ')' | '"') => return Err(search_error(&format!("Invalid term '{word}'."))),
             _ => None,
@@ -301,7 +316,12 @@ fn time_or_field(field: String, op: CmpOp, value: Pattern) -> Result<SearchTerm,
     if lower != "earliest" && lower != "latest" {
         return Ok(SearchTerm::Field { field, op, value });
     }
-    let secs = value.text().trim().parse::<f64>().ok().filter(|v| v.is_finite());
+    let secs = value
+        .text()
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite());
     match (op, secs) {
         (CmpOp::Eq, Some(v)) if lower == "earliest" => Ok(SearchTerm::Earliest(v)),
         (CmpOp::Eq, Some(v)) => Ok(SearchTerm::Latest(v)),
@@ -341,7 +361,8 @@ fn tokenize_args(cmd: &str, text: &str) -> Result<Vec<Tok>, SplError> {
             }
             '"' => {
                 chars.next();
-                let s = read_quoted(&mut chars).map_err(|_| command_error(cmd, "Unbalanced quotes."))?;
+                let s = read_quoted(&mut chars)
+                    .map_err(|_| command_error(cmd, "Unbalanced quotes."))?;
                 out.push(Tok::Quoted(s));
             }
             _ => {
@@ -367,8 +388,7 @@ fn parse_count(cmd: &str, s: &str) -> Result<u64, SplError> {
 
 fn is_field_name(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '@' | '-' | '*'))
 }
 
@@ -384,7 +404,10 @@ fn parse_command(segment: &str) -> Result<Command, SplError> {
             [Tok::Word(k), Tok::Eq, Tok::Word(n)] if k == "limit" => {
                 Ok(Command::Head(parse_count("head", n)?))
             }
-            _ => Err(command_error("head", "Only 'head [N]' is supported by this server.")),
+            _ => Err(command_error(
+                "head",
+                "Only 'head [N]' is supported by this server.",
+            )),
         },
         "reverse" if toks.is_empty() => Ok(Command::Reverse),
         "reverse" => Err(command_error("reverse", "This command takes no arguments.")),
@@ -485,7 +508,10 @@ fn parse_eval(toks: &[Tok]) -> Result<Command, SplError> {
             Tok::Comma,
             Tok::Quoted(fmt),
             Tok::RParen,
-        ] if func.eq_ignore_ascii_case("strftime") && is_field_name(target) && is_field_name(source) => {
+        ] if func.eq_ignore_ascii_case("strftime")
+            && is_field_name(target)
+            && is_field_name(source) =>
+        {
             let format = StrftimeFormat::parse(fmt).ok_or_else(|| {
                 command_error("eval", &format!("Invalid strftime format \"{fmt}\"."))
             })?;

@@ -11,7 +11,10 @@ fn field(f: &str, op: CmpOp, v: &str, quoted: bool) -> SearchTerm {
 
 #[test]
 fn terms_and_escapes() {
-    let p = parse(r#"search index="quay_logs" account=ns1 repository!="a\"b\\c" earliest=10 latest=20.5"#).unwrap();
+    let p = parse(
+        r#"search index="quay_logs" account=ns1 repository!="a\"b\\c" earliest=10 latest=20.5"#,
+    )
+    .unwrap();
     assert_eq!(
         p.terms,
         vec![
@@ -27,8 +30,14 @@ fn terms_and_escapes() {
 
 #[test]
 fn implicit_search_and_leading_pipe() {
-    assert_eq!(parse("account=x").unwrap().terms, vec![field("account", CmpOp::Eq, "x", false)]);
-    assert_eq!(parse("| search account=x").unwrap().terms, vec![field("account", CmpOp::Eq, "x", false)]);
+    assert_eq!(
+        parse("account=x").unwrap().terms,
+        vec![field("account", CmpOp::Eq, "x", false)]
+    );
+    assert_eq!(
+        parse("| search account=x").unwrap().terms,
+        vec![field("account", CmpOp::Eq, "x", false)]
+    );
     assert!(parse("| makeresults").is_err());
 }
 
@@ -42,15 +51,41 @@ fn commands() {
         Command::Sort {
             limit: Some(0),
             keys: vec![
-                SortKey { field: "_time".into(), descending: true },
-                SortKey { field: "kind".into(), descending: false }
+                SortKey {
+                    field: "_time".into(),
+                    descending: true
+                },
+                SortKey {
+                    field: "kind".into(),
+                    descending: false
+                }
             ]
         }
     );
     assert_eq!(p.commands[1], Command::Head(5));
-    assert_eq!(p.commands[3], Command::Fields { remove: true, fields: vec!["ip".into(), "kind".into()] });
-    assert_eq!(p.commands[5], Command::StatsCount { by: vec!["account".into(), "kind".into()] });
-    assert_eq!(parse("x | sort - _time").unwrap().commands[0], Command::Sort { limit: None, keys: vec![SortKey { field: "_time".into(), descending: true }] });
+    assert_eq!(
+        p.commands[3],
+        Command::Fields {
+            remove: true,
+            fields: vec!["ip".into(), "kind".into()]
+        }
+    );
+    assert_eq!(
+        p.commands[5],
+        Command::StatsCount {
+            by: vec!["account".into(), "kind".into()]
+        }
+    );
+    assert_eq!(
+        parse("x | sort - _time").unwrap().commands[0],
+        Command::Sort {
+            limit: None,
+            keys: vec![SortKey {
+                field: "_time".into(),
+                descending: true
+            }]
+        }
+    );
 }
 
 #[test]
@@ -76,7 +111,10 @@ fn rejections_read_like_splunk() {
             "{bad}: {err}"
         );
     }
-    assert_eq!(parse("search a=b|c").unwrap_err().0, "Unknown search command 'c'.");
+    assert_eq!(
+        parse("search a=b|c").unwrap_err().0,
+        "Unknown search command 'c'."
+    );
 }
 
 fn escape(v: &str) -> String {

@@ -170,9 +170,18 @@ mod tests {
     fn select_is_half_open_and_sorted() {
         let store = Store::default();
         for t in [3, 1, 2, 2] {
-            store.insert(StoredEvent::new(format!(r#"{{"datetime":{t}}}"#), "i", "s", 0));
+            store.insert(StoredEvent::new(
+                format!(r#"{{"datetime":{t}}}"#),
+                "i",
+                "s",
+                0,
+            ));
         }
-        let times: Vec<_> = store.select(Some(2_000_000), Some(3_000_000), |_| true).iter().map(|e| e.time).collect();
+        let times: Vec<_> = store
+            .select(Some(2_000_000), Some(3_000_000), |_| true)
+            .iter()
+            .map(|e| e.time)
+            .collect();
         assert_eq!(times, vec![2_000_000, 2_000_000]);
     }
 }

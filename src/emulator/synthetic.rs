@@ -74,7 +74,12 @@ impl Parts {
             repo: REPOS[(h % REPOS.len() as u64) as usize],
             kind: KINDS[((h >> 8) % KINDS.len() as u64) as usize],
             user: USERS.get(p).copied(),
-            ip: [10, (ns % 256) as u8, (h >> 24) as u8, ((h >> 32) % 254 + 1) as u8],
+            ip: [
+                10,
+                (ns % 256) as u8,
+                (h >> 24) as u8,
+                ((h >> 32) % 254 + 1) as u8,
+            ],
             tag: (h >> 40) % 100,
         }
     }
@@ -114,12 +119,25 @@ impl Parts {
     pub fn field_names(&self) -> &'static [&'static str] {
         if self.user.is_some() {
             &[
-                "kind", "account", "performer", "performer_email", "performer_kind", "repository",
-                "ip", "metadata_json", "datetime",
+                "kind",
+                "account",
+                "performer",
+                "performer_email",
+                "performer_kind",
+                "repository",
+                "ip",
+                "metadata_json",
+                "datetime",
             ]
         } else {
             &[
-                "kind", "account", "performer", "performer_kind", "repository", "ip", "metadata_json",
+                "kind",
+                "account",
+                "performer",
+                "performer_kind",
+                "repository",
+                "ip",
+                "metadata_json",
                 "datetime",
             ]
         }
@@ -190,7 +208,11 @@ impl Parts {
             b,
             q,
             b"performer_kind",
-            if self.user.is_some() { b"user" } else { b"robot" },
+            if self.user.is_some() {
+                b"user"
+            } else {
+                b"robot"
+            },
         );
         b.push(b',');
         kv(b, q, b"repository", self.repo.as_bytes());
@@ -249,7 +271,11 @@ impl Parts {
             b,
             Q,
             b"performer_kind",
-            if self.user.is_some() { b"user" } else { b"robot" },
+            if self.user.is_some() {
+                b"user"
+            } else {
+                b"robot"
+            },
         );
         b.push(b',');
         kv(b, Q, b"repository", self.repo.as_bytes());
@@ -337,9 +363,14 @@ mod tests {
             let raw: serde_json::Value = serde_json::from_str(v["_raw"].as_str().unwrap()).unwrap();
             assert_eq!(raw, event(&s, i));
             for name in p.field_names() {
-                assert_eq!(v[*name].as_str().map(str::to_string), p.field(name).map(|c| c.into_owned()), "{name}");
+                assert_eq!(
+                    v[*name].as_str().map(str::to_string),
+                    p.field(name).map(|c| c.into_owned()),
+                    "{name}"
+                );
             }
-            let meta: serde_json::Value = serde_json::from_str(v["metadata_json"].as_str().unwrap()).unwrap();
+            let meta: serde_json::Value =
+                serde_json::from_str(v["metadata_json"].as_str().unwrap()).unwrap();
             assert_eq!(meta, raw["metadata_json"]);
         }
     }

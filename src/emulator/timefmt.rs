@@ -79,7 +79,9 @@ pub fn parse_time_arg(s: &str) -> Option<Micros> {
     if let Ok(v) = s.parse::<f64>() {
         return micros_from_epoch_secs(v);
     }
-    DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_micros())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.timestamp_micros())
 }
 
 /// The timestamp an event carries in its `datetime` value (epoch number, numeric string or ISO 8601).
@@ -110,7 +112,9 @@ fn parse_datetime_text(s: &str) -> Option<Micros> {
             return Some(d.timestamp_micros());
         }
     }
-    DateTime::parse_from_rfc2822(s).ok().map(|d| d.timestamp_micros())
+    DateTime::parse_from_rfc2822(s)
+        .ok()
+        .map(|d| d.timestamp_micros())
 }
 
 /// A validated `strftime` format (Splunk's `%3N`/`%6N`/`%N` sub-second forms translated).
@@ -148,8 +152,14 @@ mod tests {
 
     #[test]
     fn splunk_time_shape() {
-        assert_eq!(splunk_time(1_704_448_800_000_000), "2024-01-05T10:00:00.000+00:00");
-        assert_eq!(splunk_time(1_704_448_800_123_999), "2024-01-05T10:00:00.123+00:00");
+        assert_eq!(
+            splunk_time(1_704_448_800_000_000),
+            "2024-01-05T10:00:00.000+00:00"
+        );
+        assert_eq!(
+            splunk_time(1_704_448_800_123_999),
+            "2024-01-05T10:00:00.123+00:00"
+        );
     }
 
     #[test]
@@ -159,8 +169,14 @@ mod tests {
         assert_eq!(event_time(&serde_json::json!("1704448800")), want);
         assert_eq!(event_time(&serde_json::json!("2024-01-05T10:00:00Z")), want);
         assert_eq!(event_time(&serde_json::json!("2024-01-05 10:00:00")), want);
-        assert_eq!(event_time(&serde_json::json!("2024-01-05T11:00:00+01:00")), want);
-        assert_eq!(event_time(&serde_json::json!("Fri, 05 Jan 2024 10:00:00 -0000")), want);
+        assert_eq!(
+            event_time(&serde_json::json!("2024-01-05T11:00:00+01:00")),
+            want
+        );
+        assert_eq!(
+            event_time(&serde_json::json!("Fri, 05 Jan 2024 10:00:00 -0000")),
+            want
+        );
         assert_eq!(event_time(&serde_json::json!("yesterday")), None);
     }
 
