@@ -263,15 +263,15 @@ pub fn run(plan: &Plan, ctx: &Ctx, store: &Store, cancel: &AtomicBool) -> Result
                 plan.filter.matches(e)
             })
             .is_empty();
-        if stored_none {
-            if let Some(sel) = plan.filter.synthetic(ctx).filter(|s| s.residual.is_empty()) {
-                let len = plan.limit.map_or(sel.len, |l| l.min(sel.len));
-                return ResultSet::Lazy {
-                    sel,
-                    desc: plan.desc,
-                    len,
-                };
-            }
+        if stored_none
+            && let Some(sel) = plan.filter.synthetic(ctx).filter(|s| s.residual.is_empty())
+        {
+            let len = plan.limit.map_or(sel.len, |l| l.min(sel.len));
+            return ResultSet::Lazy {
+                sel,
+                desc: plan.desc,
+                len,
+            };
         }
         let mut refs = Vec::new();
         for (n, e) in events(plan, ctx, store).enumerate() {
@@ -392,10 +392,10 @@ fn stats_rows(cmd: &Command, rows: Vec<Row>) -> Vec<Row> {
 
 /// Splunk compares numerically when both values are numbers, else as text; missing values last.
 fn compare_field(a: &Row, b: &Row, field: &str) -> Ordering {
-    if field == "_time" {
-        if let (Some(x), Some(y)) = (a.time, b.time) {
-            return x.cmp(&y);
-        }
+    if field == "_time"
+        && let (Some(x), Some(y)) = (a.time, b.time)
+    {
+        return x.cmp(&y);
     }
     match (a.get(field), b.get(field)) {
         (Some(x), Some(y)) => match (x.parse::<f64>(), y.parse::<f64>()) {

@@ -317,10 +317,10 @@ impl Plan {
                 break;
             }
         }
-        if plan.rest.is_empty() {
-            if let Some(m) = plan.max_results {
-                plan.limit = min_limit(plan.limit, m);
-            }
+        if plan.rest.is_empty()
+            && let Some(m) = plan.max_results
+        {
+            plan.limit = min_limit(plan.limit, m);
         }
         plan
     }

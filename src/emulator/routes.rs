@@ -290,19 +290,19 @@ fn bad_request(mode: Mode, text: &str) -> Response {
     render::message(StatusCode::BAD_REQUEST, mode, "FATAL", text)
 }
 
-/// Parses `search`, time bounds and caps into a plan, or Splunk's 400.
-fn plan_from(req: &Req, cap_param: &[&str]) -> Result<(String, Plan), Response> {
+/// Parses `search`, time bounds and caps into a plan; the error is Splunk's 400 text.
+fn plan_from(req: &Req, cap_param: &[&str]) -> Result<(String, Plan), String> {
     let search = req.param("search").unwrap_or("").trim().to_string();
     if search.is_empty() {
-        return Err(bad_request(req.mode, "Empty search."));
+        return Err("Empty search.".into());
     }
-    let pipeline = spl::parse(&search).map_err(|e| bad_request(req.mode, &e.0))?;
-    let time = |k: &str| -> Result<Option<i64>, Response> {
+    let pipeline = spl::parse(&search).map_err(|e| e.0)?;
+    let time = |k: &str| -> Result<Option<i64>, String> {
         match req.param(k).map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(None),
             Some(v) => parse_time_arg(v)
                 .map(Some)
-                .ok_or_else(|| bad_request(req.mode, &format!("Invalid {k}: '{v}'."))),
+                .ok_or_else(|| format!("Invalid {k}: '{v}'.")),
         }
     };
     let (earliest, latest) = (time("earliest_time")?, time("latest_time")?);
@@ -326,7 +326,7 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
         ([], &Method::POST) => {
             let (search, plan) = match plan_from(req, &["max_count"]) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(text) => return bad_request(req.mode, &text),
             };
             let exec_mode = req.param("exec_mode").unwrap_or("normal");
             let job = jobs::dispatch(shared, search, plan, exec_mode != "normal").await;
@@ -360,7 +360,7 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
         (["export"], &Method::GET | &Method::POST) => {
             let (_, plan) = match plan_from(req, &["max_count", "count"]) {
                 Ok(x) => x,
-                Err(r) => return r,
+                Err(text) => return bad_request(req.mode, &text),
             };
             Counters::bump(&shared.counters.exports);
             export::stream(shared.clone(), plan, shared.faults())

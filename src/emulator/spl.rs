@@ -477,11 +477,11 @@ fn parse_sort(toks: &[Tok]) -> Result<Command, SplError> {
 fn parse_fields(toks: &[Tok]) -> Result<Command, SplError> {
     let mut remove = false;
     let mut rest = toks;
-    if let Some(Tok::Word(w)) = toks.first() {
-        if w == "-" || w == "+" {
-            remove = w == "-";
-            rest = &toks[1..];
-        }
+    if let Some(Tok::Word(w)) = toks.first()
+        && (w == "-" || w == "+")
+    {
+        remove = w == "-";
+        rest = &toks[1..];
     }
     let mut fields = Vec::new();
     for t in rest {

@@ -430,10 +430,9 @@ async fn sort_head_reverse_fields_eval_and_stats() {
         &[("search", "search * | sort 0 repository, -_time | head 3")],
     )
     .await;
-    let times: Vec<&str> = results_of(&sorted)
+    let times: Vec<String> = results_of(&sorted)
         .iter()
         .map(|r| r["_time"].as_str().unwrap().to_string())
-        .map(|s| &*Box::leak(s.into_boxed_str()))
         .collect();
     assert_eq!(repos(&sorted), ["a", "a", "b"]);
     assert!(times[0] > times[1], "ties broken by -_time: {times:?}");
