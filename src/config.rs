@@ -472,6 +472,7 @@ fn describe(error: figment::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature is fixed
 mod tests {
     use super::*;
 
@@ -513,6 +514,7 @@ mod tests {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature is fixed
 mod file_tests {
     use super::*;
 

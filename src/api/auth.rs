@@ -39,8 +39,7 @@ impl Caller {
         repository: &RepositoryName,
     ) -> bool {
         let full = format!("{namespace}/{repository}");
-        self.administers_namespace(namespace.as_str())
-            || self.admin_repos.iter().any(|r| *r == full)
+        self.administers_namespace(namespace.as_str()) || self.admin_repos.contains(&full)
     }
 }
 

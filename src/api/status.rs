@@ -17,7 +17,7 @@ async fn visible_row(state: &AppState, caller: &Caller, id: &str) -> Result<Expo
     // Requester, the namespace's admins and superusers; everyone else cannot tell it exists.
     let visible = row.requested_by == caller.username
         || caller.superuser
-        || caller.admin_orgs.iter().any(|o| *o == row.namespace);
+        || caller.admin_orgs.contains(&row.namespace);
     if !visible {
         return Err(not_found());
     }

@@ -46,15 +46,17 @@ impl RangeBound {
             return Err(unparseable());
         }
         let four_digit_year = value.rsplit('/').next().is_some_and(|y| y.len() == 4);
-        if four_digit_year {
-            if let Ok(day) = NaiveDate::parse_from_str(value, "%m/%d/%Y") {
-                return Ok(Self::Day(day));
-            }
+        if let Some(day) = four_digit_year
+            .then(|| NaiveDate::parse_from_str(value, "%m/%d/%Y").ok())
+            .flatten()
+        {
+            return Ok(Self::Day(day));
         }
-        if value.len() == 10 {
-            if let Ok(day) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
-                return Ok(Self::Day(day));
-            }
+        if let Some(day) = (value.len() == 10)
+            .then(|| NaiveDate::parse_from_str(value, "%Y-%m-%d").ok())
+            .flatten()
+        {
+            return Ok(Self::Day(day));
         }
         DateTime::parse_from_rfc3339(value)
             .map(|t| Self::Instant(t.with_timezone(&Utc)))

@@ -74,7 +74,6 @@ pub struct ExportEnv {
     pub prefix: String,
     pub admin: String,
     worker_stop: CancellationToken,
-    worker: Option<tokio::task::JoinHandle<()>>,
     _data: tempfile_dir::TempDir,
 }
 
@@ -143,7 +142,7 @@ impl ExportEnv {
         let handler =
             logexport::export::handler(&config, storage.objects.clone()).expect("handler");
         let worker_stop = CancellationToken::new();
-        let worker = tokio::spawn(
+        tokio::spawn(
             WorkerPool::new(
                 pool.clone(),
                 WorkerSettings::from_config(&config.worker),
@@ -160,7 +159,6 @@ impl ExportEnv {
             prefix,
             admin,
             worker_stop,
-            worker: Some(worker),
             _data: data,
         }
     }
@@ -221,14 +219,6 @@ impl ExportEnv {
         let stop = CancellationToken::new();
         let listener = logexport::queue::QueueListener::spawn(self.app.pool.clone(), stop.clone());
         (stop.clone(), tokio::spawn(notifier.run(listener, stop)))
-    }
-
-    /// Stops the worker process gracefully.
-    pub async fn stop_worker(&mut self) {
-        self.worker_stop.cancel();
-        if let Some(handle) = self.worker.take() {
-            handle.await.unwrap();
-        }
     }
 }
 

@@ -154,7 +154,7 @@ async fn many_workers_run_every_job_exactly_once() {
         stop.cancel();
         handle.await.unwrap();
     }
-    let runs = probe.runs.lock().unwrap();
+    let runs = probe.runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 120);
     assert!(runs.values().all(|r| r.len() == 1), "a job ran twice");
     for id in ids {
