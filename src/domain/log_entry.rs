@@ -29,7 +29,7 @@ pub struct LogEntry {
 
 /// Quay's date format for logs: RFC 2822 with `-0000`, e.g. `Tue, 18 Jun 2024 18:59:13 -0000`.
 pub fn quay_datetime(t: &DateTime<Utc>) -> String {
-    t.format("%a, %d %b %Y %H:%M:%S -0000").to_string()
+    t.format(QUAY_DATETIME_FORMAT).to_string()
 }
 
 impl LogEntry {
@@ -42,9 +42,9 @@ impl LogEntry {
         map.serialize_entry("kind", &self.kind)?;
         map.serialize_entry("metadata", &self.metadata)?;
         map.serialize_entry("ip", &self.ip)?;
-        map.serialize_entry("datetime", &quay_datetime(&self.datetime))?;
+        map.serialize_entry("datetime", &QuayDatetime(&self.datetime))?;
         if let Some(p) = &self.performer {
-            map.serialize_entry("performer", &PerformerJson(p))?;
+            map.serialize_entry("performer", &PerformerJson::new(p))?;
         }
         Ok(())
     }
@@ -75,31 +75,87 @@ impl Serialize for LogWithNamespace<'_> {
     }
 }
 
-struct PerformerJson<'a>(&'a PerformerInfo);
+/// Serializes a time in Quay's format without an intermediate `String`.
+struct QuayDatetime<'a>(&'a DateTime<Utc>);
 
-impl Serialize for PerformerJson<'_> {
+impl Serialize for QuayDatetime<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let p = self.0;
-        let mut map = serializer.serialize_map(Some(4))?;
-        map.serialize_entry("kind", "user")?;
-        map.serialize_entry("name", &p.name)?;
-        map.serialize_entry("is_robot", &p.is_robot)?;
-        map.serialize_entry(
-            "avatar",
-            &serde_json::json!({
-                "name": p.name,
-                "hash": p.avatar_hash,
-                "color": p.avatar_color,
-                "kind": if p.is_robot { "robot" } else { "user" },
-            }),
-        )?;
-        map.end()
+        serializer.collect_str(&self.0.format(QUAY_DATETIME_FORMAT))
+    }
+}
+
+const QUAY_DATETIME_FORMAT: &str = "%a, %d %b %Y %H:%M:%S -0000";
+
+#[derive(Serialize)]
+struct PerformerJson<'a> {
+    kind: &'static str,
+    name: &'a str,
+    is_robot: bool,
+    avatar: AvatarJson<'a>,
+}
+
+#[derive(Serialize)]
+struct AvatarJson<'a> {
+    name: &'a str,
+    hash: &'a str,
+    color: &'static str,
+    kind: &'static str,
+}
+
+impl<'a> PerformerJson<'a> {
+    fn new(p: &'a PerformerInfo) -> Self {
+        Self {
+            kind: "user",
+            name: &p.name,
+            is_robot: p.is_robot,
+            avatar: AvatarJson {
+                name: &p.name,
+                hash: &p.avatar_hash,
+                color: p.avatar_color,
+                kind: if p.is_robot { "robot" } else { "user" },
+            },
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serializes_as_quays_log_object() {
+        let t = DateTime::parse_from_rfc3339("2024-06-18T18:59:13Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let entry = LogEntry {
+            kind: "push_repo".into(),
+            datetime: t,
+            namespace: Some("acme".into()),
+            repository: Some("web".into()),
+            ip: Some("192.0.2.1".into()),
+            metadata: serde_json::json!({"tag": "v1"})
+                .as_object()
+                .unwrap()
+                .clone(),
+            performer: Some(PerformerInfo {
+                name: "acme+bot".into(),
+                is_robot: true,
+                avatar_hash: "ab".into(),
+                avatar_color: "#969696",
+            }),
+        };
+        assert_eq!(
+            serde_json::to_value(&entry).unwrap(),
+            serde_json::json!({
+                "kind": "push_repo", "metadata": {"tag": "v1"}, "ip": "192.0.2.1",
+                "datetime": "Tue, 18 Jun 2024 18:59:13 -0000",
+                "performer": {"kind": "user", "name": "acme+bot", "is_robot": true,
+                    "avatar": {"name": "acme+bot", "hash": "ab", "color": "#969696", "kind": "robot"}},
+            })
+        );
+        let with_ns = serde_json::to_value(entry.with_namespace()).unwrap();
+        assert_eq!(with_ns["namespace"]["name"], "acme");
+    }
 
     #[test]
     fn dates_use_quays_rfc2822_form() {
