@@ -50,7 +50,30 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        // Environment values that look like numbers or booleans are still secrets.
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret::new(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret::new(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Text)
     }
 }
 
@@ -392,7 +415,13 @@ impl Config {
         if let Ok(url) = std::env::var("DATABASE_URL") {
             figment = figment.merge(Serialized::default("database.url", url));
         }
-        figment = figment.merge(Env::prefixed("LOGEXPORT_").split("__"));
+        // Only LOGEXPORT_<SECTION>__<KEY>: other LOGEXPORT_* variables (LOGEXPORT_LOG_FORMAT,
+        // Kubernetes service links such as LOGEXPORT_API_PORT) are not configuration keys.
+        figment = figment.merge(
+            Env::prefixed("LOGEXPORT_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         config.validate()?;
         Ok(config)
@@ -496,6 +525,18 @@ mod tests {
             jail.set_env("LOGEXPORT_WORKER__CONCURRENCY", "lots");
             let err = Config::load(None).expect_err("non-numeric concurrency");
             assert!(err.to_string().contains("worker.concurrency"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_logexport_variables_and_numeric_secrets_are_accepted() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LOGEXPORT_LOG_FORMAT", "json");
+            jail.set_env("LOGEXPORT_API_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("LOGEXPORT_SPLUNK__BEARER_TOKEN", "123456");
+            let config = Config::load(None).expect("valid");
+            assert_eq!(config.splunk.bearer_token.expose(), "123456");
             Ok(())
         });
     }
