@@ -413,7 +413,10 @@ impl Config {
         if self.worker.per_namespace_limit == 0 {
             return fail("worker.per_namespace_limit", "must be at least 1");
         }
-        if !matches!(self.export.default_format.as_str(), "json" | "ndjson" | "csv") {
+        if !matches!(
+            self.export.default_format.as_str(),
+            "json" | "ndjson" | "csv"
+        ) {
             return fail("export.default_format", "must be json, ndjson or csv");
         }
         if !matches!(self.export.default_compression.as_str(), "none" | "gzip") {
@@ -430,7 +433,10 @@ impl Config {
                 return fail("storage.s3.bucket", "required when storage.kind = \"s3\"");
             }
             if self.storage.s3.part_size_mib < 5 {
-                return fail("storage.s3.part_size_mib", "S3 needs parts of at least 5 MiB");
+                return fail(
+                    "storage.s3.part_size_mib",
+                    "S3 needs parts of at least 5 MiB",
+                );
             }
         }
         if !matches!(

@@ -17,6 +17,7 @@ pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod service;
 pub mod splunk;
 pub mod storage;
 pub mod telemetry;

@@ -1,1 +1,107 @@
-//! (in progress)
+//! The HTTP API: Quay-compatible `exportlogs`, export status, health and metrics.
+
+pub mod auth;
+mod error;
+mod exportlogs;
+mod health;
+mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+pub use exportlogs::{parse_namespace, query_param, read_body};
+pub use status::status_json;
+
+use crate::config::Config;
+use crate::notify::ssrf::AllowList;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub allow: Arc<AllowList>,
+}
+
+impl AppState {
+    /// State for the given pool and configuration.
+    pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
+        let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
+        Self {
+            pool,
+            config,
+            allow,
+        }
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The full router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/user/exportlogs", post(exportlogs::user))
+        .route(
+            "/organization/{orgname}/exportlogs",
+            post(exportlogs::organization),
+        )
+        .route(
+            "/repository/{namespace}/{repository}/exportlogs",
+            post(exportlogs::repository),
+        )
+        .route(
+            "/exportlogs/{export_id}",
+            get(status::get).delete(status::cancel),
+        );
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(axum::middleware::from_fn(health::count_responses))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = %request_id,
+                    caller = tracing::field::Empty,
+                )
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(120),
+        ))
+        .with_state(state)
+}
+
+/// Serves the router until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

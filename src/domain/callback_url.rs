@@ -40,7 +40,10 @@ impl CallbackUrl {
             return Err(CallbackUrlError::Credentials);
         }
         // The WHATWG parser has already turned decimal, octal and hex IPv4 forms into dotted quads.
-        let host = url.host_str().ok_or(CallbackUrlError::Malformed)?.to_owned();
+        let host = url
+            .host_str()
+            .ok_or(CallbackUrlError::Malformed)?
+            .to_owned();
         let literal = match url.host() {
             Some(Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
             Some(Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
@@ -53,11 +56,18 @@ impl CallbackUrl {
     }
 
     /// Parses and additionally resolves the host, refusing internal answers.
-    pub async fn parse_and_resolve(value: &str, allow: &AllowList) -> Result<Self, CallbackUrlError> {
+    pub async fn parse_and_resolve(
+        value: &str,
+        allow: &AllowList,
+    ) -> Result<Self, CallbackUrlError> {
         let url = Self::parse(value, allow)?;
         if !allow.allows_host(url.host()) {
             let port = url.0.port_or_known_default().unwrap_or(443);
-            let host = url.host().trim_start_matches('[').trim_end_matches(']').to_owned();
+            let host = url
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
             allow.check_host(&host, port).await?;
         }
         Ok(url)
@@ -75,7 +85,9 @@ impl CallbackUrl {
 
     /// Re-reads a URL stored by this service; the request-time checks already passed.
     pub fn from_stored(value: &str) -> Result<Self, CallbackUrlError> {
-        Url::parse(value).map(Self).map_err(|_| CallbackUrlError::Malformed)
+        Url::parse(value)
+            .map(Self)
+            .map_err(|_| CallbackUrlError::Malformed)
     }
 }
 
@@ -127,7 +139,10 @@ mod tests {
             "http://0/",
         ] {
             assert!(
-                matches!(CallbackUrl::parse(url, &none), Err(CallbackUrlError::Blocked(_))),
+                matches!(
+                    CallbackUrl::parse(url, &none),
+                    Err(CallbackUrlError::Blocked(_))
+                ),
                 "{url} accepted"
             );
         }

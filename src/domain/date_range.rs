@@ -24,9 +24,7 @@ pub enum RangeBound {
 /// Why a range was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DateRangeError {
-    #[error(
-        "invalid {field} {value:?}: expected MM/DD/YYYY, YYYY-MM-DD or an RFC 3339 timestamp"
-    )]
+    #[error("invalid {field} {value:?}: expected MM/DD/YYYY, YYYY-MM-DD or an RFC 3339 timestamp")]
     Unparseable { field: &'static str, value: String },
     #[error("invalid timezone {0:?}: expected an IANA name such as UTC or Europe/Berlin")]
     Timezone(String),
@@ -47,8 +45,11 @@ impl RangeBound {
         if value.len() > 64 {
             return Err(unparseable());
         }
-        if let Ok(day) = NaiveDate::parse_from_str(value, "%m/%d/%Y") {
-            return Ok(Self::Day(day));
+        let four_digit_year = value.rsplit('/').next().is_some_and(|y| y.len() == 4);
+        if four_digit_year {
+            if let Ok(day) = NaiveDate::parse_from_str(value, "%m/%d/%Y") {
+                return Ok(Self::Day(day));
+            }
         }
         if value.len() == 10 {
             if let Ok(day) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
@@ -170,7 +171,11 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn range(start: Option<&str>, end: Option<&str>, tz: Option<&str>) -> Result<DateRange, DateRangeError> {
+    fn range(
+        start: Option<&str>,
+        end: Option<&str>,
+        tz: Option<&str>,
+    ) -> Result<DateRange, DateRangeError> {
         DateRange::from_request(start, end, tz, utc("2024-06-18T12:00:00Z"), 366)
     }
 
@@ -187,7 +192,12 @@ mod tests {
 
     #[test]
     fn timezone_shifts_day_boundaries() {
-        let r = range(Some("01/01/2024"), Some("01/01/2024"), Some("America/New_York")).unwrap();
+        let r = range(
+            Some("01/01/2024"),
+            Some("01/01/2024"),
+            Some("America/New_York"),
+        )
+        .unwrap();
         assert_eq!(r.start, utc("2024-01-01T05:00:00Z"));
         assert_eq!(r.end, utc("2024-01-02T05:00:00Z"));
         assert_eq!(r.end_day_label(), "01/01/2024");
@@ -195,7 +205,12 @@ mod tests {
 
     #[test]
     fn instants_are_exact() {
-        let r = range(Some("2024-01-01T10:00:00+02:00"), Some("2024-01-01T12:30:00Z"), None).unwrap();
+        let r = range(
+            Some("2024-01-01T10:00:00+02:00"),
+            Some("2024-01-01T12:30:00Z"),
+            None,
+        )
+        .unwrap();
         assert_eq!(r.start, utc("2024-01-01T08:00:00Z"));
         assert_eq!(r.end, utc("2024-01-01T12:30:00Z"));
     }
@@ -209,9 +224,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_input() {
-        for bad in ["13/01/2024", "garbage", "2024-02-30", "01/01/24", "1/1/2024x"] {
+        for bad in [
+            "13/01/2024",
+            "garbage",
+            "2024-02-30",
+            "01/01/24",
+            "1/1/2024x",
+        ] {
             assert!(
-                matches!(range(Some(bad), Some("01/31/2024"), None), Err(DateRangeError::Unparseable { .. })),
+                matches!(
+                    range(Some(bad), Some("01/31/2024"), None),
+                    Err(DateRangeError::Unparseable { .. })
+                ),
                 "{bad} accepted"
             );
         }
@@ -232,7 +256,11 @@ mod tests {
     #[test]
     fn max_days_is_inclusive() {
         let now = utc("2024-06-18T12:00:00Z");
-        assert!(DateRange::from_request(Some("01/01/2024"), Some("01/31/2024"), None, now, 31).is_ok());
-        assert!(DateRange::from_request(Some("01/01/2024"), Some("02/01/2024"), None, now, 31).is_err());
+        assert!(
+            DateRange::from_request(Some("01/01/2024"), Some("01/31/2024"), None, now, 31).is_ok()
+        );
+        assert!(
+            DateRange::from_request(Some("01/01/2024"), Some("02/01/2024"), None, now, 31).is_err()
+        );
     }
 }

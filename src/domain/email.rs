@@ -26,8 +26,13 @@ impl EmailAddress {
                 "contains whitespace or control characters",
             ));
         }
-        if value.chars().any(|c| matches!(c, '<' | '>' | ',' | ';' | '"' | '(' | ')' | '\\')) {
-            return Err(EmailAddressError("must be a bare address like admin@example.com"));
+        if value
+            .chars()
+            .any(|c| matches!(c, '<' | '>' | ',' | ';' | '"' | '(' | ')' | '\\'))
+        {
+            return Err(EmailAddressError(
+                "must be a bare address like admin@example.com",
+            ));
         }
         let address = lettre::Address::from_str(value)
             .map_err(|_| EmailAddressError("not a valid address like admin@example.com"))?;

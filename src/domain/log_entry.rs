@@ -103,7 +103,9 @@ mod tests {
 
     #[test]
     fn dates_use_quays_rfc2822_form() {
-        let t = DateTime::parse_from_rfc3339("2024-06-18T18:59:13Z").unwrap().with_timezone(&Utc);
+        let t = DateTime::parse_from_rfc3339("2024-06-18T18:59:13Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(quay_datetime(&t), "Tue, 18 Jun 2024 18:59:13 -0000");
     }
 }

@@ -72,9 +72,8 @@ impl RepositoryName {
         let first_ok = chars
             .next()
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-        let rest_ok = chars.all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')
-        });
+        let rest_ok = chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
         if !first_ok || !rest_ok {
             return fail(
                 "must start with a lowercase letter or digit and contain only lowercase letters, digits, '.', '_' and '-'",

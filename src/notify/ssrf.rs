@@ -32,7 +32,8 @@ impl AllowList {
             } else if let Ok(ip) = entry.parse::<IpAddr>() {
                 list.nets.push(IpNet::from(ip));
             } else if !entry.is_empty() {
-                list.hosts.push(entry.trim_end_matches('.').to_ascii_lowercase());
+                list.hosts
+                    .push(entry.trim_end_matches('.').to_ascii_lowercase());
             }
         }
         list
@@ -222,7 +223,12 @@ mod tests {
 
     #[test]
     fn public_addresses_pass() {
-        for good in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for good in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!is_internal(ip(good)), "{good} blocked");
         }
     }

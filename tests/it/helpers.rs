@@ -1,1 +1,160 @@
-//! (in progress)
+//! The test harness: a fresh database per test and the real application on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use logexport::api::{self, AppState};
+use logexport::config::{Config, Secret};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+/// Base server URL; each test creates its own database on it.
+pub fn postgres_base() -> String {
+    std::env::var("LOGEXPORT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A migrated database of its own; returns its URL and a pool.
+pub async fn test_db() -> (String, PgPool) {
+    logexport::telemetry::install_crypto_provider();
+    let name = format!("logexport_test_{}", uuid::Uuid::new_v4().simple());
+    let url = format!("{}/{name}", postgres_base());
+    logexport::db::ensure_database(&url)
+        .await
+        .expect("Postgres reachable (run deploy/test.sh)");
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .connect(&url)
+        .await
+        .expect("connect to test database");
+    logexport::db::migrate(&pool).await.expect("migrations");
+    (url, pool)
+}
+
+/// A configuration pointing at the test database, with fast timings.
+pub fn test_config(database_url: &str) -> Config {
+    let mut config = Config::default();
+    config.database.url = Secret::new(database_url);
+    config.worker.poll_interval_ms = 200;
+    config.worker.backoff_base_seconds = 1;
+    config.worker.backoff_max_seconds = 2;
+    config.worker.lease_seconds = 6;
+    config.worker.shutdown_grace_seconds = 2;
+    config.callback.allowed_hosts = vec!["127.0.0.1/32".into()];
+    config.email.transport = "none".into();
+    config
+}
+
+/// The API running on an ephemeral port.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts the API on its own database; `adjust` tweaks the configuration first.
+pub async fn spawn_app(adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    adjust(&mut config);
+    spawn_app_with(pool, config).await
+}
+
+/// Starts the API on an existing pool and configuration.
+pub async fn spawn_app_with(pool: PgPool, mut config: Config) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    config.server.public_url = format!("http://{addr}");
+    let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    let state = AppState::new(pool.clone(), config.clone());
+    tokio::spawn(api::serve(listener, state, shutdown.clone()));
+    TestApp {
+        addr,
+        pool,
+        config,
+        client: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl TestApp {
+    /// The URL of an API path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Creates a token for a caller.
+    pub async fn token(
+        &self,
+        user: &str,
+        orgs: &[&str],
+        repos: &[&str],
+        superuser: bool,
+    ) -> String {
+        let orgs: Vec<String> = orgs.iter().map(|s| s.to_string()).collect();
+        let repos: Vec<String> = repos.iter().map(|s| s.to_string()).collect();
+        logexport::api::auth::create_token(&self.pool, user, &orgs, &repos, superuser)
+            .await
+            .expect("create token")
+    }
+
+    /// POSTs an export request; `path` is e.g. `/api/v1/organization/acme/exportlogs?starttime=…`.
+    pub async fn post_export(&self, token: &str, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GETs an export's status.
+    pub async fn export_status(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/v1/exportlogs/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Number of rows in the job table.
+    pub async fn job_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM export_jobs")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count")
+    }
+}
+
+/// Waits until `check` returns Some, polling every 50 ms, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,1 +1,518 @@
-//! (in progress)
+//! The queue and worker pool: exactly-once, reclaim, fencing, retries, limits, wake-up, shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use logexport::config::Config;
+use logexport::domain::{
+    Compression, DateRange, EmailAddress, ExportFormat, ExportId, ExportScope, Namespace,
+};
+use logexport::queue::{ClaimedJob, ExportResult, Finish, NewExport, storage};
+use logexport::worker::{JobContext, JobError, JobHandler, WorkerPool, WorkerSettings};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{eventually, test_config, test_db};
+
+fn new_export(namespace: &str, max_attempts: u32) -> NewExport {
+    NewExport {
+        scope: ExportScope::Organization,
+        namespace: Namespace::parse(namespace).unwrap(),
+        repository: None,
+        requested_by: "alice".into(),
+        range: DateRange::from_request(
+            Some("01/01/2024"),
+            Some("01/02/2024"),
+            None,
+            Utc::now(),
+            366,
+        )
+        .unwrap(),
+        format: ExportFormat::Json,
+        compression: Compression::None,
+        callback_url: None,
+        callback_email: Some(EmailAddress::parse("admin@example.com").unwrap()),
+        idempotency_key: None,
+        max_attempts,
+    }
+}
+
+async fn state_of(pool: &PgPool, id: ExportId) -> (String, i32) {
+    sqlx::query_as("SELECT state, attempt FROM export_jobs WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A job body whose behaviour each test chooses, recording what happened.
+#[derive(Default)]
+struct Probe {
+    runs: Mutex<HashMap<ExportId, Vec<Instant>>>,
+    running: Mutex<HashMap<String, usize>>,
+    max_running: Mutex<HashMap<String, usize>>,
+    started: AtomicUsize,
+    behaviour: Behaviour,
+}
+
+#[derive(Default, Clone, Copy)]
+enum Behaviour {
+    #[default]
+    Succeed,
+    SleepThenSucceed(Duration),
+    AlwaysRetryable,
+    BlockUntilStopped,
+    Panic,
+}
+
+#[async_trait]
+impl JobHandler for Probe {
+    async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError> {
+        self.started.fetch_add(1, Ordering::SeqCst);
+        self.runs
+            .lock()
+            .unwrap()
+            .entry(job.id)
+            .or_default()
+            .push(Instant::now());
+        let ns = job.namespace.to_string();
+        {
+            let mut running = self.running.lock().unwrap();
+            let n = running.entry(ns.clone()).or_default();
+            *n += 1;
+            let mut max = self.max_running.lock().unwrap();
+            let m = max.entry(ns.clone()).or_default();
+            *m = (*m).max(*n);
+        }
+        let result = match self.behaviour {
+            Behaviour::Succeed => Ok(ExportResult::default()),
+            Behaviour::SleepThenSucceed(d) => {
+                tokio::time::sleep(d).await;
+                Ok(ExportResult::default())
+            }
+            Behaviour::AlwaysRetryable => Err(JobError::Retryable("Splunk answered 503".into())),
+            Behaviour::BlockUntilStopped => {
+                ctx.stopped().await;
+                Err(JobError::Stopped)
+            }
+            Behaviour::Panic => panic!("boom"),
+        };
+        *self.running.lock().unwrap().get_mut(&ns).unwrap() -= 1;
+        result
+    }
+}
+
+fn settings(config: &Config) -> WorkerSettings {
+    WorkerSettings::from_config(&config.worker)
+}
+
+fn start_pool(
+    pool: &PgPool,
+    config: &Config,
+    probe: Arc<Probe>,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let handle =
+        tokio::spawn(WorkerPool::new(pool.clone(), settings(config), probe).run(shutdown.clone()));
+    (shutdown, handle)
+}
+
+#[tokio::test]
+async fn many_workers_run_every_job_exactly_once() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.concurrency = 4;
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::SleepThenSucceed(Duration::from_millis(5)),
+        ..Probe::default()
+    });
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        ids.push(
+            storage::enqueue(&pool, &new_export(&format!("ns{}", i % 40), 3))
+                .await
+                .unwrap(),
+        );
+    }
+    let pools: Vec<_> = (0..3)
+        .map(|_| start_pool(&pool, &config, probe.clone()))
+        .collect();
+    eventually(60, "all jobs succeeded", || async {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE state = 'succeeded'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        (done == 120).then_some(())
+    })
+    .await;
+    for (stop, handle) in pools {
+        stop.cancel();
+        handle.await.unwrap();
+    }
+    let runs = probe.runs.lock().unwrap();
+    assert_eq!(runs.len(), 120);
+    assert!(runs.values().all(|r| r.len() == 1), "a job ran twice");
+    for id in ids {
+        assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 1));
+    }
+}
+
+#[tokio::test]
+async fn a_killed_workers_job_is_reclaimed_after_the_lease_and_finished_elsewhere() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.lease_seconds = 3;
+    let id = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+
+    // The doomed worker runs on its own runtime, which is torn down without any cleanup, the
+    // way a killed process disappears: its tasks and connections just vanish.
+    let doomed_probe = Arc::new(Probe {
+        behaviour: Behaviour::BlockUntilStopped,
+        ..Probe::default()
+    });
+    let doomed_settings = settings(&config);
+    let probe = doomed_probe.clone();
+    let doomed_url = url.clone();
+    let (kill, killed) = std::sync::mpsc::channel::<()>();
+    let doomed = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
+            let doomed_pool = sqlx::PgPool::connect(&doomed_url).await.unwrap();
+            WorkerPool::new(doomed_pool, doomed_settings, probe)
+                .run(CancellationToken::new())
+                .await
+        });
+        let _ = killed.recv();
+        runtime.shutdown_background();
+    });
+    eventually(10, "doomed worker started the job", || async {
+        (doomed_probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    kill.send(()).unwrap();
+    doomed.join().unwrap();
+    let killed_at = Instant::now();
+
+    let rescuer = Arc::new(Probe::default());
+    let (stop, handle) = start_pool(&pool, &config, rescuer.clone());
+    eventually(20, "job finished by the rescuer", || async {
+        (state_of(&pool, id).await.0 == "succeeded").then_some(())
+    })
+    .await;
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(2),
+        "reclaimed before the lease expired"
+    );
+    assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2));
+    assert_eq!(rescuer.started.load(Ordering::SeqCst), 1);
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_workers_late_writes_change_nothing() {
+    let (_, pool) = test_db().await;
+    let id = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let first = storage::claim_next(&pool, "worker-a", lease, 1)
+        .await
+        .unwrap()
+        .expect("claimed");
+    // Worker A stalls; its lease runs out and worker B reclaims the job.
+    sqlx::query(
+        "UPDATE export_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(id.0)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let second = storage::claim_next(&pool, "worker-b", lease, 1)
+        .await
+        .unwrap()
+        .expect("reclaimed");
+    assert_eq!((first.attempt, second.attempt), (1, 2));
+
+    assert_eq!(
+        storage::heartbeat(&pool, id, first.attempt, lease, 99, 99)
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        !storage::finish(&pool, id, first.attempt, &Finish::Failed("late".into()))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !storage::retry_later(&pool, id, first.attempt, lease, "late")
+            .await
+            .unwrap()
+    );
+    assert!(!storage::release(&pool, id, first.attempt).await.unwrap());
+    let (state, last_error, logs): (String, Option<String>, i64) =
+        sqlx::query_as("SELECT state, last_error, logs_exported FROM export_jobs WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((state.as_str(), last_error, logs), ("running", None, 0));
+
+    assert!(
+        storage::finish(
+            &pool,
+            id,
+            second.attempt,
+            &Finish::Succeeded(ExportResult::default())
+        )
+        .await
+        .unwrap()
+    );
+    assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2));
+}
+
+#[tokio::test]
+async fn retries_back_off_and_stop_at_max_attempts() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.backoff_base_seconds = 1;
+    config.worker.backoff_max_seconds = 10;
+    let id = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::AlwaysRetryable,
+        ..Probe::default()
+    });
+    let (stop, handle) = start_pool(&pool, &config, probe.clone());
+    eventually(30, "job failed for good", || async {
+        (state_of(&pool, id).await.0 == "failed").then_some(())
+    })
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+    let runs = probe.runs.lock().unwrap()[&id].clone();
+    assert_eq!(runs.len(), 3, "ran {} times", runs.len());
+    let first_gap = runs[1] - runs[0];
+    let second_gap = runs[2] - runs[1];
+    assert!(first_gap >= Duration::from_millis(500), "{first_gap:?}");
+    assert!(second_gap >= Duration::from_millis(1000), "{second_gap:?}");
+    let (attempt, error, notify): (i32, String, String) =
+        sqlx::query_as("SELECT attempt, last_error, notify_state FROM export_jobs WHERE id = $1")
+            .bind(id.0)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(attempt, 3);
+    assert!(
+        error.contains("503") && error.contains("3 attempts"),
+        "{error}"
+    );
+    assert_eq!(notify, "pending", "the one failure notice is scheduled");
+}
+
+#[tokio::test]
+async fn a_panicking_job_counts_as_a_failed_attempt() {
+    let (url, pool) = test_db().await;
+    let config = test_config(&url);
+    let id = storage::enqueue(&pool, &new_export("acme", 1))
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::Panic,
+        ..Probe::default()
+    });
+    let (stop, handle) = start_pool(&pool, &config, probe);
+    eventually(10, "job failed", || async {
+        (state_of(&pool, id).await.0 == "failed").then_some(())
+    })
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_per_namespace_limit_holds_under_concurrency() {
+    for limit in [1u32, 2] {
+        let (url, pool) = test_db().await;
+        let mut config = test_config(&url);
+        config.worker.concurrency = 4;
+        config.worker.per_namespace_limit = limit;
+        for _ in 0..8 {
+            storage::enqueue(&pool, &new_export("busy", 3))
+                .await
+                .unwrap();
+        }
+        storage::enqueue(&pool, &new_export("quiet", 3))
+            .await
+            .unwrap();
+        let probe = Arc::new(Probe {
+            behaviour: Behaviour::SleepThenSucceed(Duration::from_millis(150)),
+            ..Probe::default()
+        });
+        let pools: Vec<_> = (0..3)
+            .map(|_| start_pool(&pool, &config, probe.clone()))
+            .collect();
+        eventually(60, "all jobs done", || async {
+            let done: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE state = 'succeeded'")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (done == 9).then_some(())
+        })
+        .await;
+        for (stop, handle) in pools {
+            stop.cancel();
+            handle.await.unwrap();
+        }
+        let max = probe.max_running.lock().unwrap()["busy"];
+        assert_eq!(max, limit as usize, "limit {limit} but {max} ran at once");
+    }
+}
+
+#[tokio::test]
+async fn a_notify_wakes_an_idle_worker_well_before_the_poll_interval() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.poll_interval_ms = 20_000;
+    let probe = Arc::new(Probe::default());
+    let (stop, handle) = start_pool(&pool, &config, probe.clone());
+    // Let the worker go idle on its first empty claim.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let enqueued = Instant::now();
+    storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    eventually(10, "job started", || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let pickup = enqueued.elapsed();
+    assert!(
+        pickup < Duration::from_secs(5),
+        "picked up after {pickup:?}; the poll interval is 20 s"
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_finishing_jobs_and_releases_the_rest() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.shutdown_grace_seconds = 1;
+    let stuck = storage::enqueue(&pool, &new_export("stuck", 3))
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::BlockUntilStopped,
+        ..Probe::default()
+    });
+    let (stop, handle) = start_pool(&pool, &config, probe.clone());
+    eventually(10, "job started", || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle)
+        .await
+        .expect("worker stopped")
+        .unwrap();
+    // Released without counting the attempt, ready for another worker at once.
+    assert_eq!(state_of(&pool, stuck).await, ("queued".into(), 0));
+
+    let quick = storage::enqueue(&pool, &new_export("quick", 3))
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::SleepThenSucceed(Duration::from_millis(300)),
+        ..Probe::default()
+    });
+    let (stop, handle) = start_pool(&pool, &config, probe.clone());
+    eventually(10, "jobs started", || async {
+        (probe.started.load(Ordering::SeqCst) == 2).then_some(())
+    })
+    .await;
+    stop.cancel();
+    handle.await.unwrap();
+    assert_eq!(state_of(&pool, quick).await.0, "succeeded");
+    assert_eq!(state_of(&pool, stuck).await.0, "succeeded");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_stops_it_within_seconds() {
+    let (url, pool) = test_db().await;
+    let config = test_config(&url);
+    let id = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::BlockUntilStopped,
+        ..Probe::default()
+    });
+    let (stop, handle) = start_pool(&pool, &config, probe.clone());
+    eventually(10, "job started", || async {
+        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        storage::cancel(&pool, id).await.unwrap(),
+        storage::CancelOutcome::Requested
+    );
+    let asked = Instant::now();
+    eventually(10, "job cancelled", || async {
+        (state_of(&pool, id).await.0 == "cancelled").then_some(())
+    })
+    .await;
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    let notify: String = sqlx::query_scalar("SELECT notify_state FROM export_jobs WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        notify, "skipped",
+        "a cancelled export sends no notification"
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_past_max_work_seconds_times_out() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.max_work_seconds = 1;
+    let id = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    let probe = Arc::new(Probe {
+        behaviour: Behaviour::BlockUntilStopped,
+        ..Probe::default()
+    });
+    let (stop, handle) = start_pool(&pool, &config, probe.clone());
+    eventually(10, "job timed out", || async {
+        (state_of(&pool, id).await.0 == "timed_out").then_some(())
+    })
+    .await;
+    assert_eq!(
+        probe.started.load(Ordering::SeqCst),
+        1,
+        "a timed-out export is not retried"
+    );
+    stop.cancel();
+    handle.await.unwrap();
+}

@@ -1,0 +1,110 @@
+//! Bearer-token callers, their permissions, and the token table.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use base64::Engine;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use super::{ApiError, AppState};
+use crate::domain::{Namespace, RepositoryName};
+
+/// The authenticated caller and what it administers.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Caller {
+    pub username: String,
+    pub admin_orgs: Vec<String>,
+    pub admin_repos: Vec<String>,
+    pub superuser: bool,
+}
+
+impl Caller {
+    /// Admin of the namespace (its organization admin, the user itself) or superuser.
+    pub fn administers_namespace(&self, namespace: &str) -> bool {
+        self.superuser
+            || self.username == namespace
+            || self.admin_orgs.iter().any(|o| o == namespace)
+    }
+
+    /// May export / read the organization's logs.
+    pub fn may_access_organization(&self, org: &Namespace) -> bool {
+        self.superuser || self.admin_orgs.iter().any(|o| o == org.as_str())
+    }
+
+    /// May export / read the repository's logs.
+    pub fn may_access_repository(
+        &self,
+        namespace: &Namespace,
+        repository: &RepositoryName,
+    ) -> bool {
+        let full = format!("{namespace}/{repository}");
+        self.administers_namespace(namespace.as_str())
+            || self.admin_repos.iter().any(|r| *r == full)
+    }
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Creates a token and stores only its hash; the token is returned once.
+pub async fn create_token(
+    pool: &PgPool,
+    username: &str,
+    admin_orgs: &[String],
+    admin_repos: &[String],
+    superuser: bool,
+) -> anyhow::Result<String> {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = format!(
+        "lxp_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    sqlx::query(
+        "INSERT INTO api_tokens (id, token_hash, username, admin_orgs, admin_repos, superuser)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(hash(&token))
+    .bind(username)
+    .bind(admin_orgs)
+    .bind(admin_repos)
+    .bind(superuser)
+    .execute(pool)
+    .await?;
+    Ok(token)
+}
+
+async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Caller>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT username, admin_orgs, admin_repos, superuser FROM api_tokens
+         WHERE token_hash = $1 AND revoked_at IS NULL",
+    )
+    .bind(hash(token))
+    .fetch_optional(pool)
+    .await?)
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or(ApiError::Unauthorized)?;
+        let caller = lookup(&state.pool, token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        tracing::Span::current().record("caller", caller.username.as_str());
+        Ok(caller)
+    }
+}

@@ -1,0 +1,219 @@
+//! The three Quay `exportlogs` endpoints: validate, authorize, enqueue.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use serde::Deserialize;
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+use crate::domain::{
+    CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportScope, Namespace,
+    RepositoryName,
+};
+use crate::queue::{NewExport, storage};
+
+/// The JSON body: Quay's callback fields plus our extensions.
+#[derive(Debug, Default, Deserialize)]
+struct ExportBody {
+    callback_url: Option<String>,
+    callback_email: Option<String>,
+    starttime: Option<String>,
+    endtime: Option<String>,
+    timezone: Option<String>,
+    format: Option<String>,
+    compression: Option<String>,
+}
+
+/// `POST /api/v1/user/exportlogs`
+pub async fn user(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let namespace = Namespace::parse(&caller.username).map_err(|e| {
+        ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
+    })?;
+    let target = Target {
+        scope: ExportScope::User,
+        namespace,
+        repository: None,
+    };
+    create(state, caller, target, query, headers, body).await
+}
+
+/// `POST /api/v1/organization/{orgname}/exportlogs`
+pub async fn organization(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(orgname): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let namespace = parse_namespace(&orgname)?;
+    if !caller.may_access_organization(&namespace) {
+        return Err(ApiError::Forbidden(format!(
+            "you are not an administrator of organization {namespace}"
+        )));
+    }
+    let target = Target {
+        scope: ExportScope::Organization,
+        namespace,
+        repository: None,
+    };
+    create(state, caller, target, query, headers, body).await
+}
+
+/// `POST /api/v1/repository/{namespace}/{repository}/exportlogs`
+pub async fn repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, repository)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let namespace = parse_namespace(&namespace)?;
+    let repository =
+        RepositoryName::parse(&repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if !caller.may_access_repository(&namespace, &repository) {
+        return Err(ApiError::Forbidden(format!(
+            "you are not an administrator of repository {namespace}/{repository}"
+        )));
+    }
+    let target = Target {
+        scope: ExportScope::Repository,
+        namespace,
+        repository: Some(repository),
+    };
+    create(state, caller, target, query, headers, body).await
+}
+
+/// Parses a namespace from a path segment.
+pub fn parse_namespace(value: &str) -> Result<Namespace, ApiError> {
+    Namespace::parse(value).map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+struct Target {
+    scope: ExportScope,
+    namespace: Namespace,
+    repository: Option<RepositoryName>,
+}
+
+/// Reads a request body up to the configured limit.
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::InvalidRequest(format!(
+            "request body is larger than {limit} bytes (server.max_body_bytes)"
+        ))
+    })
+}
+
+/// Query parameters as (name, value) pairs; the first occurrence of a name wins.
+pub fn query_param(query: &Option<String>, name: &str) -> Option<String> {
+    let query = query.as_deref()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn create(
+    state: AppState,
+    caller: Caller,
+    target: Target,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let config = &state.config;
+    let bytes = read_body(body, config.server.max_body_bytes).await?;
+    let body: ExportBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ExportBody::default()
+    } else {
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))?
+    };
+
+    // Query parameters (as Quay's UI sends them) win over body fields (as its docs show them).
+    let pick = |name: &str, from_body: &Option<String>| {
+        query_param(&query, name).or_else(|| from_body.clone())
+    };
+    let range = DateRange::from_request(
+        pick("starttime", &body.starttime).as_deref(),
+        pick("endtime", &body.endtime).as_deref(),
+        pick("timezone", &body.timezone).as_deref(),
+        chrono::Utc::now(),
+        config.export.max_range_days,
+    )
+    .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+
+    let callback_email = match body.callback_email.as_deref().filter(|s| !s.is_empty()) {
+        Some(e) => {
+            Some(EmailAddress::parse(e).map_err(|e| ApiError::InvalidRequest(e.to_string()))?)
+        }
+        None => None,
+    };
+    let callback_url = match body.callback_url.as_deref().filter(|s| !s.is_empty()) {
+        Some(u) => Some(
+            CallbackUrl::parse_and_resolve(u, &state.allow)
+                .await
+                .map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
+        ),
+        None => None,
+    };
+    if callback_email.is_none() && callback_url.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "give callback_email or callback_url (or both): otherwise nobody learns where the export is".into(),
+        ));
+    }
+    let format: ExportFormat = body
+        .format
+        .as_deref()
+        .unwrap_or(&config.export.default_format)
+        .parse()
+        .map_err(|e: crate::domain::ParseEnumError| ApiError::InvalidRequest(e.to_string()))?;
+    let compression: Compression = body
+        .compression
+        .as_deref()
+        .unwrap_or(&config.export.default_compression)
+        .parse()
+        .map_err(|e: crate::domain::ParseEnumError| ApiError::InvalidRequest(e.to_string()))?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| {
+                    !k.is_empty() && k.len() <= 255 && k.chars().all(|c| c.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "Idempotency-Key must be 1 to 255 printable ASCII characters".into(),
+                    )
+                })?;
+            Some(key.to_owned())
+        }
+    };
+
+    let export = NewExport {
+        scope: target.scope,
+        namespace: target.namespace,
+        repository: target.repository,
+        requested_by: caller.username,
+        range,
+        format,
+        compression,
+        callback_url,
+        callback_email,
+        idempotency_key,
+        max_attempts: config.worker.max_attempts,
+    };
+    let id = storage::enqueue(&state.pool, &export).await?;
+    tracing::info!(export_id = %id, namespace = %export.namespace, scope = %export.scope, "export queued");
+    Ok(Json(serde_json::json!({ "export_id": id })))
+}

@@ -1,0 +1,107 @@
+//! `GET` and `DELETE /api/v1/exportlogs/{export_id}`.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::json;
+
+use super::auth::Caller;
+use super::{ApiError, AppState};
+use crate::domain::ExportId;
+use crate::queue::storage::{self, CancelOutcome};
+use crate::queue::{ExportRow, JobState};
+
+async fn visible_row(state: &AppState, caller: &Caller, id: &str) -> Result<ExportRow, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no export {id:?} visible to you"));
+    let id: ExportId = id.parse().map_err(|_| not_found())?;
+    let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
+    // Requester, the namespace's admins and superusers; everyone else cannot tell it exists.
+    let visible = row.requested_by == caller.username
+        || caller.superuser
+        || caller.admin_orgs.iter().any(|o| *o == row.namespace);
+    if !visible {
+        return Err(not_found());
+    }
+    Ok(row)
+}
+
+/// The status document for one export.
+pub fn status_json(row: &ExportRow) -> serde_json::Value {
+    let state = row.state();
+    let range = row.range();
+    let link_valid = row.object_deleted_at.is_none()
+        && row.url_expires_at.is_some_and(|t| t > chrono::Utc::now());
+    json!({
+        "export_id": row.id,
+        "state": state,
+        "status": state.quay_status(),
+        "scope": row.scope,
+        "namespace": row.namespace,
+        "repository": row.repository,
+        "requested_by": row.requested_by,
+        "start_time": row.start_time,
+        "end_time": row.end_time,
+        "timezone": row.timezone,
+        "start_day": range.start_day_label(),
+        "end_day": range.end_day_label(),
+        "format": row.format,
+        "compression": row.compression,
+        "attempts": row.attempt,
+        "max_attempts": row.max_attempts,
+        "next_attempt_at": (state == JobState::Queued).then_some(row.run_at),
+        "cancel_requested": row.cancel_requested,
+        "logs_exported": row.logs_exported,
+        "logs_skipped": row.logs_skipped,
+        "bytes_written": row.bytes_written,
+        "exported_data_url": if link_valid { row.download_url.clone() } else { None },
+        "url_expires_at": row.url_expires_at,
+        "object_deleted": row.object_deleted_at.is_some(),
+        "last_error": row.last_error,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "updated_at": row.updated_at,
+        "notification": {
+            "state": row.notify_state,
+            "email": row.callback_email,
+            "callback_url": row.callback_url,
+            "attempts": row.notify_attempts,
+            "next_attempt_at": (row.notify_state == "pending").then_some(row.notify_run_at).flatten(),
+            "last_error": row.notify_last_error,
+            "delivered_at": row.notified_at,
+            "webhook_id": row.webhook_id,
+        },
+    })
+}
+
+/// `GET /api/v1/exportlogs/{export_id}`
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = visible_row(&state, &caller, &id).await?;
+    Ok(Json(status_json(&row)))
+}
+
+/// `DELETE /api/v1/exportlogs/{export_id}`
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = visible_row(&state, &caller, &id).await?;
+    let export_id = ExportId(row.id);
+    let outcome = storage::cancel(&state.pool, export_id).await?;
+    let message = match outcome {
+        CancelOutcome::Cancelled => "cancelled before it started",
+        CancelOutcome::Requested => "cancel requested; the worker stops within seconds",
+        CancelOutcome::AlreadyFinished(s) => {
+            return Err(ApiError::Conflict(format!(
+                "export {export_id} already finished ({})",
+                s.as_str()
+            )));
+        }
+        CancelOutcome::NotFound => return Err(ApiError::NotFound(format!("no export {id:?}"))),
+    };
+    Ok(Json(json!({ "export_id": export_id, "message": message })))
+}

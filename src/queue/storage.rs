@@ -1,0 +1,451 @@
+//! Every SQL statement on `export_jobs`. Worker writes are fenced on (id, attempt) and the
+//! `running` state, so a worker that lost its lease changes nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, ClaimedJob, ExportRow, Finish, JobState, NewExport};
+use crate::domain::{ExportId, Namespace, RepositoryName};
+
+const SELECT_ROW: &str = "SELECT * FROM export_jobs";
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Inserts a new export and wakes a worker. With an idempotency key seen from the same caller
+/// within 24 hours, returns the earlier export's id instead and inserts nothing.
+pub async fn enqueue(pool: &PgPool, export: &NewExport) -> sqlx::Result<ExportId> {
+    let mut tx = pool.begin().await?;
+    if let Some(key) = &export.idempotency_key {
+        // Serialize concurrent requests carrying the same key from the same caller.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+            .bind(&export.requested_by)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let earlier: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, created_at FROM export_jobs WHERE requested_by = $1 AND idempotency_key = $2",
+        )
+        .bind(&export.requested_by)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((id, created_at)) = earlier {
+            if Utc::now() - created_at < chrono::Duration::hours(24) {
+                tx.commit().await?;
+                return Ok(ExportId(id));
+            }
+            sqlx::query("UPDATE export_jobs SET idempotency_key = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    let id = ExportId::new();
+    sqlx::query(
+        "INSERT INTO export_jobs (id, scope, namespace, repository, requested_by, start_time, end_time,
+             timezone, format, compression, callback_url, callback_email, idempotency_key,
+             max_attempts, webhook_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(id.0)
+    .bind(export.scope.as_str())
+    .bind(export.namespace.as_str())
+    .bind(export.repository.as_ref().map(RepositoryName::as_str))
+    .bind(&export.requested_by)
+    .bind(export.range.start)
+    .bind(export.range.end)
+    .bind(export.range.timezone.name())
+    .bind(export.format.as_str())
+    .bind(export.compression.as_str())
+    .bind(export.callback_url.as_ref().map(ToString::to_string))
+    .bind(export.callback_email.as_ref().map(ToString::to_string))
+    .bind(&export.idempotency_key)
+    .bind(export.max_attempts as i32)
+    .bind(format!("msg_{}", Uuid::new_v4().simple()))
+    .execute(&mut *tx)
+    .await?;
+    notify(&mut tx, CHANNEL_NEW_JOB).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+async fn notify(tx: &mut Transaction<'_, Postgres>, channel: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(channel)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Claims the next runnable job (due and queued, or running with an expired lease) in a short
+/// transaction, respecting the per-namespace limit, and starts a new attempt with a fresh lease.
+pub async fn claim_next(
+    pool: &PgPool,
+    worker_id: &str,
+    lease: Duration,
+    per_namespace_limit: u32,
+) -> sqlx::Result<Option<ClaimedJob>> {
+    let mut skipped: Vec<String> = Vec::new();
+    for _ in 0..16 {
+        let mut tx = pool.begin().await?;
+        let candidate: Option<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, namespace FROM export_jobs j
+             WHERE ((state = 'queued' AND run_at <= now())
+                    OR (state = 'running' AND lease_expires_at < now()))
+               AND NOT (namespace = ANY($1))
+               AND (SELECT count(*) FROM export_jobs r
+                    WHERE r.namespace = j.namespace AND r.state = 'running'
+                      AND r.lease_expires_at >= now() AND r.id <> j.id) < $2
+             ORDER BY run_at
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&skipped)
+        .bind(i64::from(per_namespace_limit))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((id, namespace)) = candidate else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        // Two claimers could each see the namespace below its limit; the namespace lock makes the
+        // re-count below see the other's committed claim.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('logexport.ns'), hashtext($1))")
+            .bind(&namespace)
+            .execute(&mut *tx)
+            .await?;
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM export_jobs
+             WHERE namespace = $1 AND state = 'running' AND lease_expires_at >= now() AND id <> $2",
+        )
+        .bind(&namespace)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if running >= i64::from(per_namespace_limit) {
+            tx.rollback().await?;
+            skipped.push(namespace);
+            continue;
+        }
+        let row: ExportRow = sqlx::query_as(
+            "UPDATE export_jobs
+             SET state = 'running', attempt = attempt + 1, worker_id = $2,
+                 lease_expires_at = now() + make_interval(secs => $3),
+                 started_at = coalesce(started_at, now()), updated_at = now()
+             WHERE id = $1
+             RETURNING *",
+        )
+        .bind(id)
+        .bind(worker_id)
+        .bind(secs(lease))
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        return Ok(Some(claimed(row)));
+    }
+    Ok(None)
+}
+
+fn claimed(row: ExportRow) -> ClaimedJob {
+    ClaimedJob {
+        id: ExportId(row.id),
+        attempt: row.attempt,
+        max_attempts: row.max_attempts,
+        scope: row
+            .scope
+            .parse()
+            .unwrap_or(crate::domain::ExportScope::Organization),
+        // Stored values were validated at enqueue; re-parsing guards against manual edits.
+        namespace: Namespace::parse(&row.namespace)
+            .unwrap_or_else(|_| Namespace::parse("invalid-namespace").expect("valid literal")),
+        repository: row
+            .repository
+            .as_deref()
+            .and_then(|r| RepositoryName::parse(r).ok()),
+        requested_by: row.requested_by.clone(),
+        range: row.range(),
+        format: row
+            .format
+            .parse()
+            .unwrap_or(crate::domain::ExportFormat::Json),
+        compression: row
+            .compression
+            .parse()
+            .unwrap_or(crate::domain::Compression::None),
+    }
+}
+
+/// Extends the lease and records progress. `None` means the job is no longer this attempt's
+/// (reclaimed or finished elsewhere); `Some(true)` means a cancel was requested.
+pub async fn heartbeat(
+    pool: &PgPool,
+    id: ExportId,
+    attempt: i32,
+    lease: Duration,
+    logs_exported: u64,
+    bytes_written: u64,
+) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar(
+        "UPDATE export_jobs
+         SET lease_expires_at = now() + make_interval(secs => $3),
+             logs_exported = $4, bytes_written = $5, updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND state = 'running'
+         RETURNING cancel_requested",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(secs(lease))
+    .bind(logs_exported as i64)
+    .bind(bytes_written as i64)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records the attempt's terminal outcome and, in the same statement, schedules the one
+/// notification (none for a cancelled export). Returns false when fenced out.
+pub async fn finish(
+    pool: &PgPool,
+    id: ExportId,
+    attempt: i32,
+    finish: &Finish,
+) -> sqlx::Result<bool> {
+    let (state, error, result) = match finish {
+        Finish::Succeeded(r) => (JobState::Succeeded, None, Some(r)),
+        Finish::Failed(e) => (JobState::Failed, Some(e.as_str()), None),
+        Finish::TimedOut(e) => (JobState::TimedOut, Some(e.as_str()), None),
+        Finish::Invalid(e) => (JobState::Invalid, Some(e.as_str()), None),
+        Finish::Cancelled => (JobState::Cancelled, None, None),
+    };
+    let notify_state = if state == JobState::Cancelled {
+        "skipped"
+    } else {
+        "pending"
+    };
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE export_jobs
+         SET state = $3, last_error = coalesce($4, last_error), lease_expires_at = NULL,
+             finished_at = now(), updated_at = now(),
+             object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
+             logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
+             bytes_written = coalesce($10, bytes_written),
+             notify_state = $11, notify_run_at = now()
+         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(state.as_str())
+    .bind(error)
+    .bind(result.map(|r| r.object_key.as_str()))
+    .bind(result.map(|r| r.download_url.as_str()))
+    .bind(result.map(|r| r.url_expires_at))
+    .bind(result.map(|r| r.logs_exported as i64))
+    .bind(result.map(|r| r.logs_skipped as i64))
+    .bind(result.map(|r| r.bytes_written as i64))
+    .bind(notify_state)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if updated && notify_state == "pending" {
+        notify(&mut tx, CHANNEL_NOTIFY).await?;
+    }
+    tx.commit().await?;
+    Ok(updated)
+}
+
+/// Puts the job back in the queue to run again after `delay`. Returns false when fenced out.
+pub async fn retry_later(
+    pool: &PgPool,
+    id: ExportId,
+    attempt: i32,
+    delay: Duration,
+    error: &str,
+) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE export_jobs
+         SET state = 'queued', run_at = now() + make_interval(secs => $3), lease_expires_at = NULL,
+             worker_id = NULL, last_error = $4, updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(secs(delay))
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Returns a job interrupted by shutdown to the queue without counting the attempt.
+pub async fn release(pool: &PgPool, id: ExportId, attempt: i32) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let result = sqlx::query(
+        "UPDATE export_jobs
+         SET state = 'queued', attempt = attempt - 1, run_at = now(), lease_expires_at = NULL,
+             worker_id = NULL, updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .execute(&mut *tx)
+    .await?;
+    notify(&mut tx, CHANNEL_NEW_JOB).await?;
+    tx.commit().await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The outcome of a cancel request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// It had not started: it is cancelled now.
+    Cancelled,
+    /// It is running: its worker stops within seconds.
+    Requested,
+    /// It had already finished.
+    AlreadyFinished(JobState),
+    NotFound,
+}
+
+/// Cancels a queued job at once, or flags a running one for its worker.
+pub async fn cancel(pool: &PgPool, id: ExportId) -> sqlx::Result<CancelOutcome> {
+    let state: Option<String> = sqlx::query_scalar(
+        "UPDATE export_jobs
+         SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
+             finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
+             notify_state = CASE WHEN state = 'queued' THEN 'skipped' ELSE notify_state END,
+             cancel_requested = (state IN ('queued', 'running')) OR cancel_requested,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING (SELECT state FROM export_jobs WHERE id = $1)",
+    )
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match state.as_deref().and_then(JobState::parse) {
+        None => CancelOutcome::NotFound,
+        Some(JobState::Queued) => CancelOutcome::Cancelled,
+        Some(JobState::Running) => CancelOutcome::Requested,
+        Some(done) => CancelOutcome::AlreadyFinished(done),
+    })
+}
+
+/// Reads one export.
+pub async fn get(pool: &PgPool, id: ExportId) -> sqlx::Result<Option<ExportRow>> {
+    sqlx::query_as(&format!("{SELECT_ROW} WHERE id = $1"))
+        .bind(id.0)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Number of jobs in each state, for metrics.
+pub async fn count_by_state(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT state, count(*) FROM export_jobs GROUP BY state")
+        .fetch_all(pool)
+        .await
+}
+
+/// Deletes finished jobs older than the retention period; returns how many.
+pub async fn delete_finished_before(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "DELETE FROM export_jobs
+         WHERE finished_at < $1 AND notify_state IN ('none', 'delivered', 'failed', 'skipped')",
+    )
+    .bind(before)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Exported objects whose retention has passed and that are not deleted yet.
+pub async fn expired_objects(
+    pool: &PgPool,
+    retention: Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, String)>> {
+    sqlx::query_as(
+        "SELECT id, object_key FROM export_jobs
+         WHERE object_key IS NOT NULL AND object_deleted_at IS NULL
+           AND finished_at < now() - make_interval(secs => $1)
+         ORDER BY finished_at LIMIT $2",
+    )
+    .bind(secs(retention))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Records that an exported object was deleted.
+pub async fn mark_object_deleted(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE export_jobs SET object_deleted_at = now(), updated_at = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claims one due notification with a lease; fencing uses the returned `notify_attempts`.
+pub async fn claim_notification(pool: &PgPool, lease: Duration) -> sqlx::Result<Option<ExportRow>> {
+    sqlx::query_as(
+        "UPDATE export_jobs
+         SET notify_attempts = notify_attempts + 1,
+             notify_lease_expires_at = now() + make_interval(secs => $1), updated_at = now()
+         WHERE id = (
+             SELECT id FROM export_jobs
+             WHERE notify_state = 'pending' AND notify_run_at <= now()
+               AND (notify_lease_expires_at IS NULL OR notify_lease_expires_at < now())
+             ORDER BY notify_run_at
+             LIMIT 1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING *",
+    )
+    .bind(secs(lease))
+    .fetch_optional(pool)
+    .await
+}
+
+/// How one notification attempt ended.
+#[derive(Debug, Clone)]
+pub enum NotifyResult {
+    Delivered,
+    RetryAfter(Duration, String),
+    GaveUp(String),
+}
+
+/// Records a notification attempt, fenced on the attempt number the claim returned.
+pub async fn finish_notification(
+    pool: &PgPool,
+    id: Uuid,
+    notify_attempts: i32,
+    result: &NotifyResult,
+) -> sqlx::Result<bool> {
+    let (state, delay, error) = match result {
+        NotifyResult::Delivered => ("delivered", 0.0, None),
+        NotifyResult::RetryAfter(d, e) => ("pending", secs(*d), Some(e.as_str())),
+        NotifyResult::GaveUp(e) => ("failed", 0.0, Some(e.as_str())),
+    };
+    let result = sqlx::query(
+        "UPDATE export_jobs
+         SET notify_state = $3, notify_last_error = coalesce($5, notify_last_error),
+             notify_run_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4) ELSE notify_run_at END,
+             notify_lease_expires_at = NULL,
+             notified_at = CASE WHEN $3 = 'delivered' THEN now() ELSE notified_at END,
+             updated_at = now()
+         WHERE id = $1 AND notify_attempts = $2 AND notify_state = 'pending'",
+    )
+    .bind(id)
+    .bind(notify_attempts)
+    .bind(state)
+    .bind(delay)
+    .bind(error)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}

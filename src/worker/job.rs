@@ -1,0 +1,110 @@
+//! What a job body is, and what it is given while it runs.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{ClaimedJob, ExportResult};
+
+/// How a job attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt (Splunk 5xx/quota/connection, storage 5xx, a cut stream).
+    #[error("{0}")]
+    Retryable(String),
+    /// Will fail the same way again (Splunk rejected the token, a bad search).
+    #[error("{0}")]
+    Permanent(String),
+    /// The request itself cannot be served.
+    #[error("{0}")]
+    Invalid(String),
+    /// The job stopped because its token was cancelled; the runner knows why.
+    #[error("stopped")]
+    Stopped,
+}
+
+/// Why the runner asked a job to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    TimedOut,
+    Shutdown,
+    LostLease,
+}
+
+/// Given to a running job: its stop signal and its progress counters.
+#[derive(Debug, Clone, Default)]
+pub struct JobContext {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+    logs: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl JobContext {
+    /// A fresh context.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Resolves when the job must stop; select on it around every await that can block.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await
+    }
+
+    /// True once the job was asked to stop.
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Asks the job to stop; the first reason wins.
+    pub fn stop(&self, reason: StopReason) {
+        let mut current = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        current.get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    /// Why the job was asked to stop, if it was.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records progress; the heartbeat writes it to the job row.
+    pub fn report_progress(&self, logs_exported: u64, bytes_written: u64) {
+        self.logs.store(logs_exported, Ordering::Relaxed);
+        self.bytes.store(bytes_written, Ordering::Relaxed);
+    }
+
+    /// The last reported progress.
+    pub fn progress(&self) -> (u64, u64) {
+        (
+            self.logs.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The body of a job. Two implementations: the export pipeline, and a no-op for queue
+/// tests and benchmarks.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs one attempt. Must return promptly (cleaning up) once `ctx.stopped()` fires.
+    async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError>;
+}
+
+/// A job body that does nothing but succeed; measures the queue itself.
+#[derive(Debug, Clone, Default)]
+pub struct NoopHandler;
+
+#[async_trait]
+impl JobHandler for NoopHandler {
+    async fn run(&self, job: &ClaimedJob, _ctx: &JobContext) -> Result<ExportResult, JobError> {
+        Ok(ExportResult {
+            object_key: format!("noop/{}", job.id),
+            ..ExportResult::default()
+        })
+    }
+}
