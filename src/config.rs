@@ -511,3 +511,51 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_files_parse_and_document_every_key() {
+        let root = env!("CARGO_MANIFEST_DIR");
+        for file in ["worker-config/logexport.toml", "worker-config/dev.toml"] {
+            let path = Path::new(root).join(file);
+            figment::Jail::expect_with(|_| {
+                Config::load(Some(&path)).map_err(|e| e.to_string())?;
+                Ok(())
+            });
+        }
+        let documented =
+            std::fs::read_to_string(Path::new(root).join("worker-config/logexport.toml")).unwrap();
+        let defaults = toml_keys(&serde_json::to_value(Config::default()).unwrap(), "");
+        for key in defaults {
+            let leaf = key.rsplit('.').next().unwrap();
+            assert!(
+                documented.contains(&format!("{leaf} ="))
+                    || documented.contains(&format!("# {leaf} =")),
+                "worker-config/logexport.toml does not document {key}"
+            );
+        }
+    }
+
+    fn toml_keys(value: &serde_json::Value, prefix: &str) -> Vec<String> {
+        match value {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .flat_map(|(k, v)| {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match v {
+                        serde_json::Value::Object(_) => toml_keys(v, &path),
+                        _ => vec![path],
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}

@@ -167,3 +167,92 @@ proptest! {
         prop_assert!(quote_value("account", &value).is_err());
     }
 }
+
+/// The round trip through the emulator's SPL parser (the same subset real Splunk accepts): what
+/// the builder writes parses back to exactly the intended terms, whatever the values hold.
+mod round_trip {
+    use super::*;
+    use crate::emulator::spl::{self, CmpOp, Command, SearchTerm, ValuePattern};
+
+    fn term(field: &str, op: CmpOp, value: &str) -> SearchTerm {
+        SearchTerm::Field {
+            field: field.into(),
+            op,
+            value: ValuePattern::new(value, true),
+        }
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        "[a-z0-9]{1,6}([._-][a-z0-9]{1,6}){0,2}"
+    }
+
+    fn kind() -> impl Strategy<Value = String> {
+        "[a-z0-9_]{1,12}"
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_values_cannot_add_terms_pipes_or_subsearches(value in any::<String>()) {
+            let mut spl = String::from("search");
+            match push_term(&mut spl, "performer", "=", &value) {
+                Ok(()) => {
+                    let parsed = spl::parse(&spl).map_err(|e| TestCaseError::fail(format!("{spl}: {e}")))?;
+                    prop_assert_eq!(parsed.terms, vec![term("performer", CmpOp::Eq, &value)]);
+                    prop_assert!(parsed.commands.is_empty());
+                }
+                Err(_) => prop_assert!(value.contains('*') || value.chars().any(char::is_control)),
+            }
+        }
+
+        #[test]
+        fn filters_parse_back_exactly(
+            ns in name().prop_filter_map("namespace", |s| Namespace::parse(&s).ok()),
+            repo in proptest::option::of("[a-z0-9][a-z0-9._-]{0,10}")
+                .prop_map(|r| r.and_then(|r| RepositoryName::parse(&r).ok())),
+            performer in proptest::option::of((name(), proptest::option::of("[a-z][a-z0-9_]{0,8}")))
+                .prop_map(|p| p.and_then(|(owner, robot)| {
+                    let text = match robot { Some(r) => format!("{owner}+{r}"), None => owner };
+                    Performer::parse(&text).ok()
+                })),
+            included in proptest::collection::vec(kind(), 0..=1),
+            excluded in proptest::collection::vec(kind(), 0..4),
+            head in 1u64..100_000,
+        ) {
+            let filters = SearchFilters {
+                namespace: Some(ns.clone()),
+                repository: repo.clone(),
+                performer: performer.clone(),
+                kinds: included.clone(),
+                excluded_kinds: excluded.clone(),
+                ..base()
+            };
+            let q = filters.build().unwrap().sort_by_time(SortOrder::NewestFirst).head(head);
+            let parsed = spl::parse(&q.spl).map_err(|e| TestCaseError::fail(format!("{}: {e}", q.spl)))?;
+            let mut want = vec![term("index", CmpOp::Eq, "quay_logs"), term("account", CmpOp::Eq, ns.as_str())];
+            want.extend(repo.iter().map(|r| term("repository", CmpOp::Eq, r.as_str())));
+            want.extend(performer.iter().map(|p| term("performer", CmpOp::Eq, p.as_str())));
+            want.extend(included.iter().map(|k| term("kind", CmpOp::Eq, k)));
+            want.extend(excluded.iter().map(|k| term("kind", CmpOp::Ne, k)));
+            prop_assert_eq!(parsed.terms, want);
+            prop_assert_eq!(parsed.commands.len(), 2);
+            let sorted_newest_first = matches!(
+                &parsed.commands[0],
+                Command::Sort { limit: Some(0), keys }
+                    if keys.len() == 1 && keys[0].field == "_time" && keys[0].descending
+            );
+            prop_assert!(sorted_newest_first, "{:?}", parsed.commands[0]);
+            prop_assert_eq!(&parsed.commands[1], &Command::Head(head));
+        }
+    }
+
+    #[test]
+    fn stats_pipes_parse() {
+        let q = base().build().unwrap().count_by(&[StatsField::Kind, StatsField::Day]);
+        let parsed = spl::parse(&q.spl).unwrap();
+        assert!(matches!(&parsed.commands[0], Command::Strftime { target, source, .. } if target == "day" && source == "_time"));
+        assert_eq!(
+            parsed.commands[1],
+            Command::StatsCount { by: vec!["kind".into(), "day".into()] }
+        );
+    }
+}

@@ -1,1 +1,106 @@
-//! (in progress)
+//! Object storage for finished archives: S3 (multipart, presigned links) or a local directory
+//! (links signed and checked by this service).
+//!
+//! Both implement [`ObjectStore`]; the export pipeline streams an archive through an [`Upload`]
+//! and mails the link from [`ObjectStore::download_url`].
+
+mod error;
+mod key;
+mod local;
+mod local_download;
+mod s3;
+mod s3_upload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use url::Url;
+
+pub use error::StorageError;
+pub use key::{ObjectMeta, object_key};
+pub use local::LocalStore;
+pub use local_download::{DownloadError, DownloadQuery, download_router, serve_download};
+pub use s3::S3Store;
+
+use crate::config::{Config, StorageKind};
+
+/// Where archives are stored.
+#[async_trait]
+pub trait ObjectStore: Send + Sync {
+    /// Starts writing the object `key`; nothing is visible under the key until
+    /// [`Upload::complete`].
+    async fn begin_upload(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<Box<dyn Upload>, StorageError>;
+
+    /// A link that downloads the object as an attachment until `expires_in` has passed.
+    async fn download_url(&self, key: &str, expires_in: Duration) -> Result<Url, StorageError>;
+
+    /// Deletes the object; deleting a missing object succeeds.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+
+    /// The object's size, or `None` when it does not exist.
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError>;
+
+    /// Aborts incomplete uploads under `prefix` started more than `older_than` ago; returns how
+    /// many were aborted.
+    async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        older_than: Duration,
+    ) -> Result<usize, StorageError>;
+
+    /// Keys of the incomplete uploads under `prefix` (S3 multipart uploads, local partial files).
+    async fn list_incomplete_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+}
+
+/// One object being written. Dropping it without [`Upload::complete`] aborts it (best effort,
+/// in the background); housekeeping's [`ObjectStore::abort_stale_uploads`] catches the rest.
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends bytes. Full parts are uploaded while the caller keeps producing; at most a couple
+    /// of parts are in memory at once. On failure the upload is aborted.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
+
+    /// Publishes the object; returns its size in bytes. On failure the upload is aborted.
+    async fn complete(self: Box<Self>) -> Result<u64, StorageError>;
+
+    /// Discards everything written so far.
+    async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+}
+
+/// The configured store, plus the local store itself when downloads are served by this service.
+#[derive(Clone)]
+pub struct Storage {
+    /// The store archives are written to.
+    pub objects: Arc<dyn ObjectStore>,
+    /// Set when `storage.kind = "local"`: mount [`download_router`] with it, so links verify
+    /// with the same signing key that made them.
+    pub local: Option<Arc<LocalStore>>,
+}
+
+/// Opens the store `storage.kind` names.
+pub async fn open(cfg: &Config) -> anyhow::Result<Storage> {
+    match cfg.storage.kind {
+        StorageKind::S3 => Ok(Storage {
+            objects: Arc::new(S3Store::from_config(&cfg.storage.s3).await?),
+            local: None,
+        }),
+        StorageKind::Local => {
+            let local = Arc::new(LocalStore::from_config(cfg)?);
+            Ok(Storage {
+                objects: local.clone(),
+                local: Some(local),
+            })
+        }
+    }
+}
+
+/// Opens the store `storage.kind` names (see [`open`] for the download route of local storage).
+pub async fn from_config(cfg: &Config) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(open(cfg).await?.objects)
+}

@@ -1,0 +1,86 @@
+//! Where encoded bytes go: straight into the output buffer, or through gzip.
+
+use std::io::{self, Write};
+
+use flate2::write::GzEncoder;
+
+/// Uncompressed bytes are staged up to this size before gzip sees them: deflate is much faster
+/// on large writes than on the many small writes serializing one log object makes.
+const GZIP_STAGE_BYTES: usize = 64 * 1024;
+
+/// Output buffer capacity after a take, so refilling does not reallocate for every few logs.
+const INITIAL_CAPACITY: usize = 256 * 1024;
+
+/// The encoded output, optionally compressed.
+pub(super) enum Sink {
+    Plain(Vec<u8>),
+    Gzip {
+        /// Uncompressed bytes not yet handed to the encoder.
+        stage: Vec<u8>,
+        encoder: GzEncoder<Vec<u8>>,
+    },
+}
+
+impl Sink {
+    pub(super) fn plain() -> Self {
+        Sink::Plain(Vec::with_capacity(INITIAL_CAPACITY))
+    }
+
+    pub(super) fn gzip() -> Self {
+        Sink::Gzip {
+            stage: Vec::with_capacity(GZIP_STAGE_BYTES * 2),
+            // Fast level: throughput matters more than the last few percent of size.
+            encoder: GzEncoder::new(
+                Vec::with_capacity(INITIAL_CAPACITY),
+                flate2::Compression::fast(),
+            ),
+        }
+    }
+
+    /// The buffer the encoders write uncompressed bytes into.
+    pub(super) fn stage(&mut self) -> &mut Vec<u8> {
+        match self {
+            Sink::Plain(buf) => buf,
+            Sink::Gzip { stage, .. } => stage,
+        }
+    }
+
+    /// Hands staged bytes to gzip once enough accumulated; called after each log.
+    pub(super) fn maybe_compress(&mut self) -> io::Result<()> {
+        if let Sink::Gzip { stage, encoder } = self
+            && stage.len() >= GZIP_STAGE_BYTES
+        {
+            encoder.write_all(stage)?;
+            stage.clear();
+        }
+        Ok(())
+    }
+
+    /// Bytes ready to be taken (compressed bytes for gzip).
+    pub(super) fn ready_len(&self) -> usize {
+        match self {
+            Sink::Plain(buf) => buf.len(),
+            Sink::Gzip { encoder, .. } => encoder.get_ref().len(),
+        }
+    }
+
+    /// Moves the ready bytes out without copying them.
+    pub(super) fn take_ready(&mut self) -> Vec<u8> {
+        let out = match self {
+            Sink::Plain(buf) => buf,
+            Sink::Gzip { encoder, .. } => encoder.get_mut(),
+        };
+        std::mem::replace(out, Vec::with_capacity(INITIAL_CAPACITY))
+    }
+
+    /// Flushes everything (the gzip trailer included) and returns the remaining bytes.
+    pub(super) fn finish(self) -> io::Result<Vec<u8>> {
+        match self {
+            Sink::Plain(buf) => Ok(buf),
+            Sink::Gzip { stage, mut encoder } => {
+                encoder.write_all(&stage)?;
+                encoder.finish()
+            }
+        }
+    }
+}

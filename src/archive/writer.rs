@@ -1,0 +1,124 @@
+//! [`ArchiveWriter`]: the incremental encoder for the three formats.
+
+use std::io;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::csv;
+use super::sink::Sink;
+use crate::domain::{Compression, ExportFormat, ExportId, LogEntry};
+
+/// What the JSON archive's header says about the export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchiveDetails {
+    #[serde(skip)]
+    pub export_id: ExportId,
+    /// RFC 2822, as [`crate::domain::quay_datetime`] formats it.
+    pub start_time: String,
+    /// RFC 2822, as [`crate::domain::quay_datetime`] formats it.
+    pub end_time: String,
+    pub namespace: String,
+    pub repository: Option<String>,
+}
+
+/// Encodes logs into an archive incrementally; the caller drains the bytes as they become ready.
+pub struct ArchiveWriter {
+    format: ExportFormat,
+    sink: Sink,
+    /// Reused serialization space (CSV metadata) so no log allocates a buffer of its own.
+    scratch: Vec<u8>,
+    logs_written: u64,
+}
+
+impl ArchiveWriter {
+    /// Starts an archive, writing its header (the JSON opening or the CSV header row).
+    pub fn new(format: ExportFormat, compression: Compression, details: &ArchiveDetails) -> Self {
+        let sink = match compression {
+            Compression::None => Sink::plain(),
+            Compression::Gzip => Sink::gzip(),
+        };
+        let mut writer = Self {
+            format,
+            sink,
+            scratch: Vec::new(),
+            logs_written: 0,
+        };
+        writer.write_header(details);
+        writer
+    }
+
+    fn write_header(&mut self, details: &ArchiveDetails) {
+        let out = self.sink.stage();
+        match self.format {
+            ExportFormat::Json => {
+                // Quay's layout: the export id, the details object, then the logs array.
+                out.extend_from_slice(b"{\"export_id\": \"");
+                out.extend_from_slice(details.export_id.to_string().as_bytes());
+                out.extend_from_slice(b"\", \"details\": ");
+                // Strings and an optional string always serialize.
+                if serde_json::to_writer(&mut *out, details).is_err() {
+                    out.extend_from_slice(b"{}");
+                }
+                out.extend_from_slice(b", \"logs\": [\n");
+            }
+            ExportFormat::Ndjson => {}
+            ExportFormat::Csv => out.extend_from_slice(csv::HEADER),
+        }
+    }
+
+    /// Appends one log.
+    pub fn write_log(&mut self, log: &LogEntry) -> io::Result<()> {
+        let out = self.sink.stage();
+        match self.format {
+            ExportFormat::Json => {
+                serde_json::to_writer(&mut *out, log)?;
+                // Every log is followed by a comma: the terminator object always comes last.
+                out.extend_from_slice(b",\n");
+            }
+            ExportFormat::Ndjson => {
+                serde_json::to_writer(&mut *out, log)?;
+                out.push(b'\n');
+            }
+            ExportFormat::Csv => csv::write_row(out, &mut self.scratch, log),
+        }
+        self.logs_written += 1;
+        self.sink.maybe_compress()
+    }
+
+    /// Bytes ready to be taken.
+    pub fn buffered_len(&self) -> usize {
+        self.sink.ready_len()
+    }
+
+    /// Takes all ready bytes when there are at least `at_least` of them; never copies.
+    pub fn take_bytes(&mut self, at_least: usize) -> Option<Bytes> {
+        let ready = self.sink.ready_len();
+        (ready > 0 && ready >= at_least).then(|| Bytes::from(self.sink.take_ready()))
+    }
+
+    /// Takes every ready byte (possibly none).
+    pub fn take_all(&mut self) -> Bytes {
+        Bytes::from(self.sink.take_ready())
+    }
+
+    /// Writes the trailer (JSON terminator, gzip trailer) and returns the bytes not yet taken.
+    pub fn finish(mut self) -> io::Result<Bytes> {
+        if self.format == ExportFormat::Json {
+            self.sink
+                .stage()
+                .extend_from_slice(b"{\"terminator\": true}]}");
+        }
+        self.sink.finish().map(Bytes::from)
+    }
+
+    /// How many logs were written so far.
+    pub fn logs_written(&self) -> u64 {
+        self.logs_written
+    }
+
+    /// The archive's format.
+    pub fn format(&self) -> ExportFormat {
+        self.format
+    }
+}

@@ -1,0 +1,293 @@
+//! S3 (or an S3-compatible store such as Garage or MinIO) through aws-sdk-s3.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
+use url::Url;
+
+use super::s3_upload::S3Upload;
+use super::{ObjectMeta, ObjectStore, StorageError, Upload};
+use crate::config::S3Config;
+
+/// S3 refuses multipart parts below 5 MiB (except the last).
+const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+/// A bucket in S3 or an S3-compatible store.
+#[derive(Clone)]
+pub struct S3Store {
+    pub(super) inner: Arc<S3Inner>,
+}
+
+/// What every request and upload task needs.
+pub(super) struct S3Inner {
+    pub(super) client: Client,
+    pub(super) bucket: String,
+    /// `S3 storage (bucket …)`, for error messages.
+    pub(super) system: String,
+    pub(super) part_size: usize,
+    /// Whether parts carry a CRC32 the completion must repeat (`checksum = when_supported`).
+    pub(super) part_checksums: bool,
+}
+
+impl S3Store {
+    /// Builds the client from `[storage.s3]`: static credentials when both keys are set,
+    /// otherwise the AWS default chain (environment, profile, web identity, IMDS).
+    pub async fn from_config(cfg: &S3Config) -> anyhow::Result<Self> {
+        if cfg.bucket.is_empty() {
+            anyhow::bail!("storage.s3.bucket: required for S3 storage");
+        }
+        let part_size_mib = usize::try_from(cfg.part_size_mib)?;
+        let part_size = part_size_mib.saturating_mul(1024 * 1024);
+        if part_size < MIN_PART_SIZE {
+            anyhow::bail!("storage.s3.part_size_mib: S3 needs parts of at least 5 MiB");
+        }
+        let (request_checksum, response_checksum, part_checksums) = match cfg.checksum.as_str() {
+            "when_required" => (
+                RequestChecksumCalculation::WhenRequired,
+                ResponseChecksumValidation::WhenRequired,
+                false,
+            ),
+            "when_supported" => (
+                RequestChecksumCalculation::WhenSupported,
+                ResponseChecksumValidation::WhenSupported,
+                true,
+            ),
+            other => anyhow::bail!(
+                "storage.s3.checksum: {other:?} is not when_required or when_supported"
+            ),
+        };
+
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(cfg.region.clone()))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        match (cfg.access_key_id.is_empty(), cfg.secret_access_key.is_empty()) {
+            (false, false) => {
+                loader = loader.credentials_provider(Credentials::new(
+                    cfg.access_key_id.expose(),
+                    cfg.secret_access_key.expose(),
+                    None,
+                    None,
+                    "logexport-config",
+                ));
+            }
+            (true, true) => {}
+            _ => anyhow::bail!(
+                "storage.s3.access_key_id / secret_access_key: set both, or neither to use the AWS default credential chain"
+            ),
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.force_path_style)
+            .request_checksum_calculation(request_checksum)
+            .response_checksum_validation(response_checksum);
+        if let Some(endpoint) = cfg.endpoint_url.as_deref().filter(|e| !e.is_empty()) {
+            Url::parse(endpoint).map_err(|e| {
+                anyhow::anyhow!("storage.s3.endpoint_url: not a URL ({e})")
+            })?;
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(Self {
+            inner: Arc::new(S3Inner {
+                client: Client::from_conf(builder.build()),
+                bucket: cfg.bucket.clone(),
+                system: format!("S3 storage (bucket {})", cfg.bucket),
+                part_size,
+                part_checksums,
+            }),
+        })
+    }
+
+    /// The configured part size in bytes.
+    pub fn part_size(&self) -> usize {
+        self.inner.part_size
+    }
+}
+
+/// Maps an SDK error to a [`StorageError`]: transport failures, timeouts, throttling and 5xx are
+/// retryable; everything else (403, 404, bad request, missing credentials) is permanent.
+pub(super) fn sdk_error<E>(system: &str, operation: &'static str, err: SdkError<E>) -> StorageError
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    let retryable = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            status >= 500 || status == 408 || status == 429
+        }
+        _ => false,
+    };
+    // The error context names the S3 error code and message; it carries no credentials.
+    let message = DisplayErrorContext(&err).to_string();
+    if retryable {
+        StorageError::retryable(system, operation, message)
+    } else {
+        StorageError::permanent(system, operation, message)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn begin_upload(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+    ) -> Result<Box<dyn Upload>, StorageError> {
+        Ok(Box::new(S3Upload::new(
+            self.inner.clone(),
+            key.to_owned(),
+            meta.clone(),
+        )))
+    }
+
+    async fn download_url(&self, key: &str, expires_in: Duration) -> Result<Url, StorageError> {
+        let s = &self.inner;
+        let presigning = PresigningConfig::expires_in(expires_in)
+            .map_err(|e| StorageError::permanent(&s.system, "presign download link", e))?;
+        let file_name = key.rsplit('/').next().unwrap_or(key);
+        let request = s
+            .client
+            .get_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .response_content_disposition(super::key::content_disposition(file_name))
+            .presigned(presigning)
+            .await
+            .map_err(|e| sdk_error(&s.system, "presign download link", e))?;
+        Url::parse(request.uri()).map_err(|e| {
+            StorageError::permanent(&s.system, "presign download link", format!("bad URL: {e}"))
+        })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let s = &self.inner;
+        s.client
+            .delete_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s.system, "delete object", e))?;
+        Ok(())
+    }
+
+    async fn size(&self, key: &str) -> Result<Option<u64>, StorageError> {
+        let s = &self.inner;
+        match s.client.head_object().bucket(&s.bucket).key(key).send().await {
+            Ok(head) => Ok(Some(
+                head.content_length().and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+            )),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(sdk_error(&s.system, "head object", e)),
+        }
+    }
+
+    async fn abort_stale_uploads(
+        &self,
+        prefix: &str,
+        older_than: Duration,
+    ) -> Result<usize, StorageError> {
+        let s = &self.inner;
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut aborted = 0;
+        for upload in self.list_uploads(prefix).await? {
+            let stale = upload
+                .initiated
+                .is_some_and(|initiated| initiated <= cutoff);
+            if !stale {
+                continue;
+            }
+            let result = s
+                .client
+                .abort_multipart_upload()
+                .bucket(&s.bucket)
+                .key(&upload.key)
+                .upload_id(&upload.upload_id)
+                .send()
+                .await;
+            match result {
+                Ok(_) => aborted += 1,
+                // Completed or aborted by someone else meanwhile: nothing left to clean.
+                Err(SdkError::ServiceError(e)) if e.err().meta().code() == Some("NoSuchUpload") => {}
+                Err(e) => return Err(sdk_error(&s.system, "abort stale upload", e)),
+            }
+        }
+        Ok(aborted)
+    }
+
+    async fn list_incomplete_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .list_uploads(prefix)
+            .await?
+            .into_iter()
+            .map(|u| u.key)
+            .collect())
+    }
+}
+
+/// One incomplete multipart upload.
+struct PendingUpload {
+    key: String,
+    upload_id: String,
+    initiated: Option<SystemTime>,
+}
+
+impl S3Store {
+    /// Every incomplete multipart upload under `prefix`, following the listing's pages.
+    async fn list_uploads(&self, prefix: &str) -> Result<Vec<PendingUpload>, StorageError> {
+        let s = &self.inner;
+        let mut found = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut upload_id_marker: Option<String> = None;
+        loop {
+            let page = s
+                .client
+                .list_multipart_uploads()
+                .bucket(&s.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(upload_id_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(&s.system, "list multipart uploads", e))?;
+            for upload in page.uploads() {
+                if let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) {
+                    found.push(PendingUpload {
+                        key: key.to_owned(),
+                        upload_id: upload_id.to_owned(),
+                        initiated: upload
+                            .initiated()
+                            .and_then(|t| SystemTime::try_from(*t).ok()),
+                    });
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(found);
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            upload_id_marker = page.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && upload_id_marker.is_none() {
+                // A truncated page without markers would loop forever; stop with what we have.
+                return Ok(found);
+            }
+        }
+    }
+}

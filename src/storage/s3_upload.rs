@@ -1,0 +1,287 @@
+//! One S3 object being written: parts upload in background tasks while the caller fills the next.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
+
+use super::s3::{S3Inner, sdk_error};
+use super::{ObjectMeta, StorageError, Upload};
+
+/// Parts uploading at once: one sending while the next fills keeps the pipeline busy, and memory
+/// stays bounded at about (this + 1) parts.
+const MAX_IN_FLIGHT: usize = 2;
+
+type PartTask = JoinHandle<Result<CompletedPart, StorageError>>;
+
+/// An upload that becomes a multipart upload once the first full part exists; an archive
+/// smaller than one part is sent with a single `PutObject` on completion.
+pub(super) struct S3Upload {
+    s3: Arc<S3Inner>,
+    key: String,
+    meta: ObjectMeta,
+    pending: BytesMut,
+    upload_id: Option<String>,
+    in_flight: VecDeque<PartTask>,
+    done_parts: Vec<CompletedPart>,
+    next_part_number: i32,
+    total: u64,
+    /// Set once completed or aborted, so `Drop` knows there is nothing to clean up.
+    finished: bool,
+}
+
+impl S3Upload {
+    pub(super) fn new(s3: Arc<S3Inner>, key: String, meta: ObjectMeta) -> Self {
+        Self {
+            s3,
+            key,
+            meta,
+            pending: BytesMut::new(),
+            upload_id: None,
+            in_flight: VecDeque::new(),
+            done_parts: Vec::new(),
+            next_part_number: 1,
+            total: 0,
+            finished: false,
+        }
+    }
+
+    async fn ensure_multipart(&mut self) -> Result<String, StorageError> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let s = &self.s3;
+        let mut request = s
+            .client
+            .create_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.key)
+            .content_type(&self.meta.content_type)
+            .content_disposition(self.meta.content_disposition());
+        if s.part_checksums {
+            request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
+        }
+        let created = request
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s.system, "create multipart upload", e))?;
+        let id = created.upload_id().ok_or_else(|| {
+            StorageError::permanent(&s.system, "create multipart upload", "no upload id returned")
+        })?;
+        self.upload_id = Some(id.to_owned());
+        Ok(id.to_owned())
+    }
+
+    /// Starts uploading one part, first waiting for the oldest part when enough are in flight.
+    async fn start_part(&mut self, body: Bytes) -> Result<(), StorageError> {
+        let upload_id = self.ensure_multipart().await?;
+        while self.in_flight.len() >= MAX_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
+        let number = self.next_part_number;
+        self.next_part_number += 1;
+        let s = self.s3.clone();
+        let key = self.key.clone();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let length = i64::try_from(body.len()).unwrap_or(i64::MAX);
+            let mut request = s
+                .client
+                .upload_part()
+                .bucket(&s.bucket)
+                .key(&key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_length(length)
+                .body(ByteStream::from(body));
+            if s.part_checksums {
+                request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
+            }
+            let out = request
+                .send()
+                .await
+                .map_err(|e| sdk_error(&s.system, "upload part", e))?;
+            Ok(CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
+                .build())
+        }));
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), StorageError> {
+        let Some(task) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let part = task.await.map_err(|e| {
+            StorageError::permanent(&self.s3.system, "upload part", format!("task failed: {e}"))
+        })??;
+        self.done_parts.push(part);
+        Ok(())
+    }
+
+    async fn write_inner(&mut self, mut chunk: Bytes) -> Result<(), StorageError> {
+        let part_size = self.s3.part_size;
+        self.total += chunk.len() as u64;
+        if !self.pending.is_empty() {
+            let take = (part_size - self.pending.len()).min(chunk.len());
+            self.pending.extend_from_slice(&chunk.split_to(take));
+            if self.pending.len() == part_size {
+                let part = self.pending.split().freeze();
+                self.start_part(part).await?;
+            }
+        }
+        // Whole parts straight from the chunk, without copying.
+        while chunk.len() >= part_size {
+            let part = chunk.split_to(part_size);
+            self.start_part(part).await?;
+        }
+        if !chunk.is_empty() {
+            if self.pending.capacity() < part_size {
+                self.pending.reserve(part_size);
+            }
+            self.pending.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
+
+    async fn complete_inner(&mut self) -> Result<u64, StorageError> {
+        let s = self.s3.clone();
+        if self.upload_id.is_none() {
+            // Smaller than one part: a single request, and no multipart upload to clean up.
+            s.client
+                .put_object()
+                .bucket(&s.bucket)
+                .key(&self.key)
+                .content_type(&self.meta.content_type)
+                .content_disposition(self.meta.content_disposition())
+                .body(ByteStream::from(self.pending.split().freeze()))
+                .send()
+                .await
+                .map_err(|e| sdk_error(&s.system, "put object", e))?;
+            return Ok(self.total);
+        }
+        if !self.pending.is_empty() {
+            let last = self.pending.split().freeze();
+            self.start_part(last).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let mut parts = std::mem::take(&mut self.done_parts);
+        parts.sort_by_key(|p| p.part_number());
+        let upload_id = self.upload_id.clone().unwrap_or_default();
+        s.client
+            .complete_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s.system, "complete multipart upload", e))?;
+        Ok(self.total)
+    }
+
+    async fn abort_inner(&mut self) -> Result<(), StorageError> {
+        self.finished = true;
+        // Stop part uploads first so none lands after the abort and resurrects storage use.
+        for task in self.in_flight.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        self.pending = BytesMut::new();
+        let Some(upload_id) = self.upload_id.take() else {
+            return Ok(());
+        };
+        let s = &self.s3;
+        s.client
+            .abort_multipart_upload()
+            .bucket(&s.bucket)
+            .key(&self.key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s.system, "abort multipart upload", e))?;
+        Ok(())
+    }
+
+    /// Runs a step; on failure aborts the whole upload (best effort) and returns the step's error.
+    async fn or_abort<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if result.is_err()
+            && let Err(abort_error) = self.abort_inner().await
+        {
+            tracing::warn!(key = %self.key, error = %abort_error, "aborting a failed upload failed too");
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        if self.finished {
+            return Err(StorageError::permanent(
+                &self.s3.system,
+                "write",
+                "upload already finished",
+            ));
+        }
+        let result = self.write_inner(chunk).await;
+        self.or_abort(result).await
+    }
+
+    async fn complete(mut self: Box<Self>) -> Result<u64, StorageError> {
+        let result = self.complete_inner().await;
+        let result = self.or_abort(result).await;
+        self.finished = true;
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
+        self.abort_inner().await
+    }
+}
+
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        let Some(upload_id) = self.upload_id.take() else {
+            return;
+        };
+        // Dropped mid-way (cancelled job, panic): abort in the background so no multipart
+        // upload lingers; housekeeping catches it if there is no runtime left to do this.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let s = self.s3.clone();
+        let key = std::mem::take(&mut self.key);
+        runtime.spawn(async move {
+            let result = s
+                .client
+                .abort_multipart_upload()
+                .bucket(&s.bucket)
+                .key(&key)
+                .upload_id(upload_id)
+                .send()
+                .await;
+            if let Err(e) = result {
+                let e = sdk_error(&s.system, "abort dropped upload", e);
+                tracing::warn!(%key, error = %e, "could not abort a dropped upload; housekeeping will");
+            }
+        });
+    }
+}
