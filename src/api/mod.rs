@@ -29,16 +29,26 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<Config>,
     pub allow: Arc<AllowList>,
+    /// The logs/aggregatelogs read side; `None` when the `[splunk]` section is unusable.
+    pub logs: Option<Arc<crate::logs::LogsService>>,
 }
 
 impl AppState {
     /// State for the given pool and configuration.
     pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
+        let logs = match crate::logs::LogsService::new(&config) {
+            Ok(service) => Some(Arc::new(service)),
+            Err(e) => {
+                tracing::warn!(error = %e, "log listings disabled: Splunk is not usable");
+                None
+            }
+        };
         Self {
             pool,
             config,
             allow,
+            logs,
         }
     }
 }
@@ -60,7 +70,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/exportlogs/{export_id}",
             get(status::get).delete(status::cancel),
-        );
+        )
+        .merge(crate::logs::routes());
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(health::healthz))
