@@ -126,7 +126,7 @@ mod tests {
             Some("2024-03-09"),
             Some("2024-03-11"),
             Some(tz),
-            Utc::now(),
+            chrono::Utc::now(),
             32,
         )
         .unwrap();
