@@ -155,9 +155,21 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                ("push_repo".into(), 2, "Sat, 09 Mar 2024 00:00:00 -0500".into()),
-                ("push_repo".into(), 4, "Sun, 10 Mar 2024 00:00:00 -0500".into()),
-                ("pull_repo".into(), 4, "Mon, 11 Mar 2024 00:00:00 -0400".into()),
+                (
+                    "push_repo".into(),
+                    2,
+                    "Sat, 09 Mar 2024 00:00:00 -0500".into()
+                ),
+                (
+                    "push_repo".into(),
+                    4,
+                    "Sun, 10 Mar 2024 00:00:00 -0500".into()
+                ),
+                (
+                    "pull_repo".into(),
+                    4,
+                    "Mon, 11 Mar 2024 00:00:00 -0400".into()
+                ),
             ]
         );
         let utc = q("UTC");
@@ -170,7 +182,10 @@ mod tests {
     #[test]
     fn half_hour_zones_use_minute_buckets() {
         assert_eq!(Bucket::for_range(&q("UTC").range), Bucket::Hour);
-        assert_eq!(Bucket::for_range(&q("America/New_York").range), Bucket::Hour);
+        assert_eq!(
+            Bucket::for_range(&q("America/New_York").range),
+            Bucket::Hour
+        );
         assert_eq!(Bucket::for_range(&q("Asia/Kolkata").range), Bucket::Minute);
     }
 }

@@ -29,7 +29,10 @@ pub async fn bench_read_side(
             .json()
             .await
             .context("body")?;
-        anyhow::ensure!(body.get("search_unavailable").is_none(), "search unavailable: {body}");
+        anyhow::ensure!(
+            body.get("search_unavailable").is_none(),
+            "search unavailable: {body}"
+        );
         Ok::<_, anyhow::Error>((started.elapsed(), body))
     };
     let mut first = Vec::new();

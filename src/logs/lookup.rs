@@ -81,7 +81,8 @@ impl LogsService {
 
 /// The exclusive end just after the boundary millisecond.
 fn boundary_end(c: &Cursor) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(c.boundary_ms.saturating_add(1)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    DateTime::from_timestamp_millis(c.boundary_ms.saturating_add(1))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Order key and (when it belongs in the listing) entry of one result row.

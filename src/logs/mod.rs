@@ -118,19 +118,19 @@ impl LogQuery {
 
     /// Defence in depth and post-filter: whether a mapped entry belongs in this listing.
     fn admits(&self, e: &LogEntry) -> bool {
-        if let Some(ns) = &self.namespace {
-            if e.namespace.as_deref() != Some(ns.as_str()) {
-                crate::metrics::METRICS.incr("logexport_logs_rows_skipped_total", "namespace");
-                tracing::warn!(namespace = %ns, "Splunk returned an event of another namespace; dropped");
-                return false;
-            }
+        if let Some(ns) = &self.namespace
+            && e.namespace.as_deref() != Some(ns.as_str())
+        {
+            crate::metrics::METRICS.incr("logexport_logs_rows_skipped_total", "namespace");
+            tracing::warn!(namespace = %ns, "Splunk returned an event of another namespace; dropped");
+            return false;
         }
-        if let Some(repo) = &self.repository {
-            if e.repository.as_deref() != Some(repo.as_str()) {
-                return false;
-            }
+        if let Some(repo) = &self.repository
+            && e.repository.as_deref() != Some(repo.as_str())
+        {
+            return false;
         }
-        self.kinds.is_empty() || self.kinds.iter().any(|k| *k == e.kind)
+        self.kinds.is_empty() || self.kinds.contains(&e.kind)
     }
 }
 
@@ -156,8 +156,8 @@ impl LogsService {
     /// Splunk.
     async fn run(&self, query: &BuiltQuery, max_rows: u64) -> Result<Vec<Row>, LogsError> {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.deadline, self.client.search_rows(query, max_rows))
-            .await;
+        let result =
+            tokio::time::timeout(self.deadline, self.client.search_rows(query, max_rows)).await;
         let outcome = match result {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(e)) => Err(unavailable(&e)),

@@ -231,7 +231,10 @@ mod tests {
     #[test]
     fn round_trips_only_for_the_same_query() {
         let key = TokenKey::from_secret(&Secret::new("k"));
-        let (a, b) = (Namespace::parse("acme").unwrap(), Namespace::parse("beta").unwrap());
+        let (a, b) = (
+            Namespace::parse("acme").unwrap(),
+            Namespace::parse("beta").unwrap(),
+        );
         let r = range();
         let kinds = vec!["push_repo".to_string()];
         let bind = |ns, kinds: &'static [String]| QueryBinding {
@@ -245,18 +248,30 @@ mod tests {
         let now = Utc::now();
         let token = key.seal(&cursor(), &bind(&a, &[]), now).unwrap();
         assert_eq!(key.open(&token, &bind(&a, &[]), now).unwrap(), cursor());
-        assert_eq!(key.open(&token, &bind(&b, &[]), now), Err(TokenError::Invalid));
+        assert_eq!(
+            key.open(&token, &bind(&b, &[]), now),
+            Err(TokenError::Invalid)
+        );
         let leaked: &'static [String] = Box::leak(kinds.into_boxed_slice());
-        assert_eq!(key.open(&token, &bind(&a, leaked), now), Err(TokenError::Invalid));
+        assert_eq!(
+            key.open(&token, &bind(&a, leaked), now),
+            Err(TokenError::Invalid)
+        );
         let su = QueryBinding {
             superuser: true,
             ..bind(&a, &[])
         };
         assert_eq!(key.open(&token, &su, now), Err(TokenError::Invalid));
         let other_key = TokenKey::from_secret(&Secret::new("other"));
-        assert_eq!(other_key.open(&token, &bind(&a, &[]), now), Err(TokenError::Invalid));
+        assert_eq!(
+            other_key.open(&token, &bind(&a, &[]), now),
+            Err(TokenError::Invalid)
+        );
         let later = now + TOKEN_LIFETIME + chrono::Duration::seconds(1);
-        assert_eq!(key.open(&token, &bind(&a, &[]), later), Err(TokenError::Expired));
+        assert_eq!(
+            key.open(&token, &bind(&a, &[]), later),
+            Err(TokenError::Expired)
+        );
     }
 
     proptest! {

@@ -18,10 +18,7 @@ pub fn routes() -> Router<AppState> {
         .route("/user/aggregatelogs", get(user_aggregate))
         .route("/organization/{orgname}/logs", get(org_logs))
         .route("/organization/{orgname}/aggregatelogs", get(org_aggregate))
-        .route(
-            "/repository/{namespace}/{repository}/logs",
-            get(repo_logs),
-        )
+        .route("/repository/{namespace}/{repository}/logs", get(repo_logs))
         .route(
             "/repository/{namespace}/{repository}/aggregatelogs",
             get(repo_aggregate),

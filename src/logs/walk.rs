@@ -109,7 +109,7 @@ mod tests {
     }
 
     fn matches(hash: u64) -> bool {
-        hash % 4 != 0
+        !hash.is_multiple_of(4)
     }
 
     fn entry(ms: i64, hash: u64) -> LogEntry {
@@ -126,12 +126,7 @@ mod tests {
 
     /// Simulates Splunk: rows sorted by time desc with ties in an arbitrary (seeded) order,
     /// limited to `[.., latest)` and `head n`.
-    fn search(
-        data: &[(i64, u64)],
-        latest_ms: Option<i64>,
-        n: usize,
-        seed: u64,
-    ) -> Vec<Candidate> {
+    fn search(data: &[(i64, u64)], latest_ms: Option<i64>, n: usize, seed: u64) -> Vec<Candidate> {
         let mut rows: Vec<(usize, &(i64, u64))> = data
             .iter()
             .enumerate()

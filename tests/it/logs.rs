@@ -60,7 +60,11 @@ fn data_set() -> Vec<Event> {
     for burst in 0..120 {
         let second = base + chrono::Duration::seconds(next(5 * 86_400) as i64);
         // Every tenth burst is large, so same-second groups straddle page boundaries.
-        let size = if burst % 10 == 0 { 40 + next(30) } else { 1 + next(12) };
+        let size = if burst % 10 == 0 {
+            40 + next(30)
+        } else {
+            1 + next(12)
+        };
         for _ in 0..size {
             n += 1;
             events.push(Event {
@@ -178,7 +182,10 @@ fn assert_newest_first(logs: &[Value]) {
 
 fn assert_full_pages(sizes: &[usize]) {
     let (last, rest) = sizes.split_last().expect("a page");
-    assert!(rest.iter().all(|s| *s == 20), "short page before the last: {sizes:?}");
+    assert!(
+        rest.iter().all(|s| *s == 20),
+        "short page before the last: {sizes:?}"
+    );
     assert!(*last <= 20);
 }
 
@@ -187,15 +194,26 @@ async fn paging_returns_every_event_once_newest_first_with_filters() {
     let env = env().await;
     let token = env.app.token("admin", &["acme"], &[], false).await;
 
-    let (logs, sizes) = walk(&env.app, &token, &format!("/api/v1/organization/acme/logs?{RANGE}")).await;
+    let (logs, sizes) = walk(
+        &env.app,
+        &token,
+        &format!("/api/v1/organization/acme/logs?{RANGE}"),
+    )
+    .await;
     let want = expected(&env.events, |e| e.namespace == "acme");
     assert!(want.len() > 300, "data set too small: {}", want.len());
     assert_eq!(ids(&logs), want, "every acme event exactly once");
     assert_newest_first(&logs);
     assert_full_pages(&sizes);
     assert!(logs.iter().all(|l| l["metadata"]["namespace"] == "acme"));
-    assert!(logs.iter().all(|l| l.get("namespace").is_none()), "no namespace block for org admins");
-    let robot = logs.iter().find(|l| l["performer"]["name"] == "acme+builder").expect("robot");
+    assert!(
+        logs.iter().all(|l| l.get("namespace").is_none()),
+        "no namespace block for org admins"
+    );
+    let robot = logs
+        .iter()
+        .find(|l| l["performer"]["name"] == "acme+builder")
+        .expect("robot");
     assert_eq!(robot["performer"]["is_robot"], true);
 
     let (logs, sizes) = walk(
@@ -204,7 +222,11 @@ async fn paging_returns_every_event_once_newest_first_with_filters() {
         &format!("/api/v1/organization/acme/logs?{RANGE}&performer=alice"),
     )
     .await;
-    assert_eq!(ids(&logs), expected(&env.events, |e| e.namespace == "acme" && e.performer == "alice"));
+    assert_eq!(
+        ids(&logs),
+        expected(&env.events, |e| e.namespace == "acme"
+            && e.performer == "alice")
+    );
     assert_full_pages(&sizes);
 
     let (logs, sizes) = walk(
@@ -229,12 +251,20 @@ async fn paging_returns_every_event_once_newest_first_with_filters() {
     assert_eq!(
         ids(&logs),
         expected(&env.events, |e| {
-            e.namespace == "acme" && e.repo == "web" && e.kind == "delete_tag" && e.performer == "bob"
+            e.namespace == "acme"
+                && e.repo == "web"
+                && e.kind == "delete_tag"
+                && e.performer == "bob"
         })
     );
 
     // Quay's envelope: the range as RFC 2822, the end exclusive.
-    let (_, body) = get(&env.app, &token, &format!("/api/v1/organization/acme/logs?{RANGE}")).await;
+    let (_, body) = get(
+        &env.app,
+        &token,
+        &format!("/api/v1/organization/acme/logs?{RANGE}"),
+    )
+    .await;
     assert_eq!(body["start_time"], "Fri, 08 Mar 2024 00:00:00 -0000");
     assert_eq!(body["end_time"], "Wed, 13 Mar 2024 00:00:00 -0000");
     drop(env.emu);
@@ -256,13 +286,20 @@ async fn tokens_are_bound_to_their_query_and_namespaces_never_leak() {
     let token = first(format!("/api/v1/organization/acme/logs?{RANGE}")).await;
     let enc = urlencoding::encode(&token).into_owned();
 
-    let ok = get(&env.app, &both, &format!("/api/v1/organization/acme/logs?{RANGE}&next_page={enc}")).await;
+    let ok = get(
+        &env.app,
+        &both,
+        &format!("/api/v1/organization/acme/logs?{RANGE}&next_page={enc}"),
+    )
+    .await;
     assert_eq!(ok.0, 200);
     for path in [
         format!("/api/v1/organization/beta/logs?{RANGE}&next_page={enc}"),
         format!("/api/v1/organization/acme/logs?{RANGE}&performer=alice&next_page={enc}"),
         format!("/api/v1/organization/acme/logs?{RANGE}&kind=push_repo&next_page={enc}"),
-        format!("/api/v1/organization/acme/logs?starttime=03/09/2024&endtime=03/12/2024&next_page={enc}"),
+        format!(
+            "/api/v1/organization/acme/logs?starttime=03/09/2024&endtime=03/12/2024&next_page={enc}"
+        ),
         format!("/api/v1/repository/acme/web/logs?{RANGE}&next_page={enc}"),
     ] {
         let (status, body) = get(&env.app, &both, &path).await;
@@ -277,7 +314,10 @@ async fn tokens_are_bound_to_their_query_and_namespaces_never_leak() {
         let (status, _) = get(
             &env.app,
             &both,
-            &format!("/api/v1/organization/acme/logs?{RANGE}&next_page={}", urlencoding::encode(&altered)),
+            &format!(
+                "/api/v1/organization/acme/logs?{RANGE}&next_page={}",
+                urlencoding::encode(&altered)
+            ),
         )
         .await;
         assert_eq!(status, 400, "altered token at {pos} accepted");
@@ -289,7 +329,12 @@ async fn tokens_are_bound_to_their_query_and_namespaces_never_leak() {
     })
     .await;
     let other_token = other.token("both", &["acme", "beta"], &[], false).await;
-    let (status, _) = get(&other, &other_token, &format!("/api/v1/organization/acme/logs?{RANGE}&next_page={enc}")).await;
+    let (status, _) = get(
+        &other,
+        &other_token,
+        &format!("/api/v1/organization/acme/logs?{RANGE}&next_page={enc}"),
+    )
+    .await;
     assert_eq!(status, 400);
 
     // An admin of acme only: beta is forbidden whatever the parameters; acme shows only acme.
@@ -308,10 +353,27 @@ async fn tokens_are_bound_to_their_query_and_namespaces_never_leak() {
         &format!("/api/v1/organization/acme/logs?{RANGE}&performer=beta&kind=push_repo"),
     )
     .await;
-    assert!(body["logs"].as_array().unwrap().iter().all(|l| l["metadata"]["namespace"] == "acme"));
+    assert!(
+        body["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["metadata"]["namespace"] == "acme")
+    );
     // Invalid parameters are refused, never replaced by defaults.
-    for q in ["starttime=13/45/2024", "performer=%22%20OR%20x", "kind=Bad*", "timezone=Mars/Base", "next_page=garbage"] {
-        let (status, body) = get(&env.app, &acme, &format!("/api/v1/organization/acme/logs?{q}")).await;
+    for q in [
+        "starttime=13/45/2024",
+        "performer=%22%20OR%20x",
+        "kind=Bad*",
+        "timezone=Mars/Base",
+        "next_page=garbage",
+    ] {
+        let (status, body) = get(
+            &env.app,
+            &acme,
+            &format!("/api/v1/organization/acme/logs?{q}"),
+        )
+        .await;
         assert_eq!(status, 400, "{q}: {body}");
     }
 }
@@ -320,7 +382,8 @@ fn expected_aggregate(events: &[Event], ns: &str, tz: Tz) -> BTreeMap<(String, S
     let mut out = BTreeMap::new();
     for e in events.iter().filter(|e| e.namespace == ns) {
         let day: NaiveDate = e.time.with_timezone(&tz).date_naive();
-        *out.entry((day.to_string(), e.kind.to_string())).or_default() += 1;
+        *out.entry((day.to_string(), e.kind.to_string()))
+            .or_default() += 1;
     }
     out
 }
@@ -335,7 +398,10 @@ fn got_aggregate(body: &Value, tz: Tz) -> BTreeMap<(String, String), u64> {
             let local = start.with_timezone(&tz);
             assert_eq!(local.time(), chrono::NaiveTime::MIN, "day start {a}");
             (
-                (local.date_naive().to_string(), a["kind"].as_str().unwrap().to_string()),
+                (
+                    local.date_naive().to_string(),
+                    a["kind"].as_str().unwrap().to_string(),
+                ),
                 a["count"].as_u64().unwrap(),
             )
         })
@@ -348,10 +414,23 @@ async fn aggregates_match_the_data_set_in_utc_and_new_york() {
     let token = env.app.token("admin", &["acme"], &[], false).await;
     // The data spans 03/08..03/12 UTC; a wider range catches the New York evening of the 7th.
     let range = "starttime=03/07/2024&endtime=03/13/2024";
-    let (status, body) = get(&env.app, &token, &format!("/api/v1/organization/acme/aggregatelogs?{range}")).await;
+    let (status, body) = get(
+        &env.app,
+        &token,
+        &format!("/api/v1/organization/acme/aggregatelogs?{range}"),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(got_aggregate(&body, Tz::UTC), expected_aggregate(&env.events, "acme", Tz::UTC));
-    assert!(body["aggregated"][0]["datetime"].as_str().unwrap().ends_with("-0000"));
+    assert_eq!(
+        got_aggregate(&body, Tz::UTC),
+        expected_aggregate(&env.events, "acme", Tz::UTC)
+    );
+    assert!(
+        body["aggregated"][0]["datetime"]
+            .as_str()
+            .unwrap()
+            .ends_with("-0000")
+    );
 
     let ny: Tz = "America/New_York".parse().unwrap();
     let (status, body) = get(
@@ -363,7 +442,11 @@ async fn aggregates_match_the_data_set_in_utc_and_new_york() {
     assert_eq!(status, 200, "{body}");
     let want = expected_aggregate(&env.events, "acme", ny);
     assert_eq!(got_aggregate(&body, ny), want);
-    assert_ne!(want, expected_aggregate(&env.events, "acme", Tz::UTC), "time zone must matter");
+    assert_ne!(
+        want,
+        expected_aggregate(&env.events, "acme", Tz::UTC),
+        "time zone must matter"
+    );
 
     // Performer filter and the 32-day limit.
     let (_, body) = get(
@@ -373,7 +456,13 @@ async fn aggregates_match_the_data_set_in_utc_and_new_york() {
     )
     .await;
     let total: u64 = got_aggregate(&body, Tz::UTC).values().sum();
-    assert_eq!(total, env.events.iter().filter(|e| e.namespace == "acme" && e.performer == "bob").count() as u64);
+    assert_eq!(
+        total,
+        env.events
+            .iter()
+            .filter(|e| e.namespace == "acme" && e.performer == "bob")
+            .count() as u64
+    );
     let (status, _) = get(
         &env.app,
         &token,
@@ -386,7 +475,13 @@ async fn aggregates_match_the_data_set_in_utc_and_new_york() {
 #[tokio::test]
 async fn permissions_and_the_superuser_view() {
     let env = env().await;
-    let resp = env.app.client.get(env.app.url("/api/v1/user/logs")).send().await.unwrap();
+    let resp = env
+        .app
+        .client
+        .get(env.app.url("/api/v1/user/logs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let resp = env
         .app
@@ -401,23 +496,57 @@ async fn permissions_and_the_superuser_view() {
     // A user lists its own namespace ("gamma" here is a user).
     let gamma = env.app.token("gamma", &[], &[], false).await;
     let (logs, _) = walk(&env.app, &gamma, &format!("/api/v1/user/logs?{RANGE}")).await;
-    assert_eq!(ids(&logs), expected(&env.events, |e| e.namespace == "gamma"));
-    assert_eq!(get(&env.app, &gamma, "/api/v1/organization/acme/logs").await.0, 403);
+    assert_eq!(
+        ids(&logs),
+        expected(&env.events, |e| e.namespace == "gamma")
+    );
+    assert_eq!(
+        get(&env.app, &gamma, "/api/v1/organization/acme/logs")
+            .await
+            .0,
+        403
+    );
 
     // A repository admin sees that repository only.
     let repo_admin = env.app.token("dev", &[], &["beta/api"], false).await;
-    let (logs, _) = walk(&env.app, &repo_admin, &format!("/api/v1/repository/beta/api/logs?{RANGE}")).await;
-    assert_eq!(ids(&logs), expected(&env.events, |e| e.namespace == "beta" && e.repo == "api"));
-    assert_eq!(get(&env.app, &repo_admin, "/api/v1/repository/beta/web/logs").await.0, 403);
-    assert_eq!(get(&env.app, &repo_admin, "/api/v1/organization/beta/logs").await.0, 403);
+    let (logs, _) = walk(
+        &env.app,
+        &repo_admin,
+        &format!("/api/v1/repository/beta/api/logs?{RANGE}"),
+    )
+    .await;
+    assert_eq!(
+        ids(&logs),
+        expected(&env.events, |e| e.namespace == "beta" && e.repo == "api")
+    );
+    assert_eq!(
+        get(&env.app, &repo_admin, "/api/v1/repository/beta/web/logs")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        get(&env.app, &repo_admin, "/api/v1/organization/beta/logs")
+            .await
+            .0,
+        403
+    );
 
     // The superuser sees every namespace, each log with its namespace block.
     let root = env.app.token("root", &[], &[], true).await;
     let (logs, sizes) = walk(&env.app, &root, &format!("/api/v1/superuser/logs?{RANGE}")).await;
     assert_eq!(ids(&logs), expected(&env.events, |_| true));
     assert_full_pages(&sizes);
-    assert!(logs.iter().all(|l| l["namespace"]["name"] == l["metadata"]["namespace"]));
-    let (status, body) = get(&env.app, &root, &format!("/api/v1/superuser/aggregatelogs?{RANGE}")).await;
+    assert!(
+        logs.iter()
+            .all(|l| l["namespace"]["name"] == l["metadata"]["namespace"])
+    );
+    let (status, body) = get(
+        &env.app,
+        &root,
+        &format!("/api/v1/superuser/aggregatelogs?{RANGE}"),
+    )
+    .await;
     assert_eq!(status, 200);
     let total: u64 = got_aggregate(&body, Tz::UTC).values().sum();
     assert_eq!(total, env.events.len() as u64);
@@ -427,7 +556,10 @@ fn assert_unavailable(body: &Value, key: &str, needle: &str) {
     assert_eq!(body["search_unavailable"], true, "{body}");
     assert_eq!(body[key], json!([]), "{body}");
     let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(needle), "message {message:?} lacks {needle:?}");
+    assert!(
+        message.contains(needle),
+        "message {message:?} lacks {needle:?}"
+    );
 }
 
 #[tokio::test]
@@ -447,17 +579,30 @@ async fn splunk_failures_answer_search_unavailable_within_the_deadline() {
     assert_unavailable(&body, "aggregated", "Splunk rejected the bearer token");
 
     // Every dispatch answered 503: retried, then unavailable.
-    env.emu.set_faults(Faults { rate_503: 1.0, ..Faults::default() });
+    env.emu.set_faults(Faults {
+        rate_503: 1.0,
+        ..Faults::default()
+    });
     let before = env.emu.stats().injected_503;
     let started = Instant::now();
     let (status, body) = get(&env.app, &token, &logs).await;
     assert_eq!(status, 200);
     assert_unavailable(&body, "logs", "503");
-    assert!(env.emu.stats().injected_503 - before >= 2, "503 was not retried");
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    assert!(
+        env.emu.stats().injected_503 - before >= 2,
+        "503 was not retried"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
     env.emu.set_faults(Faults::default());
     let (_, body) = get(&env.app, &token, &logs).await;
-    assert!(body.get("search_unavailable").is_none(), "recovered: {body}");
+    assert!(
+        body.get("search_unavailable").is_none(),
+        "recovered: {body}"
+    );
 
     // Splunk gone.
     let app = env.app;
@@ -468,9 +613,24 @@ async fn splunk_failures_answer_search_unavailable_within_the_deadline() {
     assert_unavailable(&body, "logs", "Splunk");
     let (_, body) = get(&app, &token, &aggregate).await;
     assert_unavailable(&body, "aggregated", "Splunk");
-    assert!(started.elapsed() < Duration::from_secs(12), "took {:?}", started.elapsed());
-    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("logexport_search_unavailable_total"), "not counted");
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        started.elapsed()
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("logexport_search_unavailable_total"),
+        "not counted"
+    );
 }
 
 /// Latency figures for the report (release mode):
