@@ -32,17 +32,27 @@ pub struct AppState {
     pub allow: Arc<AllowList>,
     /// Set with local storage: this service serves the signed download links.
     pub local_store: Option<Arc<LocalStore>>,
+    /// The logs/aggregatelogs read side; `None` when the `[splunk]` section is unusable.
+    pub logs: Option<Arc<crate::logs::LogsService>>,
 }
 
 impl AppState {
     /// State for the given pool and configuration.
     pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
+        let logs = match crate::logs::LogsService::new(&config) {
+            Ok(service) => Some(Arc::new(service)),
+            Err(e) => {
+                tracing::warn!(error = %e, "log listings disabled: Splunk is not usable");
+                None
+            }
+        };
         Self {
             pool,
             config,
             allow,
             local_store: None,
+            logs,
         }
     }
 
@@ -70,7 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/exportlogs/{export_id}",
             get(status::get).delete(status::cancel),
-        );
+        )
+        .merge(crate::logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {
         router = router.merge(download_router(store.clone()));

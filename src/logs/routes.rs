@@ -1,0 +1,314 @@
+//! The eight Quay listing endpoints: parameters, permissions, and Quay's response shapes.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::{LogQuery, LogsError};
+use crate::api::auth::Caller;
+use crate::api::{ApiError, AppState, parse_namespace, query_param};
+use crate::domain::{DateRange, Namespace, Performer, RepositoryName, quay_datetime};
+
+/// The listing routes, to be nested under `/api/v1`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/user/logs", get(user_logs))
+        .route("/user/aggregatelogs", get(user_aggregate))
+        .route("/organization/{orgname}/logs", get(org_logs))
+        .route("/organization/{orgname}/aggregatelogs", get(org_aggregate))
+        .route("/repository/{namespace}/{repository}/logs", get(repo_logs))
+        .route(
+            "/repository/{namespace}/{repository}/aggregatelogs",
+            get(repo_aggregate),
+        )
+        .route("/superuser/logs", get(superuser_logs))
+        .route("/superuser/aggregatelogs", get(superuser_aggregate))
+}
+
+/// Whose logs a request lists.
+struct Target {
+    superuser: bool,
+    namespace: Option<Namespace>,
+    repository: Option<RepositoryName>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Logs,
+    Aggregate,
+}
+
+fn user_target(caller: &Caller) -> Result<Target, ApiError> {
+    let namespace = Namespace::parse(&caller.username).map_err(|e| {
+        ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
+    })?;
+    Ok(Target {
+        superuser: false,
+        namespace: Some(namespace),
+        repository: None,
+    })
+}
+
+fn org_target(caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
+    let namespace = parse_namespace(orgname)?;
+    if !caller.may_access_organization(&namespace) {
+        return Err(ApiError::Forbidden(format!(
+            "you are not an administrator of organization {namespace}"
+        )));
+    }
+    Ok(Target {
+        superuser: false,
+        namespace: Some(namespace),
+        repository: None,
+    })
+}
+
+fn repo_target(caller: &Caller, namespace: &str, repository: &str) -> Result<Target, ApiError> {
+    let namespace = parse_namespace(namespace)?;
+    let repository =
+        RepositoryName::parse(repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if !caller.may_access_repository(&namespace, &repository) {
+        return Err(ApiError::Forbidden(format!(
+            "you are not an administrator of repository {namespace}/{repository}"
+        )));
+    }
+    Ok(Target {
+        superuser: false,
+        namespace: Some(namespace),
+        repository: Some(repository),
+    })
+}
+
+fn superuser_target(caller: &Caller) -> Result<Target, ApiError> {
+    if !caller.superuser {
+        return Err(ApiError::Forbidden(
+            "registry-wide logs are for superusers only".into(),
+        ));
+    }
+    Ok(Target {
+        superuser: true,
+        namespace: None,
+        repository: None,
+    })
+}
+
+/// Parses the common parameters into a query.
+fn parse_query(
+    state: &AppState,
+    target: Target,
+    query: &Option<String>,
+    listing: Listing,
+) -> Result<LogQuery, ApiError> {
+    let max_days = match listing {
+        Listing::Logs => state.config.export.max_range_days,
+        Listing::Aggregate => state.config.logs.max_aggregate_days,
+    };
+    let range = DateRange::from_request(
+        query_param(query, "starttime").as_deref(),
+        query_param(query, "endtime").as_deref(),
+        query_param(query, "timezone").as_deref(),
+        chrono::Utc::now(),
+        max_days,
+    )
+    .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let performer = match query_param(query, "performer").filter(|p| !p.is_empty()) {
+        Some(p) => Some(Performer::parse(&p).map_err(|e| ApiError::InvalidRequest(e.to_string()))?),
+        None => None,
+    };
+    let kinds = match listing {
+        Listing::Logs => all_params(query, "kind")?,
+        Listing::Aggregate => Vec::new(),
+    };
+    Ok(LogQuery::new(
+        target.superuser,
+        target.namespace,
+        target.repository,
+        performer,
+        kinds,
+        range,
+    ))
+}
+
+/// Every value of a repeatable parameter (also comma-separated), validated as a log kind.
+fn all_params(query: &Option<String>, name: &str) -> Result<Vec<String>, ApiError> {
+    let Some(q) = query.as_deref() else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        if k != name {
+            continue;
+        }
+        for kind in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let valid = kind.len() <= 64
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(ApiError::InvalidRequest(format!(
+                    "invalid kind {:?}: log kinds are lowercase letters, digits and '_'",
+                    kind.chars().take(64).collect::<String>()
+                )));
+            }
+            out.push(kind.to_owned());
+        }
+    }
+    if out.len() > 64 {
+        return Err(ApiError::InvalidRequest("at most 64 kinds at once".into()));
+    }
+    Ok(out)
+}
+
+/// The `search_unavailable` answer, or the 400 for a refused token or filter.
+fn failure(e: LogsError, mut body: Value, empty_key: &str) -> Result<Json<Value>, ApiError> {
+    match e {
+        LogsError::BadToken(t) => Err(ApiError::InvalidRequest(t.to_string())),
+        LogsError::BadQuery(q) => Err(ApiError::InvalidRequest(q.to_string())),
+        LogsError::Unavailable { message, .. } => {
+            body[empty_key] = json!([]);
+            body["search_unavailable"] = json!(true);
+            body["message"] = json!(message);
+            Ok(Json(body))
+        }
+    }
+}
+
+async fn list_logs(
+    state: AppState,
+    target: Target,
+    query: Option<String>,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_query(&state, target, &query, Listing::Logs)?;
+    let base = json!({
+        "start_time": quay_datetime(&q.range.start),
+        "end_time": quay_datetime(&q.range.end),
+    });
+    let Some(service) = state.logs.clone() else {
+        return failure(not_configured(), base, "logs");
+    };
+    let next_page = query_param(&query, "next_page");
+    match service.lookup(&q, next_page.as_deref()).await {
+        Ok(page) => {
+            let logs: Vec<Value> = page
+                .logs
+                .iter()
+                .map(|e| {
+                    if q.superuser {
+                        serde_json::to_value(e.with_namespace())
+                    } else {
+                        serde_json::to_value(e)
+                    }
+                    .unwrap_or(Value::Null)
+                })
+                .collect();
+            let mut body = base;
+            body["logs"] = Value::Array(logs);
+            if let Some(token) = page.next_page {
+                body["next_page"] = json!(token);
+            }
+            Ok(Json(body))
+        }
+        Err(e) => failure(e, base, "logs"),
+    }
+}
+
+async fn list_aggregate(
+    state: AppState,
+    target: Target,
+    query: Option<String>,
+) -> Result<Json<Value>, ApiError> {
+    let q = parse_query(&state, target, &query, Listing::Aggregate)?;
+    let Some(service) = state.logs.clone() else {
+        return failure(not_configured(), json!({}), "aggregated");
+    };
+    match service.aggregate(&q).await {
+        Ok(counts) => Ok(Json(json!({ "aggregated": counts }))),
+        Err(e) => failure(e, json!({}), "aggregated"),
+    }
+}
+
+fn not_configured() -> LogsError {
+    crate::metrics::METRICS.incr("logexport_search_unavailable_total", "not_configured");
+    LogsError::Unavailable {
+        reason: "not_configured",
+        message: "Splunk is not configured: set the [splunk] section to read logs".into(),
+    }
+}
+
+async fn user_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = user_target(&caller)?;
+    list_logs(state, target, query).await
+}
+
+async fn user_aggregate(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = user_target(&caller)?;
+    list_aggregate(state, target, query).await
+}
+
+async fn org_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(orgname): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = org_target(&caller, &orgname)?;
+    list_logs(state, target, query).await
+}
+
+async fn org_aggregate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(orgname): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = org_target(&caller, &orgname)?;
+    list_aggregate(state, target, query).await
+}
+
+async fn repo_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, repository)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = repo_target(&caller, &namespace, &repository)?;
+    list_logs(state, target, query).await
+}
+
+async fn repo_aggregate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, repository)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = repo_target(&caller, &namespace, &repository)?;
+    list_aggregate(state, target, query).await
+}
+
+async fn superuser_logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = superuser_target(&caller)?;
+    list_logs(state, target, query).await
+}
+
+async fn superuser_aggregate(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let target = superuser_target(&caller)?;
+    list_aggregate(state, target, query).await
+}
