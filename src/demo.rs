@@ -68,14 +68,19 @@ pub async fn run() -> anyhow::Result<()> {
     tokio::spawn(api::serve(listener, state, shutdown.clone()));
     let handler = crate::export::handler(&config, storage.objects.clone())?;
     let workers = tokio::spawn(
-        WorkerPool::new(pool.clone(), WorkerSettings::from_config(&config.worker), handler)
-            .run(shutdown.clone()),
+        WorkerPool::new(
+            pool.clone(),
+            WorkerSettings::from_config(&config.worker),
+            handler,
+        )
+        .run(shutdown.clone()),
     );
     let mailer = crate::notify::mailer_from_config(&config.email)?;
     let notifier = Notifier::new(pool.clone(), &config, mailer)?;
-    let notifications = tokio::spawn(
-        notifier.run(QueueListener::spawn(pool.clone(), shutdown.clone()), shutdown.clone()),
-    );
+    let notifications = tokio::spawn(notifier.run(
+        QueueListener::spawn(pool.clone(), shutdown.clone()),
+        shutdown.clone(),
+    ));
     println!("  api             http://{api_addr}");
 
     let result = drive(&pool, &config, api_addr, &splunk, &spec, &output).await;
@@ -85,16 +90,25 @@ pub async fn run() -> anyhow::Result<()> {
     splunk.shutdown().await;
     let summary = result?;
     println!();
-    println!("export complete in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "export complete in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     println!("  export id       {}", summary.export_id);
-    println!("  rows            {} (checked against the emulator's data)", summary.rows);
+    println!(
+        "  rows            {} (checked against the emulator's data)",
+        summary.rows
+    );
     println!("  size            {} bytes", summary.size);
     println!("  export time     {:.2} s", summary.export_seconds);
     println!("  download link   {}", summary.link);
     println!("                  (signed, valid 1 hour, served by the API while it runs)");
     println!("  archive file    {}", summary.file.display());
     println!("  e-mail          {}", summary.mail.display());
-    println!("  fetch it        curl -s -o export.json file://{}", summary.file.display());
+    println!(
+        "  fetch it        curl -s -o export.json file://{}",
+        summary.file.display()
+    );
     Ok(())
 }
 
@@ -130,7 +144,8 @@ async fn drive(
     spec: &SyntheticSpec,
     output: &Path,
 ) -> anyhow::Result<Summary> {
-    let token = crate::api::auth::create_token(pool, "demo-admin", &[ORG.into()], &[], false).await?;
+    let token =
+        crate::api::auth::create_token(pool, "demo-admin", &[ORG.into()], &[], false).await?;
     let client = reqwest::Client::new();
     let url = format!(
         "http://{api}/api/v1/organization/{ORG}/exportlogs?starttime=01/01/2024&endtime=01/07/2024"
@@ -147,13 +162,22 @@ async fn drive(
     if !status.is_success() {
         bail!("the API refused the export: {status} {body}");
     }
-    let export_id = body["export_id"].as_str().context("no export_id")?.to_owned();
+    let export_id = body["export_id"]
+        .as_str()
+        .context("no export_id")?
+        .to_owned();
     println!("  -> {body}");
 
     let status_url = format!("http://{api}/api/v1/exportlogs/{export_id}");
     let deadline = Instant::now() + Duration::from_secs(300);
     let done = loop {
-        let status: Value = client.get(&status_url).bearer_auth(&token).send().await?.json().await?;
+        let status: Value = client
+            .get(&status_url)
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
         let state = status["state"].as_str().unwrap_or_default().to_owned();
         println!(
             "  {:<10} {:>8} logs  {:>11} bytes  notification: {}",
@@ -162,7 +186,10 @@ async fn drive(
             status["bytes_written"],
             status["notification"]["state"].as_str().unwrap_or_default()
         );
-        let notified = matches!(status["notification"]["state"].as_str(), Some("delivered" | "failed"));
+        let notified = matches!(
+            status["notification"]["state"].as_str(),
+            Some("delivered" | "failed")
+        );
         if state != "queued" && state != "running" && notified {
             break status;
         }
@@ -175,10 +202,21 @@ async fn drive(
         bail!("the export ended {}: {}", done["state"], done["last_error"]);
     }
 
-    let link = done["exported_data_url"].as_str().context("no download link")?.to_owned();
-    let archive = client.get(&link).send().await?.error_for_status()?.bytes().await?;
+    let link = done["exported_data_url"]
+        .as_str()
+        .context("no download link")?
+        .to_owned();
+    let archive = client
+        .get(&link)
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
     let doc: Value = serde_json::from_slice(&archive).context("the archive is not valid JSON")?;
-    let logs = doc["logs"].as_array().context("the archive has no logs array")?;
+    let logs = doc["logs"]
+        .as_array()
+        .context("the archive has no logs array")?;
     if logs.last() != Some(&serde_json::json!({"terminator": true})) {
         bail!("the archive does not end with the terminator");
     }
@@ -201,7 +239,11 @@ async fn drive(
         .fetch_one(pool)
         .await?;
     let file = config.storage.local.path.join(key.replace('/', "_"));
-    let file = if file.exists() { file } else { find_newest(&config.storage.local.path)? };
+    let file = if file.exists() {
+        file
+    } else {
+        find_newest(&config.storage.local.path)?
+    };
     Ok(Summary {
         export_id,
         rows,
