@@ -735,3 +735,9 @@ async fn cancel_stops_a_running_export_and_aborts_its_upload() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn the_demo_runs_end_to_end_and_checks_its_archive() {
+    // README command 1, in-process: it fails unless the archive it downloads back is complete.
+    logexport::demo::run().await.expect("demo");
+}
