@@ -106,6 +106,7 @@ impl Notifier {
         let mut email_done = row.email_done;
         let mut callback_done = row.callback_done;
         let mut retry: Vec<String> = Vec::new();
+        let mut hint: Option<Duration> = None;
         let mut gave_up: Vec<String> = Vec::new();
 
         if let (false, Some(address)) = (email_done, row.callback_email.as_deref()) {
@@ -138,7 +139,11 @@ impl Notifier {
         }
 
         let result = if !retry.is_empty() {
-            let delay = self.retry.delay(row.notify_attempts.max(1) as u32);
+            // The receiver's own Retry-After wins when it asks for more time than our backoff.
+            let delay = self
+                .retry
+                .delay(row.notify_attempts.max(1) as u32)
+                .max(hint.unwrap_or_default());
             tracing::warn!(reasons = ?retry, retry_in = ?delay, "notification will be retried");
             NotifyResult::RetryAfter(delay, retry.join("; "))
         } else if !gave_up.is_empty() {
@@ -198,6 +203,13 @@ impl Notifier {
                 true
             }
         }
+    }
+}
+
+fn retry_after(delivery: &Delivery) -> Option<Duration> {
+    match delivery {
+        Delivery::Retry { retry_after, .. } => *retry_after,
+        _ => None,
     }
 }
 
