@@ -114,6 +114,7 @@ impl Notifier {
                 Ok(to) => self.mailer.send(&to, &notice).await,
                 Err(e) => Delivery::give_up(e.to_string()),
             };
+            hint = hint.max(retry_after(&delivery));
             email_done = self.classify(
                 "email",
                 delivery,
@@ -128,6 +129,7 @@ impl Notifier {
                 Ok(url) => self.callbacks.send(&url, &notice).await,
                 Err(e) => Delivery::give_up(e.to_string()),
             };
+            hint = hint.max(retry_after(&delivery));
             callback_done = self.classify(
                 "callback",
                 delivery,
