@@ -9,6 +9,7 @@ mod emulator;
 mod export;
 mod logs;
 mod notify;
+mod outage;
 mod queue;
 mod splunk;
 mod storage;
