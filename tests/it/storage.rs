@@ -5,8 +5,8 @@ mod local;
 
 use std::time::Duration;
 
+use crate::helpers::garage_s3_config;
 use bytes::Bytes;
-use logexport::config::{S3Config, Secret};
 use logexport::domain::ExportId;
 use logexport::storage::{ObjectMeta, ObjectStore, S3Store, Upload, object_key};
 use rand::rngs::StdRng;
@@ -14,60 +14,26 @@ use rand::{Rng, RngCore, SeedableRng};
 
 const MIB: usize = 1024 * 1024;
 
-struct GarageEnv {
-    endpoint: String,
-    region: String,
-    bucket: String,
-    access_key: String,
-    secret_key: String,
-}
-
-fn garage_env() -> GarageEnv {
-    let var = |name: &str| {
-        std::env::var(name).unwrap_or_else(|_| {
-            panic!(
-                "{name} is not set: start Garage with deploy/garage.sh (or run deploy/test.sh), \
-                 then `source .test-env/garage.env`"
-            )
-        })
-    };
-    GarageEnv {
-        endpoint: var("LOGEXPORT_TEST_S3_ENDPOINT"),
-        region: var("LOGEXPORT_TEST_S3_REGION"),
-        bucket: var("LOGEXPORT_TEST_S3_BUCKET"),
-        access_key: var("LOGEXPORT_TEST_S3_ACCESS_KEY"),
-        secret_key: var("LOGEXPORT_TEST_S3_SECRET_KEY"),
-    }
-}
-
-fn s3_config(env: &GarageEnv) -> S3Config {
-    S3Config {
-        bucket: env.bucket.clone(),
-        region: env.region.clone(),
-        endpoint_url: Some(env.endpoint.clone()),
-        force_path_style: true,
-        access_key_id: Secret::new(env.access_key.clone()),
-        secret_access_key: Secret::new(env.secret_key.clone()),
-        part_size_mib: 5,
-        checksum: "when_required".into(),
-    }
-}
-
 async fn garage() -> S3Store {
-    S3Store::from_config(&s3_config(&garage_env()))
+    S3Store::from_config(&garage_s3_config())
         .await
         .expect("S3 store from the Garage env")
 }
 
 /// A raw SDK client, to create uploads the store would never leave behind by itself.
 async fn raw_client() -> (aws_sdk_s3::Client, String) {
-    let env = garage_env();
-    let creds =
-        aws_sdk_s3::config::Credentials::new(&env.access_key, &env.secret_key, None, None, "test");
+    let env = garage_s3_config();
+    let creds = aws_sdk_s3::config::Credentials::new(
+        env.access_key_id.expose(),
+        env.secret_access_key.expose(),
+        None,
+        None,
+        "test",
+    );
     let conf = aws_sdk_s3::config::Builder::new()
         .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
         .region(aws_sdk_s3::config::Region::new(env.region.clone()))
-        .endpoint_url(&env.endpoint)
+        .endpoint_url(env.endpoint_url.clone().unwrap_or_default())
         .force_path_style(true)
         .credentials_provider(creds)
         .build();
@@ -185,7 +151,7 @@ async fn multipart_upload_downloads_byte_identical_through_presigned_link() {
 
 #[tokio::test]
 async fn multipart_upload_with_checksums_when_supported() {
-    let mut config = s3_config(&garage_env());
+    let mut config = garage_s3_config();
     config.checksum = "when_supported".into();
     let store = S3Store::from_config(&config).await.unwrap();
     let key = object_key(&prefix(), ExportId::new(), "ndjson");
