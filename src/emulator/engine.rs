@@ -285,6 +285,36 @@ pub fn run(plan: &Plan, ctx: &Ctx, store: &Store, cancel: &AtomicBool) -> Result
     ResultSet::Rows(materialise(plan, ctx, store))
 }
 
+/// For `stats count by` after row operations that are all `strftime(_time)`: per `by` field, the
+/// format computing it, or `None` for a plain event field. `None` when another operation runs.
+fn time_bucket_keys<'p>(
+    plan: &'p Plan,
+    by: &[String],
+) -> Option<Vec<Option<&'p super::timefmt::StrftimeFormat>>> {
+    let mut targets = Vec::new();
+    for op in &plan.row_ops {
+        match op {
+            Command::Strftime {
+                target,
+                source,
+                format,
+            } if source == "_time" => targets.push((target.as_str(), format)),
+            _ => return None,
+        }
+    }
+    Some(
+        by.iter()
+            .map(|f| {
+                targets
+                    .iter()
+                    .rev()
+                    .find(|(t, _)| *t == f)
+                    .map(|(_, fmt)| *fmt)
+            })
+            .collect(),
+    )
+}
+
 /// Runs the plan's materialising commands and returns the final rows.
 pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
     let mut rest = plan.rest.as_slice();
@@ -292,9 +322,29 @@ pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
         Some(Command::StatsCount { by }) => {
             rest = &rest[1..];
             let mut groups: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+            let time_keys = time_bucket_keys(plan, by);
+            let mut memo: Vec<(Micros, String)> = vec![(Micros::MIN, String::new()); by.len()];
             for e in events(plan, ctx, store) {
                 let key: Option<Vec<String>> = if plan.row_ops.is_empty() {
                     by.iter().map(|f| e.field_value(f, ctx)).collect()
+                } else if let Some(formats) = &time_keys {
+                    // `eval x=strftime(_time, …) | stats count by x, …`: format only the time,
+                    // once per step the format can distinguish (events arrive in time order).
+                    let t = e.time(ctx);
+                    by.iter()
+                        .zip(formats)
+                        .zip(memo.iter_mut())
+                        .map(|((f, format), slot)| match format {
+                            Some(format) => {
+                                let step = t.div_euclid(format.granularity());
+                                if slot.0 != step {
+                                    *slot = (step, format.format(t));
+                                }
+                                Some(slot.1.clone())
+                            }
+                            None => e.field_value(f, ctx),
+                        })
+                        .collect()
                 } else {
                     let mut row = e.to_row(ctx);
                     plan.row_ops

@@ -136,6 +136,27 @@ impl StrftimeFormat {
         Some(Self(translated))
     }
 
+    /// The coarsest time step the format cannot tell apart (a day, an hour, a minute or a
+    /// second), so results can be reused across events in the same step.
+    pub fn granularity(&self) -> Micros {
+        const SECOND: Micros = 1_000_000;
+        let has = |spec: &str| self.0.contains(spec);
+        if ["%f", "%3f", "%6f", "%9f", "%.f", "%s", "%c", "%+"]
+            .iter()
+            .any(|s| has(s))
+        {
+            1
+        } else if ["%S", "%T", "%r", "%X"].iter().any(|s| has(s)) {
+            SECOND
+        } else if ["%M", "%R"].iter().any(|s| has(s)) {
+            60 * SECOND
+        } else if ["%H", "%I", "%k", "%l", "%p", "%P"].iter().any(|s| has(s)) {
+            3600 * SECOND
+        } else {
+            86_400 * SECOND
+        }
+    }
+
     /// Formats a time in UTC.
     pub fn format(&self, t: Micros) -> String {
         match Utc.timestamp_micros(t).single() {
