@@ -146,12 +146,18 @@ fn print_header() {
                 .find(|l| l.starts_with("MemTotal:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
-        .map_or_else(|| "?".into(), |kib| format!("{:.1} GiB", kib as f64 / 1048576.0));
+        .map_or_else(
+            || "?".into(),
+            |kib| format!("{:.1} GiB", kib as f64 / 1048576.0),
+        );
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let command = if args.is_empty() {
         "cargo bench --bench logexport-bench".to_owned()
     } else {

@@ -29,7 +29,11 @@ impl Databases {
     }
 
     /// Recreates `logexport_bench_<suffix>` empty and migrated; returns its URL and a pool.
-    pub async fn fresh(&self, suffix: &str, max_connections: u32) -> anyhow::Result<(String, PgPool)> {
+    pub async fn fresh(
+        &self,
+        suffix: &str,
+        max_connections: u32,
+    ) -> anyhow::Result<(String, PgPool)> {
         let name = format!("logexport_bench_{suffix}");
         self.drop_database(&name).await?;
         let url = self.url(suffix);

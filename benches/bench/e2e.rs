@@ -43,7 +43,9 @@ impl FormatSpec {
             None => (value, "none"),
         };
         Ok(Self {
-            format: format.parse().with_context(|| format!("--formats {value}"))?,
+            format: format
+                .parse()
+                .with_context(|| format!("--formats {value}"))?,
             compression: compression
                 .parse()
                 .with_context(|| format!("--formats {value}"))?,
@@ -109,7 +111,10 @@ impl Target<'_> {
     fn configure(&self, env: &mut Vec<(String, String)>, config: &mut Config) {
         let mut set = |k: &str, v: &str| env.push((k.to_owned(), v.to_owned()));
         config.export.object_prefix = "bench/exportedactionlogs/".into();
-        set("LOGEXPORT_EXPORT__OBJECT_PREFIX", &config.export.object_prefix);
+        set(
+            "LOGEXPORT_EXPORT__OBJECT_PREFIX",
+            &config.export.object_prefix,
+        );
         match self {
             Target::Local(dir) => {
                 set("LOGEXPORT_STORAGE__KIND", "local");
@@ -262,9 +267,9 @@ async fn export_section(
                 {
                     continue;
                 }
-                let run = export_once(bench, target, spec, n)
-                    .await
-                    .with_context(|| format!("{} {} export of {n} events", target.name(), spec.label()))?;
+                let run = export_once(bench, target, spec, n).await.with_context(|| {
+                    format!("{} {} export of {n} events", target.name(), spec.label())
+                })?;
                 let logs_per_sec = n as f64 / run.export_seconds;
                 if matches!(target, Target::Local(_)) {
                     rss.entry(spec.label()).or_default().push((n, run.peak_rss));
@@ -333,7 +338,10 @@ async fn export_once(
         ("LOGEXPORT_SPLUNK__HOST".into(), "127.0.0.1".into()),
         ("LOGEXPORT_SPLUNK__PORT".into(), emulator.port.to_string()),
         ("LOGEXPORT_SPLUNK__URL_SCHEME".into(), "http".into()),
-        ("LOGEXPORT_SPLUNK__BEARER_TOKEN".into(), emulator.token.clone()),
+        (
+            "LOGEXPORT_SPLUNK__BEARER_TOKEN".into(),
+            emulator.token.clone(),
+        ),
         ("LOGEXPORT_EMAIL__TRANSPORT".into(), "none".into()),
         ("LOGEXPORT_WORKER__CONCURRENCY".into(), "1".into()),
     ];
@@ -422,7 +430,8 @@ async fn export_once(
 /// A cheap content check that the file is the requested encoding.
 fn check_prefix(path: &Path, spec: FormatSpec) -> anyhow::Result<()> {
     let mut head = [0u8; 16];
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     file.read_exact(&mut head).context("reading the archive")?;
     let expected: &[u8] = match (spec.compression, spec.format) {
         (Compression::Gzip, _) => &[0x1f, 0x8b],

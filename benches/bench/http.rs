@@ -23,10 +23,12 @@ struct ClientResult {
 }
 
 /// Runs section 3 and prints its table.
-pub async fn run(databases: &Databases, seconds: Duration, concurrency: usize) -> anyhow::Result<()> {
-    let (_, pool) = databases
-        .fresh("http", concurrency.min(32) as u32)
-        .await?;
+pub async fn run(
+    databases: &Databases,
+    seconds: Duration,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let (_, pool) = databases.fresh("http", concurrency.min(32) as u32).await?;
     let orgs: Vec<String> = (0..ORGS).map(|i| format!("benchorg{i}")).collect();
     let token = api::auth::create_token(&pool, "bench", &orgs, &[], false).await?;
     let state = AppState::new(pool.clone(), Arc::new(Config::default()));
@@ -53,7 +55,10 @@ pub async fn run(databases: &Databases, seconds: Duration, concurrency: usize) -
         .await?;
     pool.close().await;
 
-    let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.latencies.iter().copied()).collect();
+    let mut latencies: Vec<Duration> = results
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
     latencies.sort_unstable();
     let errors: u64 = results.iter().map(|r| r.errors).sum();
     if let Some(e) = results.iter().find_map(|r| r.first_error.clone()) {
@@ -69,7 +74,9 @@ pub async fn run(databases: &Databases, seconds: Duration, concurrency: usize) -
             "HTTP enqueue (`POST /api/v1/organization/<org>/exportlogs`, {concurrency} in flight, {:.0} s)",
             elapsed.as_secs_f64()
         ),
-        &["requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms"],
+        &[
+            "requests", "errors", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
+        ],
     );
     table.row(vec![
         thousands(ok),

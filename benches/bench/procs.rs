@@ -111,7 +111,10 @@ impl Emulator {
             .context("the emulator did not get ready within 30 s")?
             .context("reading the emulator's stdout")?
             .with_context(|| {
-                format!("the emulator exited before getting ready; see {}", spec.log.display())
+                format!(
+                    "the emulator exited before getting ready; see {}",
+                    spec.log.display()
+                )
             })?;
         let base_url = line
             .strip_prefix("splunk-emulator listening on ")
@@ -144,7 +147,12 @@ pub struct Worker {
 impl Worker {
     /// Starts `logexport work` in `dir` (so no config file is picked up) with exactly `env` as
     /// its `LOGEXPORT_*`/`DATABASE_URL` settings, logging to `log`.
-    pub fn start(bin: &Path, env: &[(String, String)], dir: &Path, log: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        bin: &Path,
+        env: &[(String, String)],
+        dir: &Path,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let log = std::fs::File::create(log).context("creating the worker log file")?;
         let mut command = Command::new(bin);
         command.arg("work").current_dir(dir);

@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use logexport::config::WorkerConfig;
-use logexport::domain::{
-    Compression, DateRange, ExportFormat, ExportScope, Namespace,
-};
+use logexport::domain::{Compression, DateRange, ExportFormat, ExportScope, Namespace};
 use logexport::queue::{NewExport, storage};
 use logexport::worker::{NoopHandler, WorkerPool, WorkerSettings};
 use sqlx::PgPool;
@@ -22,6 +20,8 @@ const JOBS: i64 = 20_000;
 const NAMESPACES: i64 = 1_000;
 const CLAIM_CONCURRENCY: usize = 16;
 const PICKUP_JOBS: usize = 200;
+/// How long the claim benchmark may run before it reports what it has.
+const CLAIM_TIME_LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs sections 4 and 5 and prints their tables.
 pub async fn run(databases: &Databases) -> anyhow::Result<()> {
@@ -33,7 +33,9 @@ pub async fn run(databases: &Databases) -> anyhow::Result<()> {
         .context("connecting the monitor")?;
     let result = async {
         claim_throughput(&pool, &monitor).await?;
-        sqlx::query("TRUNCATE export_jobs").execute(&monitor).await?;
+        sqlx::query("TRUNCATE export_jobs")
+            .execute(&monitor)
+            .await?;
         pickup_latency(&pool, &monitor).await
     }
     .await;
@@ -78,38 +80,64 @@ async fn claim_throughput(pool: &PgPool, monitor: &PgPool) -> anyhow::Result<()>
     let shutdown = CancellationToken::new();
     let began = Instant::now();
     let workers = tokio::spawn(
-        WorkerPool::new(pool.clone(), settings(CLAIM_CONCURRENCY), Arc::new(NoopHandler))
-            .run(shutdown.clone()),
+        WorkerPool::new(
+            pool.clone(),
+            settings(CLAIM_CONCURRENCY),
+            Arc::new(NoopHandler),
+        )
+        .run(shutdown.clone()),
     );
-    let deadline = began + Duration::from_secs(600);
-    while count_succeeded(monitor).await? < JOBS {
-        anyhow::ensure!(Instant::now() < deadline, "the jobs did not all finish within 10 minutes");
+    // A slow queue is a result to report, not a reason to stall the whole benchmark.
+    let deadline = began + CLAIM_TIME_LIMIT;
+    let mut done = count_succeeded(monitor).await?;
+    while done < JOBS && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        done = count_succeeded(monitor).await?;
     }
     let wall = began.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = workers.await;
     let db_seconds: f64 = sqlx::query_scalar(
-        "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8 FROM export_jobs",
+        "SELECT coalesce(EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8, 0)
+         FROM export_jobs WHERE state = 'succeeded'",
     )
     .fetch_one(monitor)
     .await?;
-    let per_sec = JOBS as f64 / db_seconds;
+    let per_sec = done as f64 / db_seconds.max(1e-3);
 
     let mut table = Table::new(
         format!(
             "Queue claim + complete (in-process WorkerPool, NoopHandler, concurrency {CLAIM_CONCURRENCY}, pool 20 connections)"
         ),
-        &["jobs", "namespaces", "seconds (first start → last finish)", "wall s", "jobs/s"],
+        &[
+            "jobs done",
+            "jobs queued",
+            "namespaces",
+            "seconds (first start → last finish)",
+            "wall s",
+            "jobs/s",
+        ],
     );
     table.row(vec![
+        thousands(done.max(0) as u64),
         thousands(JOBS as u64),
         thousands(NAMESPACES as u64),
         format!("{db_seconds:.2}"),
         format!("{wall:.2}"),
         rate(per_sec),
     ]);
-    table.note(format!("- target ≥ 1,000 jobs/s: {}", verdict(per_sec >= 1000.0)));
+    if done < JOBS {
+        table.note(format!(
+            "- stopped after {} s with {} of {} jobs done",
+            CLAIM_TIME_LIMIT.as_secs(),
+            thousands(done.max(0) as u64),
+            thousands(JOBS as u64)
+        ));
+    }
+    table.note(format!(
+        "- target ≥ 1,000 jobs/s: {}",
+        verdict(per_sec >= 1000.0)
+    ));
     table.print();
     Ok(())
 }
@@ -146,7 +174,10 @@ async fn pickup_latency(pool: &PgPool, monitor: &PgPool) -> anyhow::Result<()> {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while count_succeeded(monitor).await? < PICKUP_JOBS as i64 {
-        anyhow::ensure!(Instant::now() < deadline, "pickup jobs did not finish within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pickup jobs did not finish within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shutdown.cancel();
