@@ -101,10 +101,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let databases = db::Databases::from_env();
 
     let mut failures = Vec::new();
-    if !args.skip_e2e {
-        if let Err(e) = e2e::run(&binaries, &databases, &sizes, &formats).await {
-            failures.push(format!("end-to-end: {e:#}"));
-        }
+    if !args.skip_e2e
+        && let Err(e) = e2e::run(&binaries, &databases, &sizes, &formats).await
+    {
+        failures.push(format!("end-to-end: {e:#}"));
     }
     // The read-side (logs listing) benchmark section goes here; it is written separately.
     if !args.skip_http {
@@ -114,10 +114,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             failures.push(format!("HTTP enqueue: {e:#}"));
         }
     }
-    if !args.skip_queue {
-        if let Err(e) = queue::run(&databases).await {
-            failures.push(format!("queue: {e:#}"));
-        }
+    if !args.skip_queue
+        && let Err(e) = queue::run(&databases).await
+    {
+        failures.push(format!("queue: {e:#}"));
     }
     databases.drop_all().await;
     if failures.is_empty() {

@@ -290,7 +290,14 @@ async fn export_section(
             }
         }
     }
-    if s3.is_none() {
+    if let Some(s3) = &s3 {
+        table.note(format!(
+            "S3 runs ({}, bucket {}): json formats up to {} events.",
+            s3.endpoint,
+            s3.bucket,
+            thousands(S3_MAX_EVENTS)
+        ));
+    } else {
         table.note("S3 runs skipped: set LOGEXPORT_TEST_S3_* (`source .test-env/garage.env`).");
     }
     for (n, logs_per_sec) in json_rates {
