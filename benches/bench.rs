@@ -21,6 +21,8 @@ mod procs;
 mod queue;
 #[path = "bench/table.rs"]
 mod table;
+#[path = "bench/targets.rs"]
+mod targets;
 
 use std::time::Duration;
 
