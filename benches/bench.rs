@@ -1,1 +1,174 @@
-fn main() {}
+//! The logexport benchmark: measures, on this machine and in one run, the emulator's export
+//! ceiling, end-to-end export throughput and worker memory, HTTP enqueue throughput and latency,
+//! queue claim throughput and pickup latency; prints one Markdown table per section.
+//!
+//! Run with `cargo bench --bench logexport-bench -- [--quick] [--sizes N,..] [--formats F,..]
+//! [--skip-e2e] [--skip-http] [--skip-queue]`. It builds the release `logexport` and
+//! `splunk-emulator` binaries first (they run as separate processes) and needs Postgres on
+//! 127.0.0.1:5432 (override with `LOGEXPORT_BENCH_DATABASE_URL`, a URL without database name).
+
+#[path = "bench/ceiling.rs"]
+mod ceiling;
+#[path = "bench/db.rs"]
+mod db;
+#[path = "bench/e2e.rs"]
+mod e2e;
+#[path = "bench/http.rs"]
+mod http;
+#[path = "bench/procs.rs"]
+mod procs;
+#[path = "bench/queue.rs"]
+mod queue;
+#[path = "bench/table.rs"]
+mod table;
+#[path = "bench/targets.rs"]
+mod targets;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+use e2e::{FormatSpec, TOTAL_EVENTS};
+
+/// Command-line options (after `cargo bench --bench logexport-bench --`).
+#[derive(Debug, Parser)]
+#[command(name = "logexport-bench")]
+struct Args {
+    /// Only 100k and 1M events for the end-to-end section, and shorter HTTP runs.
+    #[arg(long)]
+    quick: bool,
+    /// Export sizes in events, comma-separated (at most 10,000,000).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<u64>>,
+    /// Archive formats: json, json+gzip, csv (also ndjson, csv+gzip, ndjson+gzip).
+    #[arg(long, value_delimiter = ',')]
+    formats: Option<Vec<String>>,
+    /// Skip the emulator ceiling and end-to-end export sections.
+    #[arg(long)]
+    skip_e2e: bool,
+    /// Skip the HTTP enqueue section.
+    #[arg(long)]
+    skip_http: bool,
+    /// Skip the queue claim and pickup-latency sections.
+    #[arg(long)]
+    skip_queue: bool,
+    /// Seconds the HTTP enqueue load runs (default 10, 5 with --quick).
+    #[arg(long)]
+    http_seconds: Option<u64>,
+    /// Concurrent in-flight HTTP requests.
+    #[arg(long, default_value_t = 32)]
+    http_concurrency: usize,
+    /// Do not run `cargo build --release --bins` first (use the binaries already built).
+    #[arg(long)]
+    no_build: bool,
+    /// Passed by `cargo bench` to every bench binary; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    logexport::telemetry::install_crypto_provider();
+    let sizes = match &args.sizes {
+        Some(s) => s.clone(),
+        None if args.quick => vec![100_000, 1_000_000],
+        None => vec![100_000, 1_000_000, 10_000_000],
+    };
+    anyhow::ensure!(
+        sizes.iter().all(|&n| n > 0 && n <= TOTAL_EVENTS),
+        "--sizes must be between 1 and {TOTAL_EVENTS}"
+    );
+    let formats = match &args.formats {
+        Some(f) => f
+            .iter()
+            .map(|s| FormatSpec::parse(s))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => ["json", "json+gzip", "csv"]
+            .iter()
+            .map(|s| FormatSpec::parse(s))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+
+    print_header();
+    let binaries = procs::Binaries::prepare(!args.no_build)?;
+    let databases = db::Databases::from_env();
+
+    let mut failures = Vec::new();
+    if !args.skip_e2e
+        && let Err(e) = e2e::run(&binaries, &databases, &sizes, &formats).await
+    {
+        failures.push(format!("end-to-end: {e:#}"));
+    }
+    // The read-side (logs listing) benchmark section goes here; it is written separately.
+    if !args.skip_http {
+        let default = if args.quick { 5 } else { 10 };
+        let seconds = Duration::from_secs(args.http_seconds.unwrap_or(default));
+        if let Err(e) = http::run(&databases, seconds, args.http_concurrency.max(1)).await {
+            failures.push(format!("HTTP enqueue: {e:#}"));
+        }
+    }
+    if !args.skip_queue
+        && let Err(e) = queue::run(&databases).await
+    {
+        failures.push(format!("queue: {e:#}"));
+    }
+    databases.drop_all().await;
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("some sections failed:\n  {}", failures.join("\n  "))
+    }
+}
+
+/// The machine facts and the command line, so a table can be reproduced and judged.
+fn print_header() {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or_else(
+            || "?".into(),
+            |kib| format!("{:.1} GiB", kib as f64 / 1048576.0),
+        );
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let command = if args.is_empty() {
+        "cargo bench --bench logexport-bench".to_owned()
+    } else {
+        format!("cargo bench --bench logexport-bench -- {}", args.join(" "))
+    };
+    println!("# logexport benchmark\n");
+    println!(
+        "Machine: {cpus} CPUs ({model}), {memory} RAM, load average at start {load}; {}\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
+    );
+    println!("Command: `{command}`\n");
+}
