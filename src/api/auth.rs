@@ -1,5 +1,9 @@
 //! Bearer-token callers, their permissions, and the token table.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -76,14 +80,54 @@ pub async fn create_token(
     Ok(token)
 }
 
-async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Caller>, ApiError> {
-    Ok(sqlx::query_as(
+/// Known tokens for a few seconds, so a busy client costs no database round trip per request
+/// for authentication. A revoked token stops working within [`TokenCache::TTL`].
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+}
+
+impl TokenCache {
+    /// How long a looked-up token is trusted without asking the database again.
+    pub const TTL: Duration = Duration::from_secs(10);
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, key: &[u8]) -> Option<Caller> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < Self::TTL)
+            .map(|(caller, _)| caller.clone())
+    }
+
+    fn put(&self, key: Vec<u8>, caller: Caller) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(key, (caller, Instant::now()));
+    }
+}
+
+async fn lookup(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
+    let key = hash(token);
+    if let Some(caller) = state.tokens.get(&key) {
+        return Ok(Some(caller));
+    }
+    let caller: Option<Caller> = sqlx::query_as(
         "SELECT username, admin_orgs, admin_repos, superuser FROM api_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL",
     )
-    .bind(hash(token))
-    .fetch_optional(pool)
-    .await?)
+    .bind(&key)
+    .fetch_optional(&state.pool)
+    .await?;
+    if let Some(caller) = &caller {
+        state.tokens.put(key, caller.clone());
+    }
+    Ok(caller)
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -100,9 +144,7 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or(ApiError::Unauthorized)?;
-        let caller = lookup(&state.pool, token)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        let caller = lookup(state, token).await?.ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("caller", caller.username.as_str());
         Ok(caller)
     }

@@ -34,6 +34,8 @@ pub struct AppState {
     pub local_store: Option<Arc<LocalStore>>,
     /// The logs/aggregatelogs read side; `None` when the `[splunk]` section is unusable.
     pub logs: Option<Arc<crate::logs::LogsService>>,
+    /// Recently seen API tokens.
+    pub tokens: Arc<auth::TokenCache>,
 }
 
 impl AppState {
@@ -53,6 +55,7 @@ impl AppState {
             allow,
             local_store: None,
             logs,
+            tokens: Arc::default(),
         }
     }
 
