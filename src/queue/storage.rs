@@ -19,38 +19,55 @@ fn secs(d: Duration) -> f64 {
 /// Inserts a new export and wakes a worker. With an idempotency key seen from the same caller
 /// within 24 hours, returns the earlier export's id instead and inserts nothing.
 pub async fn enqueue(pool: &PgPool, export: &NewExport) -> sqlx::Result<ExportId> {
+    let Some(key) = &export.idempotency_key else {
+        let id = ExportId::new();
+        insert(&mut *pool.acquire().await?, id, export).await?;
+        return Ok(id);
+    };
     let mut tx = pool.begin().await?;
-    if let Some(key) = &export.idempotency_key {
-        // Serialize concurrent requests carrying the same key from the same caller.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
-            .bind(&export.requested_by)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        let earlier: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, created_at FROM export_jobs WHERE requested_by = $1 AND idempotency_key = $2",
-        )
+    // Serialize concurrent requests carrying the same key from the same caller.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
         .bind(&export.requested_by)
         .bind(key)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
-        if let Some((id, created_at)) = earlier {
-            if Utc::now() - created_at < chrono::Duration::hours(24) {
-                tx.commit().await?;
-                return Ok(ExportId(id));
-            }
-            sqlx::query("UPDATE export_jobs SET idempotency_key = NULL WHERE id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+    let earlier: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, created_at FROM export_jobs WHERE requested_by = $1 AND idempotency_key = $2",
+    )
+    .bind(&export.requested_by)
+    .bind(key)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((id, created_at)) = earlier {
+        if Utc::now() - created_at < chrono::Duration::hours(24) {
+            tx.commit().await?;
+            return Ok(ExportId(id));
         }
+        sqlx::query("UPDATE export_jobs SET idempotency_key = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
     }
     let id = ExportId::new();
+    insert(&mut tx, id, export).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Inserts the job and wakes idle workers in one statement.
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    id: ExportId,
+    export: &NewExport,
+) -> sqlx::Result<()> {
     sqlx::query(
-        "INSERT INTO export_jobs (id, scope, namespace, repository, requested_by, start_time, end_time,
-             timezone, format, compression, callback_url, callback_email, idempotency_key,
-             max_attempts, webhook_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        "WITH job AS (
+             INSERT INTO export_jobs (id, scope, namespace, repository, requested_by, start_time,
+                 end_time, timezone, format, compression, callback_url, callback_email,
+                 idempotency_key, max_attempts, webhook_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             RETURNING id)
+         SELECT pg_notify($16, '') FROM job",
     )
     .bind(id.0)
     .bind(export.scope.as_str())
@@ -67,11 +84,10 @@ pub async fn enqueue(pool: &PgPool, export: &NewExport) -> sqlx::Result<ExportId
     .bind(&export.idempotency_key)
     .bind(export.max_attempts as i32)
     .bind(format!("msg_{}", Uuid::new_v4().simple()))
-    .execute(&mut *tx)
+    .bind(CHANNEL_NEW_JOB)
+    .execute(conn)
     .await?;
-    notify(&mut tx, CHANNEL_NEW_JOB).await?;
-    tx.commit().await?;
-    Ok(id)
+    Ok(())
 }
 
 async fn notify(tx: &mut Transaction<'_, Postgres>, channel: &str) -> sqlx::Result<()> {
@@ -234,16 +250,21 @@ pub async fn finish(
     } else {
         "pending"
     };
-    let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE export_jobs
-         SET state = $3, last_error = coalesce($4, last_error), lease_expires_at = NULL,
-             finished_at = now(), updated_at = now(),
-             object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
-             logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
-             bytes_written = coalesce($10, bytes_written),
-             notify_state = $11, notify_run_at = now()
-         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    // One statement (one round trip, its own transaction): the outcome, the pending notice and
+    // the notifier's wake-up commit together.
+    let (updated, _woken): (i64, i64) = sqlx::query_as(
+        "WITH done AS (
+             UPDATE export_jobs
+             SET state = $3, last_error = coalesce($4, last_error), lease_expires_at = NULL,
+                 finished_at = now(), updated_at = now(),
+                 object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
+                 logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
+                 bytes_written = coalesce($10, bytes_written),
+                 notify_state = $11, notify_run_at = now()
+             WHERE id = $1 AND attempt = $2 AND state = 'running'
+             RETURNING notify_state),
+         woke AS (SELECT pg_notify($12, '') FROM done WHERE notify_state = 'pending')
+         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke)",
     )
     .bind(id.0)
     .bind(attempt)
@@ -256,15 +277,10 @@ pub async fn finish(
     .bind(result.map(|r| r.logs_skipped as i64))
     .bind(result.map(|r| r.bytes_written as i64))
     .bind(notify_state)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if updated && notify_state == "pending" {
-        notify(&mut tx, CHANNEL_NOTIFY).await?;
-    }
-    tx.commit().await?;
-    Ok(updated)
+    .bind(CHANNEL_NOTIFY)
+    .fetch_one(pool)
+    .await?;
+    Ok(updated == 1)
 }
 
 /// Puts the job back in the queue to run again after `delay`. Returns false when fenced out.
