@@ -143,32 +143,31 @@ pub async fn claim_next(
             .bind(&namespace)
             .execute(&mut *tx)
             .await?;
-        let running: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM export_jobs
-             WHERE namespace = $1 AND state = 'running' AND lease_expires_at >= now() AND id <> $2",
-        )
-        .bind(&namespace)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if running >= i64::from(per_namespace_limit) {
-            tx.rollback().await?;
-            skipped.push(namespace);
-            continue;
-        }
-        let row: ExportRow = sqlx::query_as(
+        // Under the lock this statement's snapshot includes every committed claim in the
+        // namespace, so counting and claiming in one statement is race-free.
+        let row: Option<ExportRow> = sqlx::query_as(
             "UPDATE export_jobs
              SET state = 'running', attempt = attempt + 1, worker_id = $2,
                  lease_expires_at = now() + make_interval(secs => $3),
                  started_at = coalesce(started_at, now()), updated_at = now()
              WHERE id = $1
+               AND (SELECT count(*) FROM export_jobs r
+                    WHERE r.namespace = $4 AND r.state = 'running'
+                      AND r.lease_expires_at >= now() AND r.id <> $1) < $5
              RETURNING *",
         )
         .bind(id)
         .bind(worker_id)
         .bind(secs(lease))
-        .fetch_one(&mut *tx)
+        .bind(&namespace)
+        .bind(i64::from(per_namespace_limit))
+        .fetch_optional(&mut *tx)
         .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            skipped.push(namespace);
+            continue;
+        };
         tx.commit().await?;
         return Ok(Some(claimed(row)));
     }
