@@ -1,9 +1,9 @@
 //! The logexport benchmark: measures, on this machine and in one run, the emulator's export
 //! ceiling, end-to-end export throughput and worker memory, HTTP enqueue throughput and latency,
-//! queue claim throughput and pickup latency; prints one Markdown table per section.
+//! queue claim throughput and pickup latency, log-listing latency; prints one Markdown table per section.
 //!
 //! Run with `cargo bench --bench logexport-bench -- [--quick] [--sizes N,..] [--formats F,..]
-//! [--skip-e2e] [--skip-http] [--skip-queue]`. It builds the release `logexport` and
+//! [--skip-e2e] [--skip-http] [--skip-queue] [--skip-reads]`. It builds the release `logexport` and
 //! `splunk-emulator` binaries first (they run as separate processes) and needs Postgres on
 //! 127.0.0.1:5432 (override with `LOGEXPORT_BENCH_DATABASE_URL`, a URL without database name).
 
@@ -19,6 +19,8 @@ mod http;
 mod procs;
 #[path = "bench/queue.rs"]
 mod queue;
+#[path = "bench/reads.rs"]
+mod reads;
 #[path = "bench/table.rs"]
 mod table;
 #[path = "bench/targets.rs"]
@@ -53,6 +55,9 @@ struct Args {
     /// Skip the queue claim and pickup-latency sections.
     #[arg(long)]
     skip_queue: bool,
+    /// Skip the log-listing (read side) section.
+    #[arg(long)]
+    skip_reads: bool,
     /// Seconds the HTTP enqueue load runs (default 10, 5 with --quick).
     #[arg(long)]
     http_seconds: Option<u64>,
@@ -108,7 +113,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     {
         failures.push(format!("end-to-end: {e:#}"));
     }
-    // The read-side (logs listing) benchmark section goes here; it is written separately.
+    if !args.skip_reads
+        && let Err(e) = reads::run(&databases).await
+    {
+        failures.push(format!("log listings: {e:#}"));
+    }
     if !args.skip_http {
         let default = if args.quick { 5 } else { 10 };
         let seconds = Duration::from_secs(args.http_seconds.unwrap_or(default));

@@ -1,6 +1,6 @@
 //! One audit event as the registry shows it (Quay's `Log.to_dict`).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
@@ -29,7 +29,7 @@ pub struct LogEntry {
 
 /// Quay's date format for logs: RFC 2822 with `-0000`, e.g. `Tue, 18 Jun 2024 18:59:13 -0000`.
 pub fn quay_datetime(t: &DateTime<Utc>) -> String {
-    t.format(QUAY_DATETIME_FORMAT).to_string()
+    QuayDatetime(t).to_string()
 }
 
 impl LogEntry {
@@ -75,16 +75,36 @@ impl Serialize for LogWithNamespace<'_> {
     }
 }
 
-/// Serializes a time in Quay's format without an intermediate `String`.
+/// Quay's time format, written by hand: chrono's `format` re-parses its pattern on every call,
+/// which showed up in export profiles.
 struct QuayDatetime<'a>(&'a DateTime<Utc>);
 
-impl Serialize for QuayDatetime<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&self.0.format(QUAY_DATETIME_FORMAT))
+impl std::fmt::Display for QuayDatetime<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let t = self.0;
+        write!(
+            f,
+            "{}, {:02} {} {} {:02}:{:02}:{:02} -0000",
+            DAYS[t.weekday().num_days_from_monday() as usize],
+            t.day(),
+            MONTHS[t.month0() as usize],
+            t.year(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
     }
 }
 
-const QUAY_DATETIME_FORMAT: &str = "%a, %d %b %Y %H:%M:%S -0000";
+impl Serialize for QuayDatetime<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 
 #[derive(Serialize)]
 struct PerformerJson<'a> {
@@ -155,6 +175,17 @@ mod tests {
         );
         let with_ns = serde_json::to_value(entry.with_namespace()).unwrap();
         assert_eq!(with_ns["namespace"]["name"], "acme");
+    }
+
+    #[test]
+    fn hand_written_dates_match_chrono_everywhere() {
+        for secs in (-2_000_000_000i64..4_000_000_000).step_by(86_399 * 37 + 13) {
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            assert_eq!(
+                quay_datetime(&t),
+                t.format("%a, %d %b %Y %H:%M:%S -0000").to_string()
+            );
+        }
     }
 
     #[test]

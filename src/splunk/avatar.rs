@@ -15,6 +15,26 @@ pub const AVATAR_COLORS: [&str; 32] = [
 /// empty), and the colour indexed by the first two hex digits (`ceil(log16(32)) = 2`) modulo 32.
 pub fn avatar(name: &str, email: Option<&str>) -> (String, &'static str) {
     let source = email.filter(|e| !e.is_empty()).unwrap_or(name);
+    // Exports repeat the same few performers millions of times: remember recent answers.
+    thread_local! {
+        static RECENT: std::cell::RefCell<std::collections::HashMap<String, (String, &'static str)>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    if let Some(hit) = RECENT.with(|r| r.borrow().get(source).cloned()) {
+        return hit;
+    }
+    let computed = compute(source);
+    RECENT.with(|r| {
+        let mut recent = r.borrow_mut();
+        if recent.len() >= 4096 {
+            recent.clear();
+        }
+        recent.insert(source.to_owned(), computed.clone());
+    });
+    computed
+}
+
+fn compute(source: &str) -> (String, &'static str) {
     let digest = Sha256::digest(source.trim().to_lowercase().as_bytes());
     let hash = hex::encode(digest);
     // The first two hex digits are the first byte of the digest.
