@@ -94,6 +94,42 @@ impl WorkerPool {
         let tracker = TaskTracker::new();
         tracing::info!(worker_id = %self.settings.worker_id, concurrency = self.settings.concurrency, "worker started");
 
+        // A few claimers in parallel: one claim is several round trips, so a single claimer
+        // would cap the process at 1/latency jobs per second however many slots are free.
+        let claimers = self.settings.concurrency.clamp(1, 4);
+        futures::future::join_all(
+            (0..claimers).map(|_| self.claim_loop(&listener, &slots, &tracker, &shutdown)),
+        )
+        .await;
+
+        tracker.close();
+        let in_flight = self.running.lock().map(|r| r.len()).unwrap_or(0);
+        tracing::info!(in_flight, grace = ?self.settings.shutdown_grace, "worker draining");
+        if tokio::time::timeout(self.settings.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            let contexts: Vec<JobContext> = self
+                .running
+                .lock()
+                .map(|r| r.values().cloned().collect())
+                .unwrap_or_default();
+            for ctx in contexts {
+                ctx.stop(StopReason::Shutdown);
+            }
+            tracker.wait().await;
+        }
+        listener_stop.cancel();
+        tracing::info!("worker stopped");
+    }
+    /// Claims jobs into free slots until shutdown; several run side by side.
+    async fn claim_loop(
+        &self,
+        listener: &QueueListener,
+        slots: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -148,26 +184,6 @@ impl WorkerPool {
                 }
             }
         }
-
-        tracker.close();
-        let in_flight = self.running.lock().map(|r| r.len()).unwrap_or(0);
-        tracing::info!(in_flight, grace = ?self.settings.shutdown_grace, "worker draining");
-        if tokio::time::timeout(self.settings.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            let contexts: Vec<JobContext> = self
-                .running
-                .lock()
-                .map(|r| r.values().cloned().collect())
-                .unwrap_or_default();
-            for ctx in contexts {
-                ctx.stop(StopReason::Shutdown);
-            }
-            tracker.wait().await;
-        }
-        listener_stop.cancel();
-        tracing::info!("worker stopped");
     }
 }
 
