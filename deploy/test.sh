@@ -51,7 +51,7 @@ cargo clippy --all-targets -- -D warnings
 
 step "unit and integration tests"
 cargo build --bins
-cargo nextest run --all-targets --no-fail-fast
+cargo nextest run --lib --bins --tests --no-fail-fast
 
 step "splunk-sdk fidelity test"
 SPLUNK_EMULATOR_BIN="$ROOT/target/debug/splunk-emulator" python3 tests/sdk_fidelity.py
