@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use reqwest::{Method, RequestBuilder, Response};
 
 use super::{SearchFilters, SplunkError};
@@ -26,15 +25,13 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The delay before retry number `attempt` (0-based): exponential, with jitter so that many
-    /// workers hitting a busy Splunk do not retry in lockstep.
+    /// workers hitting a busy Splunk do not retry in lockstep (the queue's backoff formula).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-            .min(self.max_delay);
-        let half = exp / 2;
-        let jitter_ms = rand::thread_rng().gen_range(0..=half.as_millis().max(1) as u64);
-        half + Duration::from_millis(jitter_ms)
+        crate::queue::RetryPolicy {
+            base: self.base_delay,
+            max: self.max_delay,
+        }
+        .delay(attempt.saturating_add(1))
     }
 }
 
