@@ -1,7 +1,7 @@
 //! Runs a [`Plan`] over the indexed store and the synthetic generator.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 
 use super::pattern::Pattern;
@@ -321,7 +321,8 @@ pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
     let mut rows: Vec<Row> = match rest.first() {
         Some(Command::StatsCount { by }) => {
             rest = &rest[1..];
-            let mut groups: BTreeMap<Vec<String>, u64> = BTreeMap::new();
+            // Hashed while counting (one lookup per event), sorted once at the end.
+            let mut groups: HashMap<Vec<String>, u64> = HashMap::new();
             let time_keys = time_bucket_keys(plan, by);
             let mut memo: Vec<(Micros, String)> = vec![(Micros::MIN, String::new()); by.len()];
             for e in events(plan, ctx, store) {
@@ -359,6 +360,8 @@ pub fn materialise(plan: &Plan, ctx: &Ctx, store: &Store) -> Vec<Row> {
             if by.is_empty() && groups.is_empty() {
                 groups.insert(Vec::new(), 0);
             }
+            let mut groups: Vec<(Vec<String>, u64)> = groups.into_iter().collect();
+            groups.sort_unstable();
             groups
                 .into_iter()
                 .map(|(key, count)| {
