@@ -7,7 +7,6 @@ use logexport::emulator::Faults;
 use serde_json::{Value, json};
 
 use crate::export::ExportEnv;
-use crate::helpers::eventually;
 use crate::notify::harness::{Receiver, Reply, SmtpSink, free_port};
 
 const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
@@ -23,19 +22,11 @@ fn events() -> Vec<Value> {
 }
 
 async fn notification(env: &ExportEnv, id: &str) -> Value {
-    eventually(60, "notification settled", || async {
-        let status: Value = env
-            .app
-            .export_status(&env.admin, id)
-            .await
-            .json()
-            .await
-            .ok()?;
+    env.status_until(id, 60, "notification settled", |status| {
         matches!(
             status["notification"]["state"].as_str(),
             Some("delivered" | "failed")
         )
-        .then_some(status)
     })
     .await
 }
@@ -290,19 +281,12 @@ async fn mail_is_delivered_after_the_smtp_server_comes_back() {
             json!({"callback_email": "admin@example.com"}),
         )
         .await;
-    let status = eventually(30, "a failed delivery attempt", || async {
-        let status: Value = env
-            .app
-            .export_status(&env.admin, &id)
-            .await
-            .json()
-            .await
-            .ok()?;
-        (status["notification"]["attempts"].as_i64()? >= 1
-            && status["notification"]["last_error"].is_string())
-        .then_some(status)
-    })
-    .await;
+    let status = env
+        .status_until(&id, 30, "a failed delivery attempt", |status| {
+            status["notification"]["attempts"].as_i64().unwrap_or(0) >= 1
+                && status["notification"]["last_error"].is_string()
+        })
+        .await;
     assert_eq!(status["notification"]["state"], "pending");
     let sink = SmtpSink::start(port, &[]).await;
     let status = notification(&env, &id).await;

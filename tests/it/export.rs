@@ -174,9 +174,15 @@ impl ExportEnv {
         body["export_id"].as_str().unwrap().to_owned()
     }
 
-    /// Waits until the export reaches a terminal state and returns its status document.
-    pub async fn finished(&self, id: &str) -> Value {
-        eventually(60, "export finished", || async {
+    /// Polls the export's status document until `done` holds for it, and returns it.
+    pub async fn status_until(
+        &self,
+        id: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        eventually(secs, what, || async {
             let status: Value = self
                 .app
                 .export_status(&self.admin, id)
@@ -184,11 +190,18 @@ impl ExportEnv {
                 .json()
                 .await
                 .ok()?;
+            done(&status).then_some(status)
+        })
+        .await
+    }
+
+    /// Waits until the export reaches a terminal state and returns its status document.
+    pub async fn finished(&self, id: &str) -> Value {
+        self.status_until(id, 60, "export finished", |status| {
             matches!(
                 status["state"].as_str(),
                 Some("succeeded" | "failed" | "timed_out" | "invalid" | "cancelled")
             )
-            .then_some(status)
         })
         .await
     }
@@ -633,17 +646,11 @@ async fn a_cut_stream_fails_the_attempt_and_the_retry_is_complete_without_duplic
             json!({"callback_email": "a@example.com", "format": "ndjson"}),
         )
         .await;
-    let failed_once = eventually(30, "first attempt failed", || async {
-        let status: Value = env
-            .app
-            .export_status(&env.admin, &id)
-            .await
-            .json()
-            .await
-            .ok()?;
-        (status["state"] == "queued" && status["attempts"] == 1).then_some(status)
-    })
-    .await;
+    let failed_once = env
+        .status_until(&id, 30, "first attempt failed", |status| {
+            status["state"] == "queued" && status["attempts"] == 1
+        })
+        .await;
     let error = failed_once["last_error"].as_str().unwrap();
     assert!(error.to_lowercase().contains("splunk"), "{error}");
     assert!(
@@ -696,15 +703,8 @@ async fn cancel_stops_a_running_export_and_aborts_its_upload() {
             json!({"callback_email": "a@example.com"}),
         )
         .await;
-    eventually(20, "export running", || async {
-        let status: Value = env
-            .app
-            .export_status(&env.admin, &id)
-            .await
-            .json()
-            .await
-            .ok()?;
-        (status["state"] == "running").then_some(())
+    env.status_until(&id, 20, "export running", |status| {
+        status["state"] == "running"
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -104,18 +104,14 @@ async fn s3_stopping_mid_upload_fails_the_attempt_and_the_retry_succeeds() {
     })
     .await;
     proxy.stop();
-    let failed = eventually(60, "the attempt failed on S3", || async {
-        let status: Value = env
-            .app
-            .export_status(&env.admin, &id)
-            .await
-            .json()
-            .await
-            .ok()?;
-        (status["attempts"].as_i64()? >= 1 && status["last_error"].as_str()?.contains("S3"))
-            .then_some(status)
-    })
-    .await;
+    let failed = env
+        .status_until(&id, 60, "the attempt failed on S3", |status| {
+            status["attempts"].as_i64().unwrap_or(0) >= 1
+                && status["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("S3"))
+        })
+        .await;
     assert_ne!(failed["state"], "succeeded");
     proxy.restart().await;
     env.emulator.set_faults(Faults::default());
