@@ -49,6 +49,14 @@ async fn state_of(pool: &PgPool, id: ExportId) -> (String, i32) {
         .unwrap()
 }
 
+/// Waits until the job is in `state`.
+async fn wait_for_state(pool: &PgPool, id: ExportId, state: &str, secs: u64, what: &str) {
+    eventually(secs, what, || async {
+        (state_of(pool, id).await.0 == state).then_some(())
+    })
+    .await
+}
+
 /// A job body whose behaviour each test chooses, recording what happened.
 #[derive(Default)]
 struct Probe {
@@ -67,6 +75,16 @@ enum Behaviour {
     AlwaysRetryable,
     BlockUntilStopped,
     Panic,
+}
+
+impl Probe {
+    /// Waits until `n` attempts have started.
+    async fn wait_started(&self, n: usize, secs: u64, what: &str) {
+        eventually(secs, what, || async {
+            (self.started.load(Ordering::SeqCst) == n).then_some(())
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -196,20 +214,16 @@ async fn a_killed_workers_job_is_reclaimed_after_the_lease_and_finished_elsewher
         let _ = killed.recv();
         runtime.shutdown_background();
     });
-    eventually(10, "doomed worker started the job", || async {
-        (doomed_probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
+    doomed_probe
+        .wait_started(1, 10, "doomed worker started the job")
+        .await;
     kill.send(()).unwrap();
     doomed.join().unwrap();
     let killed_at = Instant::now();
 
     let rescuer = Arc::new(Probe::default());
     let (stop, handle) = start_pool(&pool, &config, rescuer.clone());
-    eventually(20, "job finished by the rescuer", || async {
-        (state_of(&pool, id).await.0 == "succeeded").then_some(())
-    })
-    .await;
+    wait_for_state(&pool, id, "succeeded", 20, "job finished by the rescuer").await;
     assert!(
         killed_at.elapsed() >= Duration::from_secs(2),
         "reclaimed before the lease expired"
@@ -297,10 +311,7 @@ async fn retries_back_off_and_stop_at_max_attempts() {
         ..Probe::default()
     });
     let (stop, handle) = start_pool(&pool, &config, probe.clone());
-    eventually(30, "job failed for good", || async {
-        (state_of(&pool, id).await.0 == "failed").then_some(())
-    })
-    .await;
+    wait_for_state(&pool, id, "failed", 30, "job failed for good").await;
     stop.cancel();
     handle.await.unwrap();
     let runs = probe.runs.lock().unwrap()[&id].clone();
@@ -335,10 +346,7 @@ async fn a_panicking_job_counts_as_a_failed_attempt() {
         ..Probe::default()
     });
     let (stop, handle) = start_pool(&pool, &config, probe);
-    eventually(10, "job failed", || async {
-        (state_of(&pool, id).await.0 == "failed").then_some(())
-    })
-    .await;
+    wait_for_state(&pool, id, "failed", 10, "job failed").await;
     stop.cancel();
     handle.await.unwrap();
 }
@@ -396,10 +404,7 @@ async fn a_notify_wakes_an_idle_worker_well_before_the_poll_interval() {
     storage::enqueue(&pool, &new_export("acme", 3))
         .await
         .unwrap();
-    eventually(10, "job started", || async {
-        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
+    probe.wait_started(1, 10, "job started").await;
     let pickup = enqueued.elapsed();
     assert!(
         pickup < Duration::from_secs(5),
@@ -422,10 +427,7 @@ async fn shutdown_drains_finishing_jobs_and_releases_the_rest() {
         ..Probe::default()
     });
     let (stop, handle) = start_pool(&pool, &config, probe.clone());
-    eventually(10, "job started", || async {
-        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
+    probe.wait_started(1, 10, "job started").await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), handle)
         .await
@@ -442,10 +444,7 @@ async fn shutdown_drains_finishing_jobs_and_releases_the_rest() {
         ..Probe::default()
     });
     let (stop, handle) = start_pool(&pool, &config, probe.clone());
-    eventually(10, "jobs started", || async {
-        (probe.started.load(Ordering::SeqCst) == 2).then_some(())
-    })
-    .await;
+    probe.wait_started(2, 10, "jobs started").await;
     stop.cancel();
     handle.await.unwrap();
     assert_eq!(state_of(&pool, quick).await.0, "succeeded");
@@ -464,19 +463,13 @@ async fn cancelling_a_running_job_stops_it_within_seconds() {
         ..Probe::default()
     });
     let (stop, handle) = start_pool(&pool, &config, probe.clone());
-    eventually(10, "job started", || async {
-        (probe.started.load(Ordering::SeqCst) == 1).then_some(())
-    })
-    .await;
+    probe.wait_started(1, 10, "job started").await;
     assert_eq!(
         storage::cancel(&pool, id).await.unwrap(),
         storage::CancelOutcome::Requested
     );
     let asked = Instant::now();
-    eventually(10, "job cancelled", || async {
-        (state_of(&pool, id).await.0 == "cancelled").then_some(())
-    })
-    .await;
+    wait_for_state(&pool, id, "cancelled", 10, "job cancelled").await;
     assert!(asked.elapsed() < Duration::from_secs(5));
     let notify: String = sqlx::query_scalar("SELECT notify_state FROM export_jobs WHERE id = $1")
         .bind(id.0)
@@ -504,10 +497,7 @@ async fn a_job_past_max_work_seconds_times_out() {
         ..Probe::default()
     });
     let (stop, handle) = start_pool(&pool, &config, probe.clone());
-    eventually(10, "job timed out", || async {
-        (state_of(&pool, id).await.0 == "timed_out").then_some(())
-    })
-    .await;
+    wait_for_state(&pool, id, "timed_out", 10, "job timed out").await;
     assert_eq!(
         probe.started.load(Ordering::SeqCst),
         1,
