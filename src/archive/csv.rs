@@ -9,9 +9,8 @@ use crate::domain::LogEntry;
 pub(super) const HEADER: &[u8] =
     b"datetime,kind,namespace,repository,performer,performer_is_robot,ip,metadata\r\n";
 
-/// Appends one log as a CSV row. `scratch` is reused across rows so the metadata JSON does not
-/// allocate per log.
-pub(super) fn write_row(out: &mut Vec<u8>, scratch: &mut Vec<u8>, log: &LogEntry) {
+/// Appends one log as a CSV row.
+pub(super) fn write_row(out: &mut Vec<u8>, log: &LogEntry<'_>) {
     // RFC 3339 UTC; fractional seconds only when the event has them.
     let datetime = log.datetime.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     field(out, datetime.as_bytes());
@@ -31,13 +30,7 @@ pub(super) fn write_row(out: &mut Vec<u8>, scratch: &mut Vec<u8>, log: &LogEntry
     }
     field(out, log.ip.as_deref().unwrap_or("").as_bytes());
     out.push(b',');
-    scratch.clear();
-    // A JSON map of JSON values always serializes; the fallback only keeps the row well-formed.
-    if serde_json::to_writer(&mut *scratch, &log.metadata).is_err() {
-        scratch.clear();
-        scratch.extend_from_slice(b"{}");
-    }
-    field(out, scratch);
+    field(out, log.metadata.as_str().as_bytes());
     out.extend_from_slice(b"\r\n");
 }
 

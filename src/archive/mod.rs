@@ -15,6 +15,7 @@
 //!   digit, metadata is a JSON object starting with `{`, names are validated registry names).
 
 mod csv;
+mod json;
 mod sink;
 mod writer;
 

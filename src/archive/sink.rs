@@ -70,7 +70,9 @@ impl Sink {
             Sink::Plain(buf) => buf,
             Sink::Gzip { encoder, .. } => encoder.get_mut(),
         };
-        std::mem::replace(out, Vec::with_capacity(INITIAL_CAPACITY))
+        // The next buffer starts as large as this one grew, so it fills without reallocating.
+        let capacity = out.capacity().max(INITIAL_CAPACITY);
+        std::mem::replace(out, Vec::with_capacity(capacity))
     }
 
     /// Flushes everything (the gzip trailer included) and returns the remaining bytes.

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::domain::{ExportId, LogEntry, PerformerInfo};
+use crate::domain::{ExportId, LogEntry, Metadata, PerformerInfo};
 
 fn details(repository: Option<&str>) -> ArchiveDetails {
     ArchiveDetails {
@@ -21,7 +21,7 @@ fn details(repository: Option<&str>) -> ArchiveDetails {
     }
 }
 
-fn log(i: u64) -> LogEntry {
+fn log(i: u64) -> LogEntry<'static> {
     let mut metadata = serde_json::Map::new();
     metadata.insert("repo".into(), json!("web"));
     metadata.insert("tag".into(), json!(format!("v{i}")));
@@ -32,7 +32,7 @@ fn log(i: u64) -> LogEntry {
         namespace: Some("acme".into()),
         repository: Some("web".into()),
         ip: Some("192.0.2.7".into()),
-        metadata,
+        metadata: Metadata::from_map(&metadata),
         performer: (!i.is_multiple_of(3)).then(|| PerformerInfo {
             name: if i.is_multiple_of(2) {
                 "acme+robot".into()
@@ -40,7 +40,7 @@ fn log(i: u64) -> LogEntry {
                 "alice".into()
             },
             is_robot: i.is_multiple_of(2),
-            avatar_hash: "ab".repeat(32),
+            avatar_hash: "ab".repeat(32).into(),
             avatar_color: "#969696",
         }),
     }
@@ -51,7 +51,7 @@ fn encode(
     format: ExportFormat,
     compression: Compression,
     details: &ArchiveDetails,
-    logs: &[LogEntry],
+    logs: &[LogEntry<'_>],
     take_every: usize,
 ) -> Vec<u8> {
     let mut writer = ArchiveWriter::new(format, compression, details);
@@ -224,7 +224,7 @@ fn csv_rows_follow_rfc4180_and_carry_every_column() {
     assert_eq!(records[2][4..6], ["alice", "false"]);
     assert_eq!(records[3][4..6], ["acme+robot", "true"]);
     let metadata: Value = serde_json::from_str(&records[2][7]).unwrap();
-    assert_eq!(Value::Object(logs[1].metadata.clone()), metadata);
+    assert_eq!(Value::Object(logs[1].metadata.to_map()), metadata);
 }
 
 #[test]
@@ -251,7 +251,7 @@ fn csv_quotes_only_when_needed() {
     l.ip = Some("a,b".into());
     l.namespace = Some("say \"hi\"".into());
     l.repository = Some("line\nbreak".into());
-    l.metadata = serde_json::Map::new();
+    l.metadata = Metadata::default();
     let bytes = encode(
         ExportFormat::Csv,
         Compression::None,
@@ -341,13 +341,14 @@ proptest! {
         detail in any::<String>(),
     ) {
         let mut l = log(1);
-        l.kind = kind.clone();
-        l.namespace = namespace.clone();
-        l.repository = repository.clone();
-        l.ip = ip.clone();
-        l.performer.as_mut().unwrap().name = name.clone();
-        l.metadata = serde_json::Map::new();
-        l.metadata.insert(key, Value::String(value));
+        l.kind = kind.clone().into();
+        l.namespace = namespace.clone().map(Into::into);
+        l.repository = repository.clone().map(Into::into);
+        l.ip = ip.clone().map(Into::into);
+        l.performer.as_mut().unwrap().name = name.clone().into();
+        let mut members = serde_json::Map::new();
+        members.insert(key, Value::String(value));
+        l.metadata = Metadata::from_map(&members);
         let mut d = details(None);
         d.namespace = detail;
 
@@ -361,7 +362,7 @@ proptest! {
         prop_assert_eq!(&row[4], &name);
         prop_assert_eq!(&row[6], &ip.unwrap_or_default());
         let metadata: Value = serde_json::from_str(&row[7]).unwrap();
-        prop_assert_eq!(metadata, Value::Object(l.metadata.clone()));
+        prop_assert_eq!(metadata, Value::Object(l.metadata.to_map()));
 
         let json = encode(ExportFormat::Json, Compression::None, &d, std::slice::from_ref(&l), 1);
         let doc: Value = serde_json::from_slice(&json).unwrap();

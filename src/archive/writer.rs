@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::csv;
+use super::json;
 use super::sink::Sink;
 use crate::domain::{Compression, ExportFormat, ExportId, LogEntry};
 
@@ -26,8 +27,6 @@ pub struct ArchiveDetails {
 pub struct ArchiveWriter {
     format: ExportFormat,
     sink: Sink,
-    /// Reused serialization space (CSV metadata) so no log allocates a buffer of its own.
-    scratch: Vec<u8>,
     logs_written: u64,
 }
 
@@ -41,7 +40,6 @@ impl ArchiveWriter {
         let mut writer = Self {
             format,
             sink,
-            scratch: Vec::new(),
             logs_written: 0,
         };
         writer.write_header(details);
@@ -68,21 +66,34 @@ impl ArchiveWriter {
     }
 
     /// Appends one log.
-    pub fn write_log(&mut self, log: &LogEntry) -> io::Result<()> {
-        let out = self.sink.stage();
-        match self.format {
+    pub fn write_log(&mut self, log: &LogEntry<'_>) -> io::Result<()> {
+        Self::encode_log(self.format, log, self.sink.stage());
+        self.logs_written += 1;
+        self.sink.maybe_compress()
+    }
+
+    /// Encodes one log of `format` into `out`, exactly as [`ArchiveWriter::write_log`] would:
+    /// logs encode independently, so batches can be encoded on other threads and appended in
+    /// order with [`ArchiveWriter::append_encoded`].
+    pub fn encode_log(format: ExportFormat, log: &LogEntry<'_>, out: &mut Vec<u8>) {
+        match format {
             ExportFormat::Json => {
-                serde_json::to_writer(&mut *out, log)?;
+                json::write_log(out, log);
                 // Every log is followed by a comma: the terminator object always comes last.
                 out.extend_from_slice(b",\n");
             }
             ExportFormat::Ndjson => {
-                serde_json::to_writer(&mut *out, log)?;
+                json::write_log(out, log);
                 out.push(b'\n');
             }
-            ExportFormat::Csv => csv::write_row(out, &mut self.scratch, log),
+            ExportFormat::Csv => csv::write_row(out, log),
         }
-        self.logs_written += 1;
+    }
+
+    /// Appends `logs` logs encoded by [`ArchiveWriter::encode_log`] for this archive's format.
+    pub fn append_encoded(&mut self, encoded: &[u8], logs: u64) -> io::Result<()> {
+        self.sink.stage().extend_from_slice(encoded);
+        self.logs_written += logs;
         self.sink.maybe_compress()
     }
 

@@ -11,5 +11,7 @@ pub use callback_url::{CallbackUrl, CallbackUrlError};
 pub use date_range::{DateRange, DateRangeError, RangeBound, day_start, parse_timezone};
 pub use email::{EmailAddress, EmailAddressError};
 pub use export::{Compression, ExportFormat, ExportId, ExportScope, ParseEnumError};
-pub use log_entry::{LogEntry, LogWithNamespace, PerformerInfo, quay_datetime};
+pub use log_entry::{
+    LogEntry, LogWithNamespace, Metadata, PerformerInfo, push_quay_datetime, quay_datetime,
+};
 pub use names::{InvalidName, Namespace, Performer, RepositoryName};

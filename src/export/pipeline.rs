@@ -2,16 +2,18 @@
 //! Splunk, and full chunks go to the upload while the next ones are read. Memory is bounded by
 //! a chunk plus the upload's parts in flight, whatever the export's size.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use tokio::task::JoinHandle;
 
 use super::ExportSettings;
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
-use crate::domain::quay_datetime;
+use crate::domain::{ExportFormat, quay_datetime};
 use crate::queue::{ClaimedJob, ExportResult};
-use crate::splunk::{ExportStream, SplunkClient, SplunkError, map_row};
+use crate::splunk::{ExportStream, Row, SkipReason, SplunkClient, SplunkError, map_row_with};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
 
@@ -148,27 +150,47 @@ impl ExportJob {
     ) -> Result<Streamed, JobError> {
         let stopped = ctx.stopped();
         tokio::pin!(stopped);
-        let mut skipped = 0u64;
-        let mut bytes = 0u64;
+        let format = writer.format();
+        let span = tracing::Span::current();
+        // Batches being mapped and encoded on the blocking pool, oldest first: their results
+        // are appended in this order, so the archive keeps Splunk's row order.
+        let mut in_flight: VecDeque<JoinHandle<Result<Encoded, JobError>>> = VecDeque::new();
+        let mut more = true;
+        let (mut skipped, mut bytes) = (0u64, 0u64);
         loop {
-            let next = tokio::select! {
+            if more && in_flight.len() < *ENCODE_TASKS {
+                let mut batch = Vec::with_capacity(BATCH_ROWS);
+                more = tokio::select! {
+                    biased;
+                    _ = &mut stopped => return Err(JobError::Stopped),
+                    read = rows.next_rows(&mut batch, BATCH_ROWS) => read.map_err(splunk_error)?,
+                };
+                if !batch.is_empty() {
+                    let first = rows.rows_read() - batch.len() as u64 + 1;
+                    let span = span.clone();
+                    in_flight.push_back(tokio::task::spawn_blocking(move || {
+                        span.in_scope(|| encode_batch(format, &batch, first))
+                    }));
+                }
+                continue;
+            }
+            let Some(oldest) = in_flight.pop_front() else {
+                break;
+            };
+            let encoded = tokio::select! {
                 biased;
                 _ = &mut stopped => return Err(JobError::Stopped),
-                next = rows.next_row() => next,
+                done = oldest => done.map_err(|e| {
+                    JobError::Retryable(format!("encoding a batch of logs failed: {e}"))
+                })??,
             };
-            match next {
-                None => break,
-                Some(Err(e)) => return Err(splunk_error(e)),
-                Some(Ok(row)) => match map_row(&row) {
-                    Ok(log) => writer.write_log(&log).map_err(encode_error)?,
-                    Err(reason) => {
-                        skipped += 1;
-                        if skipped <= 10 {
-                            tracing::warn!(?reason, "skipped an event that cannot be mapped");
-                        }
-                    }
-                },
+            for reason in encoded.skip_reasons.iter().take(10usize.saturating_sub(skipped as usize)) {
+                tracing::warn!(?reason, "skipped an event that cannot be mapped");
             }
+            skipped += encoded.skipped;
+            writer
+                .append_encoded(&encoded.bytes, encoded.logs)
+                .map_err(encode_error)?;
             if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
                 bytes += chunk.len() as u64;
                 tokio::select! {
@@ -192,4 +214,53 @@ impl ExportJob {
             bytes,
         })
     }
+}
+
+/// Rows mapped and encoded by one blocking task: enough that spawning costs nothing in
+/// comparison, few enough that the batches in flight hold a few MiB.
+const BATCH_ROWS: usize = 1024;
+
+/// Batches encoded at once: mapping and encoding is the pipeline's CPU work, so it spreads over
+/// the cores while the stream keeps reading (at least two, so reading and encoding overlap).
+static ENCODE_TASKS: LazyLock<usize> = LazyLock::new(|| {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(4, 8))
+});
+
+/// One batch of rows as archive bytes.
+struct Encoded {
+    bytes: Vec<u8>,
+    logs: u64,
+    skipped: u64,
+    /// The first few reasons, for the log.
+    skip_reasons: Vec<SkipReason>,
+}
+
+/// Maps and encodes `rows` (row numbers from `first`); runs on the blocking pool.
+fn encode_batch(format: ExportFormat, rows: &[Row], first: u64) -> Result<Encoded, JobError> {
+    let mut encoded = Encoded {
+        bytes: Vec::with_capacity(rows.len() * 512),
+        logs: 0,
+        skipped: 0,
+        skip_reasons: Vec::new(),
+    };
+    for (n, row) in (first..).zip(rows) {
+        match map_row_with(row, |log| {
+            ArchiveWriter::encode_log(format, &log, &mut encoded.bytes);
+        }) {
+            Ok(()) => encoded.logs += 1,
+            // Only a line Splunk broke can hold a row that is not a JSON object.
+            Err(SkipReason::Malformed) => {
+                return Err(splunk_error(SplunkError::Protocol(format!(
+                    "export row {n} is not a JSON object"
+                ))));
+            }
+            Err(reason) => {
+                encoded.skipped += 1;
+                if encoded.skip_reasons.len() < 10 {
+                    encoded.skip_reasons.push(reason);
+                }
+            }
+        }
+    }
+    Ok(encoded)
 }

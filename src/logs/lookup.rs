@@ -19,7 +19,7 @@ const MAX_SEARCHES_PER_PAGE: usize = 4;
 #[derive(Debug, Clone)]
 pub struct LogsPage {
     /// Newest first.
-    pub logs: Vec<LogEntry>,
+    pub logs: Vec<LogEntry<'static>>,
     /// Opaque token for the next page; `None` on the last page.
     pub next_page: Option<String>,
 }

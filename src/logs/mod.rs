@@ -117,7 +117,7 @@ impl LogQuery {
     }
 
     /// Defence in depth and post-filter: whether a mapped entry belongs in this listing.
-    fn admits(&self, e: &LogEntry) -> bool {
+    fn admits(&self, e: &LogEntry<'_>) -> bool {
         if let Some(ns) = &self.namespace
             && e.namespace.as_deref() != Some(ns.as_str())
         {
@@ -130,7 +130,7 @@ impl LogQuery {
         {
             return false;
         }
-        self.kinds.is_empty() || self.kinds.contains(&e.kind)
+        self.kinds.is_empty() || self.kinds.iter().any(|k| *k == e.kind)
     }
 }
 

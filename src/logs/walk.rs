@@ -26,7 +26,7 @@ pub struct Candidate {
     /// Stable tiebreak (hash of `_raw`).
     pub hash: u64,
     /// `None` for rows fetched but not shown (post-filtered kind, unmappable event).
-    pub entry: Option<LogEntry>,
+    pub entry: Option<LogEntry<'static>>,
 }
 
 /// What a batch gave.
@@ -49,7 +49,7 @@ pub fn consume(
     fetched_all: bool,
     cursor: &mut Option<Cursor>,
     want: usize,
-    out: &mut Vec<LogEntry>,
+    out: &mut Vec<LogEntry<'static>>,
 ) -> Step {
     batch.sort_by(|a, b| b.ms.cmp(&a.ms).then(a.hash.cmp(&b.hash)));
     let old_boundary = cursor.as_ref().map(|c| c.boundary_ms);
@@ -112,9 +112,9 @@ mod tests {
         !hash.is_multiple_of(4)
     }
 
-    fn entry(ms: i64, hash: u64) -> LogEntry {
+    fn entry(ms: i64, hash: u64) -> LogEntry<'static> {
         LogEntry {
-            kind: label(ms, hash),
+            kind: label(ms, hash).into(),
             datetime: DateTime::<Utc>::UNIX_EPOCH,
             namespace: None,
             repository: None,
@@ -165,7 +165,7 @@ mod tests {
                 }
             };
             assert!(out.len() == page || last, "short page that is not the last");
-            pages.push(out.into_iter().map(|e| e.kind).collect());
+            pages.push(out.into_iter().map(|e| e.kind.into_owned()).collect());
             if last {
                 return pages;
             }

@@ -1,5 +1,7 @@
 //! Quay's avatar block: a hash of the e-mail (or name) and a colour picked from it.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
 /// Quay's 32-colour avatar palette (`AVATAR_COLORS`), in Quay's order.
@@ -13,11 +15,11 @@ pub const AVATAR_COLORS: [&str; 32] = [
 /// The avatar hash and colour for a performer, as Quay's `BaseAvatar.get_data` computes them:
 /// lowercase hex SHA-256 of the trimmed, lowercased e-mail (the name when the e-mail is missing or
 /// empty), and the colour indexed by the first two hex digits (`ceil(log16(32)) = 2`) modulo 32.
-pub fn avatar(name: &str, email: Option<&str>) -> (String, &'static str) {
+pub fn avatar(name: &str, email: Option<&str>) -> (Arc<str>, &'static str) {
     let source = email.filter(|e| !e.is_empty()).unwrap_or(name);
     // Exports repeat the same few performers millions of times: remember recent answers.
     thread_local! {
-        static RECENT: std::cell::RefCell<std::collections::HashMap<String, (String, &'static str)>> =
+        static RECENT: std::cell::RefCell<std::collections::HashMap<String, (Arc<str>, &'static str)>> =
             std::cell::RefCell::new(std::collections::HashMap::new());
     }
     if let Some(hit) = RECENT.with(|r| r.borrow().get(source).cloned()) {
@@ -34,9 +36,9 @@ pub fn avatar(name: &str, email: Option<&str>) -> (String, &'static str) {
     computed
 }
 
-fn compute(source: &str) -> (String, &'static str) {
+fn compute(source: &str) -> (Arc<str>, &'static str) {
     let digest = Sha256::digest(source.trim().to_lowercase().as_bytes());
-    let hash = hex::encode(digest);
+    let hash = Arc::from(hex::encode(digest));
     // The first two hex digits are the first byte of the digest.
     let color = AVATAR_COLORS[usize::from(digest[0]) % AVATAR_COLORS.len()];
     (hash, color)
@@ -82,7 +84,7 @@ mod tests {
             ),
         ];
         for (name, email, hash, color) in cases {
-            assert_eq!(avatar(name, email), (hash.to_owned(), color), "{name}");
+            assert_eq!(avatar(name, email), (Arc::from(hash), color), "{name}");
         }
     }
 }

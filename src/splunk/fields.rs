@@ -7,9 +7,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
-use super::mapper::{epoch_from_f64, metadata_from_str, parse_timestamp};
+use super::mapper::{epoch_from_f64, parse_timestamp};
+use crate::domain::Metadata;
 
 /// The fields the mapper reads, from either the `_raw` event or Splunk's extracted fields; every
 /// other field is skipped without being materialised.
@@ -32,13 +32,15 @@ pub(crate) struct Fields<'a> {
     pub ip: Option<Scalar<'a>>,
     #[serde(borrow)]
     pub datetime: Option<Scalar<'a>>,
-    /// Kept raw: parsed (by [`Metadata`]) only for the field that is used.
+    /// Kept raw: read (by [`metadata`]) only for the field that is used.
     #[serde(borrow)]
     pub metadata_json: Option<&'a RawValue>,
     #[serde(borrow)]
     pub metadata: Option<&'a RawValue>,
+    /// Kept as the escaped JSON string literal: [`unescape_string`] reads it into a reused buffer,
+    /// which is much cheaper than the parser's own unescaping into a fresh allocation.
     #[serde(borrow, rename = "_raw")]
-    pub raw: Option<Scalar<'a>>,
+    pub raw: Option<&'a RawValue>,
     #[serde(borrow, rename = "_time")]
     pub time: Option<Scalar<'a>>,
 }
@@ -134,62 +136,65 @@ impl<'de: 'a, 'a> Visitor<'de> for ScalarVisitor<'a> {
     }
 }
 
-/// A metadata field: an object, or a string holding one (`metadata_json` as Quay writes it).
-/// `Metadata(None)` when the value is neither, so the next candidate field is tried.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Metadata(pub Option<Map<String, Value>>);
-
-impl<'de> Deserialize<'de> for Metadata {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(MetadataVisitor)
+/// Reads a metadata field: an object as it is (borrowed), a string holding a JSON object
+/// (`metadata_json` as Quay stores it) parsed, the first usable value of a multivalue field;
+/// `None` for anything else, so the next candidate field is tried.
+pub(crate) fn metadata(raw: &RawValue) -> Option<Metadata<'_>> {
+    let text = raw.get();
+    match text.as_bytes().first()? {
+        b'{' => Metadata::from_object(Cow::Borrowed(raw)),
+        b'"' => {
+            let inner: Cow<'_, str> = serde_json::from_str(text).ok()?;
+            let object: &RawValue = serde_json::from_str(inner.trim()).ok()?;
+            Metadata::from_object(Cow::Owned(object.to_owned()))
+        }
+        b'[' => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            items
+                .into_iter()
+                .find_map(|item| metadata(item).map(Metadata::into_owned))
+        }
+        _ => None,
     }
 }
 
-struct MetadataVisitor;
-
-impl<'de> Visitor<'de> for MetadataVisitor {
-    type Value = Metadata;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object or a string holding one")
+/// Reads the JSON string literal `literal` (as a [`RawValue`] holds it, quotes included) into
+/// `out`; `false` when it is not a string. Runs of plain text are copied whole; only `\u`
+/// escapes, rare in audit events, go through the full JSON parser.
+pub(crate) fn unescape_string(literal: &str, out: &mut String) -> bool {
+    out.clear();
+    let Some(body) = literal
+        .strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+    else {
+        return false;
+    };
+    let mut rest = body;
+    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
+        out.push_str(&rest[..at]);
+        let unescaped = match rest.as_bytes().get(at + 1) {
+            Some(b'"') => '"',
+            Some(b'\\') => '\\',
+            Some(b'/') => '/',
+            Some(b'b') => '\u{8}',
+            Some(b'f') => '\u{c}',
+            Some(b'n') => '\n',
+            Some(b'r') => '\r',
+            Some(b't') => '\t',
+            _ => {
+                out.clear();
+                return match serde_json::from_str::<Cow<'_, str>>(literal) {
+                    Ok(text) => {
+                        out.push_str(&text);
+                        true
+                    }
+                    Err(_) => false,
+                };
+            }
+        };
+        out.push(unescaped);
+        rest = &rest[at + 2..];
     }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Metadata(metadata_from_str(v)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Map::new();
-        while let Some((k, v)) = map.next_entry::<String, Value>()? {
-            out.insert(k, v);
-        }
-        Ok(Metadata(Some(out)))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        // Multivalue: the first usable element.
-        let mut found = None;
-        while let Some(Metadata(m)) = seq.next_element::<Metadata>()? {
-            found = found.or(m);
-        }
-        Ok(Metadata(found))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Metadata(None))
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Metadata(None))
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        Metadata::deserialize(d)
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Metadata(None))
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-        Ok(Metadata(None))
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-        Ok(Metadata(None))
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-        Ok(Metadata(None))
-    }
+    out.push_str(rest);
+    true
 }

@@ -57,6 +57,11 @@ impl LineSplitter {
         self.ready.pop_front()
     }
 
+    /// Whether a complete line is waiting.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// At end of input: the unterminated last line, if any bytes are left.
     pub(crate) fn finish(&mut self) -> Option<Bytes> {
         if self.pending.is_empty() {

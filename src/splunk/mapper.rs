@@ -1,13 +1,15 @@
 //! Maps one Splunk result row to the registry's log object (SPEC §5), parsing in place.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
-use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use serde_json::value::RawValue;
 
 use super::Row;
 use super::avatar::avatar;
-use super::fields::{Fields, Metadata, Scalar};
+use super::fields::{Fields, Scalar, metadata, unescape_string};
+use super::scan;
 
 use crate::domain::{LogEntry, PerformerInfo};
 
@@ -27,40 +29,134 @@ pub enum SkipReason {
 
 /// Maps a result row: fields from the `_raw` JSON event first, Splunk's extracted top-level
 /// fields as fallback, `_time` as the fallback timestamp. Never panics on any input.
-pub fn map_row(row: &Row) -> Result<LogEntry, SkipReason> {
-    let mut top: Fields<'_> =
-        serde_json::from_slice(row.as_bytes()).map_err(|_| SkipReason::Malformed)?;
-    // Taken, not cloned: `_raw` is usually the largest allocation of a row.
-    let raw_text: Option<Cow<'_, str>> = match top.raw.take() {
-        Some(Scalar::Str(s)) if s.trim_start().starts_with('{') => Some(s),
-        _ => None,
-    };
-    // A `_raw` that is not JSON (or not an object) leaves only the extracted fields.
-    // Only objects reach here: `raw_text` starts with `{` and rows are checked when made.
-    let inner: Fields<'_> = match &raw_text {
-        Some(text) => serde_json::from_str(text).unwrap_or_default(),
-        None => Fields::default(),
-    };
-    map_fields(&inner, &top)
+pub fn map_row(row: &Row) -> Result<LogEntry<'static>, SkipReason> {
+    map_row_with(row, |entry| entry.into_owned())
+}
+
+/// Maps a result row and hands the entry, still borrowing from the row, to `use_entry`: the
+/// export path encodes each event this way without copying its text.
+pub fn map_row_with<R>(
+    row: &Row,
+    use_entry: impl FnOnce(LogEntry<'_>) -> R,
+) -> Result<R, SkipReason> {
+    let text = std::str::from_utf8(row.as_bytes()).map_err(|_| SkipReason::Malformed)?;
+    let top = TopLevel::read(text)?;
+    // `_raw` is unescaped into a buffer kept per thread: no allocation per row.
+    thread_local! {
+        static RAW: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    RAW.with(|cell| {
+        let mut fresh = String::new();
+        let mut kept = cell.try_borrow_mut();
+        let buffer = match &mut kept {
+            Ok(kept) => &mut **kept,
+            Err(_) => &mut fresh,
+        };
+        // A `_raw` that is not JSON (or not an object) leaves only the extracted fields.
+        let inner: Fields<'_> = match top.raw {
+            Some(raw)
+                if unescape_string(raw, buffer) && buffer.trim_start().starts_with('{') =>
+            {
+                serde_json::from_str(buffer).unwrap_or_default()
+            }
+            _ => Fields::default(),
+        };
+        map_fields(&inner, &top.fallback_for(&inner)).map(use_entry)
+    })
+}
+
+/// The top-level members of a row the mapper may use, as undecoded JSON text.
+#[derive(Default)]
+struct TopLevel<'a> {
+    raw: Option<&'a str>,
+    time: Option<&'a str>,
+    kind: Option<&'a str>,
+    account: Option<&'a str>,
+    performer: Option<&'a str>,
+    performer_email: Option<&'a str>,
+    performer_kind: Option<&'a str>,
+    repository: Option<&'a str>,
+    ip: Option<&'a str>,
+    datetime: Option<&'a str>,
+    metadata_json: Option<&'a str>,
+    metadata: Option<&'a str>,
+}
+
+impl<'a> TopLevel<'a> {
+    fn read(row: &'a str) -> Result<Self, SkipReason> {
+        let mut top = Self::default();
+        scan::members(row, |key, value| {
+            let slot = match key {
+                "_raw" => &mut top.raw,
+                "_time" => &mut top.time,
+                "kind" => &mut top.kind,
+                "account" => &mut top.account,
+                "performer" => &mut top.performer,
+                "performer_email" => &mut top.performer_email,
+                "performer_kind" => &mut top.performer_kind,
+                "repository" => &mut top.repository,
+                "ip" => &mut top.ip,
+                "datetime" => &mut top.datetime,
+                "metadata_json" => &mut top.metadata_json,
+                "metadata" => &mut top.metadata,
+                _ => return,
+            };
+            *slot = Some(value);
+        })
+        .map_err(|_| SkipReason::Malformed)?;
+        Ok(top)
+    }
+
+    /// Splunk's extracted fields, decoded only where the event itself (`inner`) has no usable
+    /// value: with a JSON `_raw`, usually none of them.
+    fn fallback_for(&self, inner: &Fields<'_>) -> Fields<'a> {
+        fn lacks(value: &Option<Scalar<'_>>) -> bool {
+            value.as_ref().and_then(Scalar::text).is_none()
+        }
+        fn scalar<'a>(needed: bool, text: Option<&'a str>) -> Option<Scalar<'a>> {
+            needed.then(|| serde_json::from_str(text?).ok()).flatten()
+        }
+        let lacks_metadata = [inner.metadata_json, inner.metadata]
+            .into_iter()
+            .all(|raw| raw.and_then(metadata).is_none());
+        let raw = |text: Option<&'a str>| {
+            lacks_metadata
+                .then(|| serde_json::from_str::<&RawValue>(text?).ok())
+                .flatten()
+        };
+        Fields {
+            kind: scalar(lacks(&inner.kind), self.kind),
+            account: scalar(lacks(&inner.account), self.account),
+            performer: scalar(lacks(&inner.performer), self.performer),
+            performer_email: scalar(lacks(&inner.performer_email), self.performer_email),
+            performer_kind: scalar(lacks(&inner.performer_kind), self.performer_kind),
+            repository: scalar(lacks(&inner.repository), self.repository),
+            ip: scalar(lacks(&inner.ip), self.ip),
+            datetime: scalar(true, self.datetime),
+            time: scalar(true, self.time),
+            metadata_json: raw(self.metadata_json),
+            metadata: raw(self.metadata),
+            raw: None,
+        }
+    }
 }
 
 /// Maps one Quay audit event given as a JSON object (e.g. an NDJSON line), without Splunk's
 /// envelope.
-pub fn map_event_json(event: &str) -> Result<LogEntry, SkipReason> {
+pub fn map_event_json(event: &str) -> Result<LogEntry<'static>, SkipReason> {
     // Derived struct deserializers also accept arrays; an event must be an object.
     if !event.trim_start().starts_with('{') {
         return Err(SkipReason::Malformed);
     }
     let fields: Fields<'_> = serde_json::from_str(event).map_err(|_| SkipReason::Malformed)?;
-    map_fields(&fields, &Fields::default())
+    map_fields(&fields, &Fields::default()).map(|entry| entry.into_owned())
 }
 
-fn map_fields(inner: &Fields<'_>, top: &Fields<'_>) -> Result<LogEntry, SkipReason> {
-    let text = |a: &Option<Scalar<'_>>, b: &Option<Scalar<'_>>| -> Option<String> {
+fn map_fields<'a>(inner: &'a Fields<'_>, top: &'a Fields<'_>) -> Result<LogEntry<'a>, SkipReason> {
+    let text = |a: &'a Option<Scalar<'_>>, b: &'a Option<Scalar<'_>>| -> Option<Cow<'a, str>> {
         a.as_ref()
             .and_then(Scalar::text)
             .or_else(|| b.as_ref().and_then(Scalar::text))
-            .map(Cow::into_owned)
     };
     let kind = text(&inner.kind, &top.kind).ok_or(SkipReason::NoKind)?;
     let datetime = [&inner.datetime, &top.datetime, &inner.time, &top.time]
@@ -68,17 +164,14 @@ fn map_fields(inner: &Fields<'_>, top: &Fields<'_>) -> Result<LogEntry, SkipReas
         .find_map(|s| s.as_ref().and_then(Scalar::timestamp))
         .ok_or(SkipReason::NoTimestamp)?;
     let metadata = [
-        &inner.metadata_json,
-        &inner.metadata,
-        &top.metadata_json,
-        &top.metadata,
+        inner.metadata_json,
+        inner.metadata,
+        top.metadata_json,
+        top.metadata,
     ]
     .into_iter()
-    // Parsed only here, and only until one candidate holds an object.
-    .find_map(|raw| {
-        let raw = (*raw)?;
-        serde_json::from_str::<Metadata>(raw.get()).ok()?.0
-    })
+    // Read only here, and only until one candidate holds an object.
+    .find_map(|raw| metadata(raw?))
     .unwrap_or_default();
     let performer = text(&inner.performer, &top.performer).map(|name| {
         let email = text(&inner.performer_email, &top.performer_email);
@@ -115,6 +208,16 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     {
         return parse_epoch_text(s);
     }
+    // Splunk's `_time` and Quay's `datetime` take this path; the general parsers below try
+    // several patterns and each re-reads its format string.
+    if let Some(t) = parse_iso_fast(s.as_bytes()) {
+        return Some(t);
+    }
+    parse_general(s)
+}
+
+/// Every accepted form other than epoch seconds, through chrono's parsers.
+fn parse_general(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
@@ -139,6 +242,59 @@ pub fn parse_timestamp(text: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc2822(s)
         .ok()
         .map(|t| t.with_timezone(&Utc))
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.f{1,9}][Z|±hh:mm|±hhmm]` (no offset: UTC), read without
+/// allocation; `None` for anything else, which the general parsers then handle.
+fn parse_iso_fast(b: &[u8]) -> Option<DateTime<Utc>> {
+    fn number(digits: &[u8]) -> Option<u32> {
+        digits.iter().try_fold(0u32, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0'))
+        })
+    }
+    let shape_ok = b.len() >= 19
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b' ')
+        && b[13] == b':'
+        && b[16] == b':';
+    if !shape_ok {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(
+        i32::try_from(number(&b[..4])?).ok()?,
+        number(&b[5..7])?,
+        number(&b[8..10])?,
+    )?;
+    let mut rest = &b[19..];
+    let mut nanos = 0u32;
+    if let Some(after_dot) = rest.strip_prefix(b".") {
+        let digits = after_dot.iter().take_while(|d| d.is_ascii_digit()).count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        nanos = number(&after_dot[..digits])? * 10u32.pow(9 - digits as u32);
+        rest = &after_dot[digits..];
+    }
+    let time = NaiveTime::from_hms_nano_opt(
+        number(&b[11..13])?,
+        number(&b[14..16])?,
+        number(&b[17..19])?,
+        nanos,
+    )?;
+    let east_seconds = match rest {
+        [] | [b'Z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] | [sign @ (b'+' | b'-'), h1, h2, m1, m2] => {
+            let (hours, minutes) = (number(&[*h1, *h2])?, number(&[*m1, *m2])?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let seconds = i64::from(hours * 3600 + minutes * 60);
+            if *sign == b'-' { -seconds } else { seconds }
+        }
+        _ => return None,
+    };
+    Some((NaiveDateTime::new(date, time) - chrono::Duration::seconds(east_seconds)).and_utc())
 }
 
 /// Epoch seconds written as text, parsed exactly (no float rounding of the fraction).
@@ -185,11 +341,6 @@ fn epoch(secs: i64, nanos: u32, negative: bool) -> Option<DateTime<Utc>> {
     } else {
         DateTime::from_timestamp(secs, nanos)
     }
-}
-
-/// Reads a metadata value: an object as is, a string holding a JSON object parsed, else nothing.
-pub(crate) fn metadata_from_str(s: &str) -> Option<Map<String, Value>> {
-    serde_json::from_str::<Map<String, Value>>(s).ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,193 @@
+//! A single pass over a result row's top level that finds each member's value without decoding
+//! it. A Splunk row repeats the event twice (the escaped `_raw` text and the extracted fields),
+//! and the mapper needs little beyond `_raw`: decoding every member with a full JSON parser was
+//! most of an export's CPU time. Values are decoded later, and only those the mapper uses, by
+//! `serde_json`, which checks them then.
+
+/// The row is not a well-formed JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotAnObject;
+
+/// Calls `member(key, value)` for each member of the JSON object `text`, in order, with the
+/// value's JSON text. Keys are handed over as written; a key holding an escape is skipped (no
+/// field the mapper reads needs one). Strings, nesting and separators are checked; scalars are
+/// delimited but left to whoever decodes them.
+pub(crate) fn members<'a>(
+    text: &'a str,
+    mut member: impl FnMut(&'a str, &'a str),
+) -> Result<(), NotAnObject> {
+    let b = text.as_bytes();
+    let mut at = skip_ws(b, 0);
+    if b.get(at) != Some(&b'{') {
+        return Err(NotAnObject);
+    }
+    at = skip_ws(b, at + 1);
+    if b.get(at) == Some(&b'}') {
+        return end(b, at + 1);
+    }
+    loop {
+        if b.get(at) != Some(&b'"') {
+            return Err(NotAnObject);
+        }
+        let key_end = string_end(b, at)?;
+        let key = &text[at + 1..key_end - 1];
+        at = skip_ws(b, key_end);
+        if b.get(at) != Some(&b':') {
+            return Err(NotAnObject);
+        }
+        let start = skip_ws(b, at + 1);
+        let value_end = value_end(b, start)?;
+        if !key.contains('\\') {
+            member(key, &text[start..value_end]);
+        }
+        at = skip_ws(b, value_end);
+        match b.get(at) {
+            Some(b',') => at = skip_ws(b, at + 1),
+            Some(b'}') => return end(b, at + 1),
+            _ => return Err(NotAnObject),
+        }
+    }
+}
+
+fn end(b: &[u8], at: usize) -> Result<(), NotAnObject> {
+    if skip_ws(b, at) == b.len() {
+        Ok(())
+    } else {
+        Err(NotAnObject)
+    }
+}
+
+fn skip_ws(b: &[u8], mut at: usize) -> usize {
+    while matches!(b.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        at += 1;
+    }
+    at
+}
+
+/// Just past the string starting with the quote at `at`.
+fn string_end(b: &[u8], at: usize) -> Result<usize, NotAnObject> {
+    let mut i = at + 1;
+    loop {
+        let found = memchr::memchr2(b'"', b'\\', &b[i.min(b.len())..]).ok_or(NotAnObject)?;
+        let pos = i + found;
+        if b[pos] == b'"' {
+            return Ok(pos + 1);
+        }
+        // An escape: the next byte is part of it (`\"`, `\\`, `\u`, ...).
+        i = pos + 2;
+    }
+}
+
+/// Just past the value starting at `at`.
+fn value_end(b: &[u8], at: usize) -> Result<usize, NotAnObject> {
+    match b.get(at) {
+        Some(b'"') => string_end(b, at),
+        Some(b'{' | b'[') => {
+            let mut closers = vec![if b[at] == b'{' { b'}' } else { b']' }];
+            let mut i = at + 1;
+            while let Some(&c) = b.get(i) {
+                match c {
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    b'{' => closers.push(b'}'),
+                    b'[' => closers.push(b']'),
+                    b'}' | b']' => {
+                        if closers.pop() != Some(c) {
+                            return Err(NotAnObject);
+                        }
+                        if closers.is_empty() {
+                            return Ok(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+            Err(NotAnObject)
+        }
+        Some(_) => {
+            let len = b[at..]
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+                .unwrap_or(b.len() - at);
+            if len == 0 {
+                Err(NotAnObject)
+            } else {
+                Ok(at + len)
+            }
+        }
+        None => Err(NotAnObject),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn collect(text: &str) -> Result<Vec<(String, String)>, NotAnObject> {
+        let mut out = Vec::new();
+        members(text, |k, v| out.push((k.to_owned(), v.to_owned())))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn finds_each_member_with_its_json_text() {
+        let text = r#" { "_raw" : "{\"kind\":\"a\\\\b\"}", "n": -1.5e3, "mv": ["x", {"y": "}"}],
+            "o": {"a": [1, {"b": null}]}, "t": true } "#;
+        let got = collect(text).unwrap();
+        let keys: Vec<&str> = got.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["_raw", "n", "mv", "o", "t"]);
+        let doc: Value = serde_json::from_str(text).unwrap();
+        for (k, v) in &got {
+            assert_eq!(serde_json::from_str::<Value>(v).unwrap(), doc[k], "{k}");
+        }
+        assert_eq!(collect("{}").unwrap(), []);
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_whole_object() {
+        for bad in [
+            "", "[]", "{", r#"{"a""#, r#"{"a":}"#, r#"{"a":"x}"#, r#"{"a":[1}"#, r#"{"a":1,}"#,
+            r#"{"a":1} x"#, r#"{"a":{"b":1]}"#, r#"{"a" 1}"#, r#"{a:1}"#,
+        ] {
+            assert_eq!(collect(bad), Err(NotAnObject), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        /// Every object serde_json writes is read back member by member, values intact.
+        #[test]
+        fn agrees_with_serde_json(members_in in proptest::collection::vec(
+            ("[a-z_]{1,8}", prop_oneof![
+                any::<String>().prop_map(Value::String),
+                any::<i64>().prop_map(|n| json!(n)),
+                any::<bool>().prop_map(Value::Bool),
+                proptest::collection::vec(any::<String>(), 0..3).prop_map(|v| json!(v)),
+                (any::<String>(), any::<String>()).prop_map(|(k, v)| json!({k: [v]})),
+            ]),
+            0..6,
+        ), pretty in any::<bool>()) {
+            let object: serde_json::Map<String, Value> = members_in.into_iter().collect();
+            let text = if pretty {
+                serde_json::to_string_pretty(&object).unwrap()
+            } else {
+                serde_json::to_string(&object).unwrap()
+            };
+            let got = collect(&text).unwrap();
+            prop_assert_eq!(got.len(), object.len());
+            for (k, v) in got {
+                prop_assert_eq!(&serde_json::from_str::<Value>(&v).unwrap(), &object[&k]);
+            }
+        }
+
+        #[test]
+        fn never_panics(text in ".*") {
+            let _ = collect(&text);
+        }
+    }
+}
