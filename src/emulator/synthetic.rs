@@ -115,6 +115,21 @@ impl Parts {
         })
     }
 
+    /// The fields whose values are fixed strings (so counting them allocates nothing).
+    pub fn is_static_field(name: &str) -> bool {
+        matches!(name, "kind" | "repository" | "performer_kind")
+    }
+
+    /// The value of a field [`Parts::is_static_field`] accepts.
+    pub fn static_field(&self, name: &str) -> Option<&'static str> {
+        match name {
+            "kind" => Some(self.kind),
+            "repository" => Some(self.repo),
+            "performer_kind" => Some(if self.user.is_some() { "user" } else { "robot" }),
+            _ => None,
+        }
+    }
+
     /// The extracted field names, in `_raw` order.
     pub fn field_names(&self) -> &'static [&'static str] {
         if self.user.is_some() {

@@ -119,7 +119,11 @@ fn parse_datetime_text(s: &str) -> Option<Micros> {
 
 /// A validated `strftime` format (Splunk's `%3N`/`%6N`/`%N` sub-second forms translated).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StrftimeFormat(String);
+pub struct StrftimeFormat {
+    text: String,
+    /// Worked out once: counting asks for it once per event.
+    granularity: Micros,
+}
 
 impl StrftimeFormat {
     /// Checks every specifier; `None` when one is unknown.
@@ -133,36 +137,43 @@ impl StrftimeFormat {
         if StrftimeItems::new(&translated).any(|i| matches!(i, Item::Error)) {
             return None;
         }
-        Some(Self(translated))
+        Some(Self {
+            granularity: granularity_of(&translated),
+            text: translated,
+        })
     }
 
     /// The coarsest time step the format cannot tell apart (a day, an hour, a minute or a
     /// second), so results can be reused across events in the same step.
     pub fn granularity(&self) -> Micros {
-        const SECOND: Micros = 1_000_000;
-        let has = |spec: &str| self.0.contains(spec);
-        if ["%f", "%3f", "%6f", "%9f", "%.f", "%s", "%c", "%+"]
-            .iter()
-            .any(|s| has(s))
-        {
-            1
-        } else if ["%S", "%T", "%r", "%X"].iter().any(|s| has(s)) {
-            SECOND
-        } else if ["%M", "%R"].iter().any(|s| has(s)) {
-            60 * SECOND
-        } else if ["%H", "%I", "%k", "%l", "%p", "%P"].iter().any(|s| has(s)) {
-            3600 * SECOND
-        } else {
-            86_400 * SECOND
-        }
+        self.granularity
     }
 
     /// Formats a time in UTC.
     pub fn format(&self, t: Micros) -> String {
         match Utc.timestamp_micros(t).single() {
-            Some(d) => d.format(&self.0).to_string(),
+            Some(d) => d.format(&self.text).to_string(),
             None => String::new(),
         }
+    }
+}
+
+fn granularity_of(format: &str) -> Micros {
+    const SECOND: Micros = 1_000_000;
+    let has = |spec: &str| format.contains(spec);
+    if ["%f", "%3f", "%6f", "%9f", "%.f", "%s", "%c", "%+"]
+        .iter()
+        .any(|s| has(s))
+    {
+        1
+    } else if ["%S", "%T", "%r", "%X"].iter().any(|s| has(s)) {
+        SECOND
+    } else if ["%M", "%R"].iter().any(|s| has(s)) {
+        60 * SECOND
+    } else if ["%H", "%I", "%k", "%l", "%p", "%P"].iter().any(|s| has(s)) {
+        3600 * SECOND
+    } else {
+        86_400 * SECOND
     }
 }
 

@@ -184,7 +184,11 @@ impl ExportJob {
                     JobError::Retryable(format!("encoding a batch of logs failed: {e}"))
                 })??,
             };
-            for reason in encoded.skip_reasons.iter().take(10usize.saturating_sub(skipped as usize)) {
+            for reason in encoded
+                .skip_reasons
+                .iter()
+                .take(10usize.saturating_sub(skipped as usize))
+            {
                 tracing::warn!(?reason, "skipped an event that cannot be mapped");
             }
             skipped += encoded.skipped;
@@ -222,9 +226,8 @@ const BATCH_ROWS: usize = 1024;
 
 /// Batches encoded at once: mapping and encoding is the pipeline's CPU work, so it spreads over
 /// the cores while the stream keeps reading (at least two, so reading and encoding overlap).
-static ENCODE_TASKS: LazyLock<usize> = LazyLock::new(|| {
-    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(4, 8))
-});
+static ENCODE_TASKS: LazyLock<usize> =
+    LazyLock::new(|| std::thread::available_parallelism().map_or(2, |n| n.get().clamp(4, 8)));
 
 /// One batch of rows as archive bytes.
 struct Encoded {

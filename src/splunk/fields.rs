@@ -1,4 +1,4 @@
-//! Borrowing views of a Splunk row and of a Quay audit event, read without a `Value` tree.
+//! Field values of a Splunk row or Quay audit event, decoded without a `Value` tree.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -9,41 +9,8 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::mapper::{epoch_from_f64, parse_timestamp};
+use super::scan::next_special;
 use crate::domain::Metadata;
-
-/// The fields the mapper reads, from either the `_raw` event or Splunk's extracted fields; every
-/// other field is skipped without being materialised.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct Fields<'a> {
-    #[serde(borrow)]
-    pub kind: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub account: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub performer: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub performer_email: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub performer_kind: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub repository: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub ip: Option<Scalar<'a>>,
-    #[serde(borrow)]
-    pub datetime: Option<Scalar<'a>>,
-    /// Kept raw: read (by [`metadata`]) only for the field that is used.
-    #[serde(borrow)]
-    pub metadata_json: Option<&'a RawValue>,
-    #[serde(borrow)]
-    pub metadata: Option<&'a RawValue>,
-    /// Kept as the escaped JSON string literal: [`unescape_string`] reads it into a reused buffer,
-    /// which is much cheaper than the parser's own unescaping into a fresh allocation.
-    #[serde(borrow, rename = "_raw")]
-    pub raw: Option<&'a RawValue>,
-    #[serde(borrow, rename = "_time")]
-    pub time: Option<Scalar<'a>>,
-}
 
 /// One field value; strings borrow from the input unless they had escapes. Multivalue fields
 /// (JSON arrays, as Splunk returns them) keep their first value.
@@ -158,10 +125,11 @@ pub(crate) fn metadata(raw: &RawValue) -> Option<Metadata<'_>> {
     }
 }
 
-/// Reads the JSON string literal `literal` (as a [`RawValue`] holds it, quotes included) into
-/// `out`; `false` when it is not a string. Runs of plain text are copied whole; only `\u`
-/// escapes, rare in audit events, go through the full JSON parser.
-pub(crate) fn unescape_string(literal: &str, out: &mut String) -> bool {
+/// Reads the JSON string literal `literal` (quotes included, as the scanner delimits it) into
+/// `out`; `false` when it is not a string. A byte loop rather than `memchr`: `_raw` holds an
+/// escaped quote every few bytes, where searching costs more than looking. Only `\u` escapes,
+/// rare in audit events, go through the full JSON parser.
+pub(crate) fn unescape_string(literal: &str, out: &mut Vec<u8>) -> bool {
     out.clear();
     let Some(body) = literal
         .strip_prefix('"')
@@ -169,23 +137,30 @@ pub(crate) fn unescape_string(literal: &str, out: &mut String) -> bool {
     else {
         return false;
     };
-    let mut rest = body;
-    while let Some(at) = memchr::memchr(b'\\', rest.as_bytes()) {
-        out.push_str(&rest[..at]);
-        let unescaped = match rest.as_bytes().get(at + 1) {
-            Some(b'"') => '"',
-            Some(b'\\') => '\\',
-            Some(b'/') => '/',
-            Some(b'b') => '\u{8}',
-            Some(b'f') => '\u{c}',
-            Some(b'n') => '\n',
-            Some(b'r') => '\r',
-            Some(b't') => '\t',
+    let bytes = body.as_bytes();
+    let (mut run, mut at) = (0, 0);
+    while let Some(found) = next_special(bytes, at) {
+        // A bare `"` cannot occur inside a string literal; only escapes stop the copy.
+        at = found;
+        if bytes[at] != b'\\' {
+            at += 1;
+            continue;
+        }
+        out.extend_from_slice(&bytes[run..at]);
+        let unescaped = match bytes.get(at + 1) {
+            Some(b'"') => b'"',
+            Some(b'\\') => b'\\',
+            Some(b'/') => b'/',
+            Some(b'b') => 0x08,
+            Some(b'f') => 0x0c,
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b't') => b'\t',
             _ => {
                 out.clear();
                 return match serde_json::from_str::<Cow<'_, str>>(literal) {
                     Ok(text) => {
-                        out.push_str(&text);
+                        out.extend_from_slice(text.as_bytes());
                         true
                     }
                     Err(_) => false,
@@ -193,8 +168,9 @@ pub(crate) fn unescape_string(literal: &str, out: &mut String) -> bool {
             }
         };
         out.push(unescaped);
-        rest = &rest[at + 2..];
+        at += 2;
+        run = at;
     }
-    out.push_str(rest);
+    out.extend_from_slice(&bytes[run.min(bytes.len())..]);
     true
 }

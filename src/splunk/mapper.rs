@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::Row;
 use super::avatar::avatar;
-use super::fields::{Fields, Scalar, metadata, unescape_string};
+use super::fields::{Scalar, metadata, unescape_string};
 use super::scan;
 
 use crate::domain::{LogEntry, PerformerInfo};
@@ -40,34 +40,40 @@ pub fn map_row_with<R>(
     use_entry: impl FnOnce(LogEntry<'_>) -> R,
 ) -> Result<R, SkipReason> {
     let text = std::str::from_utf8(row.as_bytes()).map_err(|_| SkipReason::Malformed)?;
-    let top = TopLevel::read(text)?;
+    let top = Members::read(text).ok_or(SkipReason::Malformed)?;
     // `_raw` is unescaped into a buffer kept per thread: no allocation per row.
     thread_local! {
-        static RAW: RefCell<String> = const { RefCell::new(String::new()) };
+        static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
     RAW.with(|cell| {
-        let mut fresh = String::new();
+        let mut fresh = Vec::new();
         let mut kept = cell.try_borrow_mut();
         let buffer = match &mut kept {
             Ok(kept) => &mut **kept,
             Err(_) => &mut fresh,
         };
-        // A `_raw` that is not JSON (or not an object) leaves only the extracted fields.
-        let inner: Fields<'_> = match top.raw {
-            Some(raw)
-                if unescape_string(raw, buffer) && buffer.trim_start().starts_with('{') =>
-            {
-                serde_json::from_str(buffer).unwrap_or_default()
-            }
-            _ => Fields::default(),
-        };
-        map_fields(&inner, &top.fallback_for(&inner)).map(use_entry)
+        // A `_raw` that is not a JSON object leaves only the extracted fields.
+        let inner = top
+            .raw
+            .filter(|raw| unescape_string(raw, buffer))
+            .and_then(|_| std::str::from_utf8(buffer).ok())
+            .and_then(Members::read)
+            .unwrap_or_default();
+        map_members(&inner, &top).map(use_entry)
     })
 }
 
-/// The top-level members of a row the mapper may use, as undecoded JSON text.
+/// Maps one Quay audit event given as a JSON object (e.g. an NDJSON line), without Splunk's
+/// envelope.
+pub fn map_event_json(event: &str) -> Result<LogEntry<'static>, SkipReason> {
+    let members = Members::read(event).ok_or(SkipReason::Malformed)?;
+    map_members(&members, &Members::default()).map(|entry| entry.into_owned())
+}
+
+/// The members of an event (or of a row's top level) the mapper may use, as undecoded JSON
+/// text: each is decoded only if it is needed, and plain strings need no decoding at all.
 #[derive(Default)]
-struct TopLevel<'a> {
+struct Members<'a> {
     raw: Option<&'a str>,
     time: Option<&'a str>,
     kind: Option<&'a str>,
@@ -82,86 +88,57 @@ struct TopLevel<'a> {
     metadata: Option<&'a str>,
 }
 
-impl<'a> TopLevel<'a> {
-    fn read(row: &'a str) -> Result<Self, SkipReason> {
-        let mut top = Self::default();
-        scan::members(row, |key, value| {
+impl<'a> Members<'a> {
+    /// The members of the JSON object `text`; `None` if it is not one.
+    fn read(text: &'a str) -> Option<Self> {
+        let mut found = Self::default();
+        scan::members(text, |key, value| {
             let slot = match key {
-                "_raw" => &mut top.raw,
-                "_time" => &mut top.time,
-                "kind" => &mut top.kind,
-                "account" => &mut top.account,
-                "performer" => &mut top.performer,
-                "performer_email" => &mut top.performer_email,
-                "performer_kind" => &mut top.performer_kind,
-                "repository" => &mut top.repository,
-                "ip" => &mut top.ip,
-                "datetime" => &mut top.datetime,
-                "metadata_json" => &mut top.metadata_json,
-                "metadata" => &mut top.metadata,
+                "_raw" => &mut found.raw,
+                "_time" => &mut found.time,
+                "kind" => &mut found.kind,
+                "account" => &mut found.account,
+                "performer" => &mut found.performer,
+                "performer_email" => &mut found.performer_email,
+                "performer_kind" => &mut found.performer_kind,
+                "repository" => &mut found.repository,
+                "ip" => &mut found.ip,
+                "datetime" => &mut found.datetime,
+                "metadata_json" => &mut found.metadata_json,
+                "metadata" => &mut found.metadata,
                 _ => return,
             };
             *slot = Some(value);
         })
-        .map_err(|_| SkipReason::Malformed)?;
-        Ok(top)
-    }
-
-    /// Splunk's extracted fields, decoded only where the event itself (`inner`) has no usable
-    /// value: with a JSON `_raw`, usually none of them.
-    fn fallback_for(&self, inner: &Fields<'_>) -> Fields<'a> {
-        fn lacks(value: &Option<Scalar<'_>>) -> bool {
-            value.as_ref().and_then(Scalar::text).is_none()
-        }
-        fn scalar<'a>(needed: bool, text: Option<&'a str>) -> Option<Scalar<'a>> {
-            needed.then(|| serde_json::from_str(text?).ok()).flatten()
-        }
-        let lacks_metadata = [inner.metadata_json, inner.metadata]
-            .into_iter()
-            .all(|raw| raw.and_then(metadata).is_none());
-        let raw = |text: Option<&'a str>| {
-            lacks_metadata
-                .then(|| serde_json::from_str::<&RawValue>(text?).ok())
-                .flatten()
-        };
-        Fields {
-            kind: scalar(lacks(&inner.kind), self.kind),
-            account: scalar(lacks(&inner.account), self.account),
-            performer: scalar(lacks(&inner.performer), self.performer),
-            performer_email: scalar(lacks(&inner.performer_email), self.performer_email),
-            performer_kind: scalar(lacks(&inner.performer_kind), self.performer_kind),
-            repository: scalar(lacks(&inner.repository), self.repository),
-            ip: scalar(lacks(&inner.ip), self.ip),
-            datetime: scalar(true, self.datetime),
-            time: scalar(true, self.time),
-            metadata_json: raw(self.metadata_json),
-            metadata: raw(self.metadata),
-            raw: None,
-        }
+        .ok()?;
+        Some(found)
     }
 }
 
-/// Maps one Quay audit event given as a JSON object (e.g. an NDJSON line), without Splunk's
-/// envelope.
-pub fn map_event_json(event: &str) -> Result<LogEntry<'static>, SkipReason> {
-    // Derived struct deserializers also accept arrays; an event must be an object.
-    if !event.trim_start().starts_with('{') {
-        return Err(SkipReason::Malformed);
+/// A member's value. A string without escapes (nearly every one) is borrowed as it is written;
+/// anything else goes through the JSON parser, which also rejects what is not valid JSON.
+fn scalar(text: Option<&str>) -> Option<Scalar<'_>> {
+    let text = text?;
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(body) if !body.contains('\\') => Some(Scalar::Str(Cow::Borrowed(body))),
+        _ => serde_json::from_str(text).ok(),
     }
-    let fields: Fields<'_> = serde_json::from_str(event).map_err(|_| SkipReason::Malformed)?;
-    map_fields(&fields, &Fields::default()).map(|entry| entry.into_owned())
 }
 
-fn map_fields<'a>(inner: &'a Fields<'_>, top: &'a Fields<'_>) -> Result<LogEntry<'a>, SkipReason> {
-    let text = |a: &'a Option<Scalar<'_>>, b: &'a Option<Scalar<'_>>| -> Option<Cow<'a, str>> {
-        a.as_ref()
-            .and_then(Scalar::text)
-            .or_else(|| b.as_ref().and_then(Scalar::text))
-    };
-    let kind = text(&inner.kind, &top.kind).ok_or(SkipReason::NoKind)?;
-    let datetime = [&inner.datetime, &top.datetime, &inner.time, &top.time]
+/// A member's value as non-empty text.
+fn text(member: Option<&str>) -> Option<Cow<'_, str>> {
+    match scalar(member)? {
+        Scalar::Str(Cow::Borrowed(s)) => (!s.trim().is_empty()).then_some(Cow::Borrowed(s)),
+        other => other.text().map(|t| Cow::Owned(t.into_owned())),
+    }
+}
+
+fn map_members<'a>(inner: &Members<'a>, top: &Members<'a>) -> Result<LogEntry<'a>, SkipReason> {
+    let either = |a: Option<&'a str>, b: Option<&'a str>| text(a).or_else(|| text(b));
+    let kind = either(inner.kind, top.kind).ok_or(SkipReason::NoKind)?;
+    let datetime = [inner.datetime, top.datetime, inner.time, top.time]
         .into_iter()
-        .find_map(|s| s.as_ref().and_then(Scalar::timestamp))
+        .find_map(|member| scalar(member)?.timestamp())
         .ok_or(SkipReason::NoTimestamp)?;
     let metadata = [
         inner.metadata_json,
@@ -170,12 +147,12 @@ fn map_fields<'a>(inner: &'a Fields<'_>, top: &'a Fields<'_>) -> Result<LogEntry
         top.metadata,
     ]
     .into_iter()
-    // Read only here, and only until one candidate holds an object.
-    .find_map(|raw| metadata(raw?))
+    // Checked as JSON only here, and only until one candidate holds an object.
+    .find_map(|member| metadata(serde_json::from_str::<&RawValue>(member?).ok()?))
     .unwrap_or_default();
-    let performer = text(&inner.performer, &top.performer).map(|name| {
-        let email = text(&inner.performer_email, &top.performer_email);
-        let performer_kind = text(&inner.performer_kind, &top.performer_kind);
+    let performer = either(inner.performer, top.performer).map(|name| {
+        let email = either(inner.performer_email, top.performer_email);
+        let performer_kind = either(inner.performer_kind, top.performer_kind);
         let is_robot = performer_kind.as_deref() == Some("robot") || name.contains('+');
         let (avatar_hash, avatar_color) = avatar(&name, email.as_deref());
         PerformerInfo {
@@ -188,9 +165,9 @@ fn map_fields<'a>(inner: &'a Fields<'_>, top: &'a Fields<'_>) -> Result<LogEntry
     Ok(LogEntry {
         kind,
         datetime,
-        namespace: text(&inner.account, &top.account),
-        repository: text(&inner.repository, &top.repository),
-        ip: text(&inner.ip, &top.ip),
+        namespace: either(inner.account, top.account),
+        repository: either(inner.repository, top.repository),
+        ip: either(inner.ip, top.ip),
         metadata,
         performer,
     })

@@ -202,7 +202,11 @@ fn fast_iso_reads_splunk_and_quay_forms() {
     ] {
         assert_eq!(parse_iso_fast(text.as_bytes()), Some(t(want)), "{text}");
     }
-    for other in ["2024-06-18T18:59", "2024-02-30T00:00:00", "2024-06-18T18:59:60Z"] {
+    for other in [
+        "2024-06-18T18:59",
+        "2024-02-30T00:00:00",
+        "2024-06-18T18:59:60Z",
+    ] {
         assert_eq!(parse_iso_fast(other.as_bytes()), None, "{other}");
     }
 }

@@ -69,8 +69,8 @@ async fn export_all(client: &SplunkClient, query: &BuiltQuery) -> Vec<(String, S
     while let Some(row) = stream.next_row().await {
         let entry = map_row(&row.expect("row")).expect("row maps");
         out.push((
-            entry.namespace.unwrap_or_default(),
-            entry.repository.unwrap_or_default(),
+            entry.namespace.unwrap_or_default().into_owned(),
+            entry.repository.unwrap_or_default().into_owned(),
             entry.datetime.timestamp(),
         ));
     }
