@@ -222,7 +222,7 @@ impl ExportJob {
 
 /// Rows mapped and encoded by one blocking task: enough that spawning costs nothing in
 /// comparison, few enough that the batches in flight hold a few MiB.
-const BATCH_ROWS: usize = 1024;
+const BATCH_ROWS: usize = 256;
 
 /// Batches encoded at once: mapping and encoding is the pipeline's CPU work, so it spreads over
 /// the cores while the stream keeps reading (at least two, so reading and encoding overlap).
