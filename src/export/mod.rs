@@ -1,5 +1,6 @@
 //! The export job: Splunk → archive → storage; the notifier then delivers the outcome.
 
+mod encoders;
 mod pipeline;
 
 use std::sync::Arc;

@@ -7,13 +7,15 @@ use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
-use super::ExportSettings;
+use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
 use crate::domain::{ExportFormat, quay_datetime};
 use crate::queue::{ClaimedJob, ExportResult};
-use crate::splunk::{ExportStream, Row, SkipReason, SplunkClient, SplunkError, map_row_with};
+use crate::splunk::{
+    ExportStream, Row, RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text,
+};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
 
@@ -152,25 +154,36 @@ impl ExportJob {
         tokio::pin!(stopped);
         let format = writer.format();
         let span = tracing::Span::current();
-        // Batches being mapped and encoded on the blocking pool, oldest first: their results
+        // Batches being mapped and encoded on the encoder threads, oldest first: their results
         // are appended in this order, so the archive keeps Splunk's row order.
-        let mut in_flight: VecDeque<JoinHandle<Result<Encoded, JobError>>> = VecDeque::new();
+        let mut in_flight: VecDeque<oneshot::Receiver<Result<Encoded, JobError>>> =
+            VecDeque::new();
+        // The buffers of finished batches, reused: after the first few batches an export
+        // allocates nothing per batch, so its memory is the same at 100k logs as at 10M.
+        let mut spare: Vec<Buffers> = Vec::new();
+        let mut read_rows: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
         let mut more = true;
         let (mut skipped, mut bytes) = (0u64, 0u64);
         loop {
             if more && in_flight.len() < *ENCODE_TASKS {
-                let mut batch = Vec::with_capacity(BATCH_ROWS);
+                let Buffers { mut batch, out } = spare.pop().unwrap_or_else(Buffers::new);
                 more = tokio::select! {
                     biased;
                     _ = &mut stopped => return Err(JobError::Stopped),
-                    read = rows.next_rows(&mut batch, BATCH_ROWS) => read.map_err(splunk_error)?,
+                    read = rows.next_rows(&mut read_rows, BATCH_ROWS) => read.map_err(splunk_error)?,
                 };
+                // Copied here, so the stream's chunks are freed by the thread that read them.
+                for row in read_rows.drain(..) {
+                    batch.push(&row);
+                }
                 if !batch.is_empty() {
                     let first = rows.rows_read() - batch.len() as u64 + 1;
                     let span = span.clone();
-                    in_flight.push_back(tokio::task::spawn_blocking(move || {
-                        span.in_scope(|| encode_batch(format, &batch, first))
+                    in_flight.push_back(encoders::spawn(move || {
+                        span.in_scope(|| encode_batch(format, batch, out, first))
                     }));
+                } else {
+                    spare.push(Buffers { batch, out });
                 }
                 continue;
             }
@@ -180,8 +193,8 @@ impl ExportJob {
             let encoded = tokio::select! {
                 biased;
                 _ = &mut stopped => return Err(JobError::Stopped),
-                done = oldest => done.map_err(|e| {
-                    JobError::Retryable(format!("encoding a batch of logs failed: {e}"))
+                done = oldest => done.map_err(|_| {
+                    JobError::Retryable("encoding a batch of logs failed (the encoder panicked)".into())
                 })??,
             };
             for reason in encoded
@@ -195,6 +208,7 @@ impl ExportJob {
             writer
                 .append_encoded(&encoded.bytes, encoded.logs)
                 .map_err(encode_error)?;
+            spare.push(encoded.buffers());
             if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
                 bytes += chunk.len() as u64;
                 tokio::select! {
@@ -220,18 +234,29 @@ impl ExportJob {
     }
 }
 
-/// Rows mapped and encoded by one blocking task: enough that spawning costs nothing in
+/// Rows mapped and encoded as one job: enough that handing a batch over costs nothing in
 /// comparison, few enough that the batches in flight hold a few MiB.
-const BATCH_ROWS: usize = 256;
+const BATCH_ROWS: usize = 1024;
 
-/// Batches in flight: mapping and encoding is the pipeline's CPU work, so it spreads over the
-/// cores while the stream keeps reading. One per core, at least 4 (the README's figures were
-/// measured with 4 on a 2-core machine; 2 measured no better there), at most 8.
-static ENCODE_TASKS: LazyLock<usize> = LazyLock::new(|| {
-    std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .clamp(4, 8)
-});
+/// Batches in flight per export: two more than there are encoder threads, so a thread that
+/// finishes a batch finds the next one waiting while the stream reads on.
+static ENCODE_TASKS: LazyLock<usize> = LazyLock::new(|| *encoders::THREADS + 2);
+
+/// A batch's row list and output buffer, handed back and forth between the stream and the
+/// encoder threads.
+struct Buffers {
+    batch: RowBatch,
+    out: Vec<u8>,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        Self {
+            batch: RowBatch::with_capacity(BATCH_ROWS, BATCH_ROWS * 1024),
+            out: Vec::with_capacity(BATCH_ROWS * 512),
+        }
+    }
+}
 
 /// One batch of rows as archive bytes.
 struct Encoded {
@@ -240,18 +265,39 @@ struct Encoded {
     skipped: u64,
     /// The first few reasons, for the log.
     skip_reasons: Vec<SkipReason>,
+    /// The batch's rows, emptied, for reuse.
+    batch: RowBatch,
 }
 
-/// Maps and encodes `rows` (row numbers from `first`); runs on the blocking pool.
-fn encode_batch(format: ExportFormat, rows: &[Row], first: u64) -> Result<Encoded, JobError> {
+impl Encoded {
+    /// The batch's buffers, emptied, for the next batch.
+    fn buffers(self) -> Buffers {
+        let mut out = self.bytes;
+        out.clear();
+        Buffers {
+            batch: self.batch,
+            out,
+        }
+    }
+}
+
+/// Maps and encodes the rows of `batch` (row numbers from `first`) into `out`; runs on an encoder
+/// thread. The emptied batch travels back with the result.
+fn encode_batch(
+    format: ExportFormat,
+    mut batch: RowBatch,
+    out: Vec<u8>,
+    first: u64,
+) -> Result<Encoded, JobError> {
     let mut encoded = Encoded {
-        bytes: Vec::with_capacity(rows.len() * 512),
+        bytes: out,
         logs: 0,
         skipped: 0,
         skip_reasons: Vec::new(),
+        batch: RowBatch::default(),
     };
-    for (n, row) in (first..).zip(rows) {
-        match map_row_with(row, |log| {
+    for (n, row) in (first..).zip(batch.iter()) {
+        match map_row_text(row, |log| {
             ArchiveWriter::encode_log(format, &log, &mut encoded.bytes);
         }) {
             Ok(()) => encoded.logs += 1,
@@ -269,5 +315,7 @@ fn encode_batch(format: ExportFormat, rows: &[Row], first: u64) -> Result<Encode
             }
         }
     }
+    batch.clear();
+    encoded.batch = batch;
     Ok(encoded)
 }

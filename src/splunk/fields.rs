@@ -9,7 +9,6 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::mapper::{epoch_from_f64, parse_timestamp};
-use super::scan::next_special;
 use crate::domain::Metadata;
 
 /// One field value; strings borrow from the input unless they had escapes. Multivalue fields
@@ -123,54 +122,4 @@ pub(crate) fn metadata(raw: &RawValue) -> Option<Metadata<'_>> {
         }
         _ => None,
     }
-}
-
-/// Reads the JSON string literal `literal` (quotes included, as the scanner delimits it) into
-/// `out`; `false` when it is not a string. A byte loop rather than `memchr`: `_raw` holds an
-/// escaped quote every few bytes, where searching costs more than looking. Only `\u` escapes,
-/// rare in audit events, go through the full JSON parser.
-pub(crate) fn unescape_string(literal: &str, out: &mut Vec<u8>) -> bool {
-    out.clear();
-    let Some(body) = literal
-        .strip_prefix('"')
-        .and_then(|rest| rest.strip_suffix('"'))
-    else {
-        return false;
-    };
-    let bytes = body.as_bytes();
-    let (mut run, mut at) = (0, 0);
-    while let Some(found) = next_special(bytes, at) {
-        // A bare `"` cannot occur inside a string literal; only escapes stop the copy.
-        at = found;
-        if bytes[at] != b'\\' {
-            at += 1;
-            continue;
-        }
-        out.extend_from_slice(&bytes[run..at]);
-        let unescaped = match bytes.get(at + 1) {
-            Some(b'"') => b'"',
-            Some(b'\\') => b'\\',
-            Some(b'/') => b'/',
-            Some(b'b') => 0x08,
-            Some(b'f') => 0x0c,
-            Some(b'n') => b'\n',
-            Some(b'r') => b'\r',
-            Some(b't') => b'\t',
-            _ => {
-                out.clear();
-                return match serde_json::from_str::<Cow<'_, str>>(literal) {
-                    Ok(text) => {
-                        out.extend_from_slice(text.as_bytes());
-                        true
-                    }
-                    Err(_) => false,
-                };
-            }
-        };
-        out.push(unescaped);
-        at += 2;
-        run = at;
-    }
-    out.extend_from_slice(&bytes[run.min(bytes.len())..]);
-    true
 }

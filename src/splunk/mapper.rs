@@ -1,17 +1,17 @@
 //! Maps one Splunk result row to the registry's log object (SPEC §5), parsing in place.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
+use std::cell::{LazyCell, RefCell};
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use serde_json::value::RawValue;
 
 use super::Row;
 use super::avatar::avatar;
-use super::fields::{Scalar, metadata, unescape_string};
+use super::fields::{Scalar, metadata};
 use super::scan;
 
-use crate::domain::{LogEntry, PerformerInfo};
+use crate::domain::{LogEntry, Metadata, PerformerInfo};
 
 /// Why a row could not become a log entry; the caller counts and skips it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,12 +35,23 @@ pub fn map_row(row: &Row) -> Result<LogEntry<'static>, SkipReason> {
 
 /// Maps a result row and hands the entry, still borrowing from the row, to `use_entry`: the
 /// export path encodes each event this way without copying its text.
+///
+/// The row is read up to `_raw`, which is unescaped as it is read; the rest of the row (Splunk's
+/// extracted fields, as long again as `_raw`) is read only when the event in `_raw` lacks a field
+/// the log object uses.
 pub fn map_row_with<R>(
     row: &Row,
     use_entry: impl FnOnce(LogEntry<'_>) -> R,
 ) -> Result<R, SkipReason> {
-    let text = std::str::from_utf8(row.as_bytes()).map_err(|_| SkipReason::Malformed)?;
-    let top = Members::read(text).ok_or(SkipReason::Malformed)?;
+    map_row_text(row.as_bytes(), use_entry)
+}
+
+/// [`map_row_with`] for a row given as its JSON text (a row of a [`super::RowBatch`]).
+pub fn map_row_text<R>(
+    row: &[u8],
+    use_entry: impl FnOnce(LogEntry<'_>) -> R,
+) -> Result<R, SkipReason> {
+    let mut object = scan::Object::open(row).map_err(|_| SkipReason::Malformed)?;
     // `_raw` is unescaped into a buffer kept per thread: no allocation per row.
     thread_local! {
         static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
@@ -52,107 +63,162 @@ pub fn map_row_with<R>(
             Ok(kept) => &mut **kept,
             Err(_) => &mut fresh,
         };
+        let mut top = Members::default();
+        let mut raw_is_text = false;
+        while let Some(key) = object.next_key().map_err(|_| SkipReason::Malformed)? {
+            if key == b"_raw" {
+                raw_is_text = object
+                    .unescape_value(buffer)
+                    .map_err(|_| SkipReason::Malformed)?;
+                break;
+            }
+            let value = object.value().map_err(|_| SkipReason::Malformed)?;
+            top.take(key, value);
+        }
         // A `_raw` that is not a JSON object leaves only the extracted fields.
-        let inner = top
-            .raw
-            .filter(|raw| unescape_string(raw, buffer))
-            .and_then(|_| std::str::from_utf8(buffer).ok())
-            .and_then(Members::read)
-            .unwrap_or_default();
-        map_members(&inner, &top).map(use_entry)
+        let inner = if raw_is_text {
+            Members::read(buffer).unwrap_or_default()
+        } else {
+            Members::default()
+        };
+        let top = LazyCell::new(move || {
+            while let Some(key) = object.next_key()? {
+                let value = object.value()?;
+                top.take(key, value);
+            }
+            Ok::<_, scan::NotAnObject>(top)
+        });
+        let top = || LazyCell::force(&top).as_ref().map_err(|_| SkipReason::Malformed);
+        map_members(&inner, top).map(use_entry)
     })
 }
 
 /// Maps one Quay audit event given as a JSON object (e.g. an NDJSON line), without Splunk's
 /// envelope.
 pub fn map_event_json(event: &str) -> Result<LogEntry<'static>, SkipReason> {
-    let members = Members::read(event).ok_or(SkipReason::Malformed)?;
-    map_members(&members, &Members::default()).map(|entry| entry.into_owned())
+    let members = Members::read(event.as_bytes()).ok_or(SkipReason::Malformed)?;
+    let none = Members::default();
+    map_members(&members, || Ok(&none)).map(|entry| entry.into_owned())
 }
 
 /// The members of an event (or of a row's top level) the mapper may use, as undecoded JSON
 /// text: each is decoded only if it is needed, and plain strings need no decoding at all.
 #[derive(Default)]
 struct Members<'a> {
-    raw: Option<&'a str>,
-    time: Option<&'a str>,
-    kind: Option<&'a str>,
-    account: Option<&'a str>,
-    performer: Option<&'a str>,
-    performer_email: Option<&'a str>,
-    performer_kind: Option<&'a str>,
-    repository: Option<&'a str>,
-    ip: Option<&'a str>,
-    datetime: Option<&'a str>,
-    metadata_json: Option<&'a str>,
-    metadata: Option<&'a str>,
+    time: Option<&'a [u8]>,
+    kind: Option<&'a [u8]>,
+    account: Option<&'a [u8]>,
+    performer: Option<&'a [u8]>,
+    performer_email: Option<&'a [u8]>,
+    performer_kind: Option<&'a [u8]>,
+    repository: Option<&'a [u8]>,
+    ip: Option<&'a [u8]>,
+    datetime: Option<&'a [u8]>,
+    metadata_json: Option<&'a [u8]>,
+    metadata: Option<&'a [u8]>,
 }
 
 impl<'a> Members<'a> {
     /// The members of the JSON object `text`; `None` if it is not one.
-    fn read(text: &'a str) -> Option<Self> {
+    fn read(text: &'a [u8]) -> Option<Self> {
         let mut found = Self::default();
-        scan::members(text, |key, value| {
-            let slot = match key {
-                "_raw" => &mut found.raw,
-                "_time" => &mut found.time,
-                "kind" => &mut found.kind,
-                "account" => &mut found.account,
-                "performer" => &mut found.performer,
-                "performer_email" => &mut found.performer_email,
-                "performer_kind" => &mut found.performer_kind,
-                "repository" => &mut found.repository,
-                "ip" => &mut found.ip,
-                "datetime" => &mut found.datetime,
-                "metadata_json" => &mut found.metadata_json,
-                "metadata" => &mut found.metadata,
-                _ => return,
-            };
-            *slot = Some(value);
-        })
-        .ok()?;
+        scan::members(text, |key, value| found.take(key, value)).ok()?;
         Some(found)
+    }
+
+    /// Keeps `value` if `key` names a member the mapper uses (the last one wins).
+    fn take(&mut self, key: &[u8], value: &'a [u8]) {
+        let slot = match key {
+            b"_time" => &mut self.time,
+            b"kind" => &mut self.kind,
+            b"account" => &mut self.account,
+            b"performer" => &mut self.performer,
+            b"performer_email" => &mut self.performer_email,
+            b"performer_kind" => &mut self.performer_kind,
+            b"repository" => &mut self.repository,
+            b"ip" => &mut self.ip,
+            b"datetime" => &mut self.datetime,
+            b"metadata_json" => &mut self.metadata_json,
+            b"metadata" => &mut self.metadata,
+            _ => return,
+        };
+        *slot = Some(value);
     }
 }
 
 /// A member's value. A string without escapes (nearly every one) is borrowed as it is written;
 /// anything else goes through the JSON parser, which also rejects what is not valid JSON.
-fn scalar(text: Option<&str>) -> Option<Scalar<'_>> {
+fn scalar(text: Option<&[u8]>) -> Option<Scalar<'_>> {
     let text = text?;
-    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(body) if !body.contains('\\') => Some(Scalar::Str(Cow::Borrowed(body))),
-        _ => serde_json::from_str(text).ok(),
+    match text.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) {
+        Some(body) if !body.contains(&b'\\') => {
+            Some(Scalar::Str(Cow::Borrowed(std::str::from_utf8(body).ok()?)))
+        }
+        _ => serde_json::from_slice(text).ok(),
     }
 }
 
 /// A member's value as non-empty text.
-fn text(member: Option<&str>) -> Option<Cow<'_, str>> {
+fn text(member: Option<&[u8]>) -> Option<Cow<'_, str>> {
     match scalar(member)? {
         Scalar::Str(Cow::Borrowed(s)) => (!s.trim().is_empty()).then_some(Cow::Borrowed(s)),
         other => other.text().map(|t| Cow::Owned(t.into_owned())),
     }
 }
 
-fn map_members<'a>(inner: &Members<'a>, top: &Members<'a>) -> Result<LogEntry<'a>, SkipReason> {
-    let either = |a: Option<&'a str>, b: Option<&'a str>| text(a).or_else(|| text(b));
-    let kind = either(inner.kind, top.kind).ok_or(SkipReason::NoKind)?;
-    let datetime = [inner.datetime, top.datetime, inner.time, top.time]
-        .into_iter()
-        .find_map(|member| scalar(member)?.timestamp())
-        .ok_or(SkipReason::NoTimestamp)?;
-    let metadata = [
-        inner.metadata_json,
-        inner.metadata,
-        top.metadata_json,
-        top.metadata,
-    ]
-    .into_iter()
+/// A metadata member holding an object (or a JSON string of one).
+fn metadata_of(member: Option<&[u8]>) -> Option<Metadata<'_>> {
     // Checked as JSON only here, and only until one candidate holds an object.
-    .find_map(|member| metadata(serde_json::from_str::<&RawValue>(member?).ok()?))
-    .unwrap_or_default();
-    let performer = either(inner.performer, top.performer).map(|name| {
-        let email = either(inner.performer_email, top.performer_email);
-        let performer_kind = either(inner.performer_kind, top.performer_kind);
+    metadata(serde_json::from_slice::<&RawValue>(member?).ok()?)
+}
+
+/// Builds the log entry from `inner` (the event in `_raw`), asking for `top` (the row's extracted
+/// fields) only for a field `inner` lacks. The performer's e-mail and kind come from the same
+/// place as the performer's name.
+fn map_members<'a, 't>(
+    inner: &Members<'a>,
+    top: impl Fn() -> Result<&'t Members<'a>, SkipReason>,
+) -> Result<LogEntry<'a>, SkipReason>
+where
+    'a: 't,
+{
+    let kind = match text(inner.kind) {
+        Some(kind) => kind,
+        None => text(top()?.kind).ok_or(SkipReason::NoKind)?,
+    };
+    let datetime = match scalar(inner.datetime).and_then(|s| s.timestamp()) {
+        Some(datetime) => datetime,
+        None => {
+            let top = top()?;
+            [top.datetime, inner.time, top.time]
+                .into_iter()
+                .find_map(|member| scalar(member)?.timestamp())
+                .ok_or(SkipReason::NoTimestamp)?
+        }
+    };
+    let metadata = match metadata_of(inner.metadata_json).or_else(|| metadata_of(inner.metadata)) {
+        Some(metadata) => metadata,
+        None => {
+            let top = top()?;
+            metadata_of(top.metadata_json)
+                .or_else(|| metadata_of(top.metadata))
+                .unwrap_or_default()
+        }
+    };
+    let either = |member: fn(&Members<'a>) -> Option<&'a [u8]>| match text(member(inner)) {
+        Some(found) => Ok(Some(found)),
+        None => top().map(|top| text(member(top))),
+    };
+    let (source, name) = match text(inner.performer) {
+        Some(name) => (inner, Some(name)),
+        None => {
+            let top = top()?;
+            (top, text(top.performer))
+        }
+    };
+    let performer = name.map(|name| {
+        let email = text(source.performer_email);
+        let performer_kind = text(source.performer_kind);
         let is_robot = performer_kind.as_deref() == Some("robot") || name.contains('+');
         let (avatar_hash, avatar_color) = avatar(&name, email.as_deref());
         PerformerInfo {
@@ -165,9 +231,9 @@ fn map_members<'a>(inner: &Members<'a>, top: &Members<'a>) -> Result<LogEntry<'a
     Ok(LogEntry {
         kind,
         datetime,
-        namespace: either(inner.account, top.account),
-        repository: either(inner.repository, top.repository),
-        ip: either(inner.ip, top.ip),
+        namespace: either(|m| m.account)?,
+        repository: either(|m| m.repository)?,
+        ip: either(|m| m.ip)?,
         metadata,
         performer,
     })

@@ -1,60 +1,159 @@
-//! A single pass over a result row's top level that finds each member's value without decoding
+//! A single pass over a JSON object's top level that finds each member's value without decoding
 //! it. A Splunk row repeats the event twice (the escaped `_raw` text and the extracted fields),
 //! and the mapper needs little beyond `_raw`: decoding every member with a full JSON parser was
 //! most of an export's CPU time. Values are decoded later, and only those the mapper uses, by
-//! `serde_json`, which checks them then.
+//! `serde_json`, which checks them then; `_raw` is unescaped as it is scanned.
+//!
+//! The scanner works on bytes: a row is not checked for UTF-8 as a whole, only the values that
+//! are decoded are.
+
+use std::borrow::Cow;
 
 /// The row is not a well-formed JSON object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NotAnObject;
 
-/// Calls `member(key, value)` for each member of the JSON object `text`, in order, with the
-/// value's JSON text. Keys are handed over as written; a key holding an escape is skipped (no
-/// field the mapper reads needs one). Strings, nesting and separators are checked; scalars are
-/// delimited but left to whoever decodes them.
-pub(crate) fn members<'a>(
-    text: &'a str,
-    mut member: impl FnMut(&'a str, &'a str),
-) -> Result<(), NotAnObject> {
-    let b = text.as_bytes();
-    let mut at = skip_ws(b, 0);
-    if b.get(at) != Some(&b'{') {
-        return Err(NotAnObject);
+/// A cursor over the members of one JSON object: [`Object::next_key`] reads a key, then exactly
+/// one of [`Object::value`] or [`Object::unescape_value`] reads its value. Strings, nesting and
+/// separators are checked; scalars are delimited but left to whoever decodes them. Stopping
+/// before the end leaves the rest of the object unread (and unchecked).
+pub(crate) struct Object<'a> {
+    b: &'a [u8],
+    at: usize,
+    closed: bool,
+}
+
+impl<'a> Object<'a> {
+    /// Opens the object `text`, which must start (after whitespace) with `{`.
+    pub(crate) fn open(text: &'a [u8]) -> Result<Self, NotAnObject> {
+        let b = text;
+        let at = skip_ws(b, 0);
+        if b.get(at) != Some(&b'{') {
+            return Err(NotAnObject);
+        }
+        let mut object = Self {
+            b,
+            at: skip_ws(b, at + 1),
+            closed: false,
+        };
+        if b.get(object.at) == Some(&b'}') {
+            object.close(object.at)?;
+        }
+        Ok(object)
     }
-    at = skip_ws(b, at + 1);
-    if b.get(at) == Some(&b'}') {
-        return end(b, at + 1);
-    }
-    loop {
+
+    /// The next member's key as written (escapes left in), or `None` after the last member.
+    pub(crate) fn next_key(&mut self) -> Result<Option<&'a [u8]>, NotAnObject> {
+        if self.closed {
+            return Ok(None);
+        }
+        let (b, at) = (self.b, self.at);
         if b.get(at) != Some(&b'"') {
             return Err(NotAnObject);
         }
         let key_end = string_end(b, at)?;
-        let key = &text[at + 1..key_end - 1];
-        at = skip_ws(b, key_end);
-        if b.get(at) != Some(&b':') {
+        let colon = skip_ws(b, key_end);
+        if b.get(colon) != Some(&b':') {
             return Err(NotAnObject);
         }
-        let start = skip_ws(b, at + 1);
-        let value_end = value_end(b, start)?;
-        if !key.as_bytes().contains(&b'\\') {
-            member(key, &text[start..value_end]);
+        self.at = skip_ws(b, colon + 1);
+        Ok(Some(&b[at + 1..key_end - 1]))
+    }
+
+    /// The current member's value as JSON text.
+    pub(crate) fn value(&mut self) -> Result<&'a [u8], NotAnObject> {
+        let start = self.at;
+        let end = value_end(self.b, start)?;
+        self.after_value(end)?;
+        Ok(&self.b[start..end])
+    }
+
+    /// Reads the current member's value and, when it is a string, writes it unescaped into `out`
+    /// in the same pass (`Ok(true)`). `Ok(false)` leaves `out` empty: the value is not a string,
+    /// or holds an escape JSON does not allow (the object around it is still well formed).
+    pub(crate) fn unescape_value(&mut self, out: &mut Vec<u8>) -> Result<bool, NotAnObject> {
+        out.clear();
+        let (b, start) = (self.b, self.at);
+        if b.get(start) != Some(&b'"') {
+            self.value()?;
+            return Ok(false);
         }
-        at = skip_ws(b, value_end);
-        match b.get(at) {
-            Some(b',') => at = skip_ws(b, at + 1),
-            Some(b'}') => return end(b, at + 1),
-            _ => return Err(NotAnObject),
+        let (mut run, mut i) = (start + 1, start + 1);
+        loop {
+            i = next_special(b, i).ok_or(NotAnObject)?;
+            out.extend_from_slice(&b[run..i]);
+            if b[i] == b'"' {
+                self.after_value(i + 1)?;
+                return Ok(true);
+            }
+            let unescaped = match b.get(i + 1) {
+                Some(b'"') => b'"',
+                Some(b'\\') => b'\\',
+                Some(b'/') => b'/',
+                Some(b'b') => 0x08,
+                Some(b'f') => 0x0c,
+                Some(b'n') => b'\n',
+                Some(b'r') => b'\r',
+                Some(b't') => b'\t',
+                // `\u` escapes, rare in audit events, go through the full JSON parser.
+                _ => {
+                    let end = string_end(b, start)?;
+                    self.after_value(end)?;
+                    out.clear();
+                    return Ok(match serde_json::from_slice::<Cow<'_, str>>(&b[start..end]) {
+                        Ok(text) => {
+                            out.extend_from_slice(text.as_bytes());
+                            true
+                        }
+                        Err(_) => false,
+                    });
+                }
+            };
+            out.push(unescaped);
+            i += 2;
+            run = i;
+        }
+    }
+
+    fn after_value(&mut self, end: usize) -> Result<(), NotAnObject> {
+        let at = skip_ws(self.b, end);
+        match self.b.get(at) {
+            Some(b',') => {
+                self.at = skip_ws(self.b, at + 1);
+                Ok(())
+            }
+            Some(b'}') => self.close(at),
+            _ => Err(NotAnObject),
+        }
+    }
+
+    /// At the object's closing brace: only whitespace may follow.
+    fn close(&mut self, brace: usize) -> Result<(), NotAnObject> {
+        self.closed = true;
+        self.at = brace + 1;
+        if skip_ws(self.b, self.at) == self.b.len() {
+            Ok(())
+        } else {
+            Err(NotAnObject)
         }
     }
 }
 
-fn end(b: &[u8], at: usize) -> Result<(), NotAnObject> {
-    if skip_ws(b, at) == b.len() {
-        Ok(())
-    } else {
-        Err(NotAnObject)
+/// Calls `member(key, value)` for each member of the JSON object `text`, in order, with the
+/// value's JSON text. Keys are handed over as written; a key holding an escape is skipped (no
+/// field the mapper reads needs one).
+pub(crate) fn members<'a>(
+    text: &'a [u8],
+    mut member: impl FnMut(&'a [u8], &'a [u8]),
+) -> Result<(), NotAnObject> {
+    let mut object = Object::open(text)?;
+    while let Some(key) = object.next_key()? {
+        let value = object.value()?;
+        if !key.contains(&b'\\') {
+            member(key, value);
+        }
     }
+    Ok(())
 }
 
 fn skip_ws(b: &[u8], mut at: usize) -> usize {
@@ -157,7 +256,12 @@ mod tests {
 
     fn collect(text: &str) -> Result<Vec<(String, String)>, NotAnObject> {
         let mut out = Vec::new();
-        members(text, |k, v| out.push((k.to_owned(), v.to_owned())))?;
+        members(text.as_bytes(), |k, v| {
+            out.push((
+                String::from_utf8(k.to_vec()).unwrap(),
+                String::from_utf8(v.to_vec()).unwrap(),
+            ));
+        })?;
         Ok(out)
     }
 
