@@ -156,8 +156,7 @@ impl ExportJob {
         let span = tracing::Span::current();
         // Batches being mapped and encoded on the encoder threads, oldest first: their results
         // are appended in this order, so the archive keeps Splunk's row order.
-        let mut in_flight: VecDeque<oneshot::Receiver<Result<Encoded, JobError>>> =
-            VecDeque::new();
+        let mut in_flight: VecDeque<oneshot::Receiver<Result<Encoded, JobError>>> = VecDeque::new();
         // The buffers of finished batches, reused: after the first few batches an export
         // allocates nothing per batch, so its memory is the same at 100k logs as at 10M.
         let mut spare: Vec<Buffers> = Vec::new();

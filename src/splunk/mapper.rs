@@ -88,7 +88,11 @@ pub fn map_row_text<R>(
             }
             Ok::<_, scan::NotAnObject>(top)
         });
-        let top = || LazyCell::force(&top).as_ref().map_err(|_| SkipReason::Malformed);
+        let top = || {
+            LazyCell::force(&top)
+                .as_ref()
+                .map_err(|_| SkipReason::Malformed)
+        };
         map_members(&inner, top).map(use_entry)
     })
 }

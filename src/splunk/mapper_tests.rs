@@ -115,6 +115,51 @@ fn falls_back_to_extracted_fields_and_time() {
 }
 
 #[test]
+fn extracted_fields_fill_only_what_raw_lacks() {
+    // `_raw` has no repository or ip: those come from the extracted fields, the rest from `_raw`.
+    let entry = map_row(&row(json!({
+        "_raw": json!({"kind": "pull_repo", "account": "real", "datetime": 1718737153,
+                       "performer": "alice", "metadata_json": {"a": 1}}).to_string(),
+        "_time": "1", "account": "extracted", "repository": "web", "ip": "10.0.0.9",
+        "performer": "mallory", "performer_email": "mallory@example.com",
+    })))
+    .unwrap();
+    assert_eq!(entry.namespace.as_deref(), Some("real"));
+    assert_eq!(entry.repository.as_deref(), Some("web"));
+    assert_eq!(entry.ip.as_deref(), Some("10.0.0.9"));
+    assert_eq!(entry.datetime, t("2024-06-18T18:59:13Z"));
+    // The performer's e-mail comes from where its name came from, never from another source.
+    let performer = entry.performer.unwrap();
+    assert_eq!(performer.name, "alice");
+    let (alice_hash, _) = avatar("alice", None);
+    assert_eq!(performer.avatar_hash, alice_hash);
+}
+
+#[test]
+fn fields_after_a_complete_raw_are_not_read() {
+    let event = json!({"kind": "k", "account": "a", "performer": "p", "repository": "r",
+                       "ip": "1.2.3.4", "metadata_json": {}, "datetime": 0});
+    let map = |text: &str| map_row_text(text.as_bytes(), |e| e.into_owned());
+    // Broken after `_raw`, but `_raw` holds every field: the row maps without reading on.
+    let entry = map(&format!(
+        r#"{{"_raw":{},"index": [1 }}"#,
+        json!(event.to_string())
+    ));
+    assert_eq!(entry.unwrap().kind, "k");
+    // The same break where a field is missing from `_raw` is a malformed row.
+    let mut partial = event.clone();
+    partial.as_object_mut().unwrap().remove("ip");
+    let partial = json!(partial.to_string());
+    assert_eq!(
+        map(&format!(r#"{{"_raw":{partial},"index": [1 }}"#)),
+        Err(SkipReason::Malformed)
+    );
+    // Fields before `_raw` count too.
+    let entry = map(&format!(r#"{{"ip":"9.9.9.9","_raw":{partial}}}"#)).unwrap();
+    assert_eq!(entry.ip.as_deref(), Some("9.9.9.9"));
+}
+
+#[test]
 fn robots_and_missing_performers() {
     let robot = map_event_json(r#"{"kind":"k","datetime":0,"performer":"myorg+deploy"}"#)
         .unwrap()

@@ -138,6 +138,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_batch_hands_back_each_row_and_keeps_its_buffers() {
+        let mut batch = RowBatch::with_capacity(4, 64);
+        assert!(batch.is_empty());
+        for text in [r#"{"a":1}"#, "{}", r#"{"b":"é"}"#] {
+            batch.push(&Row::from_json(text).unwrap());
+        }
+        assert_eq!(batch.len(), 3);
+        let rows: Vec<&[u8]> = batch.iter().collect();
+        assert_eq!(rows, [&br#"{"a":1}"#[..], b"{}", r#"{"b":"é"}"#.as_bytes()]);
+        let capacity = batch.text.capacity();
+        batch.clear();
+        assert!(batch.is_empty());
+        assert_eq!(batch.iter().count(), 0);
+        assert_eq!(batch.text.capacity(), capacity);
+    }
+
+    #[test]
     fn rows_inside_a_buffer_share_it() {
         let buffer = Bytes::from_static(br#"{"result":{"a":"1"},"x":2}"#);
         #[derive(serde::Deserialize)]

@@ -100,13 +100,15 @@ impl<'a> Object<'a> {
                     let end = string_end(b, start)?;
                     self.after_value(end)?;
                     out.clear();
-                    return Ok(match serde_json::from_slice::<Cow<'_, str>>(&b[start..end]) {
-                        Ok(text) => {
-                            out.extend_from_slice(text.as_bytes());
-                            true
-                        }
-                        Err(_) => false,
-                    });
+                    return Ok(
+                        match serde_json::from_slice::<Cow<'_, str>>(&b[start..end]) {
+                            Ok(text) => {
+                                out.extend_from_slice(text.as_bytes());
+                                true
+                            }
+                            Err(_) => false,
+                        },
+                    );
                 }
             };
             out.push(unescaped);
@@ -325,10 +327,66 @@ mod tests {
             }
         }
 
+        /// `_raw` is unescaped in the same pass that delimits it, exactly as serde_json reads it.
+        #[test]
+        fn unescapes_strings_as_serde_json_does(value in any::<String>(), after in any::<bool>()) {
+            let text = if after {
+                format!(r#"{{"_raw":{},"next":[1,"x"]}}"#, json!(value))
+            } else {
+                format!(r#"{{"_raw":{}}}"#, json!(value))
+            };
+            let mut object = Object::open(text.as_bytes()).unwrap();
+            prop_assert_eq!(object.next_key().unwrap(), Some(&b"_raw"[..]));
+            let mut out = Vec::new();
+            prop_assert!(object.unescape_value(&mut out).unwrap());
+            prop_assert_eq!(String::from_utf8(out).unwrap(), value);
+            if after {
+                prop_assert_eq!(object.next_key().unwrap(), Some(&b"next"[..]));
+                prop_assert_eq!(object.value().unwrap(), &br#"[1,"x"]"#[..]);
+            }
+            prop_assert_eq!(object.next_key().unwrap(), None);
+        }
+
         #[test]
         fn never_panics(text in ".*") {
             let _ = collect(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod object_tests {
+    use super::*;
+
+    #[test]
+    fn unescape_value_handles_every_escape_and_refuses_what_is_not_a_string() {
+        let text = br#"{"a":"q\"b\\s\/n\nt\tr\rf\fb\bu\u00e9\ud83d\ude00","b":12,"c":"bad\x","d":{"e":"}"}}"#;
+        let mut object = Object::open(text).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(object.next_key(), Ok(Some(&b"a"[..])));
+        assert_eq!(object.unescape_value(&mut out), Ok(true));
+        assert_eq!(out, "q\"b\\s/n\nt\tr\rf\u{c}b\u{8}ué😀".as_bytes());
+        assert_eq!(object.next_key(), Ok(Some(&b"b"[..])));
+        assert_eq!(object.unescape_value(&mut out), Ok(false));
+        assert!(out.is_empty());
+        // An escape JSON does not allow: not a usable string, but the object reads on.
+        assert_eq!(object.next_key(), Ok(Some(&b"c"[..])));
+        assert_eq!(object.unescape_value(&mut out), Ok(false));
+        assert_eq!(object.next_key(), Ok(Some(&b"d"[..])));
+        assert_eq!(object.value(), Ok(&br#"{"e":"}"}"#[..]));
+        assert_eq!(object.next_key(), Ok(None));
+        assert_eq!(object.next_key(), Ok(None));
+    }
+
+    #[test]
+    fn an_object_must_be_whole() {
+        assert!(Object::open(b"{}").unwrap().next_key().unwrap().is_none());
+        assert!(Object::open(b" { } ").is_ok());
+        assert_eq!(Object::open(b"{} x").err(), Some(NotAnObject));
+        assert_eq!(Object::open(b"[]").err(), Some(NotAnObject));
+        let mut cut = Object::open(br#"{"a":"x"#).unwrap();
+        assert_eq!(cut.next_key(), Ok(Some(&b"a"[..])));
+        assert_eq!(cut.unescape_value(&mut Vec::new()), Err(NotAnObject));
     }
 }
 
