@@ -9,16 +9,11 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce() + Send>;
-
-/// The encoder threads' queue.
-struct Encoders {
-    jobs: Sender<Job>,
-}
 
 /// One thread per core, at most 8 (the export's reading, compression and upload need the rest).
 pub(crate) static THREADS: LazyLock<usize> = LazyLock::new(|| {
@@ -27,9 +22,10 @@ pub(crate) static THREADS: LazyLock<usize> = LazyLock::new(|| {
         .clamp(1, 8)
 });
 
-static ENCODERS: LazyLock<Encoders> = LazyLock::new(|| {
+/// The encoder threads' queue; the threads start with its first use.
+static JOBS: LazyLock<Sender<Job>> = LazyLock::new(|| {
     let (jobs, queue) = mpsc::channel::<Job>();
-    let queue = std::sync::Arc::new(Mutex::new(queue));
+    let queue = Arc::new(Mutex::new(queue));
     for n in 0..*THREADS {
         let queue = queue.clone();
         std::thread::Builder::new()
@@ -37,7 +33,7 @@ static ENCODERS: LazyLock<Encoders> = LazyLock::new(|| {
             .spawn(move || run(&queue))
             .expect("starting an encoder thread");
     }
-    Encoders { jobs }
+    jobs
 });
 
 fn run(queue: &Mutex<Receiver<Job>>) {
@@ -63,7 +59,7 @@ pub(crate) fn spawn<T: Send + 'static>(
     });
     // The threads never stop while the queue's sender lives, so sending cannot fail; if it did,
     // dropping the job drops `done` and the caller sees an error.
-    let _ = ENCODERS.jobs.send(job);
+    let _ = JOBS.send(job);
     result
 }
 

@@ -264,27 +264,27 @@ struct Encoded {
     skipped: u64,
     /// The first few reasons, for the log.
     skip_reasons: Vec<SkipReason>,
-    /// The batch's rows, emptied, for reuse.
+    /// The batch's rows, kept for reuse.
     batch: RowBatch,
 }
 
 impl Encoded {
     /// The batch's buffers, emptied, for the next batch.
-    fn buffers(self) -> Buffers {
-        let mut out = self.bytes;
-        out.clear();
+    fn buffers(mut self) -> Buffers {
+        self.bytes.clear();
+        self.batch.clear();
         Buffers {
             batch: self.batch,
-            out,
+            out: self.bytes,
         }
     }
 }
 
 /// Maps and encodes the rows of `batch` (row numbers from `first`) into `out`; runs on an encoder
-/// thread. The emptied batch travels back with the result.
+/// thread. The batch travels back with the result.
 fn encode_batch(
     format: ExportFormat,
-    mut batch: RowBatch,
+    batch: RowBatch,
     out: Vec<u8>,
     first: u64,
 ) -> Result<Encoded, JobError> {
@@ -293,9 +293,9 @@ fn encode_batch(
         logs: 0,
         skipped: 0,
         skip_reasons: Vec::new(),
-        batch: RowBatch::default(),
+        batch,
     };
-    for (n, row) in (first..).zip(batch.iter()) {
+    for (n, row) in (first..).zip(encoded.batch.iter()) {
         match map_row_text(row, |log| {
             ArchiveWriter::encode_log(format, &log, &mut encoded.bytes);
         }) {
@@ -314,7 +314,5 @@ fn encode_batch(
             }
         }
     }
-    batch.clear();
-    encoded.batch = batch;
     Ok(encoded)
 }

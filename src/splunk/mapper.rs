@@ -186,10 +186,11 @@ fn map_members<'a, 't>(
 where
     'a: 't,
 {
-    let kind = match text(inner.kind) {
-        Some(kind) => kind,
-        None => text(top()?.kind).ok_or(SkipReason::NoKind)?,
+    let either = |member: fn(&Members<'a>) -> Option<&'a [u8]>| match text(member(inner)) {
+        Some(found) => Ok(Some(found)),
+        None => top().map(|top| text(member(top))),
     };
+    let kind = either(|m| m.kind)?.ok_or(SkipReason::NoKind)?;
     let datetime = match scalar(inner.datetime).and_then(|s| s.timestamp()) {
         Some(datetime) => datetime,
         None => {
@@ -208,10 +209,6 @@ where
                 .or_else(|| metadata_of(top.metadata))
                 .unwrap_or_default()
         }
-    };
-    let either = |member: fn(&Members<'a>) -> Option<&'a [u8]>| match text(member(inner)) {
-        Some(found) => Ok(Some(found)),
-        None => top().map(|top| text(member(top))),
     };
     let (source, name) = match text(inner.performer) {
         Some(name) => (inner, Some(name)),
