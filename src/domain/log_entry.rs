@@ -172,6 +172,8 @@ pub fn push_quay_datetime(out: &mut Vec<u8>, t: &DateTime<Utc>) {
     fn two(out: &mut Vec<u8>, n: u32) {
         out.extend_from_slice(&[b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8]);
     }
+    // Read the fields from the naive time once: `DateTime`'s accessors each redo the offset.
+    let t = t.naive_utc();
     let year = t.year();
     out.extend_from_slice(DAYS[t.weekday().num_days_from_monday() as usize]);
     out.extend_from_slice(b", ");

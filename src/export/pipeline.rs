@@ -2,20 +2,17 @@
 //! Splunk, and full chunks go to the upload while the next ones are read. Memory is bounded by
 //! a chunk plus the upload's parts in flight, whatever the export's size.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
 use crate::domain::{ExportFormat, quay_datetime};
 use crate::queue::{ClaimedJob, ExportResult};
-use crate::splunk::{
-    ExportStream, Row, RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text,
-};
+use crate::splunk::{ExportStream, RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
 
@@ -150,74 +147,77 @@ impl ExportJob {
         upload: &mut dyn Upload,
         ctx: &JobContext,
     ) -> Result<Streamed, JobError> {
-        let stopped = ctx.stopped();
-        tokio::pin!(stopped);
         let format = writer.format();
         let span = tracing::Span::current();
-        // Batches being mapped and encoded on the encoder threads, oldest first: their results
-        // are appended in this order, so the archive keeps Splunk's row order.
-        let mut in_flight: VecDeque<oneshot::Receiver<Result<Encoded, JobError>>> = VecDeque::new();
-        // The buffers of finished batches, reused: after the first few batches an export
-        // allocates nothing per batch, so its memory is the same at 100k logs as at 10M.
-        let mut spare: Vec<Buffers> = Vec::new();
-        let mut read_rows: Vec<Row> = Vec::with_capacity(BATCH_ROWS);
-        let mut more = true;
-        let (mut skipped, mut bytes) = (0u64, 0u64);
-        loop {
-            if more && in_flight.len() < *ENCODE_TASKS {
-                let Buffers { mut batch, out } = spare.pop().unwrap_or_else(Buffers::new);
-                more = tokio::select! {
-                    biased;
-                    _ = &mut stopped => return Err(JobError::Stopped),
-                    read = rows.next_rows(&mut read_rows, BATCH_ROWS) => read.map_err(splunk_error)?,
-                };
-                // Copied here, so the stream's chunks are freed by the thread that read them.
-                for row in read_rows.drain(..) {
-                    batch.push(&row);
+        // Two stages run side by side, so Splunk's stream is read while the upload writes: the
+        // reader fills batches and hands each to the encoder threads, and the appender takes
+        // the encoded batches oldest first (the archive keeps Splunk's row order), appends
+        // them and uploads full chunks. The queue between them bounds the batches in flight.
+        let (queued, mut encoding) = mpsc::channel::<Encoding>(*ENCODE_TASKS);
+        // The buffers of appended batches go back to the reader: after the first few batches
+        // an export allocates nothing per batch, so its memory is the same at 100k logs as at 10M.
+        let (spare_tx, mut spare) = mpsc::unbounded_channel::<Buffers>();
+        let read = async move {
+            let mut more = true;
+            while more {
+                let Buffers { mut batch, out } =
+                    spare.try_recv().unwrap_or_else(|_| Buffers::new());
+                // Rows are copied into the batch, so the stream's chunks are freed by the thread
+                // that read them.
+                more = rows
+                    .next_batch(&mut batch, BATCH_ROWS)
+                    .await
+                    .map_err(splunk_error)?;
+                if batch.is_empty() {
+                    continue;
                 }
-                if !batch.is_empty() {
-                    let first = rows.rows_read() - batch.len() as u64 + 1;
-                    let span = span.clone();
-                    in_flight.push_back(encoders::spawn(move || {
-                        span.in_scope(|| encode_batch(format, batch, out, first))
-                    }));
-                } else {
-                    spare.push(Buffers { batch, out });
+                let first = rows.rows_read() - batch.len() as u64 + 1;
+                let span = span.clone();
+                let done = encoders::spawn(move || {
+                    span.in_scope(|| encode_batch(format, batch, out, first))
+                });
+                if queued.send(done).await.is_err() {
+                    // The appender stopped on an error, which is the attempt's outcome.
+                    break;
                 }
-                continue;
             }
-            let Some(oldest) = in_flight.pop_front() else {
-                break;
-            };
-            let encoded = tokio::select! {
-                biased;
-                _ = &mut stopped => return Err(JobError::Stopped),
-                done = oldest => done.map_err(|_| {
-                    JobError::Retryable("encoding a batch of logs failed (the encoder panicked)".into())
-                })??,
-            };
-            for reason in encoded
-                .skip_reasons
-                .iter()
-                .take(10usize.saturating_sub(skipped as usize))
-            {
-                tracing::warn!(?reason, "skipped an event that cannot be mapped");
-            }
-            skipped += encoded.skipped;
-            writer
-                .append_encoded(&encoded.bytes, encoded.logs)
-                .map_err(encode_error)?;
-            spare.push(encoded.buffers());
-            if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
-                bytes += chunk.len() as u64;
-                tokio::select! {
-                    biased;
-                    _ = &mut stopped => return Err(JobError::Stopped),
-                    written = upload.write(chunk) => written.map_err(storage_error)?,
+            Ok::<_, JobError>(())
+        };
+        let mut bytes = 0u64;
+        let append = async {
+            let mut skipped = 0u64;
+            while let Some(done) = encoding.recv().await {
+                let encoded = done.await.map_err(|_| {
+                    JobError::Retryable(
+                        "encoding a batch of logs failed (the encoder panicked)".into(),
+                    )
+                })??;
+                for reason in encoded
+                    .skip_reasons
+                    .iter()
+                    .take(10usize.saturating_sub(skipped as usize))
+                {
+                    tracing::warn!(?reason, "skipped an event that cannot be mapped");
                 }
-                ctx.report_progress(writer.logs_written(), bytes);
+                skipped += encoded.skipped;
+                writer
+                    .append_encoded(&encoded.bytes, encoded.logs)
+                    .map_err(encode_error)?;
+                // The reader may be done already; then the buffers are simply freed.
+                let _ = spare_tx.send(encoded.buffers());
+                if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
+                    bytes += chunk.len() as u64;
+                    upload.write(chunk).await.map_err(storage_error)?;
+                    ctx.report_progress(writer.logs_written(), bytes);
+                }
             }
-        }
+            Ok::<_, JobError>(skipped)
+        };
+        let skipped = tokio::select! {
+            biased;
+            _ = ctx.stopped() => return Err(JobError::Stopped),
+            both = async { tokio::try_join!(read, append) } => both?.1,
+        };
         let logs = writer.logs_written();
         let tail = writer.finish().map_err(encode_error)?;
         bytes += tail.len() as u64;
@@ -237,9 +237,12 @@ impl ExportJob {
 /// comparison, few enough that the batches in flight hold a few MiB.
 const BATCH_ROWS: usize = 1024;
 
-/// Batches in flight per export: two more than there are encoder threads, so a thread that
-/// finishes a batch finds the next one waiting while the stream reads on.
+/// Batches queued for the appender per export: two more than there are encoder threads, so a
+/// thread that finishes a batch finds the next one waiting while the stream reads on.
 static ENCODE_TASKS: LazyLock<usize> = LazyLock::new(|| *encoders::THREADS + 2);
+
+/// A batch on the encoder threads; yields its archive bytes.
+type Encoding = oneshot::Receiver<Result<Encoded, JobError>>;
 
 /// A batch's row list and output buffer, handed back and forth between the stream and the
 /// encoder threads.

@@ -18,9 +18,11 @@ pub const AVATAR_COLORS: [&str; 32] = [
 pub fn avatar(name: &str, email: Option<&str>) -> (Arc<str>, &'static str) {
     let source = email.filter(|e| !e.is_empty()).unwrap_or(name);
     // Exports repeat the same few performers millions of times: remember recent answers.
+    // foldhash rather than SipHash: the keys are short and this runs once per exported event.
+    type Recent =
+        std::collections::HashMap<String, (Arc<str>, &'static str), foldhash::fast::RandomState>;
     thread_local! {
-        static RECENT: std::cell::RefCell<std::collections::HashMap<String, (Arc<str>, &'static str)>> =
-            std::cell::RefCell::new(std::collections::HashMap::new());
+        static RECENT: std::cell::RefCell<Recent> = std::cell::RefCell::new(Recent::default());
     }
     if let Some(hit) = RECENT.with(|r| r.borrow().get(source).cloned()) {
         return hit;

@@ -1,5 +1,7 @@
 //! One streaming export request (`search/v2/jobs/export`), read row by row as it arrives.
 
+use std::ops::{ControlFlow, Range};
+
 use bytes::Bytes;
 use futures::Stream;
 use reqwest::{Method, Response};
@@ -8,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::error::{JsonMessage, is_quota_message};
 use super::lines::{LineSplitter, LineTooLong};
-use super::{BuiltQuery, Row, SplunkClient, SplunkError};
+use super::{BuiltQuery, Row, RowBatch, SplunkClient, SplunkError};
 
 /// Longest export line accepted; a longer one is an error rather than unbounded memory.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
@@ -91,17 +93,87 @@ impl ExportStream {
         outcome
     }
 
-    /// Appends up to `max` rows to `out`, waiting only while none has arrived yet, so a caller
-    /// handles rows in batches as they come. `Ok(false)` once the result is complete (`out` may
-    /// still have received its last rows); after an error the stream is over.
-    pub async fn next_rows(&mut self, out: &mut Vec<Row>, max: usize) -> Result<bool, SplunkError> {
-        let start = out.len();
-        let full = |out: &Vec<Row>| out.len() - start >= max.max(1);
-        while !full(out) && (out.len() == start || self.lines.has_ready()) {
+    /// Appends rows to `batch` until it holds at least `max` of them or the result is complete,
+    /// waiting for Splunk as needed, so an export hands rows on in batches of one size whatever
+    /// the network's pace. Rows are copied straight from the network's chunks. `Ok(false)` once
+    /// the result is complete (`batch` may have received its last rows); after an error the
+    /// stream is over.
+    pub async fn next_batch(
+        &mut self,
+        batch: &mut RowBatch,
+        max: usize,
+    ) -> Result<bool, SplunkError> {
+        // Lines `next_row` split but did not hand out yet go first.
+        while !self.lines.is_drained() && !self.finished && batch.len() < max {
             match self.next_row().await {
-                Some(Ok(row)) => out.push(row),
+                Some(Ok(row)) => batch.push(&row),
                 Some(Err(e)) => return Err(e),
                 None => return Ok(false),
+            }
+        }
+        while !self.finished && batch.len() < max {
+            let Some(response) = self.response.as_mut() else {
+                break;
+            };
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => {
+                    let last = self.at_end();
+                    self.finish();
+                    match last {
+                        Some(Ok(row)) => batch.push(&row),
+                        Some(Err(e)) => return Err(e),
+                        None => {}
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(rows = self.rows, error = %e, "Splunk export stream broke");
+                    self.finish();
+                    return Err(SplunkError::StreamCut { rows: self.rows });
+                }
+            };
+            let rows = &mut self.rows;
+            let split = self.lines.split(&chunk, |line| {
+                if let Some((range, lastrow)) = fast_row_range(line) {
+                    batch.push_text(&line[range]);
+                    *rows += 1;
+                    return if lastrow {
+                        ControlFlow::Break(None)
+                    } else {
+                        ControlFlow::Continue(())
+                    };
+                }
+                match classify(&Bytes::copy_from_slice(line), rows) {
+                    LineOutcome::Row(row) => {
+                        batch.push(&row);
+                        ControlFlow::Continue(())
+                    }
+                    LineOutcome::Skip => ControlFlow::Continue(()),
+                    LineOutcome::LastRow(row) => {
+                        if let Some(row) = row {
+                            batch.push(&row);
+                        }
+                        ControlFlow::Break(None)
+                    }
+                    LineOutcome::Fail(e) => ControlFlow::Break(Some(e)),
+                }
+            });
+            match split {
+                Ok(None) => {}
+                // The last row, or a failure: either way the stream is over.
+                Ok(Some(failure)) => {
+                    self.finish();
+                    if let Some(e) = failure {
+                        return Err(e);
+                    }
+                }
+                Err(LineTooLong) => {
+                    self.finish();
+                    return Err(SplunkError::LineTooLong {
+                        max: MAX_LINE_BYTES,
+                    });
+                }
             }
         }
         Ok(!self.finished)
@@ -177,49 +249,55 @@ impl ExportStream {
     }
 
     fn handle_line(&mut self, line: &Bytes) -> LineOutcome {
-        if let Some((row, lastrow)) = fast_row(line) {
-            self.rows += 1;
-            return if lastrow {
-                LineOutcome::LastRow(Some(row))
-            } else {
-                LineOutcome::Row(row)
-            };
-        }
-        if line.trim_ascii().is_empty() {
-            return LineOutcome::Skip;
-        }
-        let env: Envelope<'_> = match serde_json::from_slice(line) {
-            Ok(env) => env,
-            Err(e) => {
-                return LineOutcome::Fail(SplunkError::Protocol(format!(
-                    "export line {} is not JSON: {e}",
-                    self.rows + 1
-                )));
-            }
-        };
-        if let Some(err) = fatal_message(&env.messages) {
-            return LineOutcome::Fail(err);
-        }
-        if env.preview {
-            return LineOutcome::Skip;
-        }
-        let row = env.result.map(|raw| Row::from_raw_in(line, raw));
-        if row.is_some() {
-            self.rows += 1;
-        }
-        match (row, env.lastrow) {
-            (row, true) => LineOutcome::LastRow(row),
-            (Some(row), false) => LineOutcome::Row(row),
-            (None, false) => LineOutcome::Skip,
-        }
+        classify(line, &mut self.rows)
     }
 }
 
-/// The row of a result line in exactly the layout Splunk writes,
+/// What one line of the export stream holds; `rows` counts the result rows seen.
+fn classify(line: &Bytes, rows: &mut u64) -> LineOutcome {
+    if let Some((range, lastrow)) = fast_row_range(line) {
+        *rows += 1;
+        let row = Row::unchecked(line.slice(range));
+        return if lastrow {
+            LineOutcome::LastRow(Some(row))
+        } else {
+            LineOutcome::Row(row)
+        };
+    }
+    if line.trim_ascii().is_empty() {
+        return LineOutcome::Skip;
+    }
+    let env: Envelope<'_> = match serde_json::from_slice(line) {
+        Ok(env) => env,
+        Err(e) => {
+            return LineOutcome::Fail(SplunkError::Protocol(format!(
+                "export line {} is not JSON: {e}",
+                *rows + 1
+            )));
+        }
+    };
+    if let Some(err) = fatal_message(&env.messages) {
+        return LineOutcome::Fail(err);
+    }
+    if env.preview {
+        return LineOutcome::Skip;
+    }
+    let row = env.result.map(|raw| Row::from_raw_in(line, raw));
+    if row.is_some() {
+        *rows += 1;
+    }
+    match (row, env.lastrow) {
+        (row, true) => LineOutcome::LastRow(row),
+        (Some(row), false) => LineOutcome::Row(row),
+        (None, false) => LineOutcome::Skip,
+    }
+}
+
+/// Where the row lies in a result line in exactly the layout Splunk writes,
 /// `{"preview":false,"offset":N[,"lastrow":true],"result":{...}}`, found without parsing the line:
 /// the row's own parse (in the mapper) checks it, so each byte is read once. Any other line takes
 /// the general path.
-fn fast_row(line: &Bytes) -> Option<(Row, bool)> {
+fn fast_row_range(line: &[u8]) -> Option<(Range<usize>, bool)> {
     const PREFIX: &[u8] = br#"{"preview":false,"offset":"#;
     const LASTROW: &[u8] = br#","lastrow":true"#;
     const RESULT: &[u8] = br#","result":{"#;
@@ -239,7 +317,7 @@ fn fast_row(line: &Bytes) -> Option<(Row, bool)> {
     }
     // From the result's `{` to its `}`, leaving the envelope's closing brace.
     let start = line.len() - body.len() - 1;
-    Some((Row::unchecked(line.slice(start..line.len() - 1)), lastrow))
+    Some((start..line.len() - 1, lastrow))
 }
 
 enum LineOutcome {

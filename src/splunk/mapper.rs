@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use super::Row;
 use super::avatar::avatar;
 use super::fields::{Scalar, metadata};
+use super::raw_event::{self, Member};
 use super::scan;
 
 use crate::domain::{LogEntry, Metadata, PerformerInfo};
@@ -51,8 +52,18 @@ pub fn map_row_text<R>(
     row: &[u8],
     use_entry: impl FnOnce(LogEntry<'_>) -> R,
 ) -> Result<R, SkipReason> {
+    map_row_text_via(row, true, use_entry)
+}
+
+/// [`map_row_text`], reading `_raw` in place when it can (`fast`) or always unescaping it first
+/// (the general path, which the tests hold the fast one to).
+fn map_row_text_via<R>(
+    row: &[u8],
+    fast: bool,
+    use_entry: impl FnOnce(LogEntry<'_>) -> R,
+) -> Result<R, SkipReason> {
     let mut object = scan::Object::open(row).map_err(|_| SkipReason::Malformed)?;
-    // `_raw` is unescaped into a buffer kept per thread: no allocation per row.
+    // `_raw` is unescaped (when it must be) into a buffer kept per thread: no allocation per row.
     thread_local! {
         static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     }
@@ -64,27 +75,40 @@ pub fn map_row_text<R>(
             Err(_) => &mut fresh,
         };
         let mut top = Members::default();
+        // `_raw` read in place, or else unescaped into `buffer` (when it is a string).
+        let mut in_place = None;
         let mut raw_is_text = false;
         while let Some(key) = object.next_key().map_err(|_| SkipReason::Malformed)? {
             if key == b"_raw" {
-                raw_is_text = object
-                    .unescape_value(buffer)
-                    .map_err(|_| SkipReason::Malformed)?;
+                let mut found = Members::default();
+                let end = fast
+                    .then(|| raw_event::read(row, object.value_start(), |k, v| found.take(k, v)))
+                    .flatten();
+                if let Some(end) = end {
+                    object
+                        .value_read_to(end)
+                        .map_err(|_| SkipReason::Malformed)?;
+                    in_place = Some(found);
+                } else {
+                    raw_is_text = object
+                        .unescape_value(buffer)
+                        .map_err(|_| SkipReason::Malformed)?;
+                }
                 break;
             }
             let value = object.value().map_err(|_| SkipReason::Malformed)?;
-            top.take(key, value);
+            top.take(key, Member::Json(value));
         }
         // A `_raw` that is not a JSON object leaves only the extracted fields.
-        let inner = if raw_is_text {
-            Members::read(buffer).unwrap_or_default()
-        } else {
-            Members::default()
+        let inner = match in_place {
+            Some(found) => found.with_metadata_unescaped(buffer),
+            None if raw_is_text => Members::read(buffer).unwrap_or_default(),
+            None => Members::default(),
         };
         let top = LazyCell::new(move || {
             while let Some(key) = object.next_key()? {
                 let value = object.value()?;
-                top.take(key, value);
+                top.take(key, Member::Json(value));
             }
             Ok::<_, scan::NotAnObject>(top)
         });
@@ -105,33 +129,33 @@ pub fn map_event_json(event: &str) -> Result<LogEntry<'static>, SkipReason> {
     map_members(&members, || Ok(&none)).map(|entry| entry.into_owned())
 }
 
-/// The members of an event (or of a row's top level) the mapper may use, as undecoded JSON
-/// text: each is decoded only if it is needed, and plain strings need no decoding at all.
+/// The members of an event (or of a row's top level) the mapper may use, undecoded: each is
+/// decoded only if it is needed, and plain strings need no decoding at all.
 #[derive(Default)]
 struct Members<'a> {
-    time: Option<&'a [u8]>,
-    kind: Option<&'a [u8]>,
-    account: Option<&'a [u8]>,
-    performer: Option<&'a [u8]>,
-    performer_email: Option<&'a [u8]>,
-    performer_kind: Option<&'a [u8]>,
-    repository: Option<&'a [u8]>,
-    ip: Option<&'a [u8]>,
-    datetime: Option<&'a [u8]>,
-    metadata_json: Option<&'a [u8]>,
-    metadata: Option<&'a [u8]>,
+    time: Option<Member<'a>>,
+    kind: Option<Member<'a>>,
+    account: Option<Member<'a>>,
+    performer: Option<Member<'a>>,
+    performer_email: Option<Member<'a>>,
+    performer_kind: Option<Member<'a>>,
+    repository: Option<Member<'a>>,
+    ip: Option<Member<'a>>,
+    datetime: Option<Member<'a>>,
+    metadata_json: Option<Member<'a>>,
+    metadata: Option<Member<'a>>,
 }
 
 impl<'a> Members<'a> {
     /// The members of the JSON object `text`; `None` if it is not one.
     fn read(text: &'a [u8]) -> Option<Self> {
         let mut found = Self::default();
-        scan::members(text, |key, value| found.take(key, value)).ok()?;
+        scan::members(text, |key, value| found.take(key, Member::Json(value))).ok()?;
         Some(found)
     }
 
     /// Keeps `value` if `key` names a member the mapper uses (the last one wins).
-    fn take(&mut self, key: &[u8], value: &'a [u8]) {
+    fn take(&mut self, key: &[u8], value: Member<'a>) {
         let slot = match key {
             b"_time" => &mut self.time,
             b"kind" => &mut self.kind,
@@ -148,12 +172,44 @@ impl<'a> Members<'a> {
         };
         *slot = Some(value);
     }
+
+    /// The same members with an escaped metadata object (read in place from `_raw`) turned into
+    /// JSON text in `buffer`; every other member still borrows from the row.
+    fn with_metadata_unescaped<'b>(self, buffer: &'b mut Vec<u8>) -> Members<'b>
+    where
+        'a: 'b,
+    {
+        buffer.clear();
+        let mut ends = [0usize; 2];
+        for (member, end) in [self.metadata_json, self.metadata].iter().zip(&mut ends) {
+            if let Some(Member::Escaped(text)) = member {
+                raw_event::unescape_quotes(text, buffer);
+            }
+            *end = buffer.len();
+        }
+        let buffer: &'b [u8] = buffer;
+        let unescaped = |member: Option<Member<'a>>, range: std::ops::Range<usize>| match member {
+            Some(Member::Escaped(_)) => Some(Member::Json(&buffer[range])),
+            other => other,
+        };
+        Members {
+            metadata_json: unescaped(self.metadata_json, 0..ends[0]),
+            metadata: unescaped(self.metadata, ends[0]..ends[1]),
+            ..self
+        }
+    }
 }
 
 /// A member's value. A string without escapes (nearly every one) is borrowed as it is written;
 /// anything else goes through the JSON parser, which also rejects what is not valid JSON.
-fn scalar(text: Option<&[u8]>) -> Option<Scalar<'_>> {
-    let text = text?;
+fn scalar(member: Option<Member<'_>>) -> Option<Scalar<'_>> {
+    let text = match member? {
+        Member::Text(body) => {
+            return Some(Scalar::Str(Cow::Borrowed(std::str::from_utf8(body).ok()?)));
+        }
+        Member::Escaped(_) => return Some(Scalar::Object),
+        Member::Json(text) => text,
+    };
     match text.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) {
         Some(body) if !body.contains(&b'\\') => {
             Some(Scalar::Str(Cow::Borrowed(std::str::from_utf8(body).ok()?)))
@@ -163,17 +219,33 @@ fn scalar(text: Option<&[u8]>) -> Option<Scalar<'_>> {
 }
 
 /// A member's value as non-empty text.
-fn text(member: Option<&[u8]>) -> Option<Cow<'_, str>> {
+fn text(member: Option<Member<'_>>) -> Option<Cow<'_, str>> {
     match scalar(member)? {
-        Scalar::Str(Cow::Borrowed(s)) => (!s.trim().is_empty()).then_some(Cow::Borrowed(s)),
+        Scalar::Str(Cow::Borrowed(s)) => has_text(s).then_some(Cow::Borrowed(s)),
         other => other.text().map(|t| Cow::Owned(t.into_owned())),
     }
 }
 
+/// Whether `s` holds more than whitespace; a value starting with a visible ASCII character (nearly
+/// every one) is answered without trimming.
+fn has_text(s: &str) -> bool {
+    match s.as_bytes().first() {
+        Some(b) if b.is_ascii_graphic() => true,
+        _ => !s.trim().is_empty(),
+    }
+}
+
 /// A metadata member holding an object (or a JSON string of one).
-fn metadata_of(member: Option<&[u8]>) -> Option<Metadata<'_>> {
+fn metadata_of(member: Option<Member<'_>>) -> Option<Metadata<'_>> {
     // Checked as JSON only here, and only until one candidate holds an object.
-    metadata(serde_json::from_slice::<&RawValue>(member?).ok()?)
+    match member? {
+        Member::Json(text) => metadata(serde_json::from_slice::<&RawValue>(text).ok()?),
+        // A string without escapes holds no quote, so at most an empty object.
+        Member::Text(body) => Metadata::from_object(Cow::Borrowed(
+            serde_json::from_slice::<&RawValue>(body).ok()?,
+        )),
+        Member::Escaped(_) => None,
+    }
 }
 
 /// Builds the log entry from `inner` (the event in `_raw`), asking for `top` (the row's extracted
@@ -186,7 +258,7 @@ fn map_members<'a, 't>(
 where
     'a: 't,
 {
-    let either = |member: fn(&Members<'a>) -> Option<&'a [u8]>| match text(member(inner)) {
+    let either = |member: fn(&Members<'a>) -> Option<Member<'a>>| match text(member(inner)) {
         Some(found) => Ok(Some(found)),
         None => top().map(|top| text(member(top))),
     };
@@ -338,7 +410,11 @@ fn parse_iso_fast(b: &[u8]) -> Option<DateTime<Utc>> {
         }
         _ => return None,
     };
-    Some((NaiveDateTime::new(date, time) - chrono::Duration::seconds(east_seconds)).and_utc())
+    let local = NaiveDateTime::new(date, time);
+    if east_seconds == 0 {
+        return Some(local.and_utc());
+    }
+    Some((local - chrono::Duration::seconds(east_seconds)).and_utc())
 }
 
 /// Epoch seconds written as text, parsed exactly (no float rounding of the fraction).

@@ -1,3 +1,4 @@
+use proptest::strategy::Strategy;
 use serde_json::json;
 
 use super::*;
@@ -254,4 +255,94 @@ fn fast_iso_reads_splunk_and_quay_forms() {
     ] {
         assert_eq!(parse_iso_fast(other.as_bytes()), None, "{other}");
     }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+    /// Reading `_raw` in place gives exactly what unescaping it first gives, whatever the event.
+    #[test]
+    fn reading_raw_in_place_agrees_with_unescaping_it(
+        kind in proptest::option::of(text_value()),
+        account in proptest::option::of(text_value()),
+        performer in proptest::option::of(text_value()),
+        email in proptest::option::of(text_value()),
+        robot in proptest::option::of(proptest::bool::ANY),
+        ip in proptest::option::of(text_value()),
+        metadata in proptest::option::of(metadata_value()),
+        datetime in proptest::option::of(proptest::prop_oneof![
+            (0i64..4_000_000_000).prop_map(|n| json!(n)),
+            (0i64..4_000_000_000).prop_map(|n| json!(n.to_string())),
+            proptest::strategy::Just(json!("2024-06-18T18:59:13.000000+00:00")),
+            proptest::strategy::Just(json!("2024-06-18 20:59:13+02:00")),
+            text_value(),
+        ]),
+        extra in proptest::option::of(metadata_value()),
+        spaced in proptest::bool::ANY,
+    ) {
+        let mut event = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<serde_json::Value>| {
+            if let Some(v) = v {
+                event.insert(k.into(), v);
+            }
+        };
+        put("kind", kind);
+        put("account", account);
+        put("performer", performer);
+        put("performer_email", email);
+        put("performer_kind", robot.map(|r| json!(if r { "robot" } else { "user" })));
+        put("ip", ip);
+        put("metadata_json", metadata);
+        put("datetime", datetime);
+        put("other", extra);
+        let raw = if spaced {
+            serde_json::to_string_pretty(&event).unwrap().replace('\n', " ")
+        } else {
+            serde_json::to_string(&event).unwrap()
+        };
+        let row = json!({"_raw": raw, "_time": "2024-06-18T18:59:13.000+00:00", "kind": "top"})
+            .to_string();
+        let owned = |entry: LogEntry<'_>| entry.into_owned();
+        let in_place = map_row_text_via(row.as_bytes(), true, owned);
+        let general = map_row_text_via(row.as_bytes(), false, owned);
+        proptest::prop_assert_eq!(in_place, general, "{}", row);
+    }
+}
+
+/// Strings an audit event may hold: plain names mostly, and now and then quotes, backslashes,
+/// control characters, non-ASCII text, blanks or a number instead.
+fn text_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => "[a-z0-9_.+@-]{0,12}".prop_map(serde_json::Value::from),
+        1 => any::<String>().prop_map(serde_json::Value::from),
+        1 => "[ a\"\\\\\n\té]{0,6}".prop_map(serde_json::Value::from),
+        1 => any::<i32>().prop_map(serde_json::Value::from),
+        1 => Just(serde_json::Value::Null),
+    ]
+}
+
+/// Metadata as an object (nested, with awkward strings), as a JSON string of one, or not an
+/// object at all.
+fn metadata_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        "[a-z0-9 ]{0,8}".prop_map(serde_json::Value::from),
+        "[a\"\\\\}\\]{]{0,4}".prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<bool>().prop_map(serde_json::Value::from),
+    ];
+    let nested = leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+            proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    prop_oneof![
+        3 => proptest::collection::btree_map("[a-z_]{1,6}", nested.clone(), 0..4)
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        1 => nested.clone().prop_map(|v| serde_json::Value::String(v.to_string())),
+        1 => nested,
+    ]
 }

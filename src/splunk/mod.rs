@@ -13,6 +13,7 @@ mod fields;
 mod lines;
 mod mapper;
 mod query;
+mod raw_event;
 mod row;
 mod scan;
 mod search_job;

@@ -78,15 +78,33 @@ impl<'a> Object<'a> {
             self.value()?;
             return Ok(false);
         }
-        let (mut run, mut i) = (start + 1, start + 1);
+        // Unescaping only shrinks a string, so the rest of the input (plus one word of slack)
+        // bounds the output: eight bytes are copied at a time with fixed-size stores, whatever
+        // part of them is text, instead of one `memcpy` call per run between two escapes.
+        out.resize(b.len() - start + 8, 0);
+        let (mut i, mut w) = (start + 1, 0);
         loop {
-            i = next_special(b, i).ok_or(NotAnObject)?;
-            out.extend_from_slice(&b[run..i]);
-            if b[i] == b'"' {
-                self.after_value(i + 1)?;
+            while let Some(chunk) = b.get(i..i + 8) {
+                out[w..w + 8].copy_from_slice(chunk);
+                let hits = specials(chunk);
+                if hits != 0 {
+                    let text = (hits.trailing_zeros() / 8) as usize;
+                    i += text;
+                    w += text;
+                    break;
+                }
+                i += 8;
+                w += 8;
+            }
+            let at = next_special(b, i).ok_or(NotAnObject)?;
+            out[w..w + (at - i)].copy_from_slice(&b[i..at]);
+            w += at - i;
+            if b[at] == b'"' {
+                out.truncate(w);
+                self.after_value(at + 1)?;
                 return Ok(true);
             }
-            let unescaped = match b.get(i + 1) {
+            out[w] = match b.get(at + 1) {
                 Some(b'"') => b'"',
                 Some(b'\\') => b'\\',
                 Some(b'/') => b'/',
@@ -111,10 +129,19 @@ impl<'a> Object<'a> {
                     );
                 }
             };
-            out.push(unescaped);
-            i += 2;
-            run = i;
+            w += 1;
+            i = at + 2;
         }
+    }
+
+    /// Where the current member's value starts, for a caller that reads it itself.
+    pub(crate) fn value_start(&self) -> usize {
+        self.at
+    }
+
+    /// Moves past the current member's value, which the caller read up to `end`.
+    pub(crate) fn value_read_to(&mut self, end: usize) -> Result<(), NotAnObject> {
+        self.after_value(end)
     }
 
     fn after_value(&mut self, end: usize) -> Result<(), NotAnObject> {
@@ -178,22 +205,28 @@ fn string_end(b: &[u8], at: usize) -> Result<usize, NotAnObject> {
     }
 }
 
-/// The position of the first `"` or `\\` at or after `from`. Eight bytes are tested at a time
-/// (SWAR) without `memchr`'s setup cost, which dominates on the short runs between the escapes
-/// of a `_raw` string.
-pub(crate) fn next_special(b: &[u8], from: usize) -> Option<usize> {
+/// A mask with the high bit set in each byte of the 8-byte `chunk` that is `"` or `\\` (exact up
+/// to the first such byte, which is all callers use).
+fn specials(chunk: &[u8]) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let has = |word: u64, byte: u8| {
         let x = word ^ (ONES * u64::from(byte));
         x.wrapping_sub(ONES) & !x & HIGHS
     };
+    let mut word = [0u8; 8];
+    word.copy_from_slice(chunk);
+    let word = u64::from_le_bytes(word);
+    has(word, b'"') | has(word, b'\\')
+}
+
+/// The position of the first `"` or `\\` at or after `from`. Eight bytes are tested at a time
+/// (SWAR) without `memchr`'s setup cost, which dominates on the short runs between the escapes
+/// of a `_raw` string.
+pub(crate) fn next_special(b: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(chunk) = b.get(i..i + 8) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let word = u64::from_le_bytes(word);
-        let hits = has(word, b'"') | has(word, b'\\');
+        let hits = specials(chunk);
         if hits != 0 {
             return Some(i + (hits.trailing_zeros() / 8) as usize);
         }
@@ -205,23 +238,68 @@ pub(crate) fn next_special(b: &[u8], from: usize) -> Option<usize> {
         .map(|p| i + p)
 }
 
+/// The closing brackets a nested value still owes, innermost last: the first 64 levels as bits
+/// (no allocation for any value an audit event holds), deeper ones in a vector.
+#[derive(Default)]
+pub(super) struct Closers {
+    depth: usize,
+    /// Bit `n` set: level `n` is an object (else an array).
+    bits: u64,
+    deeper: Vec<u8>,
+}
+
+impl Closers {
+    pub(super) fn open(&mut self, opener: u8) {
+        let closer = if opener == b'{' { b'}' } else { b']' };
+        if self.depth < 64 {
+            let bit = 1u64 << self.depth;
+            self.bits = if closer == b'}' {
+                self.bits | bit
+            } else {
+                self.bits & !bit
+            };
+        } else {
+            self.deeper.push(closer);
+        }
+        self.depth += 1;
+    }
+
+    /// The closer the innermost open level expects, which is then closed.
+    pub(super) fn close(&mut self) -> Option<u8> {
+        self.depth = self.depth.checked_sub(1)?;
+        if self.depth < 64 {
+            Some(if self.bits & (1u64 << self.depth) != 0 {
+                b'}'
+            } else {
+                b']'
+            })
+        } else {
+            self.deeper.pop()
+        }
+    }
+
+    /// Whether every level opened was closed.
+    pub(super) fn is_empty(&self) -> bool {
+        self.depth == 0
+    }
+}
+
 /// Just past the value starting at `at`.
 fn value_end(b: &[u8], at: usize) -> Result<usize, NotAnObject> {
     match b.get(at) {
         Some(b'"') => string_end(b, at),
         Some(b'{' | b'[') => {
-            let mut closers = vec![if b[at] == b'{' { b'}' } else { b']' }];
-            let mut i = at + 1;
+            let mut closers = Closers::default();
+            let mut i = at;
             while let Some(&c) = b.get(i) {
                 match c {
                     b'"' => {
                         i = string_end(b, i)?;
                         continue;
                     }
-                    b'{' => closers.push(b'}'),
-                    b'[' => closers.push(b']'),
+                    b'{' | b'[' => closers.open(c),
                     b'}' | b']' => {
-                        if closers.pop() != Some(c) {
+                        if closers.close() != Some(c) {
                             return Err(NotAnObject);
                         }
                         if closers.is_empty() {
@@ -376,6 +454,35 @@ mod object_tests {
         assert_eq!(object.value(), Ok(&br#"{"e":"}"}"#[..]));
         assert_eq!(object.next_key(), Ok(None));
         assert_eq!(object.next_key(), Ok(None));
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_bit_stack_is_matched_too() {
+        let levels = 100;
+        let open: String = (0..levels)
+            .map(|n| if n % 2 == 0 { "[" } else { r#"{"k":"# })
+            .collect();
+        let closers: Vec<&str> = (0..levels)
+            .rev()
+            .map(|n| if n % 2 == 0 { "]" } else { "}" })
+            .collect();
+        let nested = format!("{open}1{}", closers.concat());
+        let text = format!(r#"{{"v":{nested},"w":2}}"#);
+        let mut got = Vec::new();
+        members(text.as_bytes(), |k, v| got.push((k.to_vec(), v.to_vec()))).unwrap();
+        assert_eq!(got[0], (b"v".to_vec(), nested.clone().into_bytes()));
+        assert_eq!(got[1], (b"w".to_vec(), b"2".to_vec()));
+        // A wrong closer deep inside, beyond the first 64 levels, and one within them.
+        for wrong_at in [10, 90] {
+            let mut bad = closers.clone();
+            bad[wrong_at] = if bad[wrong_at] == "]" { "}" } else { "]" };
+            let text = format!(r#"{{"v":{open}1{}}}"#, bad.concat());
+            assert_eq!(
+                members(text.as_bytes(), |_, _| {}),
+                Err(NotAnObject),
+                "{wrong_at}"
+            );
+        }
     }
 
     #[test]
