@@ -33,7 +33,7 @@ fn main() -> std::process::ExitCode {
 /// buffer is freed, and a worker's memory grew by a quarter over the first second or two of every
 /// export, so a long export peaked higher than a short one. Fixed at glibc's default of 128 KiB,
 /// every network read buffer, batch and upload chunk was a fresh mapping whose pages were faulted
-/// in one by one and unmapped again (a third of the reading thread's CPU time). Fixed above the
+/// in one by one and unmapped again (over a quarter of the reading thread's CPU time). Fixed above the
 /// size of any buffer an export uses, those buffers are reused from the heaps: memory is flat
 /// whatever the export's size, and no page is faulted in twice.
 fn fixed_mmap_threshold() {
