@@ -7,8 +7,8 @@ use logexport::config::{Secret, SplunkConfig};
 use logexport::domain::{Namespace, Performer, RepositoryName};
 use logexport::emulator::{self, EmulatorOptions, Faults, RunningEmulator, SyntheticSpec};
 use logexport::splunk::{
-    BuiltQuery, RetryPolicy, SearchFilters, SplunkClient, SplunkError, StatsField, map_row,
-    quote_value,
+    BuiltQuery, RetryPolicy, Row, RowBatch, SearchFilters, SplunkClient, SplunkError, StatsField,
+    map_row, quote_value,
 };
 use serde_json::{Value, json};
 
@@ -257,6 +257,91 @@ async fn rows_are_handed_on_as_they_arrive() {
         first_after * 3 < total,
         "first row after {first_after:?}, whole stream {total:?}"
     );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn batches_are_full_and_hold_exactly_the_rows_read_one_by_one() {
+    const N: u64 = 3_000;
+    let emu = start(EmulatorOptions {
+        synthetic: Some(SyntheticSpec {
+            count: N,
+            start: at(1_700_000_000),
+            end: at(1_700_003_000),
+            namespaces: 1,
+        }),
+        ..EmulatorOptions::default()
+    })
+    .await;
+    let client = client(&emu);
+    let query = client
+        .filters(at(1_700_000_000), at(1_700_003_000))
+        .build()
+        .unwrap();
+    let mut one_by_one = Vec::new();
+    let mut stream = client.export(&query).await.expect("export starts");
+    while let Some(row) = stream.next_row().await {
+        one_by_one.push(row.expect("ok").as_bytes().to_vec());
+    }
+
+    // A few rows one by one first: the lines already split must not be lost or repeated.
+    let mut stream = client.export(&query).await.expect("export starts");
+    let mut batched: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..3 {
+        batched.push(
+            stream
+                .next_row()
+                .await
+                .unwrap()
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+        );
+    }
+    let mut sizes = Vec::new();
+    let mut batch = RowBatch::default();
+    loop {
+        let more = stream
+            .next_batch(&mut batch, 1_000)
+            .await
+            .expect("no error");
+        sizes.push(batch.len());
+        batched.extend(batch.iter().map(<[u8]>::to_vec));
+        batch.clear();
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(batched.len() as u64, N);
+    assert_eq!(batched, one_by_one, "same rows in the same order");
+    let (last, full) = sizes.split_last().unwrap();
+    assert!(
+        full.iter().all(|&n| n >= 1_000),
+        "batches end only when full: {sizes:?}"
+    );
+    assert!(*last <= 1_000 + 100, "{sizes:?}");
+    for row in batched.iter().take(5) {
+        let row = Row::from_json(row.clone()).expect("a JSON object");
+        assert!(map_row(&row).is_ok());
+    }
+
+    // A cut stream fails the batch read; it never ends as if complete.
+    emu.set_faults(Faults {
+        cut_after: Some(2_500),
+        ..Faults::default()
+    });
+    let mut stream = client.export(&query).await.expect("export starts");
+    let mut rows = 0;
+    let err = loop {
+        match stream.next_batch(&mut batch, 1_000).await {
+            Ok(true) => rows += batch.len(),
+            Ok(false) => panic!("a cut stream ended as complete after {rows} rows"),
+            Err(e) => break e,
+        }
+        batch.clear();
+    };
+    assert!(matches!(err, SplunkError::StreamCut { .. }), "{err:?}");
+    assert!(rows <= 2_500, "{rows}");
     emu.shutdown().await;
 }
 
