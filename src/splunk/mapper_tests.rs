@@ -330,7 +330,9 @@ fn metadata_value() -> impl proptest::strategy::Strategy<Value = serde_json::Val
         "[a-z0-9 ]{0,8}".prop_map(serde_json::Value::from),
         "[a\"\\\\}\\]{]{0,4}".prop_map(serde_json::Value::from),
         any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
         any::<bool>().prop_map(serde_json::Value::from),
+        Just(serde_json::Value::Null),
     ];
     let nested = leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
