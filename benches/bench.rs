@@ -46,6 +46,11 @@ struct Args {
     /// Archive formats: json, json+gzip, csv (also ndjson, csv+gzip, ndjson+gzip).
     #[arg(long, value_delimiter = ',')]
     formats: Option<Vec<String>>,
+    /// Runs of the emulator ceiling and of the uncompressed local JSON export at each size; the
+    /// pipeline / ceiling ratio compares their medians (this VM's noise moves single runs by up
+    /// to ±20 %).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Skip the emulator ceiling and end-to-end export sections.
     #[arg(long)]
     skip_e2e: bool,
@@ -109,7 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     if !args.skip_e2e
-        && let Err(e) = e2e::run(&binaries, &databases, &sizes, &formats).await
+        && let Err(e) = e2e::run(&binaries, &databases, &sizes, &formats, args.repeat.max(1)).await
     {
         failures.push(format!("end-to-end: {e:#}"));
     }

@@ -64,6 +64,7 @@ pub async fn run(
     databases: &Databases,
     sizes: &[u64],
     formats: &[FormatSpec],
+    repeat: usize,
 ) -> anyhow::Result<()> {
     let scratch = std::env::temp_dir().join(format!("logexport-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch).context("creating the scratch directory")?;
@@ -78,7 +79,7 @@ pub async fn run(
     )
     .await?;
     let result = async {
-        let ceilings = ceiling_section(&emulator, sizes).await?;
+        let ceilings = ceiling_section(&emulator, sizes, repeat).await?;
         let (db_url, pool) = databases.fresh("e2e", 4).await?;
         let bench = Bench {
             binaries,
@@ -87,7 +88,7 @@ pub async fn run(
             pool,
             scratch: scratch.clone(),
         };
-        export_section(&bench, sizes, formats, &ceilings).await
+        export_section(&bench, sizes, formats, &ceilings, repeat).await
     }
     .await;
     emulator.stop().await;
@@ -99,23 +100,33 @@ pub async fn run(
     result
 }
 
-async fn ceiling_section(emulator: &Emulator, sizes: &[u64]) -> anyhow::Result<BTreeMap<u64, f64>> {
+async fn ceiling_section(
+    emulator: &Emulator,
+    sizes: &[u64],
+    repeat: usize,
+) -> anyhow::Result<BTreeMap<u64, f64>> {
     let client = reqwest::Client::builder()
         .build()
         .context("building the HTTP client")?;
     let mut table = Table::new(
-        "Emulator ceiling (export endpoint read and discarded)",
+        "Emulator ceiling (export endpoint read and discarded; the median of the runs)",
         &["events", "seconds", "events/s", "MB/s", "lines read"],
     );
     let mut rates = BTreeMap::new();
     for &n in sizes {
         let (start, end) = range_for(n)?;
-        let run = ceiling::read_export(&client, emulator, start, end).await?;
-        anyhow::ensure!(
-            run.lines >= n,
-            "the emulator streamed {} lines for {n} events",
-            run.lines
-        );
+        let mut runs = Vec::new();
+        for _ in 0..repeat {
+            let run = ceiling::read_export(&client, emulator, start, end).await?;
+            anyhow::ensure!(
+                run.lines >= n,
+                "the emulator streamed {} lines for {n} events",
+                run.lines
+            );
+            runs.push(run);
+        }
+        runs.sort_by_key(|r| r.elapsed);
+        let run = &runs[runs.len() / 2];
         let secs = run.elapsed.as_secs_f64();
         rates.insert(n, n as f64 / secs);
         table.row(vec![
@@ -125,6 +136,17 @@ async fn ceiling_section(emulator: &Emulator, sizes: &[u64]) -> anyhow::Result<B
             format!("{:.1}", run.bytes as f64 / 1e6 / secs),
             thousands(run.lines),
         ]);
+        if repeat > 1 {
+            let all: Vec<String> = runs
+                .iter()
+                .map(|r| rate(n as f64 / r.elapsed.as_secs_f64()))
+                .collect();
+            table.note(format!(
+                "- {} events, every run: {} events/s",
+                thousands(n),
+                all.join(", ")
+            ));
+        }
     }
     table.print();
     Ok(rates)
@@ -135,9 +157,10 @@ async fn export_section(
     sizes: &[u64],
     formats: &[FormatSpec],
     ceilings: &BTreeMap<u64, f64>,
+    repeat: usize,
 ) -> anyhow::Result<()> {
     let mut table = Table::new(
-        "End-to-end export (fresh `logexport work` process, concurrency 1)",
+        "End-to-end export (fresh `logexport work` process, concurrency 1; local JSON: the median of the runs, the highest peak RSS)",
         &[
             "storage",
             "format",
@@ -150,6 +173,7 @@ async fn export_section(
         ],
     );
     let mut rss: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut samples = Vec::new();
     let mut json_rates = Vec::new();
     let local_dir = bench.scratch.join("archives");
     std::fs::create_dir_all(&local_dir).context("creating the archive directory")?;
@@ -166,9 +190,36 @@ async fn export_section(
                 {
                     continue;
                 }
-                let run = export_once(bench, target, spec, n).await.with_context(|| {
-                    format!("{} {} export of {n} events", target.name(), spec.label())
-                })?;
+                // The runs the ratio compares are repeated like the ceiling; the others run once.
+                let compared = matches!(target, Target::Local(_))
+                    && spec.format == ExportFormat::Json
+                    && spec.compression == Compression::None;
+                let mut runs = Vec::new();
+                for _ in 0..if compared { repeat } else { 1 } {
+                    runs.push(export_once(bench, target, spec, n).await.with_context(|| {
+                        format!("{} {} export of {n} events", target.name(), spec.label())
+                    })?);
+                }
+                runs.sort_by(|a, b| a.export_seconds.total_cmp(&b.export_seconds));
+                if runs.len() > 1 {
+                    let all: Vec<String> = runs
+                        .iter()
+                        .map(|r| rate(n as f64 / r.export_seconds))
+                        .collect();
+                    samples.push(format!(
+                        "- {} {} at {} events, every run: {} logs/s",
+                        target.name(),
+                        spec.label(),
+                        thousands(n),
+                        all.join(", ")
+                    ));
+                }
+                // The median run, with the highest peak memory of all the runs.
+                let peak_rss = runs.iter().map(|r| r.peak_rss).max().unwrap_or(0);
+                let run = ExportRun {
+                    peak_rss,
+                    ..runs.swap_remove(runs.len() / 2)
+                };
                 let logs_per_sec = n as f64 / run.export_seconds;
                 if matches!(target, Target::Local(_)) {
                     rss.entry(spec.label()).or_default().push((n, run.peak_rss));
@@ -199,12 +250,20 @@ async fn export_section(
     } else {
         table.note("S3 runs skipped: set LOGEXPORT_TEST_S3_* (`source .test-env/garage.env`).");
     }
+    for line in samples {
+        table.note(line);
+    }
     for (n, logs_per_sec) in json_rates {
         if let Some(ceiling) = ceilings.get(&n) {
             let ratio = logs_per_sec / ceiling * 100.0;
             table.note(format!(
-                "- json pipeline / emulator ceiling at {} events: {ratio:.0} % (target ≥ 60 %: {})",
+                "- json pipeline / emulator ceiling at {} events ({}): {ratio:.1} % (target ≥ 60 %: {})",
                 thousands(n),
+                if repeat > 1 {
+                    format!("medians of {repeat} runs")
+                } else {
+                    "one run each".to_owned()
+                },
                 verdict(ratio >= 60.0)
             ));
         }
