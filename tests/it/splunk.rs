@@ -23,6 +23,22 @@ async fn start(opts: EmulatorOptions) -> RunningEmulator {
     .expect("emulator starts")
 }
 
+/// An emulator serving `count` synthetic events of `ns0`, spread over `seconds` from
+/// 1_700_000_000, with `faults`.
+async fn synthetic(count: u64, seconds: i64, faults: Faults) -> RunningEmulator {
+    start(EmulatorOptions {
+        synthetic: Some(SyntheticSpec {
+            count,
+            start: at(1_700_000_000),
+            end: at(1_700_000_000 + seconds),
+            namespaces: 1,
+        }),
+        faults,
+        ..EmulatorOptions::default()
+    })
+    .await
+}
+
 fn client_with_token(emu: &RunningEmulator, token: &str) -> SplunkClient {
     let cfg = SplunkConfig {
         host: "127.0.0.1".into(),
@@ -171,16 +187,7 @@ fn rss_bytes() -> Option<u64> {
 #[tokio::test]
 async fn a_100k_event_export_streams_with_bounded_memory() {
     const N: u64 = 100_000;
-    let emu = start(EmulatorOptions {
-        synthetic: Some(SyntheticSpec {
-            count: N,
-            start: at(1_700_000_000),
-            end: at(1_700_086_400),
-            namespaces: 1,
-        }),
-        ..EmulatorOptions::default()
-    })
-    .await;
+    let emu = synthetic(N, 86_400, Faults::default()).await;
     let client = client(&emu);
     let query = SearchFilters {
         namespace: Some(ns("ns0")),
@@ -222,19 +229,14 @@ async fn a_100k_event_export_streams_with_bounded_memory() {
 
 #[tokio::test]
 async fn rows_are_handed_on_as_they_arrive() {
-    let emu = start(EmulatorOptions {
-        synthetic: Some(SyntheticSpec {
-            count: 400,
-            start: at(1_700_000_000),
-            end: at(1_700_000_400),
-            namespaces: 1,
-        }),
-        faults: Faults {
+    let emu = synthetic(
+        400,
+        400,
+        Faults {
             slow_bytes_per_sec: Some(100_000),
             ..Faults::default()
         },
-        ..EmulatorOptions::default()
-    })
+    )
     .await;
     let client = client(&emu);
     let query = client
@@ -263,16 +265,7 @@ async fn rows_are_handed_on_as_they_arrive() {
 #[tokio::test]
 async fn batches_are_full_and_hold_exactly_the_rows_read_one_by_one() {
     const N: u64 = 3_000;
-    let emu = start(EmulatorOptions {
-        synthetic: Some(SyntheticSpec {
-            count: N,
-            start: at(1_700_000_000),
-            end: at(1_700_003_000),
-            namespaces: 1,
-        }),
-        ..EmulatorOptions::default()
-    })
-    .await;
+    let emu = synthetic(N, 3_000, Faults::default()).await;
     let client = client(&emu);
     let query = client
         .filters(at(1_700_000_000), at(1_700_003_000))
@@ -388,19 +381,14 @@ async fn transient_503s_are_retried_and_results_stay_complete() {
 
 #[tokio::test]
 async fn a_cut_stream_is_a_retryable_error_not_a_short_result() {
-    let emu = start(EmulatorOptions {
-        synthetic: Some(SyntheticSpec {
-            count: 10_000,
-            start: at(1_700_000_000),
-            end: at(1_700_010_000),
-            namespaces: 1,
-        }),
-        faults: Faults {
+    let emu = synthetic(
+        10_000,
+        10_000,
+        Faults {
             cut_after: Some(2_500),
             ..Faults::default()
         },
-        ..EmulatorOptions::default()
-    })
+    )
     .await;
     let client = client(&emu);
     let query = client
