@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::mapper::{epoch_from_f64, parse_timestamp};
+use super::timestamp::{epoch_from_f64, parse_timestamp};
 use crate::domain::Metadata;
 
 /// One field value; strings borrow from the input unless they had escapes. Multivalue fields

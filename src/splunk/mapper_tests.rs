@@ -1,7 +1,9 @@
+use chrono::{DateTime, Utc};
 use proptest::strategy::Strategy;
 use serde_json::json;
 
 use super::*;
+use crate::splunk::timestamp::parse_timestamp;
 
 fn row(v: serde_json::Value) -> Row {
     Row::from_json(v.to_string()).unwrap()
@@ -222,38 +224,6 @@ proptest::proptest! {
         let _ = parse_timestamp(&dt);
         let event = json!({"kind": "k", "datetime": dt, "metadata_json": text}).to_string();
         let _ = map_row(&raw_row(serde_json::from_str(&event).unwrap()));
-    }
-}
-
-proptest::proptest! {
-    /// The allocation-free ISO reader agrees with chrono's parsers wherever it answers.
-    #[test]
-    fn fast_iso_agrees_with_the_general_parsers(
-        s in "[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{0,10})?(Z|[+-][0-9]{2}:?[0-9]{2})?",
-    ) {
-        if let Some(fast) = parse_iso_fast(s.as_bytes()) {
-            proptest::prop_assert_eq!(Some(fast), parse_general(&s), "{}", s);
-        }
-    }
-}
-
-#[test]
-fn fast_iso_reads_splunk_and_quay_forms() {
-    for (text, want) in [
-        ("2024-06-18T18:59:13.000+00:00", "2024-06-18T18:59:13Z"),
-        ("2024-06-18T20:59:13.250+02:00", "2024-06-18T18:59:13.25Z"),
-        ("2024-06-18 18:59:13.123456", "2024-06-18T18:59:13.123456Z"),
-        ("2024-06-18T13:59:13-0500", "2024-06-18T18:59:13Z"),
-        ("2024-06-18T18:59:13Z", "2024-06-18T18:59:13Z"),
-    ] {
-        assert_eq!(parse_iso_fast(text.as_bytes()), Some(t(want)), "{text}");
-    }
-    for other in [
-        "2024-06-18T18:59",
-        "2024-02-30T00:00:00",
-        "2024-06-18T18:59:60Z",
-    ] {
-        assert_eq!(parse_iso_fast(other.as_bytes()), None, "{other}");
     }
 }
 

@@ -17,14 +17,14 @@ mod raw_event;
 mod row;
 mod scan;
 mod search_job;
+mod timestamp;
 
 pub use avatar::{AVATAR_COLORS, avatar};
 pub use client::{RetryPolicy, SplunkClient, install_crypto_provider};
 pub use error::{SplunkError, splunk_message};
 pub use export_stream::{ExportStream, MAX_LINE_BYTES};
-pub use mapper::{
-    SkipReason, map_event_json, map_row, map_row_text, map_row_with, parse_timestamp,
-};
+pub use mapper::{SkipReason, map_event_json, map_row, map_row_text, map_row_with};
 pub use query::{BuiltQuery, QueryError, SearchFilters, SortOrder, StatsField, quote_value};
 pub use row::{Row, RowBatch};
 pub use search_job::{JobStatus, MAX_PAGE, SearchJob};
+pub use timestamp::parse_timestamp;
