@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use crate::ceiling;
 use crate::db::Databases;
 use crate::procs::{Binaries, Emulator, EmulatorSpec, Worker};
-use crate::table::{Table, rate, thousands, verdict};
+use crate::table::{Table, rate, run_rates, thousands, verdict};
 pub use crate::targets::FormatSpec;
 use crate::targets::{S3Env, Target};
 
@@ -137,14 +137,10 @@ async fn ceiling_section(
             thousands(run.lines),
         ]);
         if repeat > 1 {
-            let all: Vec<String> = runs
-                .iter()
-                .map(|r| rate(n as f64 / r.elapsed.as_secs_f64()))
-                .collect();
+            let every = run_rates(n, runs.iter().map(|r| r.elapsed.as_secs_f64()));
             table.note(format!(
-                "- {} events, every run: {} events/s",
-                thousands(n),
-                all.join(", ")
+                "- {} events, every run: {every} events/s",
+                thousands(n)
             ));
         }
     }
@@ -202,16 +198,12 @@ async fn export_section(
                 }
                 runs.sort_by(|a, b| a.export_seconds.total_cmp(&b.export_seconds));
                 if runs.len() > 1 {
-                    let all: Vec<String> = runs
-                        .iter()
-                        .map(|r| rate(n as f64 / r.export_seconds))
-                        .collect();
+                    let every = run_rates(n, runs.iter().map(|r| r.export_seconds));
                     samples.push(format!(
-                        "- {} {} at {} events, every run: {} logs/s",
+                        "- {} {} at {} events, every run: {every} logs/s",
                         target.name(),
                         spec.label(),
                         thousands(n),
-                        all.join(", ")
                     ));
                 }
                 // The median run, with the highest peak memory of all the runs.

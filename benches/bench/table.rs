@@ -51,6 +51,12 @@ impl Table {
     }
 }
 
+/// The rates of repeated runs of `n` items, each taking one of `seconds`: `812,345, 799,001`.
+pub fn run_rates(n: u64, seconds: impl IntoIterator<Item = f64>) -> String {
+    let all: Vec<String> = seconds.into_iter().map(|s| rate(n as f64 / s)).collect();
+    all.join(", ")
+}
+
 /// A count with thousands separators: `1,234,567`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();

@@ -144,7 +144,7 @@ impl ExportStream {
                         ControlFlow::Continue(())
                     };
                 }
-                match classify(&Bytes::copy_from_slice(line), rows) {
+                match classify_envelope(&Bytes::copy_from_slice(line), rows) {
                     LineOutcome::Row(row) => {
                         batch.push(&row);
                         ControlFlow::Continue(())
@@ -264,6 +264,11 @@ fn classify(line: &Bytes, rows: &mut u64) -> LineOutcome {
             LineOutcome::Row(row)
         };
     }
+    classify_envelope(line, rows)
+}
+
+/// [`classify`] for a line not in Splunk's usual result layout: parsed as a whole.
+fn classify_envelope(line: &Bytes, rows: &mut u64) -> LineOutcome {
     if line.trim_ascii().is_empty() {
         return LineOutcome::Skip;
     }

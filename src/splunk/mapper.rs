@@ -202,19 +202,15 @@ impl<'a> Members<'a> {
 /// A member's value. A string without escapes (nearly every one) is borrowed as it is written;
 /// anything else goes through the JSON parser, which also rejects what is not valid JSON.
 fn scalar(member: Option<Member<'_>>) -> Option<Scalar<'_>> {
-    let text = match member? {
-        Member::Text(body) => {
-            return Some(Scalar::Str(Cow::Borrowed(std::str::from_utf8(body).ok()?)));
-        }
+    let body = match member? {
+        Member::Text(body) => body,
         Member::Escaped(_) => return Some(Scalar::Object),
-        Member::Json(text) => text,
+        Member::Json(text) => match text.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) {
+            Some(body) if !body.contains(&b'\\') => body,
+            _ => return serde_json::from_slice(text).ok(),
+        },
     };
-    match text.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) {
-        Some(body) if !body.contains(&b'\\') => {
-            Some(Scalar::Str(Cow::Borrowed(std::str::from_utf8(body).ok()?)))
-        }
-        _ => serde_json::from_slice(text).ok(),
-    }
+    Some(Scalar::Str(Cow::Borrowed(std::str::from_utf8(body).ok()?)))
 }
 
 /// A member's value as non-empty text.
