@@ -323,6 +323,8 @@ async fn export_once(
         callback_email: None,
         idempotency_key: None,
         max_attempts: 1,
+        performer: None,
+        kinds: Vec::new(),
     };
     let log = bench
         .scratch

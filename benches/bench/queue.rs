@@ -168,6 +168,8 @@ async fn pickup_latency(pool: &PgPool, monitor: &PgPool) -> anyhow::Result<()> {
             callback_email: None,
             idempotency_key: None,
             max_attempts: 3,
+            performer: None,
+            kinds: Vec::new(),
         };
         storage::enqueue(pool, &export).await?;
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -212,6 +212,8 @@ async fn create(
         callback_email,
         idempotency_key,
         max_attempts: config.worker.max_attempts,
+        performer: None,
+        kinds: Vec::new(),
     };
     let id = storage::enqueue(&state.pool, &export).await?;
     tracing::info!(export_id = %id, namespace = %export.namespace, scope = %export.scope, "export queued");

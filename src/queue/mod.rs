@@ -13,7 +13,7 @@ pub use retry_policy::RetryPolicy;
 
 use crate::domain::{
     CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportId, ExportScope,
-    Namespace, RepositoryName,
+    Namespace, Performer, RepositoryName,
 };
 
 /// An export job's lifecycle state.
@@ -94,6 +94,10 @@ pub struct NewExport {
     pub callback_email: Option<EmailAddress>,
     pub idempotency_key: Option<String>,
     pub max_attempts: u32,
+    /// Only this performer's events (the listing's `performer` filter).
+    pub performer: Option<Performer>,
+    /// Only events of any of these kinds; empty for all. Sorted and deduplicated.
+    pub kinds: Vec<String>,
 }
 
 /// A job claimed by a worker: the request plus the attempt that fences its writes.
@@ -109,6 +113,8 @@ pub struct ClaimedJob {
     pub range: DateRange,
     pub format: ExportFormat,
     pub compression: Compression,
+    pub performer: Option<Performer>,
+    pub kinds: Vec<String>,
 }
 
 /// Everything the status endpoint and the notifier read about one export.
@@ -151,6 +157,8 @@ pub struct ExportRow {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    pub performer: Option<String>,
+    pub kinds: Vec<String>,
 }
 
 impl ExportRow {

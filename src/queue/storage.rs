@@ -8,7 +8,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, ClaimedJob, ExportRow, Finish, JobState, NewExport};
-use crate::domain::{ExportId, Namespace, RepositoryName};
+use crate::domain::{ExportId, Namespace, Performer, RepositoryName};
 
 const SELECT_ROW: &str = "SELECT * FROM export_jobs";
 
@@ -64,10 +64,10 @@ async fn insert(
         "WITH job AS (
              INSERT INTO export_jobs (id, scope, namespace, repository, requested_by, start_time,
                  end_time, timezone, format, compression, callback_url, callback_email,
-                 idempotency_key, max_attempts, webhook_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 idempotency_key, max_attempts, webhook_id, performer, kinds)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              RETURNING id)
-         SELECT pg_notify($16, '') FROM job",
+         SELECT pg_notify($18, '') FROM job",
     )
     .bind(id.0)
     .bind(export.scope.as_str())
@@ -84,6 +84,8 @@ async fn insert(
     .bind(&export.idempotency_key)
     .bind(export.max_attempts as i32)
     .bind(format!("msg_{}", Uuid::new_v4().simple()))
+    .bind(export.performer.as_ref().map(Performer::as_str))
+    .bind(&export.kinds)
     .bind(CHANNEL_NEW_JOB)
     .execute(conn)
     .await?;
@@ -200,6 +202,11 @@ fn claimed(row: ExportRow) -> ClaimedJob {
             .compression
             .parse()
             .unwrap_or(crate::domain::Compression::None),
+        performer: row
+            .performer
+            .as_deref()
+            .and_then(|p| Performer::parse(p).ok()),
+        kinds: row.kinds.clone(),
     }
 }
 

@@ -38,6 +38,8 @@ fn new_export(namespace: &str, max_attempts: u32) -> NewExport {
         callback_email: Some(EmailAddress::parse("admin@example.com").unwrap()),
         idempotency_key: None,
         max_attempts,
+        performer: None,
+        kinds: Vec::new(),
     }
 }
 
