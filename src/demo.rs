@@ -44,6 +44,7 @@ pub async fn run() -> anyhow::Result<()> {
         start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
         end: Utc.with_ymd_and_hms(2024, 1, 8, 0, 0, 0).unwrap(),
         namespaces: NAMESPACES,
+        skew: 0.0,
     };
     let splunk = emulator::spawn(EmulatorOptions {
         token: Some(SPLUNK_TOKEN.into()),

@@ -24,6 +24,7 @@ pub async fn run(databases: &Databases) -> anyhow::Result<()> {
             start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
             end: Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap(),
             namespaces: 1,
+            skew: 0.0,
         }),
         ..EmulatorOptions::default()
     })

@@ -44,6 +44,19 @@ struct Args {
     /// Number of synthetic namespaces (ns0..ns{K-1}).
     #[arg(long, default_value_t = 10)]
     synthetic_namespaces: u32,
+    /// Fraction of the synthetic events in the first tenth of the range (0: evenly spread).
+    #[arg(long, default_value_t = 0.0)]
+    synthetic_skew: f64,
+    /// An indexer's scan rate: export streams deliver at most N events/s and a search job is
+    /// done only after scanning its events at N/s (a real indexer: about 50000).
+    #[arg(long)]
+    search_events_per_sec: Option<u64>,
+    /// Searches running at once beyond N get Splunk's 503 role-quota answer (srchJobsQuota).
+    #[arg(long)]
+    max_concurrent_searches: Option<u64>,
+    /// Cut the first export stream of each search after N rows; a repeated search is not cut.
+    #[arg(long)]
+    fault_cut_once_after: Option<u64>,
     /// Added latency per request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     fault_latency_ms: u64,
@@ -90,12 +103,16 @@ async fn main() -> anyhow::Result<()> {
             start: a.synthetic_start,
             end: a.synthetic_end,
             namespaces: a.synthetic_namespaces,
+            skew: a.synthetic_skew,
         }),
         faults: Faults {
             latency_ms: a.fault_latency_ms,
             rate_503: a.fault_503_rate,
             cut_after: a.fault_cut_after,
             slow_bytes_per_sec: a.fault_slow_bytes_per_sec,
+            cut_once_after: a.fault_cut_once_after,
+            search_events_per_sec: a.search_events_per_sec.filter(|n| *n > 0),
+            max_concurrent_searches: a.max_concurrent_searches,
         },
         tls: a.tls_cert.zip(a.tls_key),
     };

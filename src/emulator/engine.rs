@@ -285,6 +285,15 @@ pub fn run(plan: &Plan, ctx: &Ctx, store: &Store, cancel: &AtomicBool) -> Result
     ResultSet::Rows(materialise(plan, ctx, store))
 }
 
+/// How many events a search had to read to produce `results`: its results, or for
+/// materialising searches (`stats`, sorts) every event that matched its filter.
+pub fn scanned(plan: &Plan, ctx: &Ctx, store: &Store, results: &ResultSet) -> u64 {
+    match results {
+        ResultSet::Lazy { .. } | ResultSet::Refs(_) => results.len(),
+        ResultSet::Rows(_) => events(plan, ctx, store).count() as u64,
+    }
+}
+
 /// For `stats count by` after row operations that are all `strftime(_time)`: per `by` field, the
 /// format computing it, or `None` for a plain event field. `None` when another operation runs.
 fn time_bucket_keys<'p>(
@@ -596,6 +605,7 @@ mod tests {
                 start: "2024-01-01T00:00:00Z".parse().unwrap(),
                 end: "2024-01-20T00:00:00Z".parse().unwrap(),
                 namespaces: 7,
+                skew: 0.0,
             }),
         );
         let store = Store::default();

@@ -14,14 +14,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::engine::{self, Item};
 use super::plan::Plan;
 use super::render::write_item_json;
-use super::{Faults, Shared};
+use super::{Counters, Faults, SearchSlot, Shared};
 
 const CHUNK: usize = 64 * 1024;
 
-/// Starts streaming a planned search.
-pub fn stream(shared: Arc<Shared>, plan: Plan, faults: Faults) -> Response {
+/// Starts streaming a planned search, holding `slot` until the stream ends; `cut_after` is the
+/// row after which this stream is cut, if any.
+pub fn stream(
+    shared: Arc<Shared>,
+    plan: Plan,
+    faults: Faults,
+    cut_after: Option<u64>,
+    slot: SearchSlot,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || produce(&shared, &plan, &faults, &tx));
+    tokio::task::spawn_blocking(move || {
+        produce(&shared, &plan, &faults, cut_after, &tx);
+        drop(slot);
+    });
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
@@ -50,12 +60,39 @@ impl Throttle {
     }
 }
 
+/// Paces rows to an indexer's scan rate.
+struct ScanRate {
+    per_sec: Option<u64>,
+    started: Instant,
+}
+
+impl ScanRate {
+    /// Sleeps until `rows` rows are due.
+    fn wait(&self, rows: u64) {
+        if let Some(rate) = self.per_sec.filter(|r| *r > 0) {
+            let due = Duration::from_secs_f64(rows as f64 / rate as f64);
+            if let Some(sleep) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(sleep);
+            }
+        }
+    }
+}
+
+/// Rows between two looks at the scan-rate clock.
+const PACE_ROWS: u64 = 256;
+
 fn produce(
     shared: &Shared,
     plan: &Plan,
     faults: &Faults,
+    cut_after: Option<u64>,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
+    let scan = ScanRate {
+        per_sec: faults.search_events_per_sec,
+        started: Instant::now(),
+    };
+    let streamed = &shared.counters.events_streamed;
     let ctx = &shared.ctx;
     let chunk = match faults.slow_bytes_per_sec {
         Some(r) if r > 0 => usize::try_from(r / 10).unwrap_or(CHUNK).clamp(1, CHUNK),
@@ -92,7 +129,7 @@ fn produce(
         buf.extend_from_slice(b"{\"preview\":false,\"lastrow\":true}\n");
     }
     while let Some(item) = next {
-        if faults.cut_after.is_some_and(|n| offset >= n) {
+        if cut_after.is_some_and(|n| offset >= n) {
             if send(&mut buf, &mut throttle) {
                 let _ = tx.blocking_send(Err(std::io::Error::other(
                     "splunk emulator: injected stream cut",
@@ -110,9 +147,14 @@ fn produce(
         write_item_json(&mut buf, &item, &plan.row_ops, ctx);
         buf.extend_from_slice(b"}\n");
         offset += 1;
+        Counters::bump(streamed);
+        if offset % PACE_ROWS == 0 {
+            scan.wait(offset);
+        }
         if buf.len() >= chunk && !send(&mut buf, &mut throttle) {
             return;
         }
     }
+    scan.wait(offset);
     send(&mut buf, &mut throttle);
 }

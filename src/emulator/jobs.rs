@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -10,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::engine::{self, ResultSet};
 use super::plan::Plan;
 use super::render::{self, Mode, acl_json, acl_xml, s_dict, xml_escape};
-use super::{Counters, Shared};
+use super::{Counters, SearchSlot, Shared};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone)]
@@ -36,12 +37,15 @@ impl Job {
     }
 }
 
-/// Creates a job and runs it on the blocking pool; waits for it when `blocking`.
+/// Creates a job and runs it on the blocking pool, holding `slot` until it is done; waits for
+/// it when `blocking`. With a scan rate set, the job is done only once the events it selects
+/// could have been scanned at that rate, as on an indexer.
 pub async fn dispatch(
     shared: &Arc<Shared>,
     search: String,
     plan: Plan,
     blocking: bool,
+    slot: SearchSlot,
 ) -> Arc<Job> {
     Counters::bump(&shared.counters.jobs);
     let seq = shared.next_sid.fetch_add(1, Ordering::Relaxed);
@@ -61,9 +65,19 @@ pub async fn dispatch(
         .unwrap_or_else(|e| e.into_inner())
         .insert(job.sid.clone(), job.clone());
     let (s, j) = (shared.clone(), job.clone());
+    let rate = shared.faults().search_events_per_sec;
     let run = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
         let results = engine::run(&j.plan, &s.ctx, &s.store, &j.cancel);
+        if let Some(rate) = rate {
+            let scanned = engine::scanned(&j.plan, &s.ctx, &s.store, &results);
+            let cost = Duration::from_secs_f64(scanned as f64 / rate as f64);
+            while started.elapsed() < cost && !j.cancel.load(Ordering::Relaxed) {
+                std::thread::sleep((cost - started.elapsed()).min(Duration::from_millis(50)));
+            }
+        }
         *j.state.lock().unwrap_or_else(|e| e.into_inner()) = JobState::Done(Arc::new(results));
+        drop(slot);
     });
     if blocking {
         let _ = run.await;

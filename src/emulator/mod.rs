@@ -17,6 +17,7 @@ mod server;
 pub mod spl;
 mod store;
 pub mod synthetic;
+mod time_arg;
 mod timefmt;
 
 use std::collections::{HashMap, HashSet};
@@ -78,17 +79,20 @@ impl Default for EmulatorOptions {
     }
 }
 
-/// The synthetic data set: `count` events evenly spread over `[start, end)` across
-/// namespaces `ns0..ns{namespaces-1}` (event `i` is in `ns{i % namespaces}`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The synthetic data set: `count` events spread over `[start, end)` across namespaces
+/// `ns0..ns{namespaces-1}` (event `i` is in `ns{i % namespaces}`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticSpec {
     pub count: u64,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub namespaces: u32,
+    /// Fraction of the events in the first tenth of the range (events cluster in time: a
+    /// release day, a CI storm); 0 spreads them evenly.
+    pub skew: f64,
 }
 
-/// Injected faults.
+/// Injected faults, and what searches cost (a real indexer's scan rate and search quota).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Faults {
     /// Added to every request before it is handled.
@@ -100,6 +104,15 @@ pub struct Faults {
     pub cut_after: Option<u64>,
     /// Export streams are throttled to this many bytes per second.
     pub slow_bytes_per_sec: Option<u64>,
+    /// The first export stream of each search (same SPL and time bounds) is cut after this
+    /// many rows; a repeated search is not cut (a transient failure).
+    pub cut_once_after: Option<u64>,
+    /// An indexer's scan rate: export streams deliver at most this many events per second,
+    /// and a search job is done only after scanning the events it selects at this rate.
+    pub search_events_per_sec: Option<u64>,
+    /// Searches running at once (export streams, jobs not yet done) beyond this get Splunk's
+    /// 503 role-quota answer, as `srchJobsQuota` does.
+    pub max_concurrent_searches: Option<u64>,
 }
 
 /// Ground-truth selection for tests, mirroring the filters logexport puts in its queries.
@@ -129,6 +142,12 @@ pub struct EmulatorStats {
     pub injected_503: u64,
     /// All HTTP requests received.
     pub http_requests: u64,
+    /// Result rows sent in export streams.
+    pub events_streamed: u64,
+    /// Searches refused with 503 because `max_concurrent_searches` were running.
+    pub quota_refused: u64,
+    /// The most searches seen running at once.
+    pub peak_searches: u64,
 }
 
 #[derive(Default)]
@@ -138,6 +157,10 @@ pub(crate) struct Counters {
     results: AtomicU64,
     injected_503: AtomicU64,
     requests: AtomicU64,
+    events_streamed: AtomicU64,
+    quota_refused: AtomicU64,
+    running_searches: AtomicU64,
+    peak_searches: AtomicU64,
 }
 
 impl Counters {
@@ -158,9 +181,54 @@ pub(crate) struct Shared {
     pub jobs: Mutex<HashMap<String, Arc<jobs::Job>>>,
     pub counters: Counters,
     pub next_sid: AtomicU64,
+    /// Searches (SPL and time bounds) that have streamed once, for `cut_once_after`.
+    pub streamed_once: Mutex<HashSet<String>>,
+}
+
+/// One running search counted against `max_concurrent_searches`; freed when dropped.
+pub(crate) struct SearchSlot(Arc<Shared>);
+
+impl SearchSlot {
+    /// Takes a slot, or `None` when the quota is full (the caller answers 503).
+    pub(crate) fn acquire(shared: &Arc<Shared>) -> Option<Self> {
+        let c = &shared.counters;
+        let limit = shared.faults().max_concurrent_searches.unwrap_or(u64::MAX);
+        let taken = c
+            .running_searches
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        match taken {
+            Ok(before) => {
+                c.peak_searches.fetch_max(before + 1, Ordering::Relaxed);
+                Some(Self(shared.clone()))
+            }
+            Err(_) => {
+                Counters::bump(&c.quota_refused);
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SearchSlot {
+    fn drop(&mut self) {
+        self.0
+            .counters
+            .running_searches
+            .fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Shared {
+    /// Whether this is the first stream of `search` (for `cut_once_after`).
+    pub(crate) fn first_stream(&self, search: String) -> bool {
+        self.streamed_once
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(search)
+    }
+
     pub(crate) fn faults(&self) -> Faults {
         self.faults
             .read()
@@ -262,6 +330,9 @@ impl RunningEmulator {
             results_requests: get(&c.results),
             injected_503: get(&c.injected_503),
             http_requests: get(&c.requests),
+            events_streamed: get(&c.events_streamed),
+            quota_refused: get(&c.quota_refused),
+            peak_searches: get(&c.peak_searches),
         }
     }
 
@@ -307,6 +378,10 @@ pub async fn spawn(opts: EmulatorOptions) -> anyhow::Result<RunningEmulator> {
             "splunk emulator: --synthetic-end is before --synthetic-start"
         );
         anyhow::ensure!(
+            (0.0..=1.0).contains(&s.skew),
+            "splunk emulator: --synthetic-skew must be between 0 and 1"
+        );
+        anyhow::ensure!(
             s.namespaces >= 1,
             "splunk emulator: --synthetic-namespaces must be at least 1"
         );
@@ -328,6 +403,7 @@ pub async fn spawn(opts: EmulatorOptions) -> anyhow::Result<RunningEmulator> {
         jobs: Mutex::new(HashMap::new()),
         counters: Counters::default(),
         next_sid: AtomicU64::new(1),
+        streamed_once: Mutex::new(HashSet::new()),
     });
     let router = routes::router(shared.clone());
     let (addr, server) = server::start(opts.bind, opts.tls.as_ref(), router).await?;

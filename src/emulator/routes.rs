@@ -15,8 +15,8 @@ use rand::Rng as _;
 
 use super::plan::Plan;
 use super::render::{self, Mode, s_dict, xml_escape};
-use super::timefmt::parse_time_arg;
-use super::{Counters, Shared, export, ingest, jobs, spl};
+use super::time_arg::parse_time_arg;
+use super::{Counters, SearchSlot, Shared, export, ingest, jobs, spl};
 
 /// The emulator's router.
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -75,6 +75,16 @@ fn parse_params(uri: &Uri, body: &[u8], form_body: bool) -> HashMap<String, Stri
 
 fn quota_message() -> String {
     "Search not executed: The maximum number of concurrent historical searches on this instance has been reached., concurrency_category=\"historical\", concurrency_context=\"instance-wide\", current_concurrency=10, concurrency_limit=10".to_string()
+}
+
+/// Splunk's answer when the user's role quota (`srchJobsQuota`) of running searches is full.
+fn quota_exceeded(mode: Mode) -> Response {
+    render::message(
+        StatusCode::SERVICE_UNAVAILABLE,
+        mode,
+        "FATAL",
+        "Search not executed: The maximum number of concurrent historical searches for this user based on their role quota has been reached., concurrency_category=\"historical\", concurrency_context=\"user\"",
+    )
 }
 
 async fn dispatch(
@@ -297,10 +307,11 @@ fn plan_from(req: &Req, cap_param: &[&str]) -> Result<(String, Plan), String> {
         return Err("Empty search.".into());
     }
     let pipeline = spl::parse(&search).map_err(|e| e.0)?;
+    let now = Utc::now().timestamp_micros();
     let time = |k: &str| -> Result<Option<i64>, String> {
         match req.param(k).map(str::trim).filter(|v| !v.is_empty()) {
             None => Ok(None),
-            Some(v) => parse_time_arg(v)
+            Some(v) => parse_time_arg(v, now)
                 .map(Some)
                 .ok_or_else(|| format!("Invalid {k}: '{v}'.")),
         }
@@ -328,8 +339,11 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
                 Ok(x) => x,
                 Err(text) => return bad_request(req.mode, &text),
             };
+            let Some(slot) = SearchSlot::acquire(shared) else {
+                return quota_exceeded(req.mode);
+            };
             let exec_mode = req.param("exec_mode").unwrap_or("normal");
-            let job = jobs::dispatch(shared, search, plan, exec_mode != "normal").await;
+            let job = jobs::dispatch(shared, search, plan, exec_mode != "normal", slot).await;
             if exec_mode == "oneshot" {
                 jobs::remove(shared, &job.sid);
                 return jobs::results(
@@ -358,12 +372,23 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
             }
         }
         (["export"], &Method::GET | &Method::POST) => {
-            let (_, plan) = match plan_from(req, &["max_count", "count"]) {
+            let (search, plan) = match plan_from(req, &["max_count", "count"]) {
                 Ok(x) => x,
                 Err(text) => return bad_request(req.mode, &text),
             };
+            let Some(slot) = SearchSlot::acquire(shared) else {
+                return quota_exceeded(req.mode);
+            };
             Counters::bump(&shared.counters.exports);
-            export::stream(shared.clone(), plan, shared.faults())
+            let faults = shared.faults();
+            let cut_after = faults.cut_after.or_else(|| {
+                let key = format!(
+                    "{search}\0{:?}\0{:?}",
+                    plan.filter.earliest, plan.filter.latest
+                );
+                faults.cut_once_after.filter(|_| shared.first_stream(key))
+            });
+            export::stream(shared.clone(), plan, faults, cut_after, slot)
         }
         ([sid, tail @ ..], method) => {
             let Some(job) = jobs::find(shared, sid) else {

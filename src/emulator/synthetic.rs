@@ -36,12 +36,25 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Time of event `i`: `start + i * (end - start) / count`, non-decreasing in `i`.
+/// Time of event `i`, non-decreasing in `i`: `start + i * (end - start) / count` when evenly
+/// spread; with `skew` F, the first `F * count` events are evenly spread over the first tenth
+/// of the range and the rest over the other nine tenths.
 pub fn time_of(spec: &SyntheticSpec, i: u64) -> Micros {
     let start = spec.start.timestamp_micros();
     let span = (spec.end.timestamp_micros() - start).max(0) as i128;
     let n = spec.count.max(1) as i128;
-    start + ((i as i128 * span) / n) as Micros
+    if spec.skew <= 0.0 {
+        return start + ((i as i128 * span) / n) as Micros;
+    }
+    let dense = ((spec.skew.min(1.0) * n as f64) as i128).clamp(1, n);
+    let tenth = span / 10;
+    let i = i as i128;
+    if i < dense {
+        start + ((i * tenth) / dense) as Micros
+    } else {
+        let sparse = (n - dense).max(1);
+        start + (tenth + ((i - dense) * (span - tenth)) / sparse) as Micros
+    }
 }
 
 /// Namespace index of event `i` (`ns{i % K}`), the key of the arithmetic namespace filter.
@@ -351,6 +364,7 @@ mod tests {
             start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
             end: Utc.with_ymd_and_hms(2024, 1, 2, 0, 0, 0).unwrap(),
             namespaces: 3,
+            skew: 0.0,
         }
     }
 
@@ -365,6 +379,17 @@ mod tests {
         }
         assert_eq!(event(&s, 0)["datetime"], "2024-01-01T00:00:00.000000+00:00");
         assert_eq!(time_of(&s, 500) - time_of(&s, 0), 43_200_000_000);
+        let skewed = SyntheticSpec {
+            skew: 0.8,
+            ..s.clone()
+        };
+        let tenth = (skewed.end - skewed.start).num_microseconds().unwrap() / 10;
+        let first_tenth = (0..skewed.count)
+            .filter(|i| time_of(&skewed, *i) < skewed.start.timestamp_micros() + tenth)
+            .count() as u64;
+        assert_eq!(first_tenth, skewed.count * 8 / 10);
+        assert!((1..skewed.count).all(|i| time_of(&skewed, i - 1) <= time_of(&skewed, i)));
+        assert!(time_of(&skewed, skewed.count - 1) < skewed.end.timestamp_micros());
     }
 
     #[test]

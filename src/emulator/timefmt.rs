@@ -73,17 +73,6 @@ pub fn micros_from_epoch_secs(secs: f64) -> Option<Micros> {
     Some((secs * 1_000_000.0).round() as Micros)
 }
 
-/// Parses an API time argument (`earliest_time`, `earliest=`): epoch seconds or RFC 3339.
-pub fn parse_time_arg(s: &str) -> Option<Micros> {
-    let s = s.trim();
-    if let Ok(v) = s.parse::<f64>() {
-        return micros_from_epoch_secs(v);
-    }
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.timestamp_micros())
-}
-
 /// The timestamp an event carries in its `datetime` value (epoch number, numeric string or ISO 8601).
 pub fn event_time(v: &serde_json::Value) -> Option<Micros> {
     match v {

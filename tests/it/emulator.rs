@@ -618,6 +618,7 @@ fn spec() -> SyntheticSpec {
         start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
         end: Utc.with_ymd_and_hms(2024, 1, 1, 10, 0, 0).unwrap(),
         namespaces: 7,
+        skew: 0.0,
     }
 }
 

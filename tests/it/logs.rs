@@ -643,6 +643,7 @@ async fn bench_read_side() {
         start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
         end: Utc.with_ymd_and_hms(2024, 1, 31, 0, 0, 0).unwrap(),
         namespaces: 1,
+        skew: 0.0,
     };
     let emu = start_emulator(Some(spec)).await;
     let app = spawn_app(|c| {

@@ -6,6 +6,7 @@ mod helpers;
 mod api;
 mod delivery;
 mod emulator;
+mod emulator_costs;
 mod export;
 mod logs;
 mod notify;

@@ -32,6 +32,7 @@ async fn synthetic(count: u64, seconds: i64, faults: Faults) -> RunningEmulator 
             start: at(1_700_000_000),
             end: at(1_700_000_000 + seconds),
             namespaces: 1,
+            skew: 0.0,
         }),
         faults,
         ..EmulatorOptions::default()
