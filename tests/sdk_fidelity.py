@@ -141,6 +141,40 @@ class SdkFidelity(unittest.TestCase):
         self.assertFalse(reader.is_preview)
         self.check_rows(rows, expected("org1", earliest, latest))
 
+    def test_time_bounds_in_iso_and_epoch_forms(self):
+        # The same window written as epoch seconds, ISO 8601 with and without an offset (no
+        # offset: the search user's zone, UTC here), as Quay's splunk_search_client sends them.
+        service = connect(splunkToken=TOKEN)
+        earliest, latest = BASE + 60 * 4, BASE + 60 * 17
+        want = expected("org1", earliest, latest)
+        iso = lambda t, fmt: time.strftime(fmt, time.gmtime(t))
+        forms = [
+            (str(earliest), str(latest)),
+            (f"{earliest}.000", f"{latest}.000"),
+            (iso(earliest, "%Y-%m-%dT%H:%M:%S"), iso(latest, "%Y-%m-%dT%H:%M:%S")),
+            (iso(earliest, "%Y-%m-%dT%H:%M:%S.000"), iso(latest, "%Y-%m-%dT%H:%M:%S.000")),
+            (iso(earliest, "%Y-%m-%dT%H:%M:%S+00:00"), iso(latest, "%Y-%m-%dT%H:%M:%SZ")),
+            (iso(earliest - 7200, "%Y-%m-%dT%H:%M:%S-02:00"), iso(latest, "%Y-%m-%dT%H:%M:%S.000+0000")),
+        ]
+        for lo, hi in forms:
+            with self.subTest(earliest=lo, latest=hi):
+                job = service.jobs.create(f'search index="{INDEX}" account="org1"',
+                                          earliest_time=lo, latest_time=hi, exec_mode="blocking")
+                rows, _ = read_all(job.results(output_mode="json", count=0))
+                self.check_rows(rows, want)
+                stream = service.jobs.export(f'search index="{INDEX}" account="org1"',
+                                             output_mode="json", earliest_time=lo, latest_time=hi)
+                rows, _ = read_all(stream)
+                self.check_rows(rows, want)
+        # Relative modifiers: every event is long past.
+        rows, _ = read_all(service.jobs.export(f'search index="{INDEX}" account="org1"',
+                                               output_mode="json", earliest_time="-1d@d",
+                                               latest_time="now"))
+        self.assertEqual(rows, [])
+        with self.assertRaises(binding.HTTPError) as ctx:
+            service.jobs.create(f'search index="{INDEX}"', earliest_time="yesterday")
+        self.assertEqual(ctx.exception.status, 400)
+
     def test_invalid_spl_is_http_400(self):
         service = connect(splunkToken=TOKEN)
         with self.assertRaises(binding.HTTPError) as ctx:
