@@ -39,12 +39,13 @@ impl Job {
 
 /// Creates a job and runs it on the blocking pool, holding `slot` until it is done; waits for
 /// it when `blocking`. With a scan rate set, the job is done only once the events it selects
-/// could have been scanned at that rate, as on an indexer.
+/// (up to `scan_limit`) could have been scanned at that rate, as on an indexer.
 pub async fn dispatch(
     shared: &Arc<Shared>,
     search: String,
     plan: Plan,
     blocking: bool,
+    scan_limit: Option<u64>,
     slot: SearchSlot,
 ) -> Arc<Job> {
     Counters::bump(&shared.counters.jobs);
@@ -70,7 +71,8 @@ pub async fn dispatch(
         let started = Instant::now();
         let results = engine::run(&j.plan, &s.ctx, &s.store, &j.cancel);
         if let Some(rate) = rate {
-            let scanned = engine::scanned(&j.plan, &s.ctx, &s.store, &results);
+            let scanned = engine::scanned(&j.plan, &s.ctx, &s.store, &results)
+                .min(scan_limit.unwrap_or(u64::MAX));
             let cost = Duration::from_secs_f64(scanned as f64 / rate as f64);
             while started.elapsed() < cost && !j.cancel.load(Ordering::Relaxed) {
                 std::thread::sleep((cost - started.elapsed()).min(Duration::from_millis(50)));

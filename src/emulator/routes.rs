@@ -342,8 +342,13 @@ async fn search(shared: &Arc<Shared>, req: &Req, base: &str, rest: &[&str]) -> R
             let Some(slot) = SearchSlot::acquire(shared) else {
                 return quota_exceeded(req.mode);
             };
+            // A job dispatched with `count`/`offset` (as Quay's search client pages) is done
+            // once the events up to the page's end are scanned.
+            let page_end = Some(num(req, "offset", 0) + num(req, "count", 0))
+                .filter(|_| req.param("count").is_some());
             let exec_mode = req.param("exec_mode").unwrap_or("normal");
-            let job = jobs::dispatch(shared, search, plan, exec_mode != "normal", slot).await;
+            let blocking = exec_mode != "normal";
+            let job = jobs::dispatch(shared, search, plan, blocking, page_end, slot).await;
             if exec_mode == "oneshot" {
                 jobs::remove(shared, &job.sid);
                 return jobs::results(

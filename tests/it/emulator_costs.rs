@@ -166,6 +166,25 @@ async fn export_streams_and_jobs_cost_the_scan_rate() {
         "{:?}",
         t.elapsed()
     );
+    // Quay's search client pages with `count`/`offset` on the job: the page's end is scanned.
+    let t = Instant::now();
+    let r = post(
+        &emu,
+        "search/v2/jobs",
+        &[
+            ("search", "search index=quay_logs"),
+            ("exec_mode", "blocking"),
+            ("count", "1000"),
+            ("offset", "5000"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
     // A count reads every matching event.
     let t = Instant::now();
     assert_eq!(
