@@ -215,6 +215,9 @@ pub struct SplunkConfig {
     /// Longest silence tolerated on an open response before it counts as a dead connection.
     pub read_timeout_seconds: u64,
     pub max_retries: u32,
+    /// Searches running at once across every worker and API process (Splunk's role quota,
+    /// `srchJobsQuota`); 0 turns the cluster-wide limit off.
+    pub max_concurrent_searches: u32,
 }
 
 impl Default for SplunkConfig {
@@ -233,6 +236,7 @@ impl Default for SplunkConfig {
             connect_timeout_seconds: 10,
             read_timeout_seconds: 300,
             max_retries: 4,
+            max_concurrent_searches: 3,
         }
     }
 }

@@ -38,7 +38,7 @@ pub fn handler(
     config: &Config,
     store: Arc<dyn ObjectStore>,
 ) -> anyhow::Result<Arc<dyn JobHandler>> {
-    let splunk = SplunkClient::new(&config.splunk)
+    let splunk = SplunkClient::from_config(config)
         .map_err(|e| anyhow::anyhow!("splunk configuration: {e}"))?;
     Ok(Arc::new(ExportJob::new(
         splunk,

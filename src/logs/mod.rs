@@ -138,7 +138,7 @@ impl LogsService {
     /// A service for the configured Splunk; `Err` when the `[splunk]` section is unusable.
     pub fn new(config: &Config) -> Result<Self, SplunkError> {
         // Interactive listings retry briefly: the caller is waiting, and the deadline bounds all.
-        let client = SplunkClient::new(&config.splunk)?.with_retry_policy(RetryPolicy {
+        let client = SplunkClient::from_config(config)?.with_retry_policy(RetryPolicy {
             max_retries: 2,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(1),

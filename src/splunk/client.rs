@@ -6,8 +6,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reqwest::{Method, RequestBuilder, Response};
 
-use super::{SearchFilters, SplunkError};
-use crate::config::{Secret, SplunkConfig};
+use super::{SearchFilters, SearchPermit, SearchQuota, SplunkError};
+use crate::config::{Config, Secret, SplunkConfig};
 
 /// Most bytes of an error body read to quote Splunk's message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -61,6 +61,8 @@ struct Inner {
     search_timeout: Duration,
     index: String,
     sourcetype: Option<String>,
+    /// The cluster-wide search limit; `None` in tests that talk to Splunk directly.
+    quota: Option<SearchQuota>,
 }
 
 impl std::fmt::Debug for SplunkClient {
@@ -153,8 +155,41 @@ impl SplunkClient {
                 search_timeout: Duration::from_secs(config.search_timeout_seconds.max(1)),
                 index: config.index_prefix.clone(),
                 sourcetype: config.sourcetype.clone().filter(|s| !s.is_empty()),
+                quota: None,
             }),
         })
+    }
+
+    /// A client for the whole configuration: `[splunk]`, sharing the cluster-wide search limit
+    /// (`splunk.max_concurrent_searches`) through the database when one is configured.
+    pub fn from_config(config: &Config) -> Result<Self, SplunkError> {
+        let client = Self::new(&config.splunk)?;
+        let limit = config.splunk.max_concurrent_searches;
+        let url = config.database.url.expose();
+        if limit == 0 || url.is_empty() {
+            return Ok(client);
+        }
+        Ok(client.with_search_quota(SearchQuota::connect_lazy(url, limit)?))
+    }
+
+    /// The same client taking a permit from `quota` for every search it starts.
+    pub fn with_search_quota(mut self, quota: SearchQuota) -> Self {
+        Arc::make_mut(&mut self.inner).quota = Some(quota);
+        self
+    }
+
+    /// A permit for one search, when a quota is set; waits up to the search timeout for one.
+    pub(crate) async fn search_permit(
+        &self,
+        purpose: &str,
+    ) -> Result<Option<SearchPermit>, SplunkError> {
+        match &self.inner.quota {
+            Some(quota) => quota
+                .acquire(purpose, self.inner.search_timeout)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     /// The same client with another retry policy (tests use short delays).

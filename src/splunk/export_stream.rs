@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::error::{JsonMessage, is_quota_message};
 use super::lines::{LineSplitter, LineTooLong};
-use super::{BuiltQuery, Row, RowBatch, SplunkClient, SplunkError};
+use super::{BuiltQuery, Row, RowBatch, SearchPermit, SplunkClient, SplunkError};
 
 /// Longest export line accepted; a longer one is an error rather than unbounded memory.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
@@ -39,6 +39,8 @@ pub struct ExportStream {
     lines: LineSplitter,
     rows: u64,
     finished: bool,
+    /// This search's share of the Splunk quota, held until the stream is dropped.
+    _permit: Option<SearchPermit>,
 }
 
 impl std::fmt::Debug for ExportStream {
@@ -59,20 +61,22 @@ impl SplunkClient {
             ("earliest_time", query.earliest_time.as_str()),
             ("latest_time", query.latest_time.as_str()),
         ];
+        let permit = self.search_permit("export").await?;
         let response = self
             .send(Method::POST, "search/v2/jobs/export", |r| r.form(&form))
             .await?;
-        Ok(ExportStream::new(response))
+        Ok(ExportStream::new(response, permit))
     }
 }
 
 impl ExportStream {
-    fn new(response: Response) -> Self {
+    fn new(response: Response, permit: Option<SearchPermit>) -> Self {
         Self {
             response: Some(response),
             lines: LineSplitter::new(MAX_LINE_BYTES),
             rows: 0,
             finished: false,
+            _permit: permit,
         }
     }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::client::RetryPolicy;
 use super::error::{is_quota_message, splunk_message};
-use super::{BuiltQuery, Row, SplunkClient, SplunkError};
+use super::{BuiltQuery, Row, SearchPermit, SplunkClient, SplunkError};
 
 /// Largest page requested at once from a job's results.
 pub const MAX_PAGE: u64 = 10_000;
@@ -24,6 +24,8 @@ pub struct SearchJob {
     sid: String,
     deadline: Instant,
     cancel_on_drop: bool,
+    /// This search's share of the Splunk quota, held until the job is cancelled or dropped.
+    permit: Option<SearchPermit>,
 }
 
 /// Where a job stands, from `GET search/v2/jobs/{sid}`.
@@ -53,6 +55,7 @@ impl SplunkClient {
             ("earliest_time", query.earliest_time.as_str()),
             ("latest_time", query.latest_time.as_str()),
         ];
+        let permit = self.search_permit("search job").await?;
         let resp = self
             .send(Method::POST, "search/v2/jobs", |r| r.form(&form))
             .await?;
@@ -63,6 +66,7 @@ impl SplunkClient {
             sid,
             deadline: Instant::now() + self.search_timeout(),
             cancel_on_drop: true,
+            permit,
         })
     }
 
@@ -186,6 +190,7 @@ impl SearchJob {
         if let Err(e) = self.client.cancel_sid(&self.sid).await {
             tracing::warn!(sid = %self.sid, error = %e, "could not cancel Splunk search job");
         }
+        self.permit = None;
     }
 }
 

@@ -12,5 +12,6 @@ mod logs;
 mod notify;
 mod outage;
 mod queue;
+mod search_quota;
 mod splunk;
 mod storage;

@@ -1,0 +1,167 @@
+//! The Splunk search quota is shared by every process: permits in Postgres, and a Splunk that
+//! refuses searches beyond its role quota never sees more than `splunk.max_concurrent_searches`.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use logexport::config::{Secret, StorageKind};
+use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
+use logexport::splunk::{SearchQuota, SplunkError};
+use logexport::worker::{WorkerPool, WorkerSettings};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{eventually, garage_s3_config, spawn_app_with, test_config, test_db};
+
+#[tokio::test]
+async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
+    let (_url, pool) = test_db().await;
+    // Two quotas over the same database stand for two processes.
+    let (a, b) = (
+        SearchQuota::new(pool.clone(), 2),
+        SearchQuota::new(pool.clone(), 2),
+    );
+    let first = a
+        .acquire("test", Duration::from_secs(1))
+        .await
+        .expect("first");
+    let _second = b
+        .acquire("test", Duration::from_secs(1))
+        .await
+        .expect("second");
+    assert_eq!(a.running().await.unwrap(), 2);
+
+    let refused = a.acquire("test", Duration::from_millis(300)).await;
+    match refused {
+        Err(e @ SplunkError::Http { status: 503, .. }) => assert!(e.is_retryable()),
+        other => panic!("a third permit must wait and then be refused: {other:?}"),
+    }
+    // A waiting searcher gets the slot once a search ends.
+    let waiter = tokio::spawn({
+        let b = b.clone();
+        async move { b.acquire("test", Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(first);
+    let third = waiter.await.unwrap().expect("the freed slot is taken");
+    assert_eq!(a.running().await.unwrap(), 2);
+
+    // A holder that died leaves a lease that expires; its slot is then taken over.
+    drop(third);
+    sqlx::query(
+        "INSERT INTO splunk_searches (id, holder, purpose, lease_expires_at)
+         VALUES (gen_random_uuid(), 'dead:1', 'export', now() - interval '1 second')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    eventually(5, "dropped permit freed", || async {
+        (a.running().await.unwrap() == 1).then_some(())
+    })
+    .await;
+    a.acquire("test", Duration::from_millis(500))
+        .await
+        .expect("the expired lease does not count");
+}
+
+#[tokio::test]
+async fn workers_and_listings_together_stay_within_splunks_role_quota() {
+    // Splunk refuses a third concurrent search; every search costs real scan time.
+    let splunk = emulator::spawn(EmulatorOptions {
+        token: Some("quota-token".into()),
+        synthetic: Some(SyntheticSpec {
+            count: 30_000,
+            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2024, 1, 11, 0, 0, 0).unwrap(),
+            namespaces: 3,
+            skew: 0.0,
+        }),
+        faults: Faults {
+            search_events_per_sec: Some(40_000),
+            max_concurrent_searches: Some(3),
+            ..Faults::default()
+        },
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator");
+
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.splunk.host = "127.0.0.1".into();
+    config.splunk.port = splunk.addr().port();
+    config.splunk.url_scheme = "http".into();
+    config.splunk.bearer_token = Secret::new("quota-token");
+    config.splunk.max_concurrent_searches = 2;
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    config.worker.concurrency = 3;
+    config.worker.per_namespace_limit = 3;
+
+    // Three worker "processes": each its own pool, handler and quota connection.
+    let stop = CancellationToken::new();
+    for _ in 0..3 {
+        let worker_pool = sqlx::PgPool::connect(&url).await.expect("worker pool");
+        let storage = logexport::storage::open(&config).await.expect("storage");
+        let handler = logexport::export::handler(&config, storage.objects).expect("handler");
+        tokio::spawn(
+            WorkerPool::new(
+                worker_pool,
+                WorkerSettings::from_config(&config.worker),
+                handler,
+            )
+            .run(stop.clone()),
+        );
+    }
+    let app = spawn_app_with(pool, config).await;
+    let token = app.token("admin", &["ns0", "ns1", "ns2"], &[], false).await;
+
+    let mut ids = Vec::new();
+    for ns in ["ns0", "ns1", "ns2", "ns0", "ns1", "ns2"] {
+        let r = app
+            .post_export(
+                &token,
+                &format!(
+                    "/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"
+                ),
+                r#"{"callback_email": "ops@example.com"}"#,
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+        let body: Value = r.json().await.unwrap();
+        ids.push(body["export_id"].as_str().unwrap().to_owned());
+    }
+    // Listings search Splunk too, from the API process, while the exports run.
+    for ns in ["ns0", "ns1", "ns2"] {
+        let r = app
+            .client
+            .get(app.url(&format!(
+                "/api/v1/organization/{ns}/aggregatelogs?starttime=01/01/2024&endtime=01/10/2024"
+            )))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    }
+    for id in &ids {
+        let status = eventually(120, "export finished", || async {
+            let s: Value = app.export_status(&token, id).await.json().await.ok()?;
+            (s["state"] != "queued" && s["state"] != "running").then_some(s)
+        })
+        .await;
+        assert_eq!(status["state"], "succeeded", "{status}");
+        assert_eq!(status["logs_exported"], 10_000);
+    }
+    stop.cancel();
+    let stats = splunk.stats();
+    assert_eq!(
+        stats.quota_refused, 0,
+        "Splunk refused searches: the cluster-wide limit was not held ({stats:?})"
+    );
+    assert!(
+        stats.peak_searches >= 2,
+        "searches ran side by side: {stats:?}"
+    );
+}
