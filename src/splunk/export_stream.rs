@@ -364,6 +364,7 @@ mod tests {
             lines: LineSplitter::new(1024),
             rows: 0,
             finished: false,
+            _permit: None,
         };
         s.handle_line(&Bytes::copy_from_slice(line.as_bytes()))
     }
