@@ -180,6 +180,13 @@ pub struct ExportConfig {
     pub object_prefix: String,
     /// Incomplete multipart uploads under the prefix older than this are aborted.
     pub stale_upload_seconds: u64,
+    /// Time slices an export's range is cut into, read up to `splunk.max_concurrent_searches`
+    /// at once.
+    pub slices: u32,
+    /// Where slices read ahead wait for their turn (default: the system temp dir).
+    pub spool_dir: Option<PathBuf>,
+    /// Read-ahead slices on disk per export before their readers wait, in MiB.
+    pub spool_max_mib: u64,
 }
 
 impl Default for ExportConfig {
@@ -192,6 +199,9 @@ impl Default for ExportConfig {
             object_retention_seconds: 3600,
             object_prefix: "exportedactionlogs/".into(),
             stale_upload_seconds: 86400,
+            slices: 24,
+            spool_dir: None,
+            spool_max_mib: 2048,
         }
     }
 }

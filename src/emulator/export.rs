@@ -148,7 +148,7 @@ fn produce(
         buf.extend_from_slice(b"}\n");
         offset += 1;
         Counters::bump(streamed);
-        if offset % PACE_ROWS == 0 {
+        if offset.is_multiple_of(PACE_ROWS) {
             scan.wait(offset);
         }
         if buf.len() >= chunk && !send(&mut buf, &mut throttle) {

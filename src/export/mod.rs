@@ -2,6 +2,7 @@
 
 mod encoders;
 mod pipeline;
+pub mod slices;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ pub struct ExportSettings {
     pub url_expiry: Duration,
     /// Bytes gathered before handing them to the upload.
     pub chunk_bytes: usize,
+    /// How the range is sliced and read from Splunk.
+    pub slices: slices::SliceSettings,
 }
 
 impl ExportSettings {
@@ -29,6 +32,20 @@ impl ExportSettings {
             object_prefix: config.export.object_prefix.clone(),
             url_expiry: Duration::from_secs(config.export.url_expiry_seconds),
             chunk_bytes: 1 << 20,
+            slices: slices::SliceSettings {
+                parallel: match config.splunk.max_concurrent_searches {
+                    0 => 3,
+                    n => n as usize,
+                },
+                slices: config.export.slices.max(1) as usize,
+                spool_dir: config
+                    .export
+                    .spool_dir
+                    .clone()
+                    .unwrap_or_else(|| std::env::temp_dir().join("logexport-spool")),
+                spool_max_bytes: config.export.spool_max_mib.saturating_mul(1 << 20),
+                slice_attempts: config.splunk.max_retries.saturating_add(1),
+            },
         }
     }
 }

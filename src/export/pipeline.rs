@@ -8,11 +8,12 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
+use super::slices::SlicedRows;
 use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
 use crate::domain::{ExportFormat, quay_datetime};
 use crate::queue::{ClaimedJob, ExportResult};
-use crate::splunk::{ExportStream, RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
+use crate::splunk::{RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
 
@@ -72,14 +73,17 @@ impl JobHandler for ExportJob {
         let mut filters = self.splunk.filters(job.range.start, job.range.end);
         filters.namespace = Some(job.namespace.clone());
         filters.repository = job.repository.clone();
-        let query = filters
+        filters
             .build()
             .map_err(|e| JobError::Invalid(format!("cannot build the Splunk search: {e}")))?;
 
         // Splunk first: a rejected token or bad search must not leave an upload behind.
+        let spool_name = format!("{}-{}", job.id, job.attempt);
         let mut rows = tokio::select! {
             _ = ctx.stopped() => return Err(JobError::Stopped),
-            rows = self.splunk.export(&query) => rows.map_err(splunk_error)?,
+            rows = SlicedRows::start(&self.splunk, &filters, &self.settings.slices, &spool_name) => {
+                rows.map_err(splunk_error)?
+            }
         };
 
         let ext = archive::file_extension(job.format, job.compression);
@@ -142,7 +146,7 @@ impl JobHandler for ExportJob {
 impl ExportJob {
     async fn stream(
         &self,
-        rows: &mut ExportStream,
+        rows: &mut SlicedRows,
         mut writer: ArchiveWriter,
         upload: &mut dyn Upload,
         ctx: &JobContext,

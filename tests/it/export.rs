@@ -442,10 +442,12 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
         0,
         "exports read through the export endpoint"
     );
+    let (start, end) = january();
+    let slices = logexport::export::slices::plan(start, end, 24).len() as u64;
     assert_eq!(
         env.emulator.stats().export_requests,
-        4,
-        "one Splunk request per export"
+        4 * slices,
+        "one Splunk export request per time slice"
     );
 }
 
@@ -634,9 +636,10 @@ async fn transient_503s_are_retried_and_the_export_is_complete() {
 
 #[tokio::test]
 async fn a_cut_stream_fails_the_attempt_and_the_retry_is_complete_without_duplicates() {
-    let env = ExportEnv::start(&dataset(), |_| {}).await;
+    // No re-reads of a slice within the attempt: a cut fails the attempt.
+    let env = ExportEnv::start(&dataset(), |c| c.splunk.max_retries = 0).await;
     env.emulator.set_faults(Faults {
-        cut_after: Some(50),
+        cut_after: Some(3),
         ..Faults::default()
     });
     let (start, end) = january();
@@ -687,6 +690,64 @@ async fn a_cut_stream_fails_the_attempt_and_the_retry_is_complete_without_duplic
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_slice_cut_once_is_read_again_alone_and_the_archive_is_in_order() {
+    let env = ExportEnv::start(&dataset(), |c| c.splunk.max_retries = 2).await;
+    // Every slice's first stream breaks after 3 rows; its second is whole.
+    env.emulator.set_faults(Faults {
+        cut_once_after: Some(3),
+        ..Faults::default()
+    });
+    let (start, end) = january();
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com", "format": "ndjson"}),
+        )
+        .await;
+    let status = env.finished(&id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(
+        status["attempts"], 1,
+        "re-reading slices kept the attempt alive"
+    );
+    let text = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let logs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Newest first across slice boundaries, as one Splunk stream would be.
+    let times: Vec<DateTime<Utc>> = logs
+        .iter()
+        .map(|l| {
+            DateTime::parse_from_rfc2822(l["datetime"].as_str().unwrap())
+                .unwrap()
+                .to_utc()
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "not newest first");
+    let want = sorted(
+        env.expected("acme", None, start, end)
+            .iter()
+            .filter_map(fingerprint_event)
+            .collect(),
+    );
+    let got = sorted(logs.iter().map(fingerprint_log).collect());
+    assert_eq!(got, want, "missing or duplicated rows");
+    // Only the cut slices' first three rows were read twice.
+    let slices = logexport::export::slices::plan(start, end, 24).len() as u64;
+    let matching = env.expected("acme", None, start, end).len() as u64;
+    let streamed = env.emulator.stats().events_streamed;
+    assert!(
+        streamed <= matching + 3 * slices,
+        "{streamed} rows read for {matching} matching events"
     );
 }
 
