@@ -21,6 +21,8 @@ mod procs;
 mod queue;
 #[path = "bench/reads.rs"]
 mod reads;
+#[path = "bench/splunk_rate.rs"]
+mod splunk_rate;
 #[path = "bench/table.rs"]
 mod table;
 #[path = "bench/targets.rs"]
@@ -72,6 +74,26 @@ struct Args {
     /// Do not run `cargo build --release --bins` first (use the binaries already built).
     #[arg(long)]
     no_build: bool,
+    /// Also run exports against Splunk's costs: the emulator throttled to an indexer's scan rate
+    /// with Splunk's search quota (sliced vs one search vs raw streams, skew, a cut stream,
+    /// Quay's algorithm, peak memory). Takes long: Quay's algorithm is quadratic.
+    #[arg(long)]
+    splunk_rate: bool,
+    /// Only the `--splunk-rate` section.
+    #[arg(long)]
+    only_splunk_rate: bool,
+    /// Events over 30 days for the `--splunk-rate` comparisons.
+    #[arg(long, default_value_t = 2_000_000)]
+    rate_events: u64,
+    /// An indexer's scan rate per search for `--splunk-rate`.
+    #[arg(long, default_value_t = 50_000)]
+    rate_per_sec: u64,
+    /// Sizes for Quay's algorithm side by side with logexport.
+    #[arg(long, value_delimiter = ',', default_values_t = [200_000u64, 1_000_000])]
+    quay_sizes: Vec<u64>,
+    /// Sizes for the worker's peak memory at Splunk's rate.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000, 10_000_000])]
+    rss_sizes: Vec<u64>,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -113,6 +135,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let databases = db::Databases::from_env();
 
     let mut failures = Vec::new();
+    if args.splunk_rate || args.only_splunk_rate {
+        let spec = splunk_rate::RateSpec {
+            events_per_sec: args.rate_per_sec.max(1),
+            events: args.rate_events.max(1),
+            quay_sizes: args.quay_sizes.clone(),
+            rss_sizes: args.rss_sizes.clone(),
+        };
+        if let Err(e) = splunk_rate::run(&binaries, &databases, &spec).await {
+            failures.push(format!("Splunk-rate exports: {e:#}"));
+        }
+    }
+    if args.only_splunk_rate {
+        databases.drop_all().await;
+        return if failures.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("some sections failed:\n  {}", failures.join("\n  "))
+        };
+    }
     if !args.skip_e2e
         && let Err(e) = e2e::run(&binaries, &databases, &sizes, &formats, args.repeat.max(1)).await
     {

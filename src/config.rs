@@ -199,7 +199,7 @@ impl Default for ExportConfig {
             object_retention_seconds: 3600,
             object_prefix: "exportedactionlogs/".into(),
             stale_upload_seconds: 86400,
-            slices: 24,
+            slices: 48,
             spool_dir: None,
             spool_max_mib: 2048,
         }

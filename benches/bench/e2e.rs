@@ -11,7 +11,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use logexport::config::Config;
 use logexport::domain::{Compression, DateRange, ExportFormat, ExportScope, Namespace};
-use logexport::queue::{JobState, NewExport, storage};
+use logexport::queue::{ExportRow, JobState, NewExport, storage};
 use logexport::storage::ObjectStore;
 use sqlx::PgPool;
 
@@ -290,72 +290,25 @@ async fn export_once(
     n: u64,
 ) -> anyhow::Result<ExportRun> {
     let emulator = bench.emulator;
-    let mut env: Vec<(String, String)> = vec![
-        ("DATABASE_URL".into(), bench.db_url.clone()),
-        ("LOGEXPORT_SPLUNK__HOST".into(), "127.0.0.1".into()),
-        ("LOGEXPORT_SPLUNK__PORT".into(), emulator.port.to_string()),
-        ("LOGEXPORT_SPLUNK__URL_SCHEME".into(), "http".into()),
-        (
-            "LOGEXPORT_SPLUNK__BEARER_TOKEN".into(),
-            emulator.token.clone(),
-        ),
-        ("LOGEXPORT_EMAIL__TRANSPORT".into(), "none".into()),
-        ("LOGEXPORT_WORKER__CONCURRENCY".into(), "1".into()),
-    ];
+    let mut env = worker_env(&bench.db_url, emulator.port, &emulator.token);
     let mut config = Config::default();
     target.configure(&mut env, &mut config);
     let store: Arc<dyn ObjectStore> = logexport::storage::from_config(&config).await?;
 
     let (start, end) = range_for(n)?;
-    let export = NewExport {
-        scope: ExportScope::Organization,
-        namespace: Namespace::parse("ns0")?,
-        repository: None,
-        requested_by: "bench".into(),
-        range: DateRange {
-            start,
-            end,
-            timezone: chrono_tz::Tz::UTC,
-        },
-        format: spec.format,
-        compression: spec.compression,
-        callback_url: None,
-        callback_email: None,
-        idempotency_key: None,
-        max_attempts: 1,
-        performer: None,
-        kinds: Vec::new(),
-    };
+    let export = org_export(start, end, spec)?;
     let log = bench
         .scratch
         .join(format!("worker-{}-{}-{n}.log", target.name(), spec.label()));
-    let mut worker = Worker::start(&bench.binaries.logexport, &env, &bench.scratch, &log)?;
-    let began = Instant::now();
-    let id = storage::enqueue(&bench.pool, &export).await?;
-    let row = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let row = storage::get(&bench.pool, id)
-            .await?
-            .context("the export row disappeared")?;
-        match row.state() {
-            JobState::Succeeded => break row,
-            JobState::Queued | JobState::Running => {}
-            other => anyhow::bail!(
-                "the export ended {} ({}); see {}",
-                other.as_str(),
-                row.last_error.unwrap_or_default(),
-                log.display()
-            ),
-        }
-        anyhow::ensure!(
-            worker.is_running(),
-            "the worker exited; see {}",
-            log.display()
-        );
-    };
-    let wall_seconds = began.elapsed().as_secs_f64();
-    let peak_rss = worker.peak_rss()?;
-    worker.stop().await;
+    let (row, wall_seconds, peak_rss) = run_export(
+        &bench.binaries.logexport,
+        &bench.pool,
+        &env,
+        &export,
+        &bench.scratch,
+        &log,
+    )
+    .await?;
 
     let (Some(started), Some(finished)) = (row.started_at, row.finished_at) else {
         anyhow::bail!("a succeeded export without started_at/finished_at");
@@ -384,6 +337,89 @@ async fn export_once(
         bytes: size,
         peak_rss,
     })
+}
+
+/// A worker's settings for the emulator at `port`: one export at a time, no e-mail.
+pub fn worker_env(db_url: &str, port: u16, token: &str) -> Vec<(String, String)> {
+    [
+        ("DATABASE_URL", db_url),
+        ("LOGEXPORT_SPLUNK__HOST", "127.0.0.1"),
+        ("LOGEXPORT_SPLUNK__PORT", &port.to_string()),
+        ("LOGEXPORT_SPLUNK__URL_SCHEME", "http"),
+        ("LOGEXPORT_SPLUNK__BEARER_TOKEN", token),
+        ("LOGEXPORT_EMAIL__TRANSPORT", "none"),
+        ("LOGEXPORT_WORKER__CONCURRENCY", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// An export of organization `ns0` over `[start, end)`, tried once.
+pub fn org_export(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    spec: FormatSpec,
+) -> anyhow::Result<NewExport> {
+    Ok(NewExport {
+        scope: ExportScope::Organization,
+        namespace: Namespace::parse("ns0")?,
+        repository: None,
+        requested_by: "bench".into(),
+        range: DateRange {
+            start,
+            end,
+            timezone: chrono_tz::Tz::UTC,
+        },
+        format: spec.format,
+        compression: spec.compression,
+        callback_url: None,
+        callback_email: None,
+        idempotency_key: None,
+        max_attempts: 1,
+        performer: None,
+        kinds: Vec::new(),
+    })
+}
+
+/// Runs `export` with a fresh `logexport work` process configured by `env` and waits for it to
+/// succeed; returns its row, the wall time from enqueue and the worker's peak RSS.
+pub async fn run_export(
+    logexport: &Path,
+    pool: &PgPool,
+    env: &[(String, String)],
+    export: &NewExport,
+    scratch: &Path,
+    log: &Path,
+) -> anyhow::Result<(ExportRow, f64, u64)> {
+    let mut worker = Worker::start(logexport, env, scratch, log)?;
+    let began = Instant::now();
+    let id = storage::enqueue(pool, export).await?;
+    let row = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let row = storage::get(pool, id)
+            .await?
+            .context("the export row disappeared")?;
+        match row.state() {
+            JobState::Succeeded => break row,
+            JobState::Queued | JobState::Running => {}
+            other => anyhow::bail!(
+                "the export ended {} ({}); see {}",
+                other.as_str(),
+                row.last_error.unwrap_or_default(),
+                log.display()
+            ),
+        }
+        anyhow::ensure!(
+            worker.is_running(),
+            "the worker exited; see {}",
+            log.display()
+        );
+    };
+    let wall_seconds = began.elapsed().as_secs_f64();
+    let peak_rss = worker.peak_rss()?;
+    worker.stop().await;
+    Ok((row, wall_seconds, peak_rss))
 }
 
 /// A cheap content check that the file is the requested encoding.

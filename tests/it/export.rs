@@ -443,7 +443,9 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
         "exports read through the export endpoint"
     );
     let (start, end) = january();
-    let slices = logexport::export::slices::plan(start, end, 24).len() as u64;
+    let slices =
+        logexport::export::slices::plan(start, end, Config::default().export.slices as usize).len()
+            as u64;
     assert_eq!(
         env.emulator.stats().export_requests,
         4 * slices,
@@ -742,7 +744,9 @@ async fn a_slice_cut_once_is_read_again_alone_and_the_archive_is_in_order() {
     let got = sorted(logs.iter().map(fingerprint_log).collect());
     assert_eq!(got, want, "missing or duplicated rows");
     // Only the cut slices' first three rows were read twice.
-    let slices = logexport::export::slices::plan(start, end, 24).len() as u64;
+    let slices =
+        logexport::export::slices::plan(start, end, Config::default().export.slices as usize).len()
+            as u64;
     let matching = env.expected("acme", None, start, end).len() as u64;
     let streamed = env.emulator.stats().events_streamed;
     assert!(
