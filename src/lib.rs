@@ -4,6 +4,9 @@
 //! `archive`, writes to `storage` and hands the outcome to `notify`. `logs` is the read side;
 //! `emulator` is the local Splunk stand-in used by tests, the demo and the benchmarks.
 
+// The status document is one `json!` literal with more fields than the macro's default depth.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod archive;
 pub mod cli;

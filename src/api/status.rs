@@ -24,6 +24,17 @@ async fn visible_row(state: &AppState, caller: &Caller, id: &str) -> Result<Expo
     Ok(row)
 }
 
+/// A running export's time left, from the pace of its slices so far (they are equally long in
+/// time, not in events, so this is a rough guide when events cluster).
+fn estimated_seconds_left(row: &ExportRow) -> Option<i64> {
+    if row.state() != JobState::Running || row.slices_done <= 0 {
+        return None;
+    }
+    let elapsed = (chrono::Utc::now() - row.started_at?).num_seconds().max(0);
+    let left = i64::from(row.slices_total - row.slices_done).max(0);
+    Some(elapsed * left / i64::from(row.slices_done))
+}
+
 /// The status document for one export.
 pub fn status_json(row: &ExportRow) -> serde_json::Value {
     let state = row.state();
@@ -51,6 +62,10 @@ pub fn status_json(row: &ExportRow) -> serde_json::Value {
         "cancel_requested": row.cancel_requested,
         "logs_exported": row.logs_exported,
         "logs_skipped": row.logs_skipped,
+        "slices_total": row.slices_total,
+        "slices_done": row.slices_done,
+        "searches_running": row.searches_running,
+        "estimated_seconds_left": estimated_seconds_left(row),
         "bytes_written": row.bytes_written,
         "exported_data_url": if link_valid { row.download_url.clone() } else { None },
         "url_expires_at": row.url_expires_at,

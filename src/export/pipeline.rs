@@ -2,13 +2,14 @@
 //! Splunk, and full chunks go to the upload while the next ones are read. Memory is bounded by
 //! a chunk plus the upload's parts in flight, whatever the export's size.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
-use super::slices::SlicedRows;
+use super::slices::{SliceProgress, SlicedRows};
 use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
 use crate::domain::{ExportFormat, quay_datetime};
@@ -153,6 +154,8 @@ impl ExportJob {
     ) -> Result<Streamed, JobError> {
         let format = writer.format();
         let span = tracing::Span::current();
+        let slices = rows.progress();
+        report_slices(ctx, &slices);
         // Two stages run side by side, so Splunk's stream is read while the upload writes: the
         // reader fills batches and hands each to the encoder threads, and the appender takes
         // the encoded batches oldest first (the archive keeps Splunk's row order), appends
@@ -217,10 +220,18 @@ impl ExportJob {
             }
             Ok::<_, JobError>(skipped)
         };
+        // The slices' progress goes to the heartbeat while slices are read ahead of the archive.
+        let report = async {
+            loop {
+                report_slices(ctx, &slices);
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        };
         let skipped = tokio::select! {
             biased;
             _ = ctx.stopped() => return Err(JobError::Stopped),
             both = async { tokio::try_join!(read, append) } => both?.1,
+            never = report => match never {},
         };
         let logs = writer.logs_written();
         let tail = writer.finish().map_err(encode_error)?;
@@ -229,12 +240,18 @@ impl ExportJob {
             upload.write(tail).await.map_err(storage_error)?;
         }
         ctx.report_progress(logs, bytes);
+        report_slices(ctx, &slices);
         Ok(Streamed {
             logs,
             skipped,
             bytes,
         })
     }
+}
+
+fn report_slices(ctx: &JobContext, slices: &SliceProgress) {
+    let get = |n: &std::sync::atomic::AtomicUsize| n.load(Ordering::Relaxed) as u64;
+    ctx.report_slices(get(&slices.total), get(&slices.done), get(&slices.running));
 }
 
 /// Rows mapped and encoded as one job: enough that handing a batch over costs nothing in

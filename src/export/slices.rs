@@ -257,6 +257,10 @@ impl SlicedRows {
                 }
                 self.spool.head.fetch_add(1, Ordering::AcqRel);
                 self.spool.freed.notify_waiters();
+                // A slice's rows go on without waiting for the next slice's search.
+                if !batch.is_empty() {
+                    return Ok(true);
+                }
                 continue;
             }
             let row = self.line.strip_suffix(b"\n").unwrap_or(&self.line);

@@ -159,6 +159,9 @@ pub struct ExportRow {
     pub finished_at: Option<DateTime<Utc>>,
     pub performer: Option<String>,
     pub kinds: Vec<String>,
+    pub slices_total: i32,
+    pub slices_done: i32,
+    pub searches_running: i32,
 }
 
 impl ExportRow {

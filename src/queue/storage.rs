@@ -210,6 +210,15 @@ fn claimed(row: ExportRow) -> ClaimedJob {
     }
 }
 
+/// A running attempt's progress, as the heartbeat records it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    pub logs_exported: u64,
+    pub bytes_written: u64,
+    /// Time slices: total, read, searches reading now.
+    pub slices: [u64; 3],
+}
+
 /// Extends the lease and records progress. `None` means the job is no longer this attempt's
 /// (reclaimed or finished elsewhere); `Some(true)` means a cancel was requested.
 pub async fn heartbeat(
@@ -217,21 +226,25 @@ pub async fn heartbeat(
     id: ExportId,
     attempt: i32,
     lease: Duration,
-    logs_exported: u64,
-    bytes_written: u64,
+    progress: &Progress,
 ) -> sqlx::Result<Option<bool>> {
+    let [total, done, running] = progress.slices.map(|n| n.min(i32::MAX as u64) as i32);
     sqlx::query_scalar(
         "UPDATE export_jobs
          SET lease_expires_at = now() + make_interval(secs => $3),
-             logs_exported = $4, bytes_written = $5, updated_at = now()
+             logs_exported = $4, bytes_written = $5, slices_total = $6, slices_done = $7,
+             searches_running = $8, updated_at = now()
          WHERE id = $1 AND attempt = $2 AND state = 'running'
          RETURNING cancel_requested",
     )
     .bind(id.0)
     .bind(attempt)
     .bind(secs(lease))
-    .bind(logs_exported as i64)
-    .bind(bytes_written as i64)
+    .bind(progress.logs_exported as i64)
+    .bind(progress.bytes_written as i64)
+    .bind(total)
+    .bind(done)
+    .bind(running)
     .fetch_optional(pool)
     .await
 }

@@ -42,6 +42,7 @@ pub struct JobContext {
     reason: Arc<Mutex<Option<StopReason>>>,
     logs: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
+    slices: Arc<[AtomicU64; 3]>,
 }
 
 impl JobContext {
@@ -76,6 +77,18 @@ impl JobContext {
     pub fn report_progress(&self, logs_exported: u64, bytes_written: u64) {
         self.logs.store(logs_exported, Ordering::Relaxed);
         self.bytes.store(bytes_written, Ordering::Relaxed);
+    }
+
+    /// Records the time slices' progress: how many, how many read, searches reading now.
+    pub fn report_slices(&self, total: u64, done: u64, running: u64) {
+        for (slot, value) in self.slices.iter().zip([total, done, running]) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The last reported slice progress: total, done, searches running.
+    pub fn slices(&self) -> [u64; 3] {
+        [0, 1, 2].map(|i| self.slices[i].load(Ordering::Relaxed))
     }
 
     /// The last reported progress.

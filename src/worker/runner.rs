@@ -333,7 +333,12 @@ async fn heartbeat(
     loop {
         ticker.tick().await;
         let (logs, bytes) = ctx.progress();
-        match storage::heartbeat(&pool, id, attempt, settings.lease, logs, bytes).await {
+        let progress = storage::Progress {
+            logs_exported: logs,
+            bytes_written: bytes,
+            slices: ctx.slices(),
+        };
+        match storage::heartbeat(&pool, id, attempt, settings.lease, &progress).await {
             Ok(Some(cancel_requested)) => {
                 last_renewed = Instant::now();
                 if cancel_requested {

@@ -768,11 +768,19 @@ async fn cancel_stops_a_running_export_and_aborts_its_upload() {
             json!({"callback_email": "a@example.com"}),
         )
         .await;
-    env.status_until(&id, 20, "export running", |status| {
-        status["state"] == "running"
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A running export shows its slices and an estimate of the time left.
+    let running = env
+        .status_until(&id, 30, "slices reported", |status| {
+            status["state"] == "running" && status["slices_done"].as_i64() >= Some(1)
+        })
+        .await;
+    let slices = Config::default().export.slices;
+    assert_eq!(running["slices_total"], slices, "{running}");
+    assert!(running["searches_running"].as_i64() >= Some(1), "{running}");
+    assert!(
+        running["estimated_seconds_left"].as_i64() >= Some(0),
+        "{running}"
+    );
     let response = env
         .app
         .client

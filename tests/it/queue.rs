@@ -262,9 +262,19 @@ async fn a_stale_workers_late_writes_change_nothing() {
     assert_eq!((first.attempt, second.attempt), (1, 2));
 
     assert_eq!(
-        storage::heartbeat(&pool, id, first.attempt, lease, 99, 99)
-            .await
-            .unwrap(),
+        storage::heartbeat(
+            &pool,
+            id,
+            first.attempt,
+            lease,
+            &storage::Progress {
+                logs_exported: 99,
+                bytes_written: 99,
+                slices: [4, 2, 2],
+            }
+        )
+        .await
+        .unwrap(),
         None
     );
     assert!(
