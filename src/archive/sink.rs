@@ -75,6 +75,16 @@ impl Sink {
         std::mem::replace(out, Vec::with_capacity(capacity))
     }
 
+    /// Everything so far as complete bytes: a gzip member is ended (its trailer written) and the
+    /// next bytes start a new one — a gzip file may hold several members, read as one stream.
+    pub(super) fn end_member(&mut self) -> io::Result<Vec<u8>> {
+        let fresh = match self {
+            Sink::Plain(_) => return Ok(self.take_ready()),
+            Sink::Gzip { .. } => Sink::gzip(),
+        };
+        std::mem::replace(self, fresh).finish()
+    }
+
     /// Flushes everything (the gzip trailer included) and returns the remaining bytes.
     pub(super) fn finish(self) -> io::Result<Vec<u8>> {
         match self {

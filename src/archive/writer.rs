@@ -46,6 +46,26 @@ impl ArchiveWriter {
         writer
     }
 
+    /// Continues an archive whose first `logs_written` logs (and header) an earlier attempt
+    /// already stored, up to a [`ArchiveWriter::end_member`].
+    pub fn resume(format: ExportFormat, compression: Compression, logs_written: u64) -> Self {
+        let sink = match compression {
+            Compression::None => Sink::plain(),
+            Compression::Gzip => Sink::gzip(),
+        };
+        Self {
+            format,
+            sink,
+            logs_written,
+        }
+    }
+
+    /// Takes every byte so far as a self-contained piece (a gzip member ends here), so the
+    /// archive can later be continued from this point by [`ArchiveWriter::resume`].
+    pub fn end_member(&mut self) -> io::Result<Bytes> {
+        self.sink.end_member().map(Bytes::from)
+    }
+
     fn write_header(&mut self, details: &ArchiveDetails) {
         let out = self.sink.stage();
         match self.format {

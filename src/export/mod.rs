@@ -1,5 +1,6 @@
 //! The export job: Splunk → archive → storage; the notifier then delivers the outcome.
 
+pub mod checkpoint;
 mod encoders;
 mod pipeline;
 pub mod slices;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{ExportCheckpoint, another_attempt_follows};
 use super::slices::{SliceProgress, SlicedRows};
 use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
@@ -60,7 +61,8 @@ fn encode_error(e: std::io::Error) -> JobError {
     JobError::Retryable(format!("encoding the archive failed: {e}"))
 }
 
-/// Counts from a completed stream.
+/// Counts from a completed stream (or where an earlier attempt's checkpoint left them).
+#[derive(Debug, Default)]
 struct Streamed {
     logs: u64,
     skipped: u64,
@@ -78,36 +80,89 @@ impl JobHandler for ExportJob {
             .build()
             .map_err(|e| JobError::Invalid(format!("cannot build the Splunk search: {e}")))?;
 
-        // Splunk first: a rejected token or bad search must not leave an upload behind.
-        let spool_name = format!("{}-{}", job.id, job.attempt);
-        let mut rows = tokio::select! {
-            _ = ctx.stopped() => return Err(JobError::Stopped),
-            rows = SlicedRows::start(&self.splunk, &filters, &self.settings.slices, &spool_name) => {
-                rows.map_err(splunk_error)?
-            }
-        };
-
         let ext = archive::file_extension(job.format, job.compression);
-        let key = object_key(&self.settings.object_prefix, job.id, &ext);
         let meta = ObjectMeta {
             content_type: archive::content_type(job.format, job.compression).to_owned(),
             filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
         };
-        let mut upload = self
-            .store
-            .begin_upload(&key, &meta)
-            .await
-            .map_err(storage_error)?;
-        let details = ArchiveDetails {
-            export_id: job.id,
-            start_time: quay_datetime(&job.range.start),
-            end_time: quay_datetime(&job.range.end),
-            namespace: job.namespace.to_string(),
-            repository: job.repository.as_ref().map(ToString::to_string),
+        let spool_name = format!("{}-{}", job.id, job.attempt);
+        let mut checkpoint = ExportCheckpoint::of(job);
+        // Splunk first: a rejected token or bad search must not leave an upload behind.
+        let mut rows = tokio::select! {
+            _ = ctx.stopped() => return Err(JobError::Stopped),
+            rows = SlicedRows::start(
+                &self.splunk,
+                &filters,
+                &self.settings.slices,
+                &spool_name,
+                checkpoint.as_ref().map(ExportCheckpoint::resume),
+            ) => rows.map_err(splunk_error)?,
         };
-        let writer = ArchiveWriter::new(job.format, job.compression, &details);
+        let mut resumed = None;
+        if let Some(at) = &checkpoint {
+            match self.store.resume_upload(&at.key, &meta, &at.upload).await {
+                Ok(upload) => {
+                    tracing::info!(
+                        slices_done = at.slices_done,
+                        slices = at.slices,
+                        logs = at.logs,
+                        "continuing the upload an earlier attempt checkpointed"
+                    );
+                    resumed = Some(upload);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the checkpointed upload cannot be continued; starting over");
+                    checkpoint = None;
+                    rows = SlicedRows::start(
+                        &self.splunk,
+                        &filters,
+                        &self.settings.slices,
+                        &spool_name,
+                        None,
+                    )
+                    .await
+                    .map_err(splunk_error)?;
+                }
+            }
+        }
+        let (key, mut upload, writer, base) = match (checkpoint, resumed) {
+            (Some(at), Some(upload)) => {
+                let writer = ArchiveWriter::resume(job.format, job.compression, at.logs);
+                let base = Streamed {
+                    logs: at.logs,
+                    skipped: at.skipped,
+                    bytes: at.bytes,
+                };
+                (at.key, upload, writer, base)
+            }
+            _ => {
+                let key = object_key(&self.settings.object_prefix, job.id, &ext);
+                let upload = self
+                    .store
+                    .begin_upload(&key, &meta)
+                    .await
+                    .map_err(storage_error)?;
+                let details = ArchiveDetails {
+                    export_id: job.id,
+                    start_time: quay_datetime(&job.range.start),
+                    end_time: quay_datetime(&job.range.end),
+                    namespace: job.namespace.to_string(),
+                    repository: job.repository.as_ref().map(ToString::to_string),
+                };
+                let writer = ArchiveWriter::new(job.format, job.compression, &details);
+                (key, upload, writer, Streamed::default())
+            }
+        };
+        let mut saves = Checkpoints {
+            key: key.clone(),
+            slices: rows.slice_count(),
+            saved: base.bytes > 0,
+        };
 
-        match self.stream(&mut rows, writer, upload.as_mut(), ctx).await {
+        match self
+            .stream(&mut rows, writer, upload.as_mut(), ctx, base, &mut saves)
+            .await
+        {
             Ok(streamed) => {
                 let size = upload.complete().await.map_err(storage_error)?;
                 let url = self
@@ -133,6 +188,11 @@ impl JobHandler for ExportJob {
                     bytes_written: size,
                 })
             }
+            Err(e) if saves.saved && another_attempt_follows(&e, job, ctx) => {
+                // The next attempt continues this upload from the last checkpoint.
+                upload.suspend();
+                Err(e)
+            }
             Err(e) => {
                 // Nothing of a failed attempt stays behind; the next attempt starts a new upload.
                 if let Err(abort) = upload.abort().await {
@@ -151,6 +211,8 @@ impl ExportJob {
         mut writer: ArchiveWriter,
         upload: &mut dyn Upload,
         ctx: &JobContext,
+        base: Streamed,
+        saves: &mut Checkpoints,
     ) -> Result<Streamed, JobError> {
         let format = writer.format();
         let span = tracing::Span::current();
@@ -160,7 +222,7 @@ impl ExportJob {
         // reader fills batches and hands each to the encoder threads, and the appender takes
         // the encoded batches oldest first (the archive keeps Splunk's row order), appends
         // them and uploads full chunks. The queue between them bounds the batches in flight.
-        let (queued, mut encoding) = mpsc::channel::<Encoding>(*ENCODE_TASKS);
+        let (queued, mut encoding) = mpsc::channel::<(Encoding, Option<usize>)>(*ENCODE_TASKS);
         // The buffers of appended batches go back to the reader: after the first few batches
         // an export allocates nothing per batch, so its memory is the same at 100k logs as at 10M.
         let (spare_tx, mut spare) = mpsc::unbounded_channel::<Buffers>();
@@ -179,21 +241,22 @@ impl ExportJob {
                     continue;
                 }
                 let first = rows.rows_read() - batch.len() as u64 + 1;
+                let boundary = rows.boundary();
                 let span = span.clone();
                 let done = encoders::spawn(move || {
                     span.in_scope(|| encode_batch(format, batch, out, first))
                 });
-                if queued.send(done).await.is_err() {
+                if queued.send((done, boundary)).await.is_err() {
                     // The appender stopped on an error, which is the attempt's outcome.
                     break;
                 }
             }
             Ok::<_, JobError>(())
         };
-        let mut bytes = 0u64;
+        let mut bytes = base.bytes;
         let append = async {
-            let mut skipped = 0u64;
-            while let Some(done) = encoding.recv().await {
+            let mut skipped = base.skipped;
+            while let Some((done, boundary)) = encoding.recv().await {
                 let encoded = done.await.map_err(|_| {
                     JobError::Retryable(
                         "encoding a batch of logs failed (the encoder panicked)".into(),
@@ -212,11 +275,26 @@ impl ExportJob {
                     .map_err(encode_error)?;
                 // The reader may be done already; then the buffers are simply freed.
                 let _ = spare_tx.send(encoded.buffers());
-                if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
+                if let Some(slices_done) = boundary {
+                    // The archive so far holds exactly the first `slices_done` slices.
+                    let piece = writer.end_member().map_err(encode_error)?;
+                    bytes += piece.len() as u64;
+                    upload.write(piece).await.map_err(storage_error)?;
+                    saves
+                        .save(
+                            ctx,
+                            upload,
+                            slices_done,
+                            writer.logs_written(),
+                            skipped,
+                            bytes,
+                        )
+                        .await?;
+                } else if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
                     bytes += chunk.len() as u64;
                     upload.write(chunk).await.map_err(storage_error)?;
-                    ctx.report_progress(writer.logs_written(), bytes);
                 }
+                ctx.report_progress(writer.logs_written(), bytes);
             }
             Ok::<_, JobError>(skipped)
         };
@@ -246,6 +324,48 @@ impl ExportJob {
             skipped,
             bytes,
         })
+    }
+}
+
+/// Records checkpoints for one attempt.
+struct Checkpoints {
+    key: String,
+    slices: usize,
+    /// Whether a checkpoint of this upload is on record (this attempt's or an earlier one's).
+    saved: bool,
+}
+
+impl Checkpoints {
+    /// Makes the upload durable up to here and records that, when the store can now.
+    async fn save(
+        &mut self,
+        ctx: &JobContext,
+        upload: &mut dyn Upload,
+        slices_done: usize,
+        logs: u64,
+        skipped: u64,
+        bytes: u64,
+    ) -> Result<(), JobError> {
+        let Some(at) = upload.checkpoint().await.map_err(storage_error)? else {
+            return Ok(());
+        };
+        let checkpoint = ExportCheckpoint {
+            key: self.key.clone(),
+            slices: self.slices,
+            slices_done,
+            logs,
+            skipped,
+            bytes,
+            upload: at,
+        };
+        let value = serde_json::to_value(&checkpoint)
+            .map_err(|e| JobError::Permanent(format!("cannot record a checkpoint: {e}")))?;
+        match ctx.save_checkpoint(&value).await {
+            Ok(recorded) => self.saved |= recorded,
+            // Progress goes on; a later checkpoint or a full retry covers the gap.
+            Err(e) => tracing::warn!(error = %e, "recording a checkpoint failed"),
+        }
+        Ok(())
     }
 }
 

@@ -81,6 +81,13 @@ pub struct Slice {
     pub end: DateTime<Utc>,
 }
 
+/// Where an earlier attempt stopped: its plan's slice count and the slices it finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub slices: usize,
+    pub slices_done: usize,
+}
+
 /// A slice read completely: its rows in a spool file.
 struct Spooled {
     path: PathBuf,
@@ -105,6 +112,12 @@ pub struct SlicedRows {
     current: Option<(BufReader<tokio::fs::File>, PathBuf)>,
     line: Vec<u8>,
     rows: u64,
+    /// Slices in the plan.
+    slices: usize,
+    /// Slices whose every row was handed on (those an earlier attempt finished included).
+    handed_on: usize,
+    /// Set when the last batch ended exactly at the end of a slice: slices handed on by then.
+    boundary: Option<usize>,
     spool: Arc<Spool>,
     progress: Arc<SliceProgress>,
     _readers: JoinSet<()>,
@@ -134,16 +147,20 @@ impl Drop for SpoolDir {
 }
 
 impl SlicedRows {
-    /// Starts reading `filters`' range in slices; returns once the newest slice's search was
+    /// Starts reading `filters`' range in slices; returns once the first slice's search was
     /// accepted by Splunk, so a refused token or search fails before anything is uploaded.
+    /// `resume` continues an earlier attempt: the same plan, without the slices it finished.
     pub async fn start(
         splunk: &SplunkClient,
         filters: &SearchFilters,
         settings: &SliceSettings,
         name: &str,
+        resume: Option<Resume>,
     ) -> Result<Self, SplunkError> {
-        let slices = plan(filters.start, filters.end, slice_count(filters, settings));
-        let queries = slices
+        let count = resume.map_or_else(|| slice_count(filters, settings), |r| r.slices);
+        let slices = plan(filters.start, filters.end, count);
+        let skip = resume.map_or(0, |r| r.slices_done).min(slices.len());
+        let queries = slices[skip..]
             .iter()
             .map(|s| {
                 let mut f = filters.clone();
@@ -168,7 +185,8 @@ impl SlicedRows {
             head: AtomicUsize::new(0),
         });
         let progress = Arc::new(SliceProgress::default());
-        progress.total.store(queries.len(), Ordering::Relaxed);
+        progress.total.store(slices.len(), Ordering::Relaxed);
+        progress.done.store(skip, Ordering::Relaxed);
         let gate = Arc::new(Semaphore::new(settings.parallel.max(1)));
         let mut readers = JoinSet::new();
         let mut pending = Vec::with_capacity(queries.len());
@@ -196,6 +214,8 @@ impl SlicedRows {
                 let _ = tx.send(reader.read().await);
             });
         }
+        // With every slice finished by an earlier attempt there is no first search to wait for.
+        drop(started_tx);
         match started.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e),
@@ -207,6 +227,9 @@ impl SlicedRows {
             current: None,
             line: Vec::with_capacity(64 * 1024),
             rows: 0,
+            slices: slices.len(),
+            handed_on: skip,
+            boundary: None,
             spool,
             progress,
             _readers: readers,
@@ -224,13 +247,50 @@ impl SlicedRows {
         self.progress.clone()
     }
 
-    /// Appends rows to `batch` until it holds `max` or every slice is handed on; `Ok(false)`
-    /// once the last row was handed on.
+    /// The plan's slice count.
+    pub fn slice_count(&self) -> usize {
+        self.slices
+    }
+
+    /// Slices handed on so far, when the last batch ended exactly where a slice ends: the
+    /// archive up to that batch holds exactly those slices, so a later attempt can continue
+    /// from there.
+    pub fn boundary(&self) -> Option<usize> {
+        self.boundary
+    }
+
+    /// Appends rows to `batch` until it holds `max`, a slice ends, or every slice is handed on;
+    /// `Ok(false)` once the last row was handed on.
     pub async fn next_batch(
         &mut self,
         batch: &mut RowBatch,
         max: usize,
     ) -> Result<bool, SplunkError> {
+        self.boundary = None;
+        let more = self.fill(batch, max).await?;
+        // A full batch that took a slice's last row ends at that slice's end too.
+        if more
+            && batch.len() >= max
+            && let Some((reader, _)) = self.current.as_mut()
+            && reader.fill_buf().await.map_err(spool_error)?.is_empty()
+        {
+            self.end_slice().await;
+        }
+        Ok(more)
+    }
+
+    /// The current slice is handed on completely.
+    async fn end_slice(&mut self) {
+        if let Some((_, path)) = self.current.take() {
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+        self.handed_on += 1;
+        self.boundary = Some(self.handed_on);
+        self.spool.head.fetch_add(1, Ordering::AcqRel);
+        self.spool.freed.notify_waiters();
+    }
+
+    async fn fill(&mut self, batch: &mut RowBatch, max: usize) -> Result<bool, SplunkError> {
         while batch.len() < max {
             let Some((reader, _)) = self.current.as_mut() else {
                 let Some(next) = self.pending.next() else {
@@ -252,15 +312,12 @@ impl SlicedRows {
                 .await
                 .map_err(spool_error)?;
             if n == 0 {
-                if let Some((_, path)) = self.current.take() {
-                    let _ = tokio::fs::remove_file(&path).await;
-                }
-                self.spool.head.fetch_add(1, Ordering::AcqRel);
-                self.spool.freed.notify_waiters();
+                self.end_slice().await;
                 // A slice's rows go on without waiting for the next slice's search.
                 if !batch.is_empty() {
                     return Ok(true);
                 }
+                self.boundary = None;
                 continue;
             }
             let row = self.line.strip_suffix(b"\n").unwrap_or(&self.line);

@@ -115,6 +115,8 @@ pub struct ClaimedJob {
     pub compression: Compression,
     pub performer: Option<Performer>,
     pub kinds: Vec<String>,
+    /// Where an earlier attempt got to, as the export recorded it.
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 /// Everything the status endpoint and the notifier read about one export.
@@ -162,6 +164,7 @@ pub struct ExportRow {
     pub slices_total: i32,
     pub slices_done: i32,
     pub searches_running: i32,
+    pub checkpoint: Option<serde_json::Value>,
 }
 
 impl ExportRow {

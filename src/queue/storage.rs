@@ -207,6 +207,7 @@ fn claimed(row: ExportRow) -> ClaimedJob {
             .as_deref()
             .and_then(|p| Performer::parse(p).ok()),
         kinds: row.kinds.clone(),
+        checkpoint: row.checkpoint.clone(),
     }
 }
 
@@ -275,7 +276,7 @@ pub async fn finish(
         "WITH done AS (
              UPDATE export_jobs
              SET state = $3, last_error = coalesce($4, last_error), lease_expires_at = NULL,
-                 finished_at = now(), updated_at = now(),
+                 finished_at = now(), updated_at = now(), checkpoint = NULL,
                  object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
                  logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
                  bytes_written = coalesce($10, bytes_written),
@@ -300,6 +301,26 @@ pub async fn finish(
     .fetch_one(pool)
     .await?;
     Ok(updated == 1)
+}
+
+/// Records how far this attempt got (see `export::checkpoint`). Returns false when fenced out:
+/// the job is no longer this attempt's.
+pub async fn save_checkpoint(
+    pool: &PgPool,
+    id: ExportId,
+    attempt: i32,
+    checkpoint: &serde_json::Value,
+) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "UPDATE export_jobs SET checkpoint = $3, updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(checkpoint)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
 }
 
 /// Puts the job back in the queue to run again after `delay`. Returns false when fenced out.

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use url::Url;
 
-use super::{DownloadError, ObjectMeta, ObjectStore, StorageError, Upload};
+use super::{DownloadError, ObjectMeta, ObjectStore, StorageError, Upload, UploadCheckpoint};
 use crate::config::Config;
 
 const SYSTEM: &str = "local storage";
@@ -189,6 +189,53 @@ impl ObjectStore for LocalStore {
         }))
     }
 
+    async fn resume_upload(
+        &self,
+        key: &str,
+        _meta: &ObjectMeta,
+        at: &UploadCheckpoint,
+    ) -> Result<Box<dyn Upload>, StorageError> {
+        let UploadCheckpoint::Local { bytes } = *at else {
+            return Err(StorageError::permanent(
+                SYSTEM,
+                "resume upload",
+                "the checkpoint is not a local partial file",
+            ));
+        };
+        let (_, path) = self.path_for(key)?;
+        let partial = partial_path(&path);
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open(&partial)
+            .await
+            .map_err(|e| io_error("reopen partial file", e))?;
+        let length = file
+            .metadata()
+            .await
+            .map_err(|e| io_error("reopen partial file", e))?
+            .len();
+        if length < bytes {
+            return Err(StorageError::permanent(
+                SYSTEM,
+                "resume upload",
+                format!("the partial file holds {length} bytes, the checkpoint {bytes}"),
+            ));
+        }
+        // What the earlier attempt wrote after its checkpoint is written again.
+        file.set_len(bytes)
+            .await
+            .map_err(|e| io_error("truncate partial file", e))?;
+        file.seek(io::SeekFrom::Start(bytes))
+            .await
+            .map_err(|e| io_error("seek partial file", e))?;
+        Ok(Box::new(LocalUpload {
+            file: Some(file),
+            partial,
+            path,
+            total: bytes,
+        }))
+    }
+
     async fn download_url(&self, key: &str, expires_in: Duration) -> Result<Url, StorageError> {
         let (name, _) = self.path_for(key)?;
         let expires = (SystemTime::now() + expires_in)
@@ -332,6 +379,22 @@ impl Upload for LocalUpload {
     async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
         self.remove_partial()
             .map_err(|e| io_error("delete partial file", e))
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, StorageError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        file.flush().await.map_err(|e| io_error("write file", e))?;
+        file.sync_data()
+            .await
+            .map_err(|e| io_error("sync file", e))?;
+        Ok(Some(UploadCheckpoint::Local { bytes: self.total }))
+    }
+
+    fn suspend(mut self: Box<Self>) {
+        // The partial file stays for the next attempt; without a file, drop removes nothing.
+        self.file = None;
     }
 }
 

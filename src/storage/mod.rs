@@ -56,6 +56,36 @@ pub trait ObjectStore: Send + Sync {
 
     /// Keys of the incomplete uploads under `prefix` (S3 multipart uploads, local partial files).
     async fn list_incomplete_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
+    /// Continues an upload an earlier attempt left at `at`; fails when it no longer exists.
+    async fn resume_upload(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        at: &UploadCheckpoint,
+    ) -> Result<Box<dyn Upload>, StorageError>;
+}
+
+/// Where an unfinished upload stands, durably: what a later attempt needs to continue it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "store", rename_all = "lowercase")]
+pub enum UploadCheckpoint {
+    /// A multipart upload and its uploaded parts.
+    S3 {
+        upload_id: String,
+        parts: Vec<UploadedPart>,
+        bytes: u64,
+    },
+    /// The partial file's first `bytes` bytes.
+    Local { bytes: u64 },
+}
+
+/// One uploaded part of a multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UploadedPart {
+    pub number: i32,
+    pub etag: Option<String>,
+    pub crc32: Option<String>,
 }
 
 /// One object being written. Dropping it without [`Upload::complete`] aborts it (best effort,
@@ -71,6 +101,13 @@ pub trait Upload: Send {
 
     /// Discards everything written so far.
     async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+
+    /// Makes everything written so far durable and says where the upload stands, or `None` when
+    /// it cannot be made durable now (S3: less than a minimum part is waiting).
+    async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, StorageError>;
+
+    /// Leaves the upload as it stands for a later attempt to continue (no abort).
+    fn suspend(self: Box<Self>);
 }
 
 /// The configured store, plus the local store itself when downloads are served by this service.

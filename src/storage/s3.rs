@@ -15,11 +15,11 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use url::Url;
 
 use super::s3_upload::S3Upload;
-use super::{ObjectMeta, ObjectStore, StorageError, Upload};
+use super::{ObjectMeta, ObjectStore, StorageError, Upload, UploadCheckpoint};
 use crate::config::S3Config;
 
 /// S3 refuses multipart parts below 5 MiB (except the last).
-const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+pub(super) const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// A bucket in S3 or an S3-compatible store.
 #[derive(Clone)]
@@ -107,13 +107,15 @@ impl S3Store {
                 client: Client::from_conf(builder.build()),
                 bucket: cfg.bucket.clone(),
                 system: format!("S3 storage (bucket {})", cfg.bucket),
-                part_size,
+                // Parts grow to at least two minimum parts before they go on their own, so that at
+                // a checkpoint (a slice boundary) a minimum part is usually waiting to be flushed.
+                part_size: part_size.max(2 * MIN_PART_SIZE),
                 part_checksums,
             }),
         })
     }
 
-    /// The configured part size in bytes.
+    /// The size at which parts are uploaded: the configured size, at least 10 MiB.
     pub fn part_size(&self) -> usize {
         self.inner.part_size
     }
@@ -156,6 +158,16 @@ impl ObjectStore for S3Store {
             key.to_owned(),
             meta.clone(),
         )))
+    }
+
+    async fn resume_upload(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        at: &UploadCheckpoint,
+    ) -> Result<Box<dyn Upload>, StorageError> {
+        let upload = S3Upload::resume(self.inner.clone(), key.to_owned(), meta.clone(), at).await?;
+        Ok(Box::new(upload))
     }
 
     async fn download_url(&self, key: &str, expires_in: Duration) -> Result<Url, StorageError> {

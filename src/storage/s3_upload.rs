@@ -9,8 +9,8 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use super::s3::{S3Inner, sdk_error};
-use super::{ObjectMeta, StorageError, Upload};
+use super::s3::{MIN_PART_SIZE, S3Inner, sdk_error};
+use super::{ObjectMeta, StorageError, Upload, UploadCheckpoint, UploadedPart};
 
 /// Parts uploading at once: one sending while the next fills keeps the pipeline busy, and memory
 /// stays bounded at about (this + 1) parts.
@@ -48,6 +48,88 @@ impl S3Upload {
             total: 0,
             finished: false,
         }
+    }
+
+    /// An upload continuing at `at`, after checking that S3 still has it.
+    pub(super) async fn resume(
+        s3: Arc<S3Inner>,
+        key: String,
+        meta: ObjectMeta,
+        at: &UploadCheckpoint,
+    ) -> Result<Self, StorageError> {
+        let UploadCheckpoint::S3 {
+            upload_id,
+            parts,
+            bytes,
+        } = at
+        else {
+            return Err(StorageError::permanent(
+                &s3.system,
+                "resume upload",
+                "the checkpoint is not an S3 multipart upload",
+            ));
+        };
+        s3.client
+            .list_parts()
+            .bucket(&s3.bucket)
+            .key(&key)
+            .upload_id(upload_id)
+            .max_parts(1)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s3.system, "list parts of the upload to resume", e))?;
+        let done_parts: Vec<CompletedPart> = parts
+            .iter()
+            .map(|p| {
+                CompletedPart::builder()
+                    .part_number(p.number)
+                    .set_e_tag(p.etag.clone())
+                    .set_checksum_crc32(p.crc32.clone())
+                    .build()
+            })
+            .collect();
+        let next_part_number = parts.iter().map(|p| p.number).max().unwrap_or(0) + 1;
+        Ok(Self {
+            s3,
+            key,
+            meta,
+            pending: BytesMut::new(),
+            upload_id: Some(upload_id.clone()),
+            in_flight: VecDeque::new(),
+            done_parts,
+            next_part_number,
+            total: *bytes,
+            finished: false,
+        })
+    }
+
+    async fn checkpoint_inner(&mut self) -> Result<Option<UploadCheckpoint>, StorageError> {
+        if self.pending.len() >= MIN_PART_SIZE {
+            let part = self.pending.split().freeze();
+            self.start_part(part).await?;
+        }
+        // Bytes short of a part stay in memory: S3 takes no smaller part but the last.
+        if !self.pending.is_empty() || self.upload_id.is_none() {
+            return Ok(None);
+        }
+        while !self.in_flight.is_empty() {
+            self.wait_oldest().await?;
+        }
+        let mut parts: Vec<UploadedPart> = self
+            .done_parts
+            .iter()
+            .map(|p| UploadedPart {
+                number: p.part_number().unwrap_or_default(),
+                etag: p.e_tag().map(str::to_owned),
+                crc32: p.checksum_crc32().map(str::to_owned),
+            })
+            .collect();
+        parts.sort_by_key(|p| p.number);
+        Ok(Some(UploadCheckpoint::S3 {
+            upload_id: self.upload_id.clone().unwrap_or_default(),
+            parts,
+            bytes: self.total,
+        }))
     }
 
     async fn ensure_multipart(&mut self) -> Result<String, StorageError> {
@@ -252,6 +334,19 @@ impl Upload for S3Upload {
 
     async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
         self.abort_inner().await
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<UploadCheckpoint>, StorageError> {
+        let result = self.checkpoint_inner().await;
+        self.or_abort(result).await
+    }
+
+    fn suspend(mut self: Box<Self>) {
+        // Parts not yet confirmed are not in any checkpoint; the next attempt re-uploads them.
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        self.finished = true;
     }
 }
 

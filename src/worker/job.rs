@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::queue::{ClaimedJob, ExportResult};
+use sqlx::PgPool;
+
+use crate::domain::ExportId;
+use crate::queue::{ClaimedJob, ExportResult, storage};
 
 /// How a job attempt failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,12 +46,38 @@ pub struct JobContext {
     logs: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
     slices: Arc<[AtomicU64; 3]>,
+    checkpoints: Option<CheckpointStore>,
+}
+
+/// Where a job's checkpoints go: its row, fenced by the attempt.
+#[derive(Debug, Clone)]
+struct CheckpointStore {
+    pool: PgPool,
+    id: ExportId,
+    attempt: i32,
 }
 
 impl JobContext {
     /// A fresh context.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A context whose checkpoints are recorded on the job's row for this attempt.
+    pub fn with_checkpoints(pool: PgPool, id: ExportId, attempt: i32) -> Self {
+        Self {
+            checkpoints: Some(CheckpointStore { pool, id, attempt }),
+            ..Self::default()
+        }
+    }
+
+    /// Records how far the job got, for the next attempt; `Ok(false)` when there is nowhere to
+    /// record it or the job is no longer this attempt's.
+    pub async fn save_checkpoint(&self, checkpoint: &serde_json::Value) -> sqlx::Result<bool> {
+        match &self.checkpoints {
+            Some(c) => storage::save_checkpoint(&c.pool, c.id, c.attempt, checkpoint).await,
+            None => Ok(false),
+        }
     }
 
     /// Resolves when the job must stop; select on it around every await that can block.

@@ -197,7 +197,7 @@ struct AttemptRunner {
 
 impl AttemptRunner {
     async fn run(self, job: ClaimedJob) {
-        let ctx = JobContext::new();
+        let ctx = JobContext::with_checkpoints(self.pool.clone(), job.id, job.attempt);
         if let Ok(mut running) = self.running.lock() {
             running.insert(job.id, ctx.clone());
         }

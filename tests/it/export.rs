@@ -242,7 +242,7 @@ async fn download(url: &str) -> reqwest::Response {
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
+    flate2::read::MultiGzDecoder::new(bytes)
         .read_to_end(&mut out)
         .expect("valid gzip");
     out

@@ -12,6 +12,7 @@ mod logs;
 mod notify;
 mod outage;
 mod queue;
+mod resume;
 mod search_quota;
 mod splunk;
 mod storage;

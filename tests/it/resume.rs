@@ -1,0 +1,267 @@
+//! Checkpoints: an attempt that fails or dies after some slices leaves a checkpoint, and the
+//! next attempt continues the same upload, reading only the slices after it.
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use chrono::{DateTime, TimeZone, Utc};
+use logexport::config::{Config, Secret, StorageKind};
+use logexport::emulator::{self, EmulatorOptions, Faults, RunningEmulator, SyntheticSpec};
+use logexport::worker::{WorkerPool, WorkerSettings};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestApp, eventually, garage_s3_config, spawn_app_with, test_config, test_db};
+
+const TOKEN: &str = "resume-token";
+const EVENTS: u64 = 40_000;
+
+/// 40,000 synthetic events in January 2024, read at `per_sec` events/s per search.
+async fn splunk(per_sec: u64) -> RunningEmulator {
+    emulator::spawn(EmulatorOptions {
+        token: Some(TOKEN.into()),
+        synthetic: Some(SyntheticSpec {
+            count: EVENTS,
+            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap(),
+            namespaces: 1,
+            skew: 0.0,
+        }),
+        faults: Faults {
+            search_events_per_sec: Some(per_sec),
+            ..Faults::default()
+        },
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator")
+}
+
+fn configure(config: &mut Config, emu: &RunningEmulator) {
+    config.splunk.host = "127.0.0.1".into();
+    config.splunk.port = emu.addr().port();
+    config.splunk.url_scheme = "http".into();
+    config.splunk.bearer_token = Secret::new(TOKEN);
+    // A cut slice fails the attempt at once: the next attempt has to continue it.
+    config.splunk.max_retries = 0;
+    config.worker.max_attempts = 3;
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+}
+
+async fn request(app: &TestApp, token: &str, compression: &str) -> String {
+    let body = serde_json::json!({
+        "callback_email": "ops@example.com", "format": "ndjson", "compression": compression,
+    });
+    let r = app
+        .post_export(
+            token,
+            "/api/v1/organization/ns0/exportlogs?starttime=01/01/2024&endtime=01/31/2024",
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    body["export_id"].as_str().unwrap().to_owned()
+}
+
+/// Slices the export's checkpoint says are in the upload.
+async fn slices_done(app: &TestApp, id: &str) -> Option<u64> {
+    let checkpoint: Option<Value> =
+        sqlx::query_scalar("SELECT checkpoint FROM export_jobs WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    checkpoint?["slices_done"].as_u64()
+}
+
+async fn finished(app: &TestApp, token: &str, id: &str) -> Value {
+    eventually(120, "export finished", || async {
+        let s: Value = app.export_status(token, id).await.json().await.ok()?;
+        matches!(s["state"].as_str(), Some("succeeded" | "failed")).then_some(s)
+    })
+    .await
+}
+
+/// Every event exactly once, newest first, in an NDJSON archive (gzip: several members).
+fn check_archive(status: &Value, bytes: &[u8]) {
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["logs_exported"], EVENTS);
+    assert_eq!(status["bytes_written"], bytes.len() as u64);
+    let mut text = String::new();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::MultiGzDecoder::new(bytes)
+            .read_to_string(&mut text)
+            .unwrap();
+    } else {
+        text = String::from_utf8(bytes.to_vec()).unwrap();
+    }
+    let logs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(logs.len() as u64, EVENTS);
+    let times: Vec<DateTime<Utc>> = logs
+        .iter()
+        .map(|l| {
+            DateTime::parse_from_rfc2822(l["datetime"].as_str().unwrap())
+                .unwrap()
+                .to_utc()
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    let distinct: HashSet<String> = logs.iter().map(Value::to_string).collect();
+    assert_eq!(distinct.len() as u64, EVENTS, "no event twice");
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_continued_in_the_same_multipart_upload() {
+    let emu = splunk(3_000).await;
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    configure(&mut config, &emu);
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    let prefix = config.export.object_prefix.clone();
+    let storage = logexport::storage::open(&config).await.expect("storage");
+    let handler = logexport::export::handler(&config, storage.objects.clone()).expect("handler");
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        WorkerPool::new(
+            pool.clone(),
+            WorkerSettings::from_config(&config.worker),
+            handler,
+        )
+        .run(stop.clone()),
+    );
+    let app = spawn_app_with(pool, config).await;
+    let token = app.token("admin", &["ns0"], &[], false).await;
+    // Uncompressed: S3 checkpoints need a whole part (5 MiB) of archive between them.
+    let id = request(&app, &token, "none").await;
+
+    // Once a checkpoint holds some slices, Splunk starts cutting every stream: the attempt fails.
+    let done = eventually(60, "a checkpoint", || async {
+        slices_done(&app, &id).await.filter(|n| *n >= 3)
+    })
+    .await;
+    emu.set_faults(Faults {
+        search_events_per_sec: Some(3_000),
+        cut_after: Some(10),
+        ..Faults::default()
+    });
+    eventually(60, "the first attempt failed", || async {
+        let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
+        (s["state"] == "queued" && s["attempts"] == 1).then_some(())
+    })
+    .await;
+    let checkpointed = slices_done(&app, &id)
+        .await
+        .expect("the checkpoint outlives the attempt");
+    assert!(checkpointed >= done);
+    assert_eq!(
+        storage
+            .objects
+            .list_incomplete_uploads(&prefix)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the multipart upload is kept for the next attempt"
+    );
+    let read_by_first = emu.stats().events_streamed;
+    emu.set_faults(Faults::default());
+
+    let status = finished(&app, &token, &id).await;
+    assert_eq!(status["attempts"], 2);
+    let link = status["exported_data_url"].as_str().unwrap();
+    let bytes = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    check_archive(&status, &bytes);
+    let read_by_second = emu.stats().events_streamed - read_by_first;
+    assert!(
+        read_by_second < EVENTS * 95 / 100,
+        "the second attempt read {read_by_second} rows: it did not skip the checkpointed slices"
+    );
+    assert!(
+        storage
+            .objects
+            .list_incomplete_uploads(&prefix)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no multipart upload left behind"
+    );
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_killed_workers_export_is_continued_by_another_after_its_lease() {
+    let emu = splunk(10_000).await;
+    let (url, pool) = test_db().await;
+    let archives = std::env::temp_dir().join(format!("logexport-resume-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&archives).unwrap();
+    let mut config = test_config(&url);
+    configure(&mut config, &emu);
+    config.storage.kind = StorageKind::Local;
+    config.storage.local.path = archives.clone();
+    config.worker.lease_seconds = 3;
+    let app = spawn_app_with(pool.clone(), config.clone()).await;
+    let token = app.token("admin", &["ns0"], &[], false).await;
+    config.server.public_url = app.config.server.public_url.clone();
+
+    // A real worker process, killed without warning once it checkpointed some slices.
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/logexport");
+    let mut worker = tokio::process::Command::new(&bin)
+        .arg("work")
+        .current_dir(&archives)
+        .env("DATABASE_URL", &url)
+        .env("LOGEXPORT_SPLUNK__HOST", "127.0.0.1")
+        .env("LOGEXPORT_SPLUNK__PORT", emu.addr().port().to_string())
+        .env("LOGEXPORT_SPLUNK__URL_SCHEME", "http")
+        .env("LOGEXPORT_SPLUNK__BEARER_TOKEN", TOKEN)
+        .env("LOGEXPORT_STORAGE__KIND", "local")
+        .env("LOGEXPORT_STORAGE__LOCAL__PATH", &archives)
+        .env("LOGEXPORT_SERVER__PUBLIC_URL", &config.server.public_url)
+        .env(
+            "LOGEXPORT_EXPORT__OBJECT_PREFIX",
+            &config.export.object_prefix,
+        )
+        .env("LOGEXPORT_WORKER__LEASE_SECONDS", "3")
+        .env("LOGEXPORT_EMAIL__TRANSPORT", "none")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run target/debug/logexport (cargo build --bins)");
+    let id = request(&app, &token, "gzip").await;
+    eventually(60, "a checkpoint", || async {
+        slices_done(&app, &id).await.filter(|n| *n >= 10)
+    })
+    .await;
+    worker.kill().await.expect("kill the worker");
+    let read_by_first = emu.stats().events_streamed;
+
+    // Another worker takes the job over once the dead one's lease ran out.
+    let storage = logexport::storage::open(&config).await.expect("storage");
+    let handler = logexport::export::handler(&config, storage.objects).expect("handler");
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
+            .run(stop.clone()),
+    );
+    let status = finished(&app, &token, &id).await;
+    assert_eq!(status["attempts"], 2);
+    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let bytes = std::fs::read(archives.join(key.replace('/', "_"))).expect("the archive file");
+    check_archive(&status, &bytes);
+    let read = emu.stats().events_streamed;
+    assert!(
+        read <= EVENTS * 115 / 100,
+        "{read} rows read from Splunk for {EVENTS} exported (first attempt: {read_by_first})"
+    );
+    stop.cancel();
+    let _ = std::fs::remove_dir_all(&archives);
+}
