@@ -14,6 +14,7 @@ use super::slices::{SliceProgress, SlicedRows};
 use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter};
 use crate::domain::{ExportFormat, quay_datetime};
+use crate::metrics::METRICS;
 use crate::queue::{ClaimedJob, ExportResult};
 use crate::splunk::{RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, object_key};
@@ -102,6 +103,7 @@ impl JobHandler for ExportJob {
         if let Some(at) = &checkpoint {
             match self.store.resume_upload(&at.key, &meta, &at.upload).await {
                 Ok(upload) => {
+                    METRICS.incr("logexport_export_checkpoints_total", "resumed");
                     tracing::info!(
                         slices_done = at.slices_done,
                         slices = at.slices,
@@ -361,7 +363,12 @@ impl Checkpoints {
         let value = serde_json::to_value(&checkpoint)
             .map_err(|e| JobError::Permanent(format!("cannot record a checkpoint: {e}")))?;
         match ctx.save_checkpoint(&value).await {
-            Ok(recorded) => self.saved |= recorded,
+            Ok(recorded) => {
+                if recorded {
+                    METRICS.incr("logexport_export_checkpoints_total", "saved");
+                }
+                self.saved |= recorded;
+            }
             // Progress goes on; a later checkpoint or a full retry covers the gap.
             Err(e) => tracing::warn!(error = %e, "recording a checkpoint failed"),
         }

@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinSet;
 
+use crate::metrics::METRICS;
 use crate::splunk::{BuiltQuery, RowBatch, SearchFilters, SplunkClient, SplunkError};
 
 /// How an export's range is sliced and read.
@@ -367,6 +368,7 @@ impl SliceReader {
                         "reading an export slice failed; reading that slice again"
                     );
                     self.progress.retried.fetch_add(1, Ordering::Relaxed);
+                    METRICS.incr("logexport_export_slices_total", "read_again");
                     tokio::time::sleep(delay).await;
                 }
                 Err(e) => break Err(e),
@@ -380,6 +382,7 @@ impl SliceReader {
         }
         if outcome.is_ok() {
             self.progress.done.fetch_add(1, Ordering::Relaxed);
+            METRICS.incr("logexport_export_slices_total", "read");
         }
         outcome
     }

@@ -14,9 +14,12 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::SplunkError;
+use crate::metrics::METRICS;
 
 /// How long a permit lives without renewal; a crashed holder frees its slot after this.
-const LEASE: Duration = Duration::from_secs(30);
+const LEASE: Duration = Duration::from_secs(15);
+/// The first wait for a busy quota; doubles up to half a second.
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
 /// Any constant: the advisory lock that serialises counting and taking permits.
 const LOCK_KEY: i64 = 0x6c6f_6765_7870_7131; // "logexpq1"
 
@@ -96,7 +99,7 @@ impl SearchQuota {
         wait: Duration,
     ) -> Result<SearchPermit, SplunkError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(25);
+        let mut pause = FIRST_PAUSE;
         loop {
             if let Some(id) = self.try_take(purpose).await? {
                 return Ok(SearchPermit {
@@ -105,8 +108,12 @@ impl SearchQuota {
                     renew: tokio::spawn(renew(self.inner.pool.clone(), id)),
                 });
             }
+            if pause == FIRST_PAUSE {
+                METRICS.incr("logexport_splunk_quota_waits_total", "waited");
+            }
             let now = tokio::time::Instant::now();
             if now >= deadline {
+                METRICS.incr("logexport_splunk_quota_waits_total", "gave_up");
                 return Err(SplunkError::Http {
                     status: 503,
                     message: format!(

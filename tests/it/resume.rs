@@ -116,39 +116,61 @@ fn check_archive(status: &Value, bytes: &[u8]) {
 
 #[tokio::test]
 async fn a_failed_attempt_is_continued_in_the_same_multipart_upload() {
-    let emu = splunk(3_000).await;
+    // Every stream is cut after 10 rows once the first checkpoint is recorded.
+    fails_then_resumes(true, |rate| Faults {
+        search_events_per_sec: Some(rate),
+        cut_after: Some(10),
+        ..Faults::default()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quota_answers_past_the_retry_budget_are_continued_from_the_checkpoint() {
+    fails_then_resumes(false, |rate| Faults {
+        search_events_per_sec: Some(rate),
+        rate_503: 1.0,
+        ..Faults::default()
+    })
+    .await;
+}
+
+/// An export that fails once it checkpointed some slices (by `fault`) continues in its second
+/// attempt from the checkpoint, on S3 (the same multipart upload) or local storage.
+async fn fails_then_resumes(s3: bool, fault: impl Fn(u64) -> Faults) {
+    const RATE: u64 = 3_000;
+    let emu = splunk(RATE).await;
     let (url, pool) = test_db().await;
     let mut config = test_config(&url);
     configure(&mut config, &emu);
-    config.storage.kind = StorageKind::S3;
-    config.storage.s3 = garage_s3_config();
+    let archives = std::env::temp_dir().join(format!("logexport-resume-{}", uuid::Uuid::new_v4()));
+    if s3 {
+        config.storage.kind = StorageKind::S3;
+        config.storage.s3 = garage_s3_config();
+    } else {
+        std::fs::create_dir_all(&archives).unwrap();
+        config.storage.kind = StorageKind::Local;
+        config.storage.local.path = archives.clone();
+    }
     let prefix = config.export.object_prefix.clone();
+    let app = spawn_app_with(pool.clone(), config.clone()).await;
+    config.server.public_url = app.config.server.public_url.clone();
     let storage = logexport::storage::open(&config).await.expect("storage");
     let handler = logexport::export::handler(&config, storage.objects.clone()).expect("handler");
     let stop = CancellationToken::new();
     tokio::spawn(
-        WorkerPool::new(
-            pool.clone(),
-            WorkerSettings::from_config(&config.worker),
-            handler,
-        )
-        .run(stop.clone()),
+        WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
+            .run(stop.clone()),
     );
-    let app = spawn_app_with(pool, config).await;
     let token = app.token("admin", &["ns0"], &[], false).await;
-    // Uncompressed: S3 checkpoints need a whole part (5 MiB) of archive between them.
+    // Uncompressed: S3 checkpoints need a minimum part (5 MiB) of archive between them.
     let id = request(&app, &token, "none").await;
 
-    // Once a checkpoint holds some slices, Splunk starts cutting every stream: the attempt fails.
     let done = eventually(60, "a checkpoint", || async {
         slices_done(&app, &id).await.filter(|n| *n >= 3)
     })
     .await;
-    emu.set_faults(Faults {
-        search_events_per_sec: Some(3_000),
-        cut_after: Some(10),
-        ..Faults::default()
-    });
+    emu.set_faults(fault(RATE));
     eventually(60, "the first attempt failed", || async {
         let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
         (s["state"] == "queued" && s["attempts"] == 1).then_some(())
@@ -166,15 +188,30 @@ async fn a_failed_attempt_is_continued_in_the_same_multipart_upload() {
             .unwrap()
             .len(),
         1,
-        "the multipart upload is kept for the next attempt"
+        "the upload is kept for the next attempt"
     );
     let read_by_first = emu.stats().events_streamed;
     emu.set_faults(Faults::default());
 
     let status = finished(&app, &token, &id).await;
     assert_eq!(status["attempts"], 2);
-    let link = status["exported_data_url"].as_str().unwrap();
-    let bytes = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let bytes = if s3 {
+        let link = status["exported_data_url"].as_str().unwrap();
+        reqwest::get(link)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    } else {
+        std::fs::read(archives.join(key.replace('/', "_"))).expect("the archive file")
+    };
     check_archive(&status, &bytes);
     let read_by_second = emu.stats().events_streamed - read_by_first;
     assert!(
@@ -188,9 +225,10 @@ async fn a_failed_attempt_is_continued_in_the_same_multipart_upload() {
             .await
             .unwrap()
             .is_empty(),
-        "no multipart upload left behind"
+        "no upload left behind"
     );
     stop.cancel();
+    let _ = std::fs::remove_dir_all(&archives);
 }
 
 #[tokio::test]
