@@ -65,6 +65,29 @@ async fn export(emu: &RunningEmulator, form: &[(&str, &str)]) -> Option<Vec<Valu
     })
 }
 
+/// Runs a blocking search job and checks it took at least `millis`.
+async fn blocking_job_takes(emu: &RunningEmulator, form: &[(&str, &str)], millis: u64) {
+    let mut form = form.to_vec();
+    form.push(("exec_mode", "blocking"));
+    let t = Instant::now();
+    let r = post(emu, "search/v2/jobs", &form).await;
+    assert_eq!(r.status(), 201);
+    assert!(
+        t.elapsed() >= Duration::from_millis(millis),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// An event search between two ISO instants without an offset.
+fn search_between<'a>(earliest: &'a str, latest: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("search", "search index=quay_logs"),
+        ("earliest_time", earliest),
+        ("latest_time", latest),
+    ]
+}
+
 async fn count(emu: &RunningEmulator, earliest: &str, latest: &str) -> reqwest::Response {
     post(
         emu,
@@ -134,11 +157,7 @@ async fn export_streams_and_jobs_cost_the_scan_rate() {
         0.0,
     )
     .await;
-    let day = [
-        ("search", "search index=quay_logs"),
-        ("earliest_time", "2024-01-02T00:00:00"),
-        ("latest_time", "2024-01-04T00:00:00"),
-    ];
+    let day = search_between("2024-01-02T00:00:00", "2024-01-04T00:00:00");
     let t = Instant::now();
     let rows = export(&emu, &day).await.expect("complete stream");
     assert_eq!(rows.len(), 4_000);
@@ -150,41 +169,19 @@ async fn export_streams_and_jobs_cost_the_scan_rate() {
     assert_eq!(emu.stats().events_streamed, 4_000);
 
     // A job that pages by re-searching pays for every row before the page it wants.
-    let t = Instant::now();
-    let r = post(
+    blocking_job_takes(
         &emu,
-        "search/v2/jobs",
-        &[
-            ("search", "search index=quay_logs | head 6000"),
-            ("exec_mode", "blocking"),
-        ],
+        &[("search", "search index=quay_logs | head 6000")],
+        300,
     )
     .await;
-    assert_eq!(r.status(), 201);
-    assert!(
-        t.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
     // Quay's search client pages with `count`/`offset` on the job: the page's end is scanned.
-    let t = Instant::now();
-    let r = post(
-        &emu,
-        "search/v2/jobs",
-        &[
-            ("search", "search index=quay_logs"),
-            ("exec_mode", "blocking"),
-            ("count", "1000"),
-            ("offset", "5000"),
-        ],
-    )
-    .await;
-    assert_eq!(r.status(), 201);
-    assert!(
-        t.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        t.elapsed()
-    );
+    let page = [
+        ("search", "search index=quay_logs"),
+        ("count", "1000"),
+        ("offset", "5000"),
+    ];
+    blocking_job_takes(&emu, &page, 300).await;
     // A count reads every matching event.
     let t = Instant::now();
     assert_eq!(
@@ -261,22 +258,14 @@ async fn a_stream_cut_once_is_whole_when_the_same_search_is_repeated() {
         0.0,
     )
     .await;
-    let day = [
-        ("search", "search index=quay_logs"),
-        ("earliest_time", "2024-01-02T00:00:00"),
-        ("latest_time", "2024-01-03T00:00:00"),
-    ];
+    let day = search_between("2024-01-02T00:00:00", "2024-01-03T00:00:00");
     assert!(export(&emu, &day).await.is_none(), "first stream is cut");
     assert_eq!(
         export(&emu, &day).await.expect("repeat is whole").len(),
         2_000
     );
     // Other bounds are another search, cut once in its turn.
-    let other = [
-        ("search", "search index=quay_logs"),
-        ("earliest_time", "2024-01-03T00:00:00"),
-        ("latest_time", "2024-01-04T00:00:00"),
-    ];
+    let other = search_between("2024-01-03T00:00:00", "2024-01-04T00:00:00");
     assert!(export(&emu, &other).await.is_none());
     assert_eq!(export(&emu, &other).await.expect("whole").len(), 2_000);
     emu.shutdown().await;

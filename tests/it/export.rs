@@ -11,7 +11,10 @@ use logexport::worker::{WorkerPool, WorkerSettings};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestApp, eventually, garage_s3_config, spawn_app_with, test_config, test_db};
+use crate::helpers::{
+    TestApp, assert_newest_first, eventually, garage_s3_config, spawn_app_with, test_config,
+    test_db, use_emulator,
+};
 
 const TOKEN: &str = "splunk-test-token";
 
@@ -118,10 +121,7 @@ impl ExportEnv {
 
         let (url, pool) = test_db().await;
         let mut config = test_config(&url);
-        config.splunk.host = "127.0.0.1".into();
-        config.splunk.port = emulator.addr().port();
-        config.splunk.url_scheme = "http".into();
-        config.splunk.bearer_token = Secret::new(TOKEN);
+        use_emulator(&mut config, &emulator, TOKEN);
         config.splunk.max_retries = 3;
         config.storage.kind = StorageKind::S3;
         config.storage.s3 = garage_s3_config();
@@ -161,6 +161,15 @@ impl ExportEnv {
             worker_stop,
             _data: data,
         }
+    }
+
+    /// Requests an NDJSON export of acme's January and returns its id.
+    pub async fn request_january_ndjson(&self) -> String {
+        self.request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com", "format": "ndjson"}),
+        )
+        .await
     }
 
     /// Requests an export and returns its id.
@@ -614,12 +623,7 @@ async fn transient_503s_are_retried_and_the_export_is_complete() {
         ..Faults::default()
     });
     let (start, end) = january();
-    let id = env
-        .request(
-            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
-            json!({"callback_email": "a@example.com", "format": "ndjson"}),
-        )
-        .await;
+    let id = env.request_january_ndjson().await;
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     let text = download(status["exported_data_url"].as_str().unwrap())
@@ -645,12 +649,7 @@ async fn a_cut_stream_fails_the_attempt_and_the_retry_is_complete_without_duplic
         ..Faults::default()
     });
     let (start, end) = january();
-    let id = env
-        .request(
-            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
-            json!({"callback_email": "a@example.com", "format": "ndjson"}),
-        )
-        .await;
+    let id = env.request_january_ndjson().await;
     let failed_once = env
         .status_until(&id, 30, "first attempt failed", |status| {
             status["state"] == "queued" && status["attempts"] == 1
@@ -704,12 +703,7 @@ async fn a_slice_cut_once_is_read_again_alone_and_the_archive_is_in_order() {
         ..Faults::default()
     });
     let (start, end) = january();
-    let id = env
-        .request(
-            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
-            json!({"callback_email": "a@example.com", "format": "ndjson"}),
-        )
-        .await;
+    let id = env.request_january_ndjson().await;
     let status = env.finished(&id).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(
@@ -725,16 +719,7 @@ async fn a_slice_cut_once_is_read_again_alone_and_the_archive_is_in_order() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    // Newest first across slice boundaries, as one Splunk stream would be.
-    let times: Vec<DateTime<Utc>> = logs
-        .iter()
-        .map(|l| {
-            DateTime::parse_from_rfc2822(l["datetime"].as_str().unwrap())
-                .unwrap()
-                .to_utc()
-        })
-        .collect();
-    assert!(times.windows(2).all(|w| w[0] >= w[1]), "not newest first");
+    assert_newest_first(&logs);
     let want = sorted(
         env.expected("acme", None, start, end)
             .iter()

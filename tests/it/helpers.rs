@@ -180,3 +180,29 @@ pub fn garage_s3_config() -> logexport::config::S3Config {
         checksum: "when_required".into(),
     }
 }
+
+/// Points `config` at the emulator, which accepts `token`.
+pub fn use_emulator(
+    config: &mut Config,
+    emulator: &logexport::emulator::RunningEmulator,
+    token: &str,
+) {
+    config.splunk.host = "127.0.0.1".into();
+    config.splunk.port = emulator.addr().port();
+    config.splunk.url_scheme = "http".into();
+    config.splunk.bearer_token = Secret::new(token);
+}
+
+/// Asserts the logs of an archive are newest first (Quay's `datetime`, RFC 2822), as one Splunk
+/// stream delivers them, across every slice boundary.
+pub fn assert_newest_first(logs: &[serde_json::Value]) {
+    let times: Vec<chrono::DateTime<chrono::Utc>> = logs
+        .iter()
+        .map(|l| {
+            chrono::DateTime::parse_from_rfc2822(l["datetime"].as_str().expect("datetime"))
+                .expect("an RFC 2822 datetime")
+                .to_utc()
+        })
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "not newest first");
+}

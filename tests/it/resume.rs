@@ -4,14 +4,17 @@
 use std::collections::HashSet;
 use std::io::Read;
 
-use chrono::{DateTime, TimeZone, Utc};
-use logexport::config::{Config, Secret, StorageKind};
+use chrono::{TimeZone, Utc};
+use logexport::config::{Config, StorageKind};
 use logexport::emulator::{self, EmulatorOptions, Faults, RunningEmulator, SyntheticSpec};
 use logexport::worker::{WorkerPool, WorkerSettings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestApp, eventually, garage_s3_config, spawn_app_with, test_config, test_db};
+use crate::helpers::{
+    TestApp, assert_newest_first, eventually, garage_s3_config, spawn_app_with, test_config,
+    test_db, use_emulator,
+};
 
 const TOKEN: &str = "resume-token";
 const EVENTS: u64 = 40_000;
@@ -38,10 +41,7 @@ async fn splunk(per_sec: u64) -> RunningEmulator {
 }
 
 fn configure(config: &mut Config, emu: &RunningEmulator) {
-    config.splunk.host = "127.0.0.1".into();
-    config.splunk.port = emu.addr().port();
-    config.splunk.url_scheme = "http".into();
-    config.splunk.bearer_token = Secret::new(TOKEN);
+    use_emulator(config, emu, TOKEN);
     // A cut slice fails the attempt at once: the next attempt has to continue it.
     config.splunk.max_retries = 0;
     config.worker.max_attempts = 3;
@@ -83,6 +83,31 @@ async fn finished(app: &TestApp, token: &str, id: &str) -> Value {
     .await
 }
 
+/// The archive: from its local file when `local` is the storage directory, else by its link.
+async fn archive_bytes(
+    app: &TestApp,
+    id: &str,
+    status: &Value,
+    local: Option<&std::path::PathBuf>,
+) -> Vec<u8> {
+    let Some(dir) = local else {
+        let link = status["exported_data_url"].as_str().unwrap();
+        return reqwest::get(link)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+    };
+    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    std::fs::read(dir.join(key.replace('/', "_"))).expect("the archive file")
+}
+
 /// Every event exactly once, newest first, in an NDJSON archive (gzip: several members).
 fn check_archive(status: &Value, bytes: &[u8]) {
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -101,15 +126,7 @@ fn check_archive(status: &Value, bytes: &[u8]) {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(logs.len() as u64, EVENTS);
-    let times: Vec<DateTime<Utc>> = logs
-        .iter()
-        .map(|l| {
-            DateTime::parse_from_rfc2822(l["datetime"].as_str().unwrap())
-                .unwrap()
-                .to_utc()
-        })
-        .collect();
-    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    assert_newest_first(&logs);
     let distinct: HashSet<String> = logs.iter().map(Value::to_string).collect();
     assert_eq!(distinct.len() as u64, EVENTS, "no event twice");
 }
@@ -195,23 +212,7 @@ async fn fails_then_resumes(s3: bool, fault: impl Fn(u64) -> Faults) {
 
     let status = finished(&app, &token, &id).await;
     assert_eq!(status["attempts"], 2);
-    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let bytes = if s3 {
-        let link = status["exported_data_url"].as_str().unwrap();
-        reqwest::get(link)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .to_vec()
-    } else {
-        std::fs::read(archives.join(key.replace('/', "_"))).expect("the archive file")
-    };
+    let bytes = archive_bytes(&app, &id, &status, (!s3).then_some(&archives)).await;
     check_archive(&status, &bytes);
     let read_by_second = emu.stats().events_streamed - read_by_first;
     assert!(
@@ -288,12 +289,7 @@ async fn a_killed_workers_export_is_continued_by_another_after_its_lease() {
     );
     let status = finished(&app, &token, &id).await;
     assert_eq!(status["attempts"], 2);
-    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let bytes = std::fs::read(archives.join(key.replace('/', "_"))).expect("the archive file");
+    let bytes = archive_bytes(&app, &id, &status, Some(&archives)).await;
     check_archive(&status, &bytes);
     let read = emu.stats().events_streamed;
     assert!(

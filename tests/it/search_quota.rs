@@ -4,14 +4,16 @@
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use logexport::config::{Secret, StorageKind};
+use logexport::config::StorageKind;
 use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
 use logexport::splunk::{SearchQuota, SplunkError};
 use logexport::worker::{WorkerPool, WorkerSettings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{eventually, garage_s3_config, spawn_app_with, test_config, test_db};
+use crate::helpers::{
+    eventually, garage_s3_config, spawn_app_with, test_config, test_db, use_emulator,
+};
 
 #[tokio::test]
 async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
@@ -88,10 +90,7 @@ async fn workers_and_listings_together_stay_within_splunks_role_quota() {
 
     let (url, pool) = test_db().await;
     let mut config = test_config(&url);
-    config.splunk.host = "127.0.0.1".into();
-    config.splunk.port = splunk.addr().port();
-    config.splunk.url_scheme = "http".into();
-    config.splunk.bearer_token = Secret::new("quota-token");
+    use_emulator(&mut config, &splunk, "quota-token");
     config.splunk.max_concurrent_searches = 2;
     config.storage.kind = StorageKind::S3;
     config.storage.s3 = garage_s3_config();
