@@ -9,14 +9,14 @@ use serde::Deserialize;
 use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::domain::{
-    CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportScope, Namespace,
-    RepositoryName,
+    CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportScope, LogFilter,
+    Namespace, RepositoryName,
 };
 use crate::queue::{NewExport, storage};
 
 /// The JSON body: Quay's callback fields plus our extensions.
 #[derive(Debug, Default, Deserialize)]
-struct ExportBody {
+pub struct ExportBody {
     callback_url: Option<String>,
     callback_email: Option<String>,
     starttime: Option<String>,
@@ -24,6 +24,8 @@ struct ExportBody {
     timezone: Option<String>,
     format: Option<String>,
     compression: Option<String>,
+    performer: Option<String>,
+    kind: Option<OneOrMany>,
 }
 
 /// `POST /api/v1/user/exportlogs`
@@ -121,6 +123,50 @@ pub fn query_param(query: &Option<String>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Every value of a repeatable query parameter, in order.
+pub fn all_params(query: &Option<String>, name: &str) -> Vec<String> {
+    let Some(q) = query.as_deref() else {
+        return Vec::new();
+    };
+    url::form_urlencoded::parse(q.as_bytes())
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// One value or a list of them, as a JSON body may give a repeatable field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn values(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The export's filter: `performer` and `kind` (repeatable) from the query, else the body,
+/// validated as the logs listing validates them.
+pub fn export_filter(query: &Option<String>, body: &ExportBody) -> Result<LogFilter, ApiError> {
+    let performer = query_param(query, "performer").or_else(|| body.performer.clone());
+    let mut kinds = all_params(query, "kind");
+    if kinds.is_empty() {
+        kinds = body
+            .kind
+            .as_ref()
+            .map(OneOrMany::values)
+            .unwrap_or_default();
+    }
+    LogFilter::parse(performer.as_deref(), kinds.iter().map(String::as_str))
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
 async fn create(
     state: AppState,
     caller: Caller,
@@ -170,6 +216,7 @@ async fn create(
             "give callback_email or callback_url (or both): otherwise nobody learns where the export is".into(),
         ));
     }
+    let filter = export_filter(&query, &body)?;
     let format: ExportFormat = body
         .format
         .as_deref()
@@ -212,8 +259,8 @@ async fn create(
         callback_email,
         idempotency_key,
         max_attempts: config.worker.max_attempts,
-        performer: None,
-        kinds: Vec::new(),
+        performer: filter.performer,
+        kinds: filter.kinds,
     };
     let id = storage::enqueue(&state.pool, &export).await?;
     tracing::info!(export_id = %id, namespace = %export.namespace, scope = %export.scope, "export queued");

@@ -17,7 +17,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
-pub use exportlogs::{parse_namespace, query_param, read_body};
+pub use exportlogs::{all_params, parse_namespace, query_param, read_body};
 pub use status::status_json;
 
 use crate::config::Config;

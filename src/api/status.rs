@@ -56,6 +56,10 @@ pub fn status_json(row: &ExportRow) -> serde_json::Value {
         "end_day": range.end_day_label(),
         "format": row.format,
         "compression": row.compression,
+        "filters": {
+            "performer": row.performer,
+            "kind": row.kinds,
+        },
         "attempts": row.attempt,
         "max_attempts": row.max_attempts,
         "next_attempt_at": (state == JobState::Queued).then_some(row.run_at),

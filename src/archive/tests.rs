@@ -18,6 +18,8 @@ fn details(repository: Option<&str>) -> ArchiveDetails {
         end_time: "Wed, 19 Jun 2024 00:00:00 -0000".into(),
         namespace: "acme".into(),
         repository: repository.map(str::to_owned),
+        performer: None,
+        kinds: Vec::new(),
     }
 }
 

@@ -21,6 +21,11 @@ pub struct ArchiveDetails {
     pub end_time: String,
     pub namespace: String,
     pub repository: Option<String>,
+    /// The export's filter, when it has one (unfiltered archives keep Quay's details).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub performer: Option<String>,
+    #[serde(rename = "kind", skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
 }
 
 /// Encodes logs into an archive incrementally; the caller drains the bytes as they become ready.

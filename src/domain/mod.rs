@@ -5,6 +5,7 @@ mod date_range;
 mod email;
 mod export;
 mod log_entry;
+mod log_filter;
 mod names;
 
 pub use callback_url::{CallbackUrl, CallbackUrlError};
@@ -14,4 +15,5 @@ pub use export::{Compression, ExportFormat, ExportId, ExportScope, ParseEnumErro
 pub use log_entry::{
     LogEntry, LogWithNamespace, Metadata, PerformerInfo, push_quay_datetime, quay_datetime,
 };
+pub use log_filter::{LogFilter, LogFilterError};
 pub use names::{InvalidName, Namespace, Performer, RepositoryName};

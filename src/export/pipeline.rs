@@ -77,6 +77,14 @@ impl JobHandler for ExportJob {
         let mut filters = self.splunk.filters(job.range.start, job.range.end);
         filters.namespace = Some(job.namespace.clone());
         filters.repository = job.repository.clone();
+        filters.performer = job.performer.clone();
+        // One kind is a `kind=` term; several become `kind!=` exclusions of every other known
+        // kind (the SPL subset has no `OR`), and the encoder drops what else comes back.
+        match job.kinds.len() {
+            0 => {}
+            1 => filters.kinds = job.kinds.clone(),
+            _ => filters.excluded_kinds = crate::logs::kinds::exclusions_for(&job.kinds),
+        }
         filters
             .build()
             .map_err(|e| JobError::Invalid(format!("cannot build the Splunk search: {e}")))?;
@@ -150,6 +158,8 @@ impl JobHandler for ExportJob {
                     end_time: quay_datetime(&job.range.end),
                     namespace: job.namespace.to_string(),
                     repository: job.repository.as_ref().map(ToString::to_string),
+                    performer: job.performer.as_ref().map(ToString::to_string),
+                    kinds: job.kinds.clone(),
                 };
                 let writer = ArchiveWriter::new(job.format, job.compression, &details);
                 (key, upload, writer, Streamed::default())
@@ -159,10 +169,18 @@ impl JobHandler for ExportJob {
             key: key.clone(),
             slices: rows.slice_count(),
             saved: base.bytes > 0,
+            base,
         };
 
         match self
-            .stream(&mut rows, writer, upload.as_mut(), ctx, base, &mut saves)
+            .stream(
+                &mut rows,
+                writer,
+                upload.as_mut(),
+                ctx,
+                &mut saves,
+                &job.kinds,
+            )
             .await
         {
             Ok(streamed) => {
@@ -213,10 +231,12 @@ impl ExportJob {
         mut writer: ArchiveWriter,
         upload: &mut dyn Upload,
         ctx: &JobContext,
-        base: Streamed,
         saves: &mut Checkpoints,
+        kinds: &[String],
     ) -> Result<Streamed, JobError> {
+        let base = std::mem::take(&mut saves.base);
         let format = writer.format();
+        let kinds: Arc<[String]> = kinds.into();
         let span = tracing::Span::current();
         let slices = rows.progress();
         report_slices(ctx, &slices);
@@ -244,9 +264,9 @@ impl ExportJob {
                 }
                 let first = rows.rows_read() - batch.len() as u64 + 1;
                 let boundary = rows.boundary();
-                let span = span.clone();
+                let (span, kinds) = (span.clone(), kinds.clone());
                 let done = encoders::spawn(move || {
-                    span.in_scope(|| encode_batch(format, batch, out, first))
+                    span.in_scope(|| encode_batch(format, &kinds, batch, out, first))
                 });
                 if queued.send((done, boundary)).await.is_err() {
                     // The appender stopped on an error, which is the attempt's outcome.
@@ -335,6 +355,8 @@ struct Checkpoints {
     slices: usize,
     /// Whether a checkpoint of this upload is on record (this attempt's or an earlier one's).
     saved: bool,
+    /// The counts the attempt starts from (an earlier attempt's checkpoint, else zero).
+    base: Streamed,
 }
 
 impl Checkpoints {
@@ -435,6 +457,7 @@ impl Encoded {
 /// thread. The batch travels back with the result.
 fn encode_batch(
     format: ExportFormat,
+    kinds: &[String],
     batch: RowBatch,
     out: Vec<u8>,
     first: u64,
@@ -447,10 +470,16 @@ fn encode_batch(
         batch,
     };
     for (n, row) in (first..).zip(encoded.batch.iter()) {
+        let mut kept = false;
         match map_row_text(row, |log| {
-            ArchiveWriter::encode_log(format, &log, &mut encoded.bytes);
+            // Several kinds are searched as exclusions of the other known kinds, so an unknown
+            // kind can come back: only the asked-for kinds go into the archive.
+            kept = kinds.is_empty() || kinds.iter().any(|k| *k == log.kind);
+            if kept {
+                ArchiveWriter::encode_log(format, &log, &mut encoded.bytes);
+            }
         }) {
-            Ok(()) => encoded.logs += 1,
+            Ok(()) => encoded.logs += u64::from(kept),
             // Only a line Splunk broke can hold a row that is not a JSON object.
             Err(SkipReason::Malformed) => {
                 return Err(splunk_error(SplunkError::Protocol(format!(

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::{LogQuery, LogsError};
 use crate::api::auth::Caller;
-use crate::api::{ApiError, AppState, parse_namespace, query_param};
-use crate::domain::{DateRange, Namespace, Performer, RepositoryName, quay_datetime};
+use crate::api::{ApiError, AppState, all_params, parse_namespace, query_param};
+use crate::domain::{DateRange, LogFilter, Namespace, RepositoryName, quay_datetime};
 
 /// The listing routes, to be nested under `/api/v1`.
 pub fn routes() -> Router<AppState> {
@@ -113,52 +113,23 @@ fn parse_query(
         max_days,
     )
     .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    let performer = match query_param(query, "performer").filter(|p| !p.is_empty()) {
-        Some(p) => Some(Performer::parse(&p).map_err(|e| ApiError::InvalidRequest(e.to_string()))?),
-        None => None,
-    };
     let kinds = match listing {
-        Listing::Logs => all_params(query, "kind")?,
+        Listing::Logs => all_params(query, "kind"),
         Listing::Aggregate => Vec::new(),
     };
+    let filter = LogFilter::parse(
+        query_param(query, "performer").as_deref(),
+        kinds.iter().map(String::as_str),
+    )
+    .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     Ok(LogQuery::new(
         target.superuser,
         target.namespace,
         target.repository,
-        performer,
-        kinds,
+        filter.performer,
+        filter.kinds,
         range,
     ))
-}
-
-/// Every value of a repeatable parameter (also comma-separated), validated as a log kind.
-fn all_params(query: &Option<String>, name: &str) -> Result<Vec<String>, ApiError> {
-    let Some(q) = query.as_deref() else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-        if k != name {
-            continue;
-        }
-        for kind in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let valid = kind.len() <= 64
-                && kind
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-            if !valid {
-                return Err(ApiError::InvalidRequest(format!(
-                    "invalid kind {:?}: log kinds are lowercase letters, digits and '_'",
-                    kind.chars().take(64).collect::<String>()
-                )));
-            }
-            out.push(kind.to_owned());
-        }
-    }
-    if out.len() > 64 {
-        return Err(ApiError::InvalidRequest("at most 64 kinds at once".into()));
-    }
-    Ok(out)
 }
 
 /// The `search_unavailable` answer, or the 400 for a refused token or filter.

@@ -20,7 +20,7 @@ const TOKEN: &str = "splunk-test-token";
 
 /// The known data set: two organizations, a user namespace, several repositories, performers
 /// (robots too), and events at the exact range edges.
-fn dataset() -> Vec<Value> {
+pub fn dataset() -> Vec<Value> {
     let mut events = Vec::new();
     let base = Utc
         .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
@@ -244,11 +244,11 @@ impl ExportEnv {
     }
 }
 
-async fn download(url: &str) -> reqwest::Response {
+pub async fn download(url: &str) -> reqwest::Response {
     reqwest::get(url).await.expect("download")
 }
 
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
+pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(bytes)
@@ -258,7 +258,7 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// Reduces a log object (or an emulator event) to the facts both must agree on.
-fn fingerprint_log(log: &Value) -> String {
+pub fn fingerprint_log(log: &Value) -> String {
     let when = DateTime::parse_from_rfc2822(log["datetime"].as_str().unwrap())
         .unwrap()
         .timestamp();
@@ -275,7 +275,7 @@ fn fingerprint_log(log: &Value) -> String {
     )
 }
 
-fn fingerprint_event(event: &Value) -> Option<String> {
+pub fn fingerprint_event(event: &Value) -> Option<String> {
     event.get("kind")?;
     let meta = match &event["metadata_json"] {
         Value::String(s) => serde_json::from_str(s).unwrap(),
@@ -294,12 +294,12 @@ fn fingerprint_event(event: &Value) -> Option<String> {
     ))
 }
 
-fn sorted(mut v: Vec<String>) -> Vec<String> {
+pub fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
 }
 
-fn parse_csv_rows(text: &str) -> Vec<Vec<String>> {
+pub fn parse_csv_rows(text: &str) -> Vec<Vec<String>> {
     // RFC 4180: quoted fields may hold commas, quotes (doubled) and line breaks.
     let (mut rows, mut row, mut field, mut quoted, mut chars) = (
         Vec::new(),
@@ -333,14 +333,14 @@ fn parse_csv_rows(text: &str) -> Vec<Vec<String>> {
     rows
 }
 
-fn january() -> (DateTime<Utc>, DateTime<Utc>) {
+pub fn january() -> (DateTime<Utc>, DateTime<Utc>) {
     (
         Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
         Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap(),
     )
 }
 
-const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
+pub const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
 
 #[tokio::test]
 async fn archives_hold_exactly_the_namespaces_events_in_every_format() {

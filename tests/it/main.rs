@@ -8,6 +8,7 @@ mod delivery;
 mod emulator;
 mod emulator_costs;
 mod export;
+mod export_filters;
 mod logs;
 mod notify;
 mod outage;
