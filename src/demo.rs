@@ -65,7 +65,7 @@ pub async fn run() -> anyhow::Result<()> {
     let storage = crate::storage::open(&config).await?;
     let shutdown = CancellationToken::new();
 
-    let state = AppState::new(pool.clone(), config.clone()).with_local_store(storage.local.clone());
+    let state = AppState::new(pool.clone(), config.clone()).with_storage(storage.clone());
     tokio::spawn(api::serve(listener, state, shutdown.clone()));
     let handler = crate::export::handler(&config, storage.objects.clone())?;
     let workers = tokio::spawn(

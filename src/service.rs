@@ -20,7 +20,7 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.bind {}: {e}", config.server.bind))?;
     let storage = crate::storage::open(&config).await?;
-    let state = AppState::new(pool, config).with_local_store(storage.local);
+    let state = AppState::new(pool, config).with_storage(storage);
     api::serve(listener, state, shutdown).await
 }
 

@@ -17,6 +17,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error; see the service log for request {0}")]
     Internal(String),
 }
@@ -29,6 +33,8 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }

@@ -3,6 +3,7 @@
 pub mod auth;
 mod error;
 mod exportlogs;
+mod exports;
 mod health;
 mod status;
 
@@ -22,7 +23,7 @@ pub use status::status_json;
 
 use crate::config::Config;
 use crate::notify::ssrf::AllowList;
-use crate::storage::{LocalStore, download_router};
+use crate::storage::{LocalStore, ObjectStore, Storage, download_router};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -32,6 +33,10 @@ pub struct AppState {
     pub allow: Arc<AllowList>,
     /// Set with local storage: this service serves the signed download links.
     pub local_store: Option<Arc<LocalStore>>,
+    /// The archives' store, for fresh download links; `None` when storage is not configured.
+    pub objects: Option<Arc<dyn ObjectStore>>,
+    /// Seals the export listing's `next_page` tokens.
+    pub list_key: crate::logs::TokenKey,
     /// The logs/aggregatelogs read side; `None` when the `[splunk]` section is unusable.
     pub logs: Option<Arc<crate::logs::LogsService>>,
     /// Recently seen API tokens.
@@ -42,6 +47,7 @@ impl AppState {
     /// State for the given pool and configuration.
     pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
+        let list_key = crate::logs::TokenKey::from_secret(&config.logs.page_token_key);
         let logs = match crate::logs::LogsService::new(&config) {
             Ok(service) => Some(Arc::new(service)),
             Err(e) => {
@@ -54,14 +60,17 @@ impl AppState {
             config,
             allow,
             local_store: None,
+            objects: None,
+            list_key,
             logs,
             tokens: Arc::default(),
         }
     }
 
-    /// Serves local-storage downloads from `store`.
-    pub fn with_local_store(mut self, store: Option<Arc<LocalStore>>) -> Self {
-        self.local_store = store;
+    /// Mints download links from `storage` (and serves local-storage downloads).
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.local_store = storage.local;
+        self.objects = Some(storage.objects);
         self
     }
 }
@@ -80,10 +89,12 @@ pub fn router(state: AppState) -> Router {
             "/repository/{namespace}/{repository}/exportlogs",
             post(exportlogs::repository),
         )
+        .route("/exportlogs", get(exports::list))
         .route(
             "/exportlogs/{export_id}",
             get(status::get).delete(status::cancel),
         )
+        .route("/exportlogs/{export_id}/download", get(exports::download))
         .merge(crate::logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {

@@ -7,10 +7,15 @@ use serde_json::json;
 use super::auth::Caller;
 use super::{ApiError, AppState};
 use crate::domain::ExportId;
+use crate::notify::download_url;
 use crate::queue::storage::{self, CancelOutcome};
 use crate::queue::{ExportRow, JobState};
 
-async fn visible_row(state: &AppState, caller: &Caller, id: &str) -> Result<ExportRow, ApiError> {
+pub(super) async fn visible_row(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<ExportRow, ApiError> {
     let not_found = || ApiError::NotFound(format!("no export {id:?} visible to you"));
     let id: ExportId = id.parse().map_err(|_| not_found())?;
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
@@ -35,8 +40,8 @@ fn estimated_seconds_left(row: &ExportRow) -> Option<i64> {
     Some(elapsed * left / i64::from(row.slices_done))
 }
 
-/// The status document for one export.
-pub fn status_json(row: &ExportRow) -> serde_json::Value {
+/// The status document for one export; `public_url` roots its `download_url`.
+pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
     let state = row.state();
     let range = row.range();
     let link_valid = row.object_deleted_at.is_none()
@@ -72,6 +77,8 @@ pub fn status_json(row: &ExportRow) -> serde_json::Value {
         "estimated_seconds_left": estimated_seconds_left(row),
         "bytes_written": row.bytes_written,
         "exported_data_url": if link_valid { row.download_url.clone() } else { None },
+        "download_url": (state == JobState::Succeeded && row.object_deleted_at.is_none())
+            .then(|| download_url(public_url, row.id)),
         "url_expires_at": row.url_expires_at,
         "object_deleted": row.object_deleted_at.is_some(),
         "last_error": row.last_error,
@@ -99,7 +106,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let row = visible_row(&state, &caller, &id).await?;
-    Ok(Json(status_json(&row)))
+    Ok(Json(status_json(&row, &state.config.server.public_url)))
 }
 
 /// `DELETE /api/v1/exportlogs/{export_id}`

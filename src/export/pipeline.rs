@@ -185,9 +185,10 @@ impl JobHandler for ExportJob {
         {
             Ok(streamed) => {
                 let size = upload.complete().await.map_err(storage_error)?;
-                let url = self
+                // Never longer-lived than the credentials that sign it.
+                let (url, lifetime) = self
                     .store
-                    .download_url(&key, self.settings.url_expiry)
+                    .download_link(&key, self.settings.url_expiry)
                     .await
                     .map_err(storage_error)?;
                 tracing::info!(
@@ -201,7 +202,7 @@ impl JobHandler for ExportJob {
                     object_key: key,
                     download_url: url.to_string(),
                     url_expires_at: Utc::now()
-                        + chrono::Duration::from_std(self.settings.url_expiry)
+                        + chrono::Duration::from_std(lifetime)
                             .unwrap_or(chrono::Duration::hours(1)),
                     logs_exported: streamed.logs,
                     logs_skipped: streamed.skipped,

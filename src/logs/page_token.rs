@@ -145,31 +145,24 @@ impl TokenKey {
             issued: now.timestamp(),
         })
         .map_err(|_| TokenError::Invalid)?;
+        self.seal_bytes(&plain, &binding.fingerprint())
+    }
+
+    /// Encrypts `plain` bound to `aad`: only the same associated data opens it again.
+    pub fn seal_bytes(&self, plain: &[u8], aad: &[u8]) -> Result<String, TokenError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::thread_rng().fill_bytes(&mut nonce);
-        let aad = binding.fingerprint();
         let sealed = self
             .cipher
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: &plain,
-                    aad: &aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad })
             .map_err(|_| TokenError::Invalid)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         Ok(URL_SAFE_NO_PAD.encode(out))
     }
 
-    /// Opens a token issued for exactly this query and not yet expired.
-    pub fn open(
-        &self,
-        token: &str,
-        binding: &QueryBinding<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Cursor, TokenError> {
+    /// Decrypts a token sealed by [`TokenKey::seal_bytes`] with the same `aad`.
+    pub fn open_bytes(&self, token: &str, aad: &[u8]) -> Result<Vec<u8>, TokenError> {
         let token = token.trim();
         if token.is_empty() || token.len() > MAX_TOKEN_CHARS {
             return Err(TokenError::Invalid);
@@ -181,17 +174,19 @@ impl TokenKey {
             return Err(TokenError::Invalid);
         }
         let (nonce, sealed) = bytes.split_at(NONCE_LEN);
-        let aad = binding.fingerprint();
-        let plain = self
-            .cipher
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| TokenError::Invalid)?;
+        self.cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .map_err(|_| TokenError::Invalid)
+    }
+
+    /// Opens a token issued for exactly this query and not yet expired.
+    pub fn open(
+        &self,
+        token: &str,
+        binding: &QueryBinding<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Cursor, TokenError> {
+        let plain = self.open_bytes(token, &binding.fingerprint())?;
         let payload: Payload_ = serde_json::from_slice(&plain).map_err(|_| TokenError::Invalid)?;
         let issued = DateTime::from_timestamp(payload.issued, 0).ok_or(TokenError::Invalid)?;
         // A token "issued" in the future was not issued by this clock: refuse it too.

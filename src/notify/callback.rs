@@ -46,6 +46,7 @@ pub fn callback_payload(notice: &Notice) -> Value {
         "namespace": notice.namespace,
         "repository": notice.repository,
         "exported_data_url": url,
+        "download_url": notice.download_url,
         "status": notice.outcome.quay_status(),
         "logs_exported": logs,
         "size_bytes": size,
@@ -260,6 +261,7 @@ mod tests {
                 .unwrap(),
             outcome,
             webhook_id: "msg_1".into(),
+            download_url: Some("https://registry.example/api/v1/exportlogs/x/download".into()),
         }
     }
 
@@ -283,6 +285,7 @@ mod tests {
                 "namespace": "acme",
                 "repository": null,
                 "exported_data_url": "https://s3.example.com/b/k?sig=1",
+                "download_url": "https://registry.example/api/v1/exportlogs/x/download",
                 "status": "success",
                 "logs_exported": 42,
                 "size_bytes": 4096,

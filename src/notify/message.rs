@@ -56,12 +56,28 @@ pub fn render(registry_title: &str, notice: &Notice, now: DateTime<Utc>) -> Mail
             plain.push(url.to_string());
             plain.push(String::new());
             plain.push(validity.clone());
+            if let Some(again) = &notice.download_url {
+                plain.push(String::new());
+                plain.push(
+                    "Signed in to the registry, you can get a fresh link at any time while the \
+                     file is kept:"
+                        .into(),
+                );
+                plain.push(again.clone());
+            }
             html.push(format!("<p>{}</p>", escape(&summary)));
             html.push(format!(
                 "<p><a href=\"{0}\">Download the exported logs</a><br>{0}</p>",
                 escape(url.as_str())
             ));
             html.push(format!("<p>{}</p>", escape(&validity)));
+            if let Some(again) = &notice.download_url {
+                html.push(format!(
+                    "<p>Signed in to the registry, you can get a fresh link at any time while the \
+                     file is kept:<br><a href=\"{0}\">{0}</a></p>",
+                    escape(again)
+                ));
+            }
         }
         Outcome::Failed { reason } | Outcome::InvalidRequest { reason } => {
             let why = format!("Reason: {reason}");
@@ -193,6 +209,7 @@ mod tests {
             range,
             outcome,
             webhook_id: "msg_1".into(),
+            download_url: Some("https://registry.example/api/v1/exportlogs/x/download".into()),
         }
     }
 

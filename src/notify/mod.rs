@@ -14,5 +14,5 @@ pub mod ssrf;
 
 pub use callback::{CallbackSender, USER_AGENT, callback_payload};
 pub use email::{FileMailer, Mailer, NoMailer, SmtpMailer, mailer_from_config};
-pub use notice::{Delivery, Notice, Outcome};
+pub use notice::{Delivery, Notice, Outcome, download_url};
 pub use signing::SigningKey;

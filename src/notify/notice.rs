@@ -45,6 +45,14 @@ impl Outcome {
     }
 }
 
+/// The stable link that mints a fresh download link for an export (beyond Quay).
+pub fn download_url(public_url: &str, id: uuid::Uuid) -> String {
+    format!(
+        "{}/api/v1/exportlogs/{id}/download",
+        public_url.trim_end_matches('/')
+    )
+}
+
 /// One notification to deliver, built by the notifier loop from the export row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
@@ -56,6 +64,9 @@ pub struct Notice {
     /// Stable across retries of this notice (stored by the queue); the callback's `webhook-id`
     /// and the mail's Message-ID are derived from it so receivers can drop duplicates.
     pub webhook_id: String,
+    /// The stable link that mints a fresh download link while the archive exists (beyond Quay),
+    /// for a succeeded export.
+    pub download_url: Option<String>,
 }
 
 /// The result of one delivery attempt; the queue decides what happens next.

@@ -364,6 +364,43 @@ pub async fn release(pool: &PgPool, id: ExportId, attempt: i32) -> sqlx::Result<
     Ok(result.rows_affected() == 1)
 }
 
+/// What the export listing selects; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct ExportListing<'a> {
+    pub namespace: Option<&'a str>,
+    pub repository: Option<&'a str>,
+    pub state: Option<JobState>,
+    /// Only this requester's exports.
+    pub requested_by: Option<&'a str>,
+    /// Keyset: only exports before this `(created_at, id)`, newest first.
+    pub before: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Exports newest first (`created_at`, then id), at most `limit`.
+pub async fn list_exports(pool: &PgPool, q: &ExportListing<'_>) -> sqlx::Result<Vec<ExportRow>> {
+    let (before_at, before_id) = q.before.unzip();
+    sqlx::query_as(&format!(
+        "{SELECT_ROW}
+         WHERE ($1::text IS NULL OR namespace = $1)
+           AND ($2::text IS NULL OR repository = $2)
+           AND ($3::text IS NULL OR state = $3)
+           AND ($4::text IS NULL OR requested_by = $4)
+           AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $7"
+    ))
+    .bind(q.namespace)
+    .bind(q.repository)
+    .bind(q.state.map(JobState::as_str))
+    .bind(q.requested_by)
+    .bind(before_at)
+    .bind(before_id)
+    .bind(q.limit)
+    .fetch_all(pool)
+    .await
+}
+
 /// The outcome of a cancel request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CancelOutcome {

@@ -40,6 +40,16 @@ pub trait ObjectStore: Send + Sync {
     /// A link that downloads the object as an attachment until `expires_in` has passed.
     async fn download_url(&self, key: &str, expires_in: Duration) -> Result<Url, StorageError>;
 
+    /// Like [`ObjectStore::download_url`], with how long the link really works: never longer than
+    /// the credentials that sign it (temporary S3 credentials may end before `expires_in`).
+    async fn download_link(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<(Url, Duration), StorageError> {
+        Ok((self.download_url(key, expires_in).await?, expires_in))
+    }
+
     /// Deletes the object; deleting a missing object succeeds.
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 

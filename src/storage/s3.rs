@@ -36,6 +36,8 @@ pub(super) struct S3Inner {
     pub(super) part_size: usize,
     /// Whether parts carry a CRC32 the completion must repeat (`checksum = when_supported`).
     pub(super) part_checksums: bool,
+    /// What signs requests, asked for its expiry before a link is presigned.
+    credentials: Option<aws_credential_types::provider::SharedCredentialsProvider>,
 }
 
 impl S3Store {
@@ -93,6 +95,7 @@ impl S3Store {
             ),
         }
         let shared = loader.load().await;
+        let credentials = shared.credentials_provider();
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(cfg.force_path_style)
             .request_checksum_calculation(request_checksum)
@@ -111,8 +114,18 @@ impl S3Store {
                 // a checkpoint (a slice boundary) a minimum part is usually waiting to be flushed.
                 part_size: part_size.max(2 * MIN_PART_SIZE),
                 part_checksums,
+                credentials,
             }),
         })
+    }
+
+    /// How long the signing credentials still last, when they are temporary (STS, IRSA, …).
+    async fn credentials_left(&self) -> Option<Duration> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let provider = self.inner.credentials.as_ref()?;
+        let credentials = provider.provide_credentials().await.ok()?;
+        let expiry = credentials.expiry()?;
+        Some(expiry.duration_since(SystemTime::now()).unwrap_or_default())
     }
 
     /// The size at which parts are uploaded: the configured size, at least 10 MiB.
@@ -187,6 +200,18 @@ impl ObjectStore for S3Store {
         Url::parse(request.uri()).map_err(|e| {
             StorageError::permanent(&s.system, "presign download link", format!("bad URL: {e}"))
         })
+    }
+
+    async fn download_link(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<(Url, Duration), StorageError> {
+        let lifetime = match self.credentials_left().await {
+            Some(left) => expires_in.min(left),
+            None => expires_in,
+        };
+        Ok((self.download_url(key, lifetime).await?, lifetime))
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

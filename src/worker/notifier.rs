@@ -29,6 +29,7 @@ pub struct Notifier {
     lease: Duration,
     poll_interval: Duration,
     concurrency: usize,
+    public_url: String,
 }
 
 impl Notifier {
@@ -54,6 +55,7 @@ impl Notifier {
                     + 30,
             ),
             poll_interval: Duration::from_millis(config.worker.poll_interval_ms),
+            public_url: config.server.public_url.clone(),
             concurrency: 4,
         })
     }
@@ -102,7 +104,7 @@ impl Notifier {
     }
 
     async fn deliver(&self, row: ExportRow) -> sqlx::Result<()> {
-        let notice = notice(&row);
+        let notice = notice(&row, &self.public_url);
         let mut email_done = row.email_done;
         let mut callback_done = row.callback_done;
         let mut retry: Vec<String> = Vec::new();
@@ -215,8 +217,8 @@ fn retry_after(delivery: &Delivery) -> Option<Duration> {
     }
 }
 
-/// The notice for a finished export row.
-pub fn notice(row: &ExportRow) -> Notice {
+/// The notice for a finished export row; `public_url` roots its stable download link.
+pub fn notice(row: &ExportRow, public_url: &str) -> Notice {
     let outcome = match row.state() {
         JobState::Succeeded => match row.download_url.as_deref().map(Url::parse) {
             Some(Ok(url)) => Outcome::Succeeded {
@@ -246,6 +248,8 @@ pub fn notice(row: &ExportRow) -> Notice {
         repository: row.repository.clone(),
         range: row.range(),
         outcome,
+        download_url: (row.state() == JobState::Succeeded)
+            .then(|| crate::notify::download_url(public_url, row.id)),
         webhook_id: row.webhook_id.clone(),
     }
 }

@@ -78,7 +78,12 @@ pub async fn spawn_app_with(pool: PgPool, mut config: Config) -> TestApp {
     config.server.public_url = format!("http://{addr}");
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
-    let state = AppState::new(pool.clone(), config.clone());
+    let mut state = AppState::new(pool.clone(), config.clone());
+    // S3 archives get fresh links from the API (local storage would create its directory).
+    if config.storage.kind == logexport::config::StorageKind::S3 {
+        let storage = logexport::storage::open(&config).await.expect("storage");
+        state = state.with_storage(storage);
+    }
     tokio::spawn(api::serve(listener, state, shutdown.clone()));
     TestApp {
         addr,

@@ -321,7 +321,13 @@ async fn callback_is_retried_on_5xx_with_a_stable_signed_id() {
         assert_eq!(body["logs_exported"], 1234);
         assert_eq!(body["size_bytes"], 56789);
         assert!(body["expires_at"].as_str().unwrap().ends_with('Z'));
-        assert_eq!(body.as_object().unwrap().len(), 10);
+        assert!(
+            body["download_url"]
+                .as_str()
+                .unwrap()
+                .ends_with("/download")
+        );
+        assert_eq!(body.as_object().unwrap().len(), 11);
     }
 }
 

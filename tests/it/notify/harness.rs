@@ -49,6 +49,7 @@ pub fn notice(outcome: Outcome) -> Notice {
             .unwrap(),
         outcome,
         webhook_id: format!("msg_{}", export_id.0.simple()),
+        download_url: Some("https://registry.example/api/v1/exportlogs/x/download".into()),
     }
 }
 
