@@ -38,6 +38,22 @@ pub enum Command {
     },
     /// Zero-setup end-to-end demo against the local Postgres.
     Demo,
+    /// Print a new manifest signing key (for export.manifest_signing_key) and its public JWK.
+    Keygen,
+    /// Check an archive against its signed manifest, offline: size, SHA-256, signature, logs.
+    Verify {
+        /// The downloaded archive.
+        archive: PathBuf,
+        /// The manifest (default: the archive's path + `.manifest.json`).
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// A trusted public key: base64url, a JWK, or a JWK set, in a file.
+        #[arg(long, conflicts_with = "keys_url")]
+        public_key: Option<PathBuf>,
+        /// The service's JWK set, e.g. https://registry.example/api/v1/exportlogs/signing-keys.
+        #[arg(long)]
+        keys_url: Option<String>,
+    },
 }
 
 /// Token actions.
@@ -94,8 +110,30 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     crate::telemetry::install_crypto_provider();
-    if let Command::Demo = cli.command {
-        return crate::demo::run().await;
+    match &cli.command {
+        Command::Demo => return crate::demo::run().await,
+        Command::Keygen => {
+            let key = crate::archive::ManifestKey::generate();
+            println!("export.manifest_signing_key = \"{}\"", key.secret());
+            println!("# public key (JWK), served at /api/v1/exportlogs/signing-keys:");
+            println!("# {}", key.public().jwk());
+            return Ok(());
+        }
+        Command::Verify {
+            archive,
+            manifest,
+            public_key,
+            keys_url,
+        } => {
+            return verify(
+                archive,
+                manifest.as_deref(),
+                public_key.as_deref(),
+                keys_url.as_deref(),
+            )
+            .await;
+        }
+        _ => {}
     }
     let config = Arc::new(Config::load(cli.config.as_deref())?);
     let pool = crate::db::connect(&config.database).await?;
@@ -151,6 +189,70 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api.await.context("API task")??;
             work
         }
-        Command::Demo => unreachable!("handled above"),
+        Command::Demo | Command::Keygen | Command::Verify { .. } => unreachable!("handled above"),
     }
+}
+
+/// `logexport verify`: one line per kind of mismatch; an error when there is any.
+async fn verify(
+    archive: &std::path::Path,
+    manifest: Option<&std::path::Path>,
+    public_key: Option<&std::path::Path>,
+    keys_url: Option<&str>,
+) -> anyhow::Result<()> {
+    use crate::archive::{Manifest, PublicKey};
+    let manifest_path = manifest.map_or_else(
+        || {
+            let mut p = archive.as_os_str().to_owned();
+            p.push(".manifest.json");
+            PathBuf::from(p)
+        },
+        std::path::Path::to_path_buf,
+    );
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("cannot read the manifest {}", manifest_path.display()))?;
+    let manifest: Manifest = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a logexport manifest", manifest_path.display()))?;
+    let trusted: Vec<PublicKey> = match (public_key, keys_url) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the public key {}", path.display()))?;
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(set) if set.get("keys").is_some() => PublicKey::from_jwk_set(&set),
+                _ => vec![PublicKey::parse(&text)?],
+            }
+        }
+        (None, Some(url)) => {
+            let set: serde_json::Value = reqwest::get(url)
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .with_context(|| format!("cannot fetch the signing keys from {url}"))?
+                .json()
+                .await
+                .with_context(|| format!("{url} did not answer a JWK set"))?;
+            PublicKey::from_jwk_set(&set)
+        }
+        (None, None) => Vec::new(),
+    };
+    let findings = crate::archive::verify::verify(archive, &manifest, &trusted);
+    if findings.is_empty() {
+        println!(
+            "OK: {} holds {} logs, {} bytes, SHA-256 {}, signed by key {}",
+            archive.display(),
+            manifest.logs,
+            manifest.bytes,
+            manifest.sha256,
+            manifest.key_id.as_deref().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    for finding in &findings {
+        println!("MISMATCH {}", finding.0);
+    }
+    anyhow::bail!(
+        "{} does not match its manifest ({} problem{})",
+        archive.display(),
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" }
+    )
 }

@@ -187,6 +187,10 @@ pub struct ExportConfig {
     pub spool_dir: Option<PathBuf>,
     /// Read-ahead slices on disk per export before their readers wait, in MiB.
     pub spool_max_mib: u64,
+    /// Ed25519 seed (base64url) that signs each archive's manifest; empty: unsigned manifests.
+    pub manifest_signing_key: Secret,
+    /// Public keys (base64url or JWK) of earlier signing keys, still served for verification.
+    pub manifest_previous_public_keys: Vec<String>,
 }
 
 impl Default for ExportConfig {
@@ -202,6 +206,8 @@ impl Default for ExportConfig {
             slices: 48,
             spool_dir: None,
             spool_max_mib: 2048,
+            manifest_signing_key: Secret::default(),
+            manifest_previous_public_keys: Vec::new(),
         }
     }
 }
@@ -464,6 +470,17 @@ impl Config {
         }
         if !matches!(self.export.default_compression.as_str(), "none" | "gzip") {
             return fail("export.default_compression", "must be none or gzip");
+        }
+        let signing_key = self.export.manifest_signing_key.expose();
+        if !signing_key.is_empty()
+            && let Err(e) = crate::archive::ManifestKey::parse(signing_key)
+        {
+            return fail("export.manifest_signing_key", &e.to_string());
+        }
+        for key in &self.export.manifest_previous_public_keys {
+            if let Err(e) = crate::archive::PublicKey::parse(key) {
+                return fail("export.manifest_previous_public_keys", &e.to_string());
+            }
         }
         if self.export.max_range_days == 0 {
             return fail("export.max_range_days", "must be at least 1");

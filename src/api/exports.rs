@@ -229,3 +229,28 @@ pub async fn download(
     }
     Ok(response)
 }
+
+/// `GET /api/v1/exportlogs/{export_id}/manifest`: the archive's signed manifest.
+pub async fn manifest(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = visible_row(&state, &caller, &id).await?;
+    let state_now = row.state();
+    row.manifest.map(Json).ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "export {} has no manifest: it is {}",
+            row.id,
+            state_now.as_str()
+        ))
+    })
+}
+
+/// `GET /api/v1/exportlogs/signing-keys`: the public keys manifests verify with (a JWK set,
+/// RFC 8037), the current one first. Public: recipients of an archive need no account.
+pub async fn signing_keys(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "keys": state.signing_keys.iter().map(|k| k.jwk()).collect::<Vec<_>>(),
+    }))
+}

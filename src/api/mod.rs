@@ -37,6 +37,8 @@ pub struct AppState {
     pub objects: Option<Arc<dyn ObjectStore>>,
     /// Seals the export listing's `next_page` tokens.
     pub list_key: crate::logs::TokenKey,
+    /// The public keys manifests are verified with: the signing key's, then earlier ones.
+    pub signing_keys: Arc<Vec<crate::archive::PublicKey>>,
     /// The logs/aggregatelogs read side; `None` when the `[splunk]` section is unusable.
     pub logs: Option<Arc<crate::logs::LogsService>>,
     /// Recently seen API tokens.
@@ -48,6 +50,7 @@ impl AppState {
     pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
         let list_key = crate::logs::TokenKey::from_secret(&config.logs.page_token_key);
+        let signing_keys = Arc::new(signing_keys(&config));
         let logs = match crate::logs::LogsService::new(&config) {
             Ok(service) => Some(Arc::new(service)),
             Err(e) => {
@@ -62,6 +65,7 @@ impl AppState {
             local_store: None,
             objects: None,
             list_key,
+            signing_keys,
             logs,
             tokens: Arc::default(),
         }
@@ -73,6 +77,19 @@ impl AppState {
         self.objects = Some(storage.objects);
         self
     }
+}
+
+/// The manifest keys to publish; invalid ones were refused when the configuration loaded.
+fn signing_keys(config: &Config) -> Vec<crate::archive::PublicKey> {
+    let current = crate::archive::ManifestKey::parse(config.export.manifest_signing_key.expose())
+        .ok()
+        .map(|k| k.public());
+    let previous = config
+        .export
+        .manifest_previous_public_keys
+        .iter()
+        .filter_map(|k| crate::archive::PublicKey::parse(k).ok());
+    current.into_iter().chain(previous).collect()
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -95,6 +112,8 @@ pub fn router(state: AppState) -> Router {
             get(status::get).delete(status::cancel),
         )
         .route("/exportlogs/{export_id}/download", get(exports::download))
+        .route("/exportlogs/{export_id}/manifest", get(exports::manifest))
+        .route("/exportlogs/signing-keys", get(exports::signing_keys))
         .merge(crate::logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {

@@ -79,6 +79,12 @@ pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
         "exported_data_url": if link_valid { row.download_url.clone() } else { None },
         "download_url": (state == JobState::Succeeded && row.object_deleted_at.is_none())
             .then(|| download_url(public_url, row.id)),
+        "sha256": row.sha256,
+        "manifest_url": row.manifest.is_some().then(|| format!(
+            "{}/api/v1/exportlogs/{}/manifest",
+            public_url.trim_end_matches('/'),
+            row.id
+        )),
         "url_expires_at": row.url_expires_at,
         "object_deleted": row.object_deleted_at.is_some(),
         "last_error": row.last_error,

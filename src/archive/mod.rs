@@ -15,10 +15,15 @@
 //!   digit, metadata is a JSON object starting with `{`, names are validated registry names).
 
 mod csv;
+pub mod digest;
 mod json;
+pub mod manifest;
 mod sink;
+pub mod verify;
 mod writer;
 
+pub use digest::ResumableSha256;
+pub use manifest::{Manifest, ManifestKey, PublicKey};
 pub use writer::{ArchiveDetails, ArchiveWriter};
 
 use crate::domain::{Compression, ExportFormat};

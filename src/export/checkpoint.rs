@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::slices::Resume;
+use crate::archive::ResumableSha256;
 use crate::queue::ClaimedJob;
 use crate::storage::UploadCheckpoint;
 use crate::worker::{JobContext, JobError, StopReason};
@@ -22,6 +23,8 @@ pub struct ExportCheckpoint {
     pub logs: u64,
     pub skipped: u64,
     pub bytes: u64,
+    /// The SHA-256 of the bytes so far, to continue.
+    pub digest: ResumableSha256,
     pub upload: UploadCheckpoint,
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 pub use pipeline::ExportJob;
 
+use crate::archive::ManifestKey;
 use crate::config::Config;
 use crate::splunk::SplunkClient;
 use crate::storage::ObjectStore;
@@ -24,12 +25,21 @@ pub struct ExportSettings {
     pub chunk_bytes: usize,
     /// How the range is sliced and read from Splunk.
     pub slices: slices::SliceSettings,
+    /// Signs each archive's manifest; `None`: manifests say they are unsigned.
+    pub manifest_key: Option<Arc<ManifestKey>>,
 }
 
 impl ExportSettings {
-    /// Settings from configuration.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
+    /// Settings from configuration; an unusable `export.manifest_signing_key` is an error.
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let secret = config.export.manifest_signing_key.expose();
+        let manifest_key = if secret.is_empty() {
+            None
+        } else {
+            Some(Arc::new(ManifestKey::parse(secret)?))
+        };
+        Ok(Self {
+            manifest_key,
             object_prefix: config.export.object_prefix.clone(),
             url_expiry: Duration::from_secs(config.export.url_expiry_seconds),
             chunk_bytes: 1 << 20,
@@ -47,7 +57,7 @@ impl ExportSettings {
                 spool_max_bytes: config.export.spool_max_mib.saturating_mul(1 << 20),
                 slice_attempts: config.splunk.max_retries.saturating_add(1),
             },
-        }
+        })
     }
 }
 
@@ -61,6 +71,6 @@ pub fn handler(
     Ok(Arc::new(ExportJob::new(
         splunk,
         store,
-        ExportSettings::from_config(config),
+        ExportSettings::from_config(config)?,
     )))
 }

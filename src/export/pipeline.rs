@@ -6,18 +6,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{ExportCheckpoint, another_attempt_follows};
 use super::slices::{SliceProgress, SlicedRows};
 use super::{ExportSettings, encoders};
-use crate::archive::{self, ArchiveDetails, ArchiveWriter};
+use crate::archive::manifest::{ManifestFilters, ManifestRange};
+use crate::archive::{self, ArchiveDetails, ArchiveWriter, Manifest, ResumableSha256};
 use crate::domain::{ExportFormat, quay_datetime};
 use crate::metrics::METRICS;
 use crate::queue::{ClaimedJob, ExportResult};
 use crate::splunk::{RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
-use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, object_key};
+use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, manifest_key, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
 
 /// The export job body.
@@ -68,6 +69,8 @@ struct Streamed {
     logs: u64,
     skipped: u64,
     bytes: u64,
+    /// SHA-256 of the stored bytes.
+    digest: ResumableSha256,
 }
 
 #[async_trait]
@@ -142,6 +145,7 @@ impl JobHandler for ExportJob {
                     logs: at.logs,
                     skipped: at.skipped,
                     bytes: at.bytes,
+                    digest: at.digest.clone(),
                 };
                 (at.key, upload, writer, base)
             }
@@ -198,7 +202,17 @@ impl JobHandler for ExportJob {
                     "archive uploaded"
                 );
                 debug_assert_eq!(size, streamed.bytes);
+                let sha256 = streamed.digest.finish_hex();
+                self.store
+                    .record_sha256(&key, &meta, &sha256)
+                    .await
+                    .map_err(storage_error)?;
+                let manifest = self
+                    .store_manifest(job, &key, &meta, &streamed, size, &sha256)
+                    .await?;
                 Ok(ExportResult {
+                    sha256,
+                    manifest,
                     object_key: key,
                     download_url: url.to_string(),
                     url_expires_at: Utc::now()
@@ -226,6 +240,62 @@ impl JobHandler for ExportJob {
 }
 
 impl ExportJob {
+    /// Signs the archive's manifest and stores it beside the archive (`<key>.manifest.json`).
+    async fn store_manifest(
+        &self,
+        job: &ClaimedJob,
+        key: &str,
+        meta: &ObjectMeta,
+        streamed: &Streamed,
+        size: u64,
+        sha256: &str,
+    ) -> Result<serde_json::Value, JobError> {
+        let manifest = Manifest {
+            version: 1,
+            export_id: job.id.to_string(),
+            namespace: job.namespace.to_string(),
+            repository: job.repository.as_ref().map(ToString::to_string),
+            filters: ManifestFilters {
+                performer: job.performer.as_ref().map(ToString::to_string),
+                kind: job.kinds.clone(),
+            },
+            range: ManifestRange {
+                start: job.range.start.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                end: job.range.end.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                timezone: job.range.timezone.name().to_owned(),
+            },
+            format: job.format.to_string(),
+            compression: job.compression.to_string(),
+            logs: streamed.logs,
+            bytes: size,
+            sha256: sha256.to_owned(),
+            created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+            signed: false,
+            key_id: None,
+            algorithm: None,
+            signature: None,
+        }
+        .sign(self.settings.manifest_key.as_deref());
+        let text = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| JobError::Permanent(format!("cannot write the manifest: {e}")))?;
+        let manifest_meta = ObjectMeta {
+            content_type: "application/json".into(),
+            filename: format!("{}.manifest.json", meta.filename),
+        };
+        let mut upload = self
+            .store
+            .begin_upload(&manifest_key(key), &manifest_meta)
+            .await
+            .map_err(storage_error)?;
+        upload
+            .write(bytes::Bytes::from(text))
+            .await
+            .map_err(storage_error)?;
+        upload.complete().await.map_err(storage_error)?;
+        serde_json::to_value(&manifest)
+            .map_err(|e| JobError::Permanent(format!("cannot record the manifest: {e}")))
+    }
+
     async fn stream(
         &self,
         rows: &mut SlicedRows,
@@ -277,6 +347,7 @@ impl ExportJob {
             Ok::<_, JobError>(())
         };
         let mut bytes = base.bytes;
+        let mut digest = base.digest;
         let append = async {
             let mut skipped = base.skipped;
             while let Some((done, boundary)) = encoding.recv().await {
@@ -302,19 +373,18 @@ impl ExportJob {
                     // The archive so far holds exactly the first `slices_done` slices.
                     let piece = writer.end_member().map_err(encode_error)?;
                     bytes += piece.len() as u64;
+                    digest.update(&piece);
                     upload.write(piece).await.map_err(storage_error)?;
-                    saves
-                        .save(
-                            ctx,
-                            upload,
-                            slices_done,
-                            writer.logs_written(),
-                            skipped,
-                            bytes,
-                        )
-                        .await?;
+                    let so_far = Streamed {
+                        logs: writer.logs_written(),
+                        skipped,
+                        bytes,
+                        digest: digest.clone(),
+                    };
+                    saves.save(ctx, upload, slices_done, so_far).await?;
                 } else if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
                     bytes += chunk.len() as u64;
+                    digest.update(&chunk);
                     upload.write(chunk).await.map_err(storage_error)?;
                 }
                 ctx.report_progress(writer.logs_written(), bytes);
@@ -337,6 +407,7 @@ impl ExportJob {
         let logs = writer.logs_written();
         let tail = writer.finish().map_err(encode_error)?;
         bytes += tail.len() as u64;
+        digest.update(&tail);
         if !tail.is_empty() {
             upload.write(tail).await.map_err(storage_error)?;
         }
@@ -346,6 +417,7 @@ impl ExportJob {
             logs,
             skipped,
             bytes,
+            digest,
         })
     }
 }
@@ -367,9 +439,7 @@ impl Checkpoints {
         ctx: &JobContext,
         upload: &mut dyn Upload,
         slices_done: usize,
-        logs: u64,
-        skipped: u64,
-        bytes: u64,
+        so_far: Streamed,
     ) -> Result<(), JobError> {
         let Some(at) = upload.checkpoint().await.map_err(storage_error)? else {
             return Ok(());
@@ -378,9 +448,10 @@ impl Checkpoints {
             key: self.key.clone(),
             slices: self.slices,
             slices_done,
-            logs,
-            skipped,
-            bytes,
+            logs: so_far.logs,
+            skipped: so_far.skipped,
+            bytes: so_far.bytes,
+            digest: so_far.digest,
             upload: at,
         };
         let value = serde_json::to_value(&checkpoint)

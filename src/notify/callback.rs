@@ -47,6 +47,7 @@ pub fn callback_payload(notice: &Notice) -> Value {
         "repository": notice.repository,
         "exported_data_url": url,
         "download_url": notice.download_url,
+        "sha256": notice.sha256,
         "status": notice.outcome.quay_status(),
         "logs_exported": logs,
         "size_bytes": size,
@@ -262,6 +263,7 @@ mod tests {
             outcome,
             webhook_id: "msg_1".into(),
             download_url: Some("https://registry.example/api/v1/exportlogs/x/download".into()),
+            sha256: Some("ab".repeat(32)),
         }
     }
 
@@ -286,6 +288,7 @@ mod tests {
                 "repository": null,
                 "exported_data_url": "https://s3.example.com/b/k?sig=1",
                 "download_url": "https://registry.example/api/v1/exportlogs/x/download",
+                "sha256": "ab".repeat(32),
                 "status": "success",
                 "logs_exported": 42,
                 "size_bytes": 4096,

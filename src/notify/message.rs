@@ -65,6 +65,14 @@ pub fn render(registry_title: &str, notice: &Notice, now: DateTime<Utc>) -> Mail
                 );
                 plain.push(again.clone());
             }
+            if let Some(sha256) = &notice.sha256 {
+                plain.push(String::new());
+                plain.push(format!("SHA-256 of the file: {sha256}"));
+                html.push(format!(
+                    "<p>SHA-256 of the file: <code>{}</code></p>",
+                    escape(sha256)
+                ));
+            }
             html.push(format!("<p>{}</p>", escape(&summary)));
             html.push(format!(
                 "<p><a href=\"{0}\">Download the exported logs</a><br>{0}</p>",
@@ -210,6 +218,7 @@ mod tests {
             outcome,
             webhook_id: "msg_1".into(),
             download_url: Some("https://registry.example/api/v1/exportlogs/x/download".into()),
+            sha256: Some("ab".repeat(32)),
         }
     }
 

@@ -67,6 +67,8 @@ pub struct Notice {
     /// The stable link that mints a fresh download link while the archive exists (beyond Quay),
     /// for a succeeded export.
     pub download_url: Option<String>,
+    /// SHA-256 of the archive's stored bytes, for a succeeded export.
+    pub sha256: Option<String>,
 }
 
 /// The result of one delivery attempt; the queue decides what happens next.

@@ -165,6 +165,8 @@ pub struct ExportRow {
     pub slices_done: i32,
     pub searches_running: i32,
     pub checkpoint: Option<serde_json::Value>,
+    pub sha256: Option<String>,
+    pub manifest: Option<serde_json::Value>,
 }
 
 impl ExportRow {
@@ -192,6 +194,10 @@ pub struct ExportResult {
     pub logs_exported: u64,
     pub logs_skipped: u64,
     pub bytes_written: u64,
+    /// SHA-256 of the stored bytes, lowercase hex.
+    pub sha256: String,
+    /// The signed manifest stored beside the archive.
+    pub manifest: serde_json::Value,
 }
 
 /// How an attempt ended, as the queue records it.

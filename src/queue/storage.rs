@@ -280,7 +280,8 @@ pub async fn finish(
                  object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
                  logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
                  bytes_written = coalesce($10, bytes_written),
-                 notify_state = $11, notify_run_at = now()
+                 notify_state = $11, notify_run_at = now(),
+                 sha256 = coalesce($13, sha256), manifest = coalesce($14, manifest)
              WHERE id = $1 AND attempt = $2 AND state = 'running'
              RETURNING notify_state),
          woke AS (SELECT pg_notify($12, '') FROM done WHERE notify_state = 'pending')
@@ -298,6 +299,8 @@ pub async fn finish(
     .bind(result.map(|r| r.bytes_written as i64))
     .bind(notify_state)
     .bind(CHANNEL_NOTIFY)
+    .bind(result.map(|r| r.sha256.as_str()))
+    .bind(result.map(|r| &r.manifest))
     .fetch_one(pool)
     .await?;
     Ok(updated == 1)

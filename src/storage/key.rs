@@ -41,6 +41,11 @@ pub fn object_key(prefix: &str, export_id: ExportId, ext: &str) -> String {
     format!("{prefix}{export_id}-{}.{ext}", hex::encode(random))
 }
 
+/// The key of an archive's manifest: beside the archive, `<key>.manifest.json`.
+pub fn manifest_key(archive_key: &str) -> String {
+    format!("{archive_key}.manifest.json")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

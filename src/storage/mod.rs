@@ -19,7 +19,7 @@ use bytes::Bytes;
 use url::Url;
 
 pub use error::StorageError;
-pub use key::{ObjectMeta, object_key};
+pub use key::{ObjectMeta, manifest_key, object_key};
 pub use local::LocalStore;
 pub use local_download::{DownloadError, DownloadQuery, download_router, serve_download};
 pub use s3::S3Store;
@@ -66,6 +66,17 @@ pub trait ObjectStore: Send + Sync {
 
     /// Keys of the incomplete uploads under `prefix` (S3 multipart uploads, local partial files).
     async fn list_incomplete_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
+
+    /// Records the object's SHA-256 with the object itself where the store can (S3: user
+    /// metadata `x-amz-meta-sha256`); a no-op elsewhere.
+    async fn record_sha256(
+        &self,
+        _key: &str,
+        _meta: &ObjectMeta,
+        _sha256: &str,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
 
     /// Continues an upload an earlier attempt left at `at`; fails when it no longer exists.
     async fn resume_upload(

@@ -119,6 +119,20 @@ impl S3Store {
         })
     }
 
+    /// The object's recorded SHA-256 (`x-amz-meta-sha256`), if any.
+    pub async fn recorded_sha256(&self, key: &str) -> Result<Option<String>, StorageError> {
+        let s = &self.inner;
+        let head = s
+            .client
+            .head_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s.system, "head object", e))?;
+        Ok(head.metadata().and_then(|m| m.get("sha256")).cloned())
+    }
+
     /// How long the signing credentials still last, when they are temporary (STS, IRSA, …).
     async fn credentials_left(&self) -> Option<Duration> {
         use aws_credential_types::provider::ProvideCredentials;
@@ -212,6 +226,39 @@ impl ObjectStore for S3Store {
             None => expires_in,
         };
         Ok((self.download_url(key, lifetime).await?, lifetime))
+    }
+
+    async fn record_sha256(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        sha256: &str,
+    ) -> Result<(), StorageError> {
+        // Metadata is fixed at upload, and the digest is known only at the end: the object is
+        // copied onto itself with the metadata replaced (server-side; CopyObject takes ≤ 5 GiB).
+        const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
+        let s = &self.inner;
+        if self.size(key).await?.is_some_and(|n| n > MAX_COPY) {
+            tracing::info!(%key, "archive over 5 GiB: its SHA-256 is in the manifest only");
+            return Ok(());
+        }
+        s.client
+            .copy_object()
+            .bucket(&s.bucket)
+            .key(key)
+            .copy_source(format!(
+                "{}/{}",
+                s.bucket,
+                urlencoding::encode(key).replace("%2F", "/")
+            ))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .metadata("sha256", sha256)
+            .content_type(&meta.content_type)
+            .content_disposition(meta.content_disposition())
+            .send()
+            .await
+            .map_err(|e| sdk_error(&s.system, "record the SHA-256 (copy object)", e))?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::queue::storage;
-use crate::storage::ObjectStore;
+use crate::storage::{ObjectStore, manifest_key};
 
 /// Runs the cleanup tasks on an interval.
 pub struct Housekeeper {
@@ -59,7 +59,12 @@ impl Housekeeper {
             }
         };
         for (id, key) in expired {
-            match store.delete(&key).await {
+            // The manifest first: it must not outlive the archive it describes.
+            let deleted = match store.delete(&manifest_key(&key)).await {
+                Ok(()) => store.delete(&key).await,
+                Err(e) => Err(e),
+            };
+            match deleted {
                 Ok(()) => {
                     if let Err(e) = storage::mark_object_deleted(&self.pool, id).await {
                         tracing::warn!(export_id = %id, error = %e, "recording the deletion failed");

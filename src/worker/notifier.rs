@@ -250,6 +250,7 @@ pub fn notice(row: &ExportRow, public_url: &str) -> Notice {
         outcome,
         download_url: (row.state() == JobState::Succeeded)
             .then(|| crate::notify::download_url(public_url, row.id)),
+        sha256: row.sha256.clone(),
         webhook_id: row.webhook_id.clone(),
     }
 }

@@ -9,6 +9,7 @@ mod emulator;
 mod emulator_costs;
 mod export;
 mod export_filters;
+mod export_integrity;
 mod export_listing;
 mod logs;
 mod notify;

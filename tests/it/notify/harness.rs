@@ -50,6 +50,7 @@ pub fn notice(outcome: Outcome) -> Notice {
         outcome,
         webhook_id: format!("msg_{}", export_id.0.simple()),
         download_url: Some("https://registry.example/api/v1/exportlogs/x/download".into()),
+        sha256: Some("ab".repeat(32)),
     }
 }
 
