@@ -4,6 +4,7 @@ pub mod auth;
 mod error;
 mod exportlogs;
 mod health;
+mod logs;
 mod status;
 
 use std::sync::Arc;
@@ -84,7 +85,7 @@ pub fn router(state: AppState) -> Router {
             "/exportlogs/{export_id}",
             get(status::get).delete(status::cancel),
         )
-        .merge(crate::logs::routes());
+        .merge(logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {
         router = router.merge(download_router(store.clone()));
