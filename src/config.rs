@@ -448,8 +448,11 @@ impl Config {
         ) {
             return fail("export.default_format", "must be json, ndjson or csv");
         }
-        if !matches!(self.export.default_compression.as_str(), "none" | "gzip") {
-            return fail("export.default_compression", "must be none or gzip");
+        if !matches!(
+            self.export.default_compression.as_str(),
+            "none" | "gzip" | "zstd"
+        ) {
+            return fail("export.default_compression", "must be none, gzip or zstd");
         }
         if self.export.max_range_days == 0 {
             return fail("export.max_range_days", "must be at least 1");

@@ -36,6 +36,7 @@ impl ArchiveWriter {
         let sink = match compression {
             Compression::None => Sink::plain(),
             Compression::Gzip => Sink::gzip(),
+            Compression::Zstd => Sink::zstd(),
         };
         let mut writer = Self {
             format,
