@@ -45,7 +45,7 @@ struct Args {
     /// Export sizes in events, comma-separated (at most 10,000,000).
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<u64>>,
-    /// Archive formats: json, json+gzip, csv (also ndjson, csv+gzip, ndjson+gzip).
+    /// Archive formats: json, json+gzip, json+zstd, csv (also ndjson, csv+gzip, csv+zstd, ...).
     #[arg(long, value_delimiter = ',')]
     formats: Option<Vec<String>>,
     /// Runs of the emulator ceiling and of the uncompressed local JSON export at each size; the
@@ -124,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .iter()
             .map(|s| FormatSpec::parse(s))
             .collect::<anyhow::Result<Vec<_>>>()?,
-        None => ["json", "json+gzip", "csv"]
+        None => ["json", "json+gzip", "json+zstd", "csv"]
             .iter()
             .map(|s| FormatSpec::parse(s))
             .collect::<anyhow::Result<Vec<_>>>()?,

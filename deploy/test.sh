@@ -31,6 +31,12 @@ if ! python3 -c 'import aiosmtpd, splunklib' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r deploy/requirements-test.txt
 fi
 
+step "zstd CLI"
+# The export tests decompress zstd archives with the command-line tool, as an operator would.
+if ! command -v zstd >/dev/null; then
+    apt-get install -y -qq zstd || { apt-get update -qq && apt-get install -y -qq zstd; }
+fi
+
 step "Garage (S3)"
 # Shared by every checkout on this machine (CI runs a fresh one), so one server is reused.
 export GARAGE_STATE_DIR="${GARAGE_STATE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/logexport/garage}"

@@ -468,8 +468,11 @@ impl Config {
         ) {
             return fail("export.default_format", "must be json, ndjson or csv");
         }
-        if !matches!(self.export.default_compression.as_str(), "none" | "gzip") {
-            return fail("export.default_compression", "must be none or gzip");
+        if !matches!(
+            self.export.default_compression.as_str(),
+            "none" | "gzip" | "zstd"
+        ) {
+            return fail("export.default_compression", "must be none, gzip or zstd");
         }
         let signing_key = self.export.manifest_signing_key.expose();
         if !signing_key.is_empty()

@@ -430,6 +430,8 @@ fn check_prefix(path: &Path, spec: FormatSpec) -> anyhow::Result<()> {
     file.read_exact(&mut head).context("reading the archive")?;
     let expected: &[u8] = match (spec.compression, spec.format) {
         (Compression::Gzip, _) => &[0x1f, 0x8b],
+        // The zstd frame magic number, little-endian 0xFD2FB528.
+        (Compression::Zstd, _) => &[0x28, 0xb5, 0x2f, 0xfd],
         (Compression::None, ExportFormat::Json) => b"{",
         (Compression::None, ExportFormat::Csv) => b"datetime,kind,",
         (Compression::None, ExportFormat::Ndjson) => b"{",

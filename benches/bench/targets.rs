@@ -15,7 +15,7 @@ pub struct FormatSpec {
 }
 
 impl FormatSpec {
-    /// Parses `format[+gzip]`.
+    /// Parses `format[+gzip|+zstd]`.
     pub fn parse(value: &str) -> anyhow::Result<Self> {
         let (format, compression) = match value.split_once('+') {
             Some((f, c)) => (f, c),

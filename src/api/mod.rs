@@ -5,6 +5,7 @@ mod error;
 mod exportlogs;
 mod exports;
 mod health;
+mod logs;
 mod status;
 
 use std::sync::Arc;
@@ -114,7 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/exportlogs/{export_id}/download", get(exports::download))
         .route("/exportlogs/{export_id}/manifest", get(exports::manifest))
         .route("/exportlogs/signing-keys", get(exports::signing_keys))
-        .merge(crate::logs::routes());
+        .merge(logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {
         router = router.merge(download_router(store.clone()));

@@ -33,6 +33,7 @@ pub fn file_extension(format: ExportFormat, compression: Compression) -> String 
     match compression {
         Compression::None => format.extension().to_owned(),
         Compression::Gzip => format!("{}.gz", format.extension()),
+        Compression::Zstd => format!("{}.zst", format.extension()),
     }
 }
 
@@ -41,6 +42,7 @@ pub fn content_type(format: ExportFormat, compression: Compression) -> &'static 
     match compression {
         Compression::None => format.content_type(),
         Compression::Gzip => "application/gzip",
+        Compression::Zstd => "application/zstd",
     }
 }
 
@@ -49,6 +51,8 @@ pub fn content_type(format: ExportFormat, compression: Compression) -> &'static 
 pub fn content_type_for_file_name(name: &str) -> &'static str {
     if name.ends_with(".gz") {
         "application/gzip"
+    } else if name.ends_with(".zst") {
+        "application/zstd"
     } else if name.ends_with(".ndjson") {
         ExportFormat::Ndjson.content_type()
     } else if name.ends_with(".json") {

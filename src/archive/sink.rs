@@ -1,8 +1,11 @@
-//! Where encoded bytes go: straight into the output buffer, or through gzip.
+//! Where encoded bytes go: straight into the output buffer, or through gzip or zstd.
 
 use std::io::{self, Write};
 
 use flate2::write::GzEncoder;
+
+/// zstd level 3 (the library default): much faster than gzip and still smaller on audit JSON.
+const ZSTD_LEVEL: i32 = 3;
 
 /// Uncompressed bytes are staged up to this size before gzip sees them: deflate is much faster
 /// on large writes than on the many small writes serializing one log object makes.
@@ -18,6 +21,11 @@ pub(super) enum Sink {
         /// Uncompressed bytes not yet handed to the encoder.
         stage: Vec<u8>,
         encoder: GzEncoder<Vec<u8>>,
+    },
+    Zstd {
+        /// Uncompressed bytes not yet handed to the encoder.
+        stage: Vec<u8>,
+        encoder: zstd::stream::write::Encoder<'static, Vec<u8>>,
     },
 }
 
@@ -37,17 +45,34 @@ impl Sink {
         }
     }
 
+    pub(super) fn zstd() -> Self {
+        // Creating the context only fails when zstd cannot allocate it, like any allocation.
+        let encoder =
+            zstd::stream::write::Encoder::new(Vec::with_capacity(INITIAL_CAPACITY), ZSTD_LEVEL)
+                .expect("zstd compression context");
+        Sink::Zstd {
+            stage: Vec::with_capacity(GZIP_STAGE_BYTES * 2),
+            encoder,
+        }
+    }
+
     /// The buffer the encoders write uncompressed bytes into.
     pub(super) fn stage(&mut self) -> &mut Vec<u8> {
         match self {
             Sink::Plain(buf) => buf,
-            Sink::Gzip { stage, .. } => stage,
+            Sink::Gzip { stage, .. } | Sink::Zstd { stage, .. } => stage,
         }
     }
 
-    /// Hands staged bytes to gzip once enough accumulated; called after each log.
+    /// Hands staged bytes to the compressor once enough accumulated; called after each log.
     pub(super) fn maybe_compress(&mut self) -> io::Result<()> {
         if let Sink::Gzip { stage, encoder } = self
+            && stage.len() >= GZIP_STAGE_BYTES
+        {
+            encoder.write_all(stage)?;
+            stage.clear();
+        }
+        if let Sink::Zstd { stage, encoder } = self
             && stage.len() >= GZIP_STAGE_BYTES
         {
             encoder.write_all(stage)?;
@@ -56,11 +81,12 @@ impl Sink {
         Ok(())
     }
 
-    /// Bytes ready to be taken (compressed bytes for gzip).
+    /// Bytes ready to be taken (compressed bytes when compressing).
     pub(super) fn ready_len(&self) -> usize {
         match self {
             Sink::Plain(buf) => buf.len(),
             Sink::Gzip { encoder, .. } => encoder.get_ref().len(),
+            Sink::Zstd { encoder, .. } => encoder.get_ref().len(),
         }
     }
 
@@ -69,27 +95,33 @@ impl Sink {
         let out = match self {
             Sink::Plain(buf) => buf,
             Sink::Gzip { encoder, .. } => encoder.get_mut(),
+            Sink::Zstd { encoder, .. } => encoder.get_mut(),
         };
         // The next buffer starts as large as this one grew, so it fills without reallocating.
         let capacity = out.capacity().max(INITIAL_CAPACITY);
         std::mem::replace(out, Vec::with_capacity(capacity))
     }
 
-    /// Everything so far as complete bytes: a gzip member is ended (its trailer written) and the
-    /// next bytes start a new one — a gzip file may hold several members, read as one stream.
+    /// Everything so far as complete bytes: a gzip member or zstd frame is ended and the next
+    /// bytes start a new one — gzip and zstd files may hold several, read as one stream.
     pub(super) fn end_member(&mut self) -> io::Result<Vec<u8>> {
         let fresh = match self {
             Sink::Plain(_) => return Ok(self.take_ready()),
             Sink::Gzip { .. } => Sink::gzip(),
+            Sink::Zstd { .. } => Sink::zstd(),
         };
         std::mem::replace(self, fresh).finish()
     }
 
-    /// Flushes everything (the gzip trailer included) and returns the remaining bytes.
+    /// Flushes everything (the gzip or zstd trailer included) and returns the remaining bytes.
     pub(super) fn finish(self) -> io::Result<Vec<u8>> {
         match self {
             Sink::Plain(buf) => Ok(buf),
             Sink::Gzip { stage, mut encoder } => {
+                encoder.write_all(&stage)?;
+                encoder.finish()
+            }
+            Sink::Zstd { stage, mut encoder } => {
                 encoder.write_all(&stage)?;
                 encoder.finish()
             }

@@ -82,6 +82,8 @@ fn open_decompressed(path: &Path, compression: &str) -> io::Result<Box<dyn Read>
     match compression {
         "none" => Ok(Box::new(file)),
         "gzip" => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(file))),
+        // Several frames (one per checkpoint) read as one stream.
+        "zstd" => Ok(Box::new(zstd::stream::read::Decoder::with_buffer(file)?)),
         other => Err(io::Error::other(format!("unknown compression {other:?}"))),
     }
 }

@@ -41,6 +41,7 @@ impl ArchiveWriter {
         let sink = match compression {
             Compression::None => Sink::plain(),
             Compression::Gzip => Sink::gzip(),
+            Compression::Zstd => Sink::zstd(),
         };
         let mut writer = Self {
             format,
@@ -57,6 +58,7 @@ impl ArchiveWriter {
         let sink = match compression {
             Compression::None => Sink::plain(),
             Compression::Gzip => Sink::gzip(),
+            Compression::Zstd => Sink::zstd(),
         };
         Self {
             format,

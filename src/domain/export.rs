@@ -93,7 +93,7 @@ text_enum!(
 );
 text_enum!(
     /// Compression wrapped around the archive.
-    Compression, "compression", { None => "none", Gzip => "gzip" }
+    Compression, "compression", { None => "none", Gzip => "gzip", Zstd => "zstd" }
 );
 
 impl ExportFormat {

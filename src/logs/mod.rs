@@ -3,14 +3,14 @@
 //! [`LogsService::lookup`] pages through a namespace's (or, for superusers, the registry's)
 //! events newest first with an encrypted keyset cursor ([`page_token`], [`walk`]); each page
 //! costs one bounded Splunk search. [`LogsService::aggregate`] counts events per kind and day
-//! with one `stats count by` search. [`routes`] mounts the eight endpoints.
+//! with one `stats count by` search. The eight endpoints live in `api::logs`; this module
+//! does not depend on the HTTP layer.
 
 mod aggregate;
 pub mod bench;
 pub mod kinds;
 mod lookup;
 pub mod page_token;
-mod routes;
 pub mod walk;
 
 use std::time::Duration;
@@ -26,7 +26,6 @@ use crate::splunk::{
 pub use aggregate::AggregateCount;
 pub use lookup::LogsPage;
 pub use page_token::{TokenError, TokenKey};
-pub use routes::routes;
 
 /// What a listing selects. Every query but a superuser's carries a namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

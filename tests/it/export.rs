@@ -248,6 +248,25 @@ pub async fn download(url: &str) -> reqwest::Response {
     reqwest::get(url).await.expect("download")
 }
 
+/// Decompresses with the `zstd` command-line tool (Debian `zstd`), as an operator would.
+fn unzstd_cli(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("zstd")
+        .args(["-d", "-c", "-q"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the zstd CLI is installed (deploy/test.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "zstd -d failed: {:?}", out.status);
+    out.stdout
+}
+
 pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Read;
     let mut out = Vec::new();
@@ -370,6 +389,8 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
         ("json", "gzip"),
         ("ndjson", "none"),
         ("csv", "gzip"),
+        ("json", "zstd"),
+        ("csv", "zstd"),
     ] {
         let id = env.request(&path, json!({"callback_email": "admin@example.com", "format": format, "compression": compression})).await;
         let status = env.finished(&id).await;
@@ -391,6 +412,10 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
             .unwrap()
             .to_owned();
         assert!(disposition.contains("attachment"), "{disposition}");
+        let response_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let mut bytes = response.bytes().await.unwrap().to_vec();
         assert_eq!(
             bytes.len() as u64,
@@ -398,6 +423,10 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
         );
         if compression == "gzip" {
             bytes = gunzip(&bytes);
+        }
+        if compression == "zstd" {
+            assert_eq!(response_type, "application/zstd");
+            bytes = unzstd_cli(&bytes);
         }
         let text = String::from_utf8(bytes).unwrap();
         let prints: Vec<String> = match format {
@@ -457,7 +486,7 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
             as u64;
     assert_eq!(
         env.emulator.stats().export_requests,
-        4 * slices,
+        6 * slices,
         "one Splunk export request per time slice"
     );
 }

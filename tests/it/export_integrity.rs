@@ -134,6 +134,14 @@ async fn signed_manifests_verify_and_every_tampering_is_refused() {
     let (ok, out) = verify(&gz.archive, &gz.manifest, &key_file);
     assert!(ok, "an untouched archive verifies: {out}");
     assert!(out.contains("OK:"), "{out}");
+    let zst = export(
+        &env,
+        &dir,
+        json!({"callback_email": "a@example.com", "format": "csv", "compression": "zstd"}),
+    )
+    .await;
+    let (ok, out) = verify(&zst.archive, &zst.manifest, &key_file);
+    assert!(ok, "a zstd CSV archive verifies: {out}");
 
     // A changed byte.
     let mut bytes = std::fs::read(&gz.archive).unwrap();

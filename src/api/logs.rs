@@ -6,10 +6,10 @@ use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::{LogQuery, LogsError};
-use crate::api::auth::Caller;
-use crate::api::{ApiError, AppState, all_params, parse_namespace, query_param};
+use super::auth::Caller;
+use super::{ApiError, AppState, all_params, parse_namespace, query_param};
 use crate::domain::{DateRange, LogFilter, Namespace, RepositoryName, quay_datetime};
+use crate::logs::{LogQuery, LogsError};
 
 /// The listing routes, to be nested under `/api/v1`.
 pub fn routes() -> Router<AppState> {
