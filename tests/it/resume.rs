@@ -248,8 +248,7 @@ async fn a_killed_workers_export_is_continued_by_another_after_its_lease() {
     config.server.public_url = app.config.server.public_url.clone();
 
     // A real worker process, killed without warning once it checkpointed some slices.
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debug/logexport");
-    let mut worker = tokio::process::Command::new(&bin)
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_logexport"))
         .arg("work")
         .current_dir(&archives)
         .env("DATABASE_URL", &url)
@@ -270,7 +269,7 @@ async fn a_killed_workers_export_is_continued_by_another_after_its_lease() {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("run target/debug/logexport (cargo build --bins)");
+        .expect("run the logexport binary");
     let id = request(&app, &token, "gzip").await;
     eventually(60, "a checkpoint", || async {
         slices_done(&app, &id).await.filter(|n| *n >= 10)
