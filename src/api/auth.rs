@@ -31,9 +31,11 @@ impl Caller {
             || self.admin_orgs.iter().any(|o| o == namespace)
     }
 
-    /// May export / read the organization's logs.
+    /// May export / read the organization's logs. As in Quay (`auth/permissions.py`), a user
+    /// administers its own namespace, and Quay's UI addresses that namespace as an organization
+    /// (`web/src/hooks/UseUsageLogs.ts`), so the user whose namespace it is passes too.
     pub fn may_access_organization(&self, org: &Namespace) -> bool {
-        self.superuser || self.admin_orgs.iter().any(|o| o == org.as_str())
+        self.administers_namespace(org.as_str())
     }
 
     /// May export / read the repository's logs.
@@ -147,5 +149,31 @@ impl FromRequestParts<AppState> for Caller {
         let caller = lookup(state, token).await?.ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("caller", caller.username.as_str());
         Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(username: &str, orgs: &[&str]) -> Caller {
+        Caller {
+            username: username.into(),
+            admin_orgs: orgs.iter().map(|o| o.to_string()).collect(),
+            admin_repos: vec![],
+            superuser: false,
+        }
+    }
+
+    fn ns(name: &str) -> Namespace {
+        Namespace::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_user_administers_its_own_namespace_addressed_as_an_organization() {
+        let ns1 = caller("ns1", &[]);
+        assert!(ns1.may_access_organization(&ns("ns1")));
+        assert!(!ns1.may_access_organization(&ns("acme")));
+        assert!(caller("alice", &["acme"]).may_access_organization(&ns("acme")));
     }
 }
