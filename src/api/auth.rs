@@ -21,6 +21,11 @@ pub struct Caller {
     pub admin_orgs: Vec<String>,
     pub admin_repos: Vec<String>,
     pub superuser: bool,
+    /// Quay's global read-only superuser (`global_readonly_super_user` in `endpoints/api/user.py`):
+    /// reads every log and exports users' and organizations' logs, never a repository's. Token mode
+    /// has no such token yet, hence the default.
+    #[sqlx(default)]
+    pub global_readonly_superuser: bool,
 }
 
 impl Caller {
@@ -35,10 +40,21 @@ impl Caller {
     /// administers its own namespace, and Quay's UI addresses that namespace as an organization
     /// (`web/src/hooks/UseUsageLogs.ts`), so the user whose namespace it is passes too.
     pub fn may_access_organization(&self, org: &Namespace) -> bool {
-        self.administers_namespace(org.as_str())
+        self.administers_namespace(org.as_str()) || self.global_readonly_superuser
     }
 
-    /// May export / read the repository's logs.
+    /// May read the repository's logs: its admins, and global read-only superusers
+    /// (`require_repo_admin(allow_for_global_readonly_superuser=True)` in Quay's `logs.py`).
+    pub fn may_read_repository(&self, namespace: &Namespace, repository: &RepositoryName) -> bool {
+        self.may_access_repository(namespace, repository) || self.global_readonly_superuser
+    }
+
+    /// May read the registry-wide logs (Quay's `/api/v1/superuser/logs`).
+    pub fn may_read_superuser_logs(&self) -> bool {
+        self.superuser || self.global_readonly_superuser
+    }
+
+    /// May export the repository's logs (and read them, see [`Caller::may_read_repository`]).
     pub fn may_access_repository(
         &self,
         namespace: &Namespace,
@@ -162,6 +178,7 @@ mod tests {
             admin_orgs: orgs.iter().map(|o| o.to_string()).collect(),
             admin_repos: vec![],
             superuser: false,
+            global_readonly_superuser: false,
         }
     }
 
@@ -175,5 +192,20 @@ mod tests {
         assert!(ns1.may_access_organization(&ns("ns1")));
         assert!(!ns1.may_access_organization(&ns("acme")));
         assert!(caller("alice", &["acme"]).may_access_organization(&ns("acme")));
+    }
+
+    #[test]
+    fn a_global_readonly_superuser_reads_everything_but_exports_no_repository() {
+        let auditor = Caller {
+            global_readonly_superuser: true,
+            ..caller("auditor", &[])
+        };
+        let web = RepositoryName::parse("web").unwrap();
+        assert!(auditor.may_access_organization(&ns("acme")));
+        assert!(auditor.may_read_repository(&ns("acme"), &web));
+        assert!(!auditor.may_access_repository(&ns("acme"), &web));
+        assert!(auditor.may_read_superuser_logs());
+        assert!(!caller("alice", &["acme"]).may_read_superuser_logs());
+        assert!(!caller("alice", &["acme"]).may_read_repository(&ns("beta"), &web));
     }
 }
