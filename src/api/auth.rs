@@ -21,6 +21,11 @@ pub struct Caller {
     pub admin_orgs: Vec<String>,
     pub admin_repos: Vec<String>,
     pub superuser: bool,
+    /// Quay's global read-only superuser (`global_readonly_super_user` in `endpoints/api/user.py`):
+    /// reads every log and exports users' and organizations' logs, never a repository's. Token mode
+    /// has no such token yet, hence the default.
+    #[sqlx(default)]
+    pub global_readonly_superuser: bool,
 }
 
 impl Caller {
@@ -31,12 +36,25 @@ impl Caller {
             || self.admin_orgs.iter().any(|o| o == namespace)
     }
 
-    /// May export / read the organization's logs.
+    /// May export / read the organization's logs. As in Quay (`auth/permissions.py`), a user
+    /// administers its own namespace, and Quay's UI addresses that namespace as an organization
+    /// (`web/src/hooks/UseUsageLogs.ts`), so the user whose namespace it is passes too.
     pub fn may_access_organization(&self, org: &Namespace) -> bool {
-        self.superuser || self.admin_orgs.iter().any(|o| o == org.as_str())
+        self.administers_namespace(org.as_str()) || self.global_readonly_superuser
     }
 
-    /// May export / read the repository's logs.
+    /// May read the repository's logs: its admins, and global read-only superusers
+    /// (`require_repo_admin(allow_for_global_readonly_superuser=True)` in Quay's `logs.py`).
+    pub fn may_read_repository(&self, namespace: &Namespace, repository: &RepositoryName) -> bool {
+        self.may_access_repository(namespace, repository) || self.global_readonly_superuser
+    }
+
+    /// May read the registry-wide logs (Quay's `/api/v1/superuser/logs`).
+    pub fn may_read_superuser_logs(&self) -> bool {
+        self.superuser || self.global_readonly_superuser
+    }
+
+    /// May export the repository's logs (and read them, see [`Caller::may_read_repository`]).
     pub fn may_access_repository(
         &self,
         namespace: &Namespace,
@@ -147,5 +165,47 @@ impl FromRequestParts<AppState> for Caller {
         let caller = lookup(state, token).await?.ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("caller", caller.username.as_str());
         Ok(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(username: &str, orgs: &[&str]) -> Caller {
+        Caller {
+            username: username.into(),
+            admin_orgs: orgs.iter().map(|o| o.to_string()).collect(),
+            admin_repos: vec![],
+            superuser: false,
+            global_readonly_superuser: false,
+        }
+    }
+
+    fn ns(name: &str) -> Namespace {
+        Namespace::parse(name).unwrap()
+    }
+
+    #[test]
+    fn a_user_administers_its_own_namespace_addressed_as_an_organization() {
+        let ns1 = caller("ns1", &[]);
+        assert!(ns1.may_access_organization(&ns("ns1")));
+        assert!(!ns1.may_access_organization(&ns("acme")));
+        assert!(caller("alice", &["acme"]).may_access_organization(&ns("acme")));
+    }
+
+    #[test]
+    fn a_global_readonly_superuser_reads_everything_but_exports_no_repository() {
+        let auditor = Caller {
+            global_readonly_superuser: true,
+            ..caller("auditor", &[])
+        };
+        let web = RepositoryName::parse("web").unwrap();
+        assert!(auditor.may_access_organization(&ns("acme")));
+        assert!(auditor.may_read_repository(&ns("acme"), &web));
+        assert!(!auditor.may_access_repository(&ns("acme"), &web));
+        assert!(auditor.may_read_superuser_logs());
+        assert!(!caller("alice", &["acme"]).may_read_superuser_logs());
+        assert!(!caller("alice", &["acme"]).may_read_repository(&ns("beta"), &web));
     }
 }

@@ -69,7 +69,7 @@ fn repo_target(caller: &Caller, namespace: &str, repository: &str) -> Result<Tar
     let namespace = parse_namespace(namespace)?;
     let repository =
         RepositoryName::parse(repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if !caller.may_access_repository(&namespace, &repository) {
+    if !caller.may_read_repository(&namespace, &repository) {
         return Err(ApiError::Forbidden(format!(
             "you are not an administrator of repository {namespace}/{repository}"
         )));
@@ -82,7 +82,7 @@ fn repo_target(caller: &Caller, namespace: &str, repository: &str) -> Result<Tar
 }
 
 fn superuser_target(caller: &Caller) -> Result<Target, ApiError> {
-    if !caller.superuser {
+    if !caller.may_read_superuser_logs() {
         return Err(ApiError::Forbidden(
             "registry-wide logs are for superusers only".into(),
         ));

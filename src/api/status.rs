@@ -21,8 +21,7 @@ pub(super) async fn visible_row(
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
     // Requester, the namespace's admins and superusers; everyone else cannot tell it exists.
     let visible = row.requested_by == caller.username
-        || caller.superuser
-        || caller.admin_orgs.contains(&row.namespace);
+        || caller.administers_namespace(&row.namespace);
     if !visible {
         return Err(not_found());
     }

@@ -313,6 +313,13 @@ async fn authentication_and_permissions_are_enforced() {
     )
     .await;
     let alices = export_id(app.post_export(&alice, ORG_PATH, MAIL).await).await;
+    // Quay's UI exports a personal namespace through the organization endpoint.
+    assert_eq!(
+        app.post_export(&bob, "/api/v1/organization/bob/exportlogs", MAIL)
+            .await
+            .status(),
+        200
+    );
 
     // A non-admin can never read another caller's export; the org admin can read exports of her org.
     assert_eq!(app.export_status(&bob, &alices).await.status(), 404);

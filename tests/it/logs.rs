@@ -506,6 +506,17 @@ async fn permissions_and_the_superuser_view() {
             .0,
         403
     );
+    // Quay's UI addresses a user's own namespace as an organization; the user may read it.
+    let (logs, _) = walk(
+        &env.app,
+        &gamma,
+        &format!("/api/v1/organization/gamma/logs?{RANGE}"),
+    )
+    .await;
+    assert_eq!(
+        ids(&logs),
+        expected(&env.events, |e| e.namespace == "gamma")
+    );
 
     // A repository admin sees that repository only.
     let repo_admin = env.app.token("dev", &[], &["beta/api"], false).await;
