@@ -20,8 +20,8 @@ pub(super) async fn visible_row(
     let id: ExportId = id.parse().map_err(|_| not_found())?;
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
     // Requester, the namespace's admins and superusers; everyone else cannot tell it exists.
-    let visible = row.requested_by == caller.username
-        || caller.administers_namespace(&row.namespace);
+    let visible =
+        row.requested_by == caller.username || caller.administers_namespace(&row.namespace);
     if !visible {
         return Err(not_found());
     }
