@@ -61,8 +61,13 @@ async function checkLogs(page, seen, url, shot, {loadMore = true} = {}) {
   if (!logs.length || logs[0].status !== 200) throw new Error(`logs answered ${logs[0] && logs[0].status}`);
   if (loadMore) {
     const more = page.getByRole('button', {name: 'Load More Logs'});
-    // The table also loads the next page by itself when its end scrolls into view.
-    if (await more.isVisible().catch(() => false)) await more.click();
+    // The table also loads the next page by itself when its end scrolls into view, which swaps
+    // the button for a spinner: a click may find no button, and that is not a failure.
+    let clicked = false;
+    for (let i = 0; i < 3 && !clicked; i++) {
+      clicked = await more.click({timeout: 3000}).then(() => true, () => false);
+    }
+    detail += clicked ? '; "Load More Logs" clicked' : '; pages loaded by scrolling';
     await page.waitForFunction(
       () => document.querySelectorAll('[data-testid=usage-logs-table] tbody tr').length > 0, null, {timeout: 5000});
     for (let i = 0; i < 50 && !seen.some((s) => s.path.endsWith('/logs') && /next_page=[^&]/.test(s.query)); i++) {

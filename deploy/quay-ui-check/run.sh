@@ -49,7 +49,8 @@ fi
 say "Quay's web UI ($QUAY_REF), built for production"
 if [[ ! -f $QUAY_WEB/package.json ]]; then
   rm -rf "$WORK/quay" && mkdir -p "$WORK/quay"
-  curl -fsSL "https://codeload.github.com/quay/quay/tar.gz/$QUAY_REF" | tar -xz -C "$WORK/quay" --strip-components=1 --wildcards '*/web/*'
+  curl -fsSL "https://codeload.github.com/quay/quay/tar.gz/$QUAY_REF" | tar -xz -C "$WORK/quay" --strip-components=1 --wildcards '*/web/*' \
+    || { echo "cannot download quay/quay ($QUAY_REF); give a checkout's web/ as QUAY_WEB=..."; exit 1; }
 fi
 if [[ ! -f $QUAY_WEB/dist/index.html ]]; then
   (cd "$QUAY_WEB" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund \
