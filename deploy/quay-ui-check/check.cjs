@@ -86,8 +86,13 @@ async function checkLogs(page, seen, url, shot, {loadMore = true} = {}) {
     if (loaded <= 20) throw new Error(`the pager still counts ${loaded} rows after "Load More Logs"`);
     detail += `; ${paged.length} next_page request(s) answered 200, ${loaded} rows loaded`;
   }
-  await page.screenshot({path: `${SHOTS}/${shot}.png`, fullPage: true});
-  return detail + ` (${SHOTS}/${shot}.png)`;
+  // The UI scrolls an inner container, so a full-page shot is one screen: take the chart and the
+  // end of the table (the pager counting the loaded rows) separately.
+  await chart.scrollIntoViewIfNeeded();
+  await page.screenshot({path: `${SHOTS}/${shot}.png`});
+  await page.locator('.pf-v6-c-pagination').last().scrollIntoViewIfNeeded().catch(() => {});
+  await page.screenshot({path: `${SHOTS}/${shot}-table.png`});
+  return detail + ` (${SHOTS}/${shot}.png, ${shot}-table.png)`;
 }
 
 async function exportWith(page, seen, value, shot) {
