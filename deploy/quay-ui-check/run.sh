@@ -169,8 +169,30 @@ for p in /api/v1/organization/ns0/logs /api/v1/repository/ns1/web/aggregatelogs 
   printf '  %-62s -> %s\n' "$p" "$b"
 done
 
+if [[ $AUTH_MODE == quay ]]; then
+  say "identity through Quay (OAuth bearer tokens of the stand-in), as an operator checks after the switch"
+  code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
+  B="http://127.0.0.1:$PROXY_PORT/api/v1"
+  before=$(curl -s "http://127.0.0.1:$STANDIN_PORT/_standin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["user_calls_by_logexport"])')
+  fail=0
+  expect() { local want=$1 got; shift; got=$(code "$@"); printf '  %-3s (want %s)  %s\n' "$got" "$want" "${*: -1}"; [[ $got == "$want" ]] || fail=1; }
+  expect 200 -H 'Authorization: Bearer alice-oauth' "$B/organization/ns0/logs"
+  expect 200 -H 'Authorization: Bearer alice-oauth' "$B/organization/alice/aggregatelogs"
+  expect 200 -H 'Authorization: Bearer alice-oauth' "$B/repository/ns1/web/logs"
+  expect 403 -H 'Authorization: Bearer alice-oauth' "$B/organization/ns1/logs"
+  expect 403 -H 'Authorization: Bearer alice-oauth' "$B/repository/ns1/api/logs"
+  expect 403 -H 'Authorization: Bearer alice-oauth' "$B/superuser/logs"
+  expect 200 -H 'Authorization: Bearer root-oauth' "$B/superuser/logs"
+  expect 401 -H 'Authorization: Bearer not-a-quay-token' "$B/organization/ns0/logs"
+  expect 401 "$B/organization/ns0/logs"
+  after=$(curl -s "http://127.0.0.1:$STANDIN_PORT/_standin/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["user_calls_by_logexport"])')
+  echo "  logexport asked Quay's /api/v1/user/ $((after - before)) times for these 9 requests (3 credentials, cached)"
+  ((fail == 0)) || { echo "identity checks failed"; exit 1; }
+fi
+
 say "browser check (headless Chromium, playwright-core)"
 AUTH_MODE=$AUTH_MODE NODE_PATH="$WORK/node/node_modules" BASE="http://127.0.0.1:$PROXY_PORT" SHOTS="$WORK/shots" \
 STANDIN="http://127.0.0.1:$STANDIN_PORT" node "$HERE/check.cjs"
+echo "stand-in: $(curl -s "http://127.0.0.1:$STANDIN_PORT/_standin/stats" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("logexport asked /api/v1/user/ %d times, /api/v1/repository/{ns}/{repo} %d times; %d callback(s) received; endpoints the UI asked for that the stand-in does not serve: %s" % (d["user_calls_by_logexport"], d["repo_calls_by_logexport"], len(d["hooks"]), sorted(set(d["unknown"])) or "none"))')"
 say "screenshots in $WORK/shots; logs in $WORK/*.log"
 if [[ -n ${KEEP:-} ]]; then echo "KEEP=1: still running; open http://127.0.0.1:$PROXY_PORT (alice / alice-pw, root / root-pw)"; fi
