@@ -164,9 +164,10 @@ done
 say "routing: which backend answers which path (x-request-id is set only by logexport)"
 for p in /api/v1/organization/ns0/logs /api/v1/repository/ns1/web/aggregatelogs /api/v1/user/exportlogs \
          /api/v1/superuser/logs /api/v1/exportlogs/00000000-0000-0000-0000-000000000000 /exportedlogs/x \
-         /api/v1/user/ /api/v1/organization/ns0 /api/v1/repository/ns1/web /config /organization/ns0; do
+         /api/v1/user/ /api/v1/organization/ns0 /api/v1/repository/ns1/web /config /organization/ns0 \
+         /api/v1/organization/ns0/logs/x /api/v1/organization/a%2Fb/logs /api/v1/repository/a%2Fb/logs; do
   if curl -s -D - -o /dev/null "http://127.0.0.1:$PROXY_PORT$p" | grep -qi '^x-request-id'; then b=logexport; else b=quay; fi
-  printf '  %-62s -> %s\n' "$p" "$b"
+  printf '  %-62s -> %s (%s)\n' "$p" "$b" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PROXY_PORT$p")"
 done
 
 if [[ $AUTH_MODE == quay ]]; then
