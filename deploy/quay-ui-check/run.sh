@@ -125,7 +125,11 @@ TOML
   export LOGEXPORT_SERVER__TRUSTED_PROXIES='["127.0.0.1/32"]'   # nginx's X-Forwarded-For
 fi
 LX=("$ROOT/target/debug/logexport" --config "$WORK/logexport.toml")
-"${LX[@]}" migrate >"$WORK/logexport.log" 2>&1
+"${LX[@]}" migrate >"$WORK/logexport.log" 2>&1 || {
+  tail -n 3 "$WORK/logexport.log"
+  [[ $AUTH_MODE == quay ]] && echo "this logexport may not have [auth] mode = \"quay\" yet: AUTH_MODE=tokens runs the fallback"
+  exit 1
+}
 "${LX[@]}" run >>"$WORK/logexport.log" 2>&1 &
 PIDS+=($!)
 
