@@ -189,6 +189,8 @@ impl SlicedRows {
         progress.total.store(slices.len(), Ordering::Relaxed);
         progress.done.store(skip, Ordering::Relaxed);
         let gate = Arc::new(Semaphore::new(settings.parallel.max(1)));
+        // Searches this export may run at once; a quota answer lowers it (never below one).
+        let allowed = Arc::new(AtomicUsize::new(settings.parallel.max(1)));
         let mut readers = JoinSet::new();
         let mut pending = Vec::with_capacity(queries.len());
         let (started_tx, started) = oneshot::channel();
@@ -205,14 +207,28 @@ impl SlicedRows {
                 progress: progress.clone(),
                 attempts: settings.slice_attempts.max(1),
                 started: if index == 0 { started_tx.take() } else { None },
+                refused_for_quota: false,
             };
-            let gate = gate.clone();
+            let (gate, allowed) = (gate.clone(), allowed.clone());
             readers.spawn(async move {
                 // Slices start in order, so the ones next in line are read first.
-                let Ok(_permit) = gate.acquire_owned().await else {
+                let Ok(permit) = gate.acquire_owned().await else {
                     return;
                 };
-                let _ = tx.send(reader.read().await);
+                let (outcome, refused_for_quota) = reader.read().await;
+                // Splunk said its search quota is full (other users, another cluster): this
+                // export reads with one search fewer from now on instead of failing.
+                if refused_for_quota
+                    && allowed
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                            (n > 1).then(|| n - 1)
+                        })
+                        .is_ok()
+                {
+                    METRICS.incr("logexport_export_slices_total", "concurrency_lowered");
+                    permit.forget();
+                }
+                let _ = tx.send(outcome);
             });
         }
         // With every slice finished by an earlier attempt there is no first search to wait for.
@@ -351,10 +367,13 @@ struct SliceReader {
     progress: Arc<SliceProgress>,
     attempts: u32,
     started: Option<oneshot::Sender<Result<(), SplunkError>>>,
+    /// Whether Splunk answered a search of this slice with its quota.
+    refused_for_quota: bool,
 }
 
 impl SliceReader {
-    async fn read(mut self) -> Result<Spooled, SplunkError> {
+    /// Reads the slice; says too whether Splunk refused a search for its quota meanwhile.
+    async fn read(mut self) -> (Result<Spooled, SplunkError>, bool) {
         self.progress.running.fetch_add(1, Ordering::Relaxed);
         let mut attempt = 0;
         let outcome = loop {
@@ -362,6 +381,7 @@ impl SliceReader {
             match self.read_once().await {
                 Ok(spooled) => break Ok(spooled),
                 Err(e) if e.is_retryable() && attempt < self.attempts => {
+                    self.refused_for_quota |= e.is_quota();
                     let delay = self.splunk.retry_policy().delay(attempt - 1);
                     tracing::warn!(
                         slice = self.index, attempt, error = %e, delay_ms = delay.as_millis() as u64,
@@ -384,11 +404,15 @@ impl SliceReader {
             self.progress.done.fetch_add(1, Ordering::Relaxed);
             METRICS.incr("logexport_export_slices_total", "read");
         }
-        outcome
+        (outcome, self.refused_for_quota)
     }
 
     async fn read_once(&mut self) -> Result<Spooled, SplunkError> {
-        let mut stream = self.splunk.export(&self.query).await?;
+        let answers = self.splunk.quota_answers();
+        let stream = self.splunk.export(&self.query).await;
+        // Even a quota answer the client's retries got past means Splunk is full.
+        self.refused_for_quota |= self.splunk.quota_answers() > answers;
+        let mut stream = stream?;
         if let Some(started) = self.started.take() {
             let _ = started.send(Ok(()));
         }

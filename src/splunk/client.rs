@@ -63,6 +63,8 @@ struct Inner {
     sourcetype: Option<String>,
     /// The cluster-wide search limit; `None` in tests that talk to Splunk directly.
     quota: Option<SearchQuota>,
+    /// Quota answers (503 "maximum number of concurrent searches") seen, retried or not.
+    quota_answers: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for SplunkClient {
@@ -156,6 +158,7 @@ impl SplunkClient {
                 index: config.index_prefix.clone(),
                 sourcetype: config.sourcetype.clone().filter(|s| !s.is_empty()),
                 quota: None,
+                quota_answers: Arc::default(),
             }),
         })
     }
@@ -170,6 +173,13 @@ impl SplunkClient {
             return Ok(client);
         }
         Ok(client.with_search_quota(SearchQuota::connect_lazy(url, limit)?))
+    }
+
+    /// How many quota answers this client (and its clones) has had from Splunk so far.
+    pub fn quota_answers(&self) -> u64 {
+        self.inner
+            .quota_answers
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same client taking a permit from `quota` for every search it starts.
@@ -270,6 +280,11 @@ impl SplunkClient {
                 }
                 Err(e) => SplunkError::transport(e),
             };
+            if err.is_quota() {
+                self.inner
+                    .quota_answers
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if !err.is_retryable() || attempt >= retry.max_retries {
                 return Err(err);
             }

@@ -112,6 +112,18 @@ impl SplunkError {
     }
 }
 
+impl SplunkError {
+    /// Whether Splunk refused the search for its concurrency quota (the role's `srchJobsQuota`).
+    pub fn is_quota(&self) -> bool {
+        match self {
+            Self::Http { message, .. } | Self::SearchFailed { message, .. } => {
+                is_quota_message(message)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// True when Splunk's text says a concurrency or disk quota was hit, which clears by itself.
 pub(crate) fn is_quota_message(text: &str) -> bool {
     let lower = text.to_ascii_lowercase();

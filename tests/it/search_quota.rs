@@ -164,3 +164,86 @@ async fn workers_and_listings_together_stay_within_splunks_role_quota() {
         "searches ran side by side: {stats:?}"
     );
 }
+
+#[tokio::test]
+async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it() {
+    // Splunk allows one search (other users hold the rest of the role's quota); this export is
+    // configured for three, and must still finish in its first attempt.
+    let splunk = emulator::spawn(EmulatorOptions {
+        token: Some("quota-token".into()),
+        synthetic: Some(SyntheticSpec {
+            count: 20_000,
+            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2024, 1, 11, 0, 0, 0).unwrap(),
+            namespaces: 1,
+            skew: 0.0,
+        }),
+        faults: Faults {
+            search_events_per_sec: Some(40_000),
+            max_concurrent_searches: Some(1),
+            ..Faults::default()
+        },
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator");
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    use_emulator(&mut config, &splunk, "quota-token");
+    config.splunk.max_concurrent_searches = 3;
+    config.splunk.max_retries = 3;
+    config.worker.max_attempts = 1;
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    let storage = logexport::storage::open(&config).await.expect("storage");
+    let handler = logexport::export::handler(&config, storage.objects).expect("handler");
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        WorkerPool::new(
+            pool.clone(),
+            WorkerSettings::from_config(&config.worker),
+            handler,
+        )
+        .run(stop.clone()),
+    );
+    let app = spawn_app_with(pool, config).await;
+    let token = app.token("admin", &["ns0"], &[], false).await;
+    let r = app
+        .post_export(
+            &token,
+            "/api/v1/organization/ns0/exportlogs?starttime=01/01/2024&endtime=01/10/2024",
+            r#"{"callback_email": "ops@example.com"}"#,
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["export_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = eventually(120, "export finished", || async {
+        let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
+        (s["state"] != "queued" && s["state"] != "running").then_some(s)
+    })
+    .await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["logs_exported"], 20_000);
+    assert!(
+        splunk.stats().quota_refused > 0,
+        "Splunk did refuse searches"
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"logexport_export_slices_total{outcome="concurrency_lowered"}"#),
+        "{metrics}"
+    );
+    stop.cancel();
+}
