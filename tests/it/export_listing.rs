@@ -198,6 +198,11 @@ async fn download_again_before_after_and_once_deleted() {
         bytes.len() as u64,
         status["bytes_written"].as_u64().unwrap()
     );
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        status["sha256"].as_str().unwrap(),
+        "the bytes are the ones the status's sha256 names"
+    );
     // Each call signs a link of its own, from now.
     let second = fetch(env.admin.clone()).await;
     let again = second.headers()["location"].to_str().unwrap().to_owned();
