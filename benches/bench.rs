@@ -139,8 +139,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let spec = splunk_rate::RateSpec {
             events_per_sec: args.rate_per_sec.max(1),
             events: args.rate_events.max(1),
-            quay_sizes: args.quay_sizes.clone(),
-            rss_sizes: args.rss_sizes.clone(),
+            // 0 skips a section: `--quay-sizes 0 --rss-sizes 0`.
+            quay_sizes: args.quay_sizes.iter().copied().filter(|n| *n > 0).collect(),
+            rss_sizes: args.rss_sizes.iter().copied().filter(|n| *n > 0).collect(),
         };
         if let Err(e) = splunk_rate::run(&binaries, &databases, &spec).await {
             failures.push(format!("Splunk-rate exports: {e:#}"));

@@ -176,7 +176,12 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     ));
     table.print();
 
-    quay_section(ctx, start, end).await?;
+    if !spec.quay_sizes.is_empty() {
+        quay_section(ctx, start, end).await?;
+    }
+    if spec.rss_sizes.is_empty() {
+        return Ok(());
+    }
     rss_section(ctx, json).await
 }
 

@@ -419,13 +419,14 @@ impl SliceReader {
         let file = tokio::fs::File::create(&self.path)
             .await
             .map_err(spool_error)?;
-        let mut out = BufWriter::with_capacity(256 * 1024, file);
-        let mut batch = RowBatch::with_capacity(1024, 1024 * 1024);
+        // Small buffers: up to `parallel` slices are read at once, and the spool file is the buffer.
+        let mut out = BufWriter::with_capacity(64 * 1024, file);
+        let mut batch = RowBatch::with_capacity(256, 256 * 1024);
         let mut bytes = 0u64;
         let result = async {
             loop {
                 batch.clear();
-                let more = stream.next_batch(&mut batch, 1024).await?;
+                let more = stream.next_batch(&mut batch, 256).await?;
                 let mut written = 0u64;
                 for row in batch.iter() {
                     out.write_all(row).await.map_err(spool_error)?;
