@@ -101,10 +101,6 @@ pub struct SliceProgress {
     pub total: AtomicUsize,
     pub done: AtomicUsize,
     pub running: AtomicUsize,
-    /// Slices read again after a cut stream or a quota answer.
-    pub retried: AtomicU64,
-    /// Rows read from Splunk, counting re-reads.
-    pub rows_read: AtomicU64,
 }
 
 /// The rows of every slice, in archive order, while later slices are read ahead.
@@ -387,7 +383,6 @@ impl SliceReader {
                         slice = self.index, attempt, error = %e, delay_ms = delay.as_millis() as u64,
                         "reading an export slice failed; reading that slice again"
                     );
-                    self.progress.retried.fetch_add(1, Ordering::Relaxed);
                     METRICS.incr("logexport_export_slices_total", "read_again");
                     tokio::time::sleep(delay).await;
                 }
@@ -433,9 +428,6 @@ impl SliceReader {
                     out.write_all(b"\n").await.map_err(spool_error)?;
                     written += row.len() as u64 + 1;
                 }
-                self.progress
-                    .rows_read
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 bytes += written;
                 self.wait_for_room(written).await;
                 if !more {

@@ -66,27 +66,33 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
         .expect("the expired lease does not count");
 }
 
-#[tokio::test]
-async fn workers_and_listings_together_stay_within_splunks_role_quota() {
-    // Splunk refuses a third concurrent search; every search costs real scan time.
-    let splunk = emulator::spawn(EmulatorOptions {
+/// `count` synthetic events over 2024-01-01..11 in `namespaces` namespaces, read at 40,000
+/// events/s per search, with a Splunk role quota of `quota` searches.
+async fn splunk(count: u64, namespaces: u32, quota: u64) -> emulator::RunningEmulator {
+    emulator::spawn(EmulatorOptions {
         token: Some("quota-token".into()),
         synthetic: Some(SyntheticSpec {
-            count: 30_000,
+            count,
             start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
             end: Utc.with_ymd_and_hms(2024, 1, 11, 0, 0, 0).unwrap(),
-            namespaces: 3,
+            namespaces,
             skew: 0.0,
         }),
         faults: Faults {
             search_events_per_sec: Some(40_000),
-            max_concurrent_searches: Some(3),
+            max_concurrent_searches: Some(quota),
             ..Faults::default()
         },
         ..EmulatorOptions::default()
     })
     .await
-    .expect("emulator");
+    .expect("emulator")
+}
+
+#[tokio::test]
+async fn workers_and_listings_together_stay_within_splunks_role_quota() {
+    // Splunk refuses a third concurrent search; every search costs real scan time.
+    let splunk = splunk(30_000, 3, 3).await;
 
     let (url, pool) = test_db().await;
     let mut config = test_config(&url);
@@ -169,24 +175,7 @@ async fn workers_and_listings_together_stay_within_splunks_role_quota() {
 async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it() {
     // Splunk allows one search (other users hold the rest of the role's quota); this export is
     // configured for three, and must still finish in its first attempt.
-    let splunk = emulator::spawn(EmulatorOptions {
-        token: Some("quota-token".into()),
-        synthetic: Some(SyntheticSpec {
-            count: 20_000,
-            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
-            end: Utc.with_ymd_and_hms(2024, 1, 11, 0, 0, 0).unwrap(),
-            namespaces: 1,
-            skew: 0.0,
-        }),
-        faults: Faults {
-            search_events_per_sec: Some(40_000),
-            max_concurrent_searches: Some(1),
-            ..Faults::default()
-        },
-        ..EmulatorOptions::default()
-    })
-    .await
-    .expect("emulator");
+    let splunk = splunk(20_000, 1, 1).await;
     let (url, pool) = test_db().await;
     let mut config = test_config(&url);
     use_emulator(&mut config, &splunk, "quota-token");
