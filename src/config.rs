@@ -90,6 +90,8 @@ pub struct Config {
     pub email: EmailConfig,
     pub callback: CallbackConfig,
     pub logs: LogsConfig,
+    pub auth: AuthConfig,
+    pub audit: AuditConfig,
 }
 
 /// `[server]`: the HTTP API.
@@ -102,6 +104,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Key for signing local-storage download links; a random one per process when empty.
     pub signing_key: Secret,
+    /// Reverse proxies (addresses or CIDRs) whose `X-Forwarded-For` names the caller's address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -111,6 +115,7 @@ impl Default for ServerConfig {
             public_url: "http://127.0.0.1:8080".into(),
             max_body_bytes: 65536,
             signing_key: Secret::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -407,6 +412,128 @@ impl Default for LogsConfig {
     }
 }
 
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// logexport's own bearer tokens (`logexport token create`).
+    #[default]
+    Tokens,
+    /// The Quay instance at `auth.quay_url` vouches for each caller's own Quay credential.
+    Quay,
+}
+
+/// `[auth]`: who the caller is and what it administers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Base URL of the Quay instance (quay mode), e.g. `https://quay.example.com`.
+    pub quay_url: String,
+    pub verify_ssl: bool,
+    pub ssl_ca_path: Option<PathBuf>,
+    pub timeout_seconds: u64,
+    /// How long Quay's answer about one credential is reused.
+    pub cache_seconds: u64,
+    /// Credentials remembered at most (the cache is bounded).
+    pub cache_max_entries: u64,
+    /// Origins a cookie-authenticated request that changes state may come from; empty = the
+    /// origin of `quay_url`.
+    pub allowed_origins: Vec<String>,
+    /// Quay's `FEATURE_SUPERUSERS_FULL_ACCESS`: superusers reach every namespace. Unset: on in
+    /// token mode (the operator granted the flag for that), off in quay mode (Quay's default).
+    pub superusers_full_access: Option<bool>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Tokens,
+            quay_url: String::new(),
+            verify_ssl: true,
+            ssl_ca_path: None,
+            timeout_seconds: 5,
+            cache_seconds: 30,
+            cache_max_entries: 10_000,
+            allowed_origins: Vec::new(),
+            superusers_full_access: None,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether superusers reach every namespace, with the mode's default applied.
+    pub fn superusers_full_access(&self) -> bool {
+        self.superusers_full_access
+            .unwrap_or(self.mode == AuthMode::Tokens)
+    }
+
+    /// The origins allowed for cookie-authenticated changes (see `allowed_origins`).
+    pub fn origins(&self) -> Vec<String> {
+        if !self.allowed_origins.is_empty() {
+            return self
+                .allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_owned())
+                .collect();
+        }
+        url::Url::parse(&self.quay_url)
+            .map(|u| vec![u.origin().ascii_serialization()])
+            .unwrap_or_default()
+    }
+}
+
+/// Where the audit trail of export requests goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    #[default]
+    None,
+    /// Splunk HTTP Event Collector, in the shape Quay's Splunk log producers write.
+    Hec,
+}
+
+/// `[audit]`: Quay's `export_logs_success` / `export_logs_failure` events.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    pub sink: AuditSink,
+    /// e.g. `https://splunk.example.com:8088/services/collector/event`.
+    pub hec_url: String,
+    pub hec_token: Secret,
+    /// Empty: the HEC token's default index.
+    pub index: String,
+    pub sourcetype: String,
+    /// `host` of the events; empty: the host of `server.public_url`.
+    pub host: String,
+    pub verify_ssl: bool,
+    pub ssl_ca_path: Option<PathBuf>,
+    pub timeout_seconds: u64,
+    pub backoff_base_seconds: u64,
+    pub backoff_max_seconds: u64,
+    /// How often the outbox is looked at when nothing wakes it.
+    pub poll_interval_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::None,
+            hec_url: String::new(),
+            hec_token: Secret::default(),
+            index: String::new(),
+            sourcetype: "access_combined".into(),
+            host: String::new(),
+            verify_ssl: true,
+            ssl_ca_path: None,
+            timeout_seconds: 10,
+            backoff_base_seconds: 2,
+            backoff_max_seconds: 300,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
 /// A configuration that could not be loaded; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -487,6 +614,38 @@ impl Config {
         }
         if self.export.max_range_days == 0 {
             return fail("export.max_range_days", "must be at least 1");
+        }
+        if self.auth.mode == AuthMode::Quay {
+            match url::Url::parse(&self.auth.quay_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return fail(
+                        "auth.quay_url",
+                        "an http(s) URL of the Quay instance is required when auth.mode = \"quay\"",
+                    );
+                }
+            }
+            if self.auth.timeout_seconds == 0 {
+                return fail("auth.timeout_seconds", "must be at least 1");
+            }
+        }
+        for origin in &self.auth.allowed_origins {
+            if url::Url::parse(origin).map_or(true, |u| u.host().is_none()) {
+                return fail("auth.allowed_origins", &format!("{origin:?} is not an origin such as https://quay.example.com"));
+            }
+        }
+        for proxy in &self.server.trusted_proxies {
+            if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err() {
+                return fail("server.trusted_proxies", &format!("{proxy:?} is not an address or CIDR"));
+            }
+        }
+        if self.audit.sink == AuditSink::Hec {
+            if url::Url::parse(&self.audit.hec_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
+                return fail("audit.hec_url", "an http(s) URL is required when audit.sink = \"hec\"");
+            }
+            if self.audit.hec_token.expose().is_empty() {
+                return fail("audit.hec_token", "required when audit.sink = \"hec\"");
+            }
         }
         if !matches!(self.splunk.url_scheme.as_str(), "http" | "https") {
             return fail("splunk.url_scheme", "must be http or https");

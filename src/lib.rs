@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod archive;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -16,6 +17,7 @@ pub mod demo;
 pub mod domain;
 pub mod emulator;
 pub mod export;
+pub mod http_client;
 pub mod logs;
 pub mod metrics;
 pub mod notify;

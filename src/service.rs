@@ -20,6 +20,9 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.bind {}: {e}", config.server.bind))?;
     let storage = crate::storage::open(&config).await?;
+    if config.auth.mode == crate::config::AuthMode::Quay {
+        crate::api::quay_auth::QuayIdentity::new(&config.auth).map_err(anyhow::Error::msg)?;
+    }
     let state = AppState::new(pool, config).with_storage(storage);
     api::serve(listener, state, shutdown).await
 }
@@ -45,11 +48,16 @@ pub async fn work(
         )
         .run(shutdown.clone()),
     );
+    let audit = crate::audit::Shipper::new(pool.clone(), &config)?
+        .map(|shipper| tokio::spawn(shipper.run(shutdown.clone())));
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
         .run(shutdown)
         .await;
     let _ = notifications.await;
     let _ = housekeeping.await;
+    if let Some(audit) = audit {
+        let _ = audit.await;
+    }
     listener_stop.cancel();
     Ok(())
 }

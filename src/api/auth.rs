@@ -11,7 +11,12 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use axum::http::HeaderMap;
+use axum::http::header::ORIGIN;
+
+use super::quay_auth::{Credential, QuayUser, Verdict};
 use super::{ApiError, AppState};
+use crate::config::AuthMode;
 use crate::domain::{Namespace, RepositoryName};
 
 /// The authenticated caller and what it administers.
@@ -26,12 +31,19 @@ pub struct Caller {
     /// has no such token yet, hence the default.
     #[sqlx(default)]
     pub global_readonly_superuser: bool,
+    /// Superusers reach every namespace (Quay's `FEATURE_SUPERUSERS_FULL_ACCESS`, from
+    /// `auth.superusers_full_access`); without it they read the registry-wide logs only.
+    #[sqlx(default)]
+    pub superuser_full_access: bool,
+    /// Quay mode: the caller's own Quay credential, to ask Quay about repositories.
+    #[sqlx(skip)]
+    pub quay: Option<Credential>,
 }
 
 impl Caller {
     /// Admin of the namespace (its organization admin, the user itself) or superuser.
     pub fn administers_namespace(&self, namespace: &str) -> bool {
-        self.superuser
+        (self.superuser && self.superuser_full_access)
             || self.username == namespace
             || self.admin_orgs.iter().any(|o| o == namespace)
     }
@@ -62,6 +74,95 @@ impl Caller {
     ) -> bool {
         let full = format!("{namespace}/{repository}");
         self.administers_namespace(namespace.as_str()) || self.admin_repos.contains(&full)
+    }
+}
+
+impl Caller {
+    /// A caller as Quay describes it (`user_view`); organizations it administers only.
+    pub fn from_quay(user: &QuayUser, credential: Credential, full_access: bool) -> Self {
+        Self {
+            username: user.username.clone(),
+            admin_orgs: user
+                .organizations
+                .iter()
+                .filter(|o| o.is_org_admin)
+                .map(|o| o.name.clone())
+                .collect(),
+            admin_repos: Vec::new(),
+            superuser: user.super_user,
+            global_readonly_superuser: user.global_readonly_super_user,
+            superuser_full_access: full_access,
+            quay: Some(credential),
+        }
+    }
+
+    /// May export the repository's logs: [`Caller::may_access_repository`], else (Quay mode)
+    /// Quay's `can_admin` for the caller.
+    pub async fn may_export_repository(
+        &self,
+        state: &AppState,
+        namespace: &Namespace,
+        repository: &RepositoryName,
+    ) -> Result<bool, ApiError> {
+        if self.may_access_repository(namespace, repository) {
+            return Ok(true);
+        }
+        self.quay_can_admin(state, namespace, repository).await
+    }
+
+    /// May read the repository's logs: [`Caller::may_read_repository`], else (Quay mode)
+    /// Quay's `can_admin` for the caller.
+    pub async fn may_read_repository_logs(
+        &self,
+        state: &AppState,
+        namespace: &Namespace,
+        repository: &RepositoryName,
+    ) -> Result<bool, ApiError> {
+        if self.may_read_repository(namespace, repository) {
+            return Ok(true);
+        }
+        self.quay_can_admin(state, namespace, repository).await
+    }
+
+    async fn quay_can_admin(
+        &self,
+        state: &AppState,
+        namespace: &Namespace,
+        repository: &RepositoryName,
+    ) -> Result<bool, ApiError> {
+        let (Some(credential), Some(quay)) = (&self.quay, &state.quay) else {
+            return Ok(false);
+        };
+        match quay.can_admin(credential, namespace, repository).await {
+            Ok(Verdict::Known(can_admin)) => Ok(can_admin),
+            Ok(Verdict::Unauthenticated) => Err(ApiError::Unauthorized),
+            Ok(Verdict::Forbidden(_)) => Ok(false),
+            Err(e) => Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Refuses a state-changing request that a browser may have been tricked into sending: one
+    /// authenticated by the Quay session cookie must carry `X-Requested-With` (Quay's UI sets
+    /// it; a cross-site form cannot) and, when the browser names its `Origin`, come from one of
+    /// `auth.allowed_origins`.
+    pub fn check_not_forged(&self, state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(credential) = self.quay.as_ref().filter(|c| c.is_cookie()) else {
+            return Ok(());
+        };
+        if !credential.requested_with() {
+            return Err(ApiError::Forbidden(
+                "a request authenticated by the Quay session cookie must carry X-Requested-With".into(),
+            ));
+        }
+        if let Some(origin) = headers.get(ORIGIN) {
+            let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+            if !state.config.auth.origins().iter().any(|o| o == origin) {
+                return Err(ApiError::Forbidden(format!(
+                    "requests from origin {origin:?} may not change anything (auth.allowed_origins)"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -135,13 +236,17 @@ async fn lookup(state: &AppState, token: &str) -> Result<Option<Caller>, ApiErro
     if let Some(caller) = state.tokens.get(&key) {
         return Ok(Some(caller));
     }
-    let caller: Option<Caller> = sqlx::query_as(
+    let caller: Option<Caller> = sqlx::query_as::<_, Caller>(
         "SELECT username, admin_orgs, admin_repos, superuser FROM api_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL",
     )
     .bind(&key)
     .fetch_optional(&state.pool)
-    .await?;
+    .await?
+    .map(|caller| Caller {
+        superuser_full_access: state.config.auth.superusers_full_access(),
+        ..caller
+    });
     if let Some(caller) = &caller {
         state.tokens.put(key, caller.clone());
     }
@@ -152,19 +257,46 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && t.len() <= 256)
-            .ok_or(ApiError::Unauthorized)?;
-        let caller = lookup(state, token).await?.ok_or(ApiError::Unauthorized)?;
+        let caller = match state.config.auth.mode {
+            AuthMode::Tokens => token_caller(parts, state).await?,
+            AuthMode::Quay => quay_caller(parts, state).await?,
+        };
         tracing::Span::current().record("caller", caller.username.as_str());
         Ok(caller)
+    }
+}
+
+/// Token mode: a logexport token in `Authorization: Bearer`.
+async fn token_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    let token = header
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && t.len() <= 256)
+        .ok_or(ApiError::Unauthorized)?;
+    lookup(state, token).await?.ok_or(ApiError::Unauthorized)
+}
+
+/// Quay mode: Quay says who the credential belongs to. Quay down is a 503, never a grant and
+/// never a 401 (Quay's UI signs the user out on a 401).
+async fn quay_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    let credential = Credential::from_headers(&parts.headers).ok_or(ApiError::Unauthorized)?;
+    let quay = state.quay.as_ref().ok_or_else(|| {
+        ApiError::Unavailable("Quay identity lookups are not configured (auth.quay_url)".into())
+    })?;
+    match quay.user(&credential).await {
+        Ok(Verdict::Known(user)) => Ok(Caller::from_quay(
+            &user,
+            credential,
+            state.config.auth.superusers_full_access(),
+        )),
+        Ok(Verdict::Unauthenticated) => Err(ApiError::Unauthorized),
+        Ok(Verdict::Forbidden(why)) => Err(ApiError::Forbidden(why)),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
 
@@ -179,6 +311,8 @@ mod tests {
             admin_repos: vec![],
             superuser: false,
             global_readonly_superuser: false,
+            superuser_full_access: false,
+            quay: None,
         }
     }
 

@@ -32,10 +32,12 @@ pub struct ExportBody {
 pub async fn user(
     State(state): State<AppState>,
     caller: Caller,
+    ip: ClientIp,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
     let namespace = Namespace::parse(&caller.username).map_err(|e| {
         ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
     })?;
@@ -44,18 +46,20 @@ pub async fn user(
         namespace,
         repository: None,
     };
-    create(state, caller, target, query, headers, body).await
+    create(state, caller, ip, target, query, headers, body).await
 }
 
 /// `POST /api/v1/organization/{orgname}/exportlogs`
 pub async fn organization(
     State(state): State<AppState>,
     caller: Caller,
+    ip: ClientIp,
     Path(orgname): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
     let namespace = parse_namespace(&orgname)?;
     if !caller.may_access_organization(&namespace) {
         return Err(ApiError::Forbidden(format!(
@@ -67,22 +71,27 @@ pub async fn organization(
         namespace,
         repository: None,
     };
-    create(state, caller, target, query, headers, body).await
+    create(state, caller, ip, target, query, headers, body).await
 }
 
 /// `POST /api/v1/repository/{namespace}/{repository}/exportlogs`
 pub async fn repository(
     State(state): State<AppState>,
     caller: Caller,
+    ip: ClientIp,
     Path((namespace, repository)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
     let namespace = parse_namespace(&namespace)?;
     let repository =
         RepositoryName::parse(&repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if !caller.may_access_repository(&namespace, &repository) {
+    if !caller
+        .may_export_repository(&state, &namespace, &repository)
+        .await?
+    {
         return Err(ApiError::Forbidden(format!(
             "you are not an administrator of repository {namespace}/{repository}"
         )));
@@ -92,7 +101,7 @@ pub async fn repository(
         namespace,
         repository: Some(repository),
     };
-    create(state, caller, target, query, headers, body).await
+    create(state, caller, ip, target, query, headers, body).await
 }
 
 /// Parses a namespace from a path segment.
@@ -167,26 +176,94 @@ pub fn export_filter(query: &Option<String>, body: &ExportBody) -> Result<LogFil
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
+/// The caller's address, for the audit trail (see [`crate::audit::client_ip`]).
+pub struct ClientIp(Option<String>);
+
+impl axum::extract::FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        Ok(Self(crate::audit::client_ip(
+            peer,
+            forwarded,
+            &state.trusted_proxies,
+        )))
+    }
+}
+
 async fn create(
     state: AppState,
     caller: Caller,
+    ip: ClientIp,
     target: Target,
     query: Option<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let config = &state.config;
-    let bytes = read_body(body, config.server.max_body_bytes).await?;
-    let body: ExportBody = if bytes.iter().all(u8::is_ascii_whitespace) {
-        ExportBody::default()
+    let bytes = read_body(body, state.config.server.max_body_bytes).await?;
+    let parsed: Result<ExportBody, ApiError> = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Ok(ExportBody::default())
     } else {
         serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))?
+            .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
     };
+    let body = parsed.as_ref().ok();
+    let audit = crate::audit::ExportRequest {
+        account: target.namespace.as_str(),
+        performer: &caller.username,
+        repository: target.repository.as_ref().map(RepositoryName::as_str),
+        ip: ip.0.as_deref(),
+        callback_url: body.and_then(|b| b.callback_url.as_deref()),
+        callback_email: body.and_then(|b| b.callback_email.as_deref()),
+    };
+    let export = match &parsed {
+        Ok(body) => new_export(&state, &caller, &target, &query, &headers, body).await,
+        Err(e) => Err(ApiError::InvalidRequest(e.to_string())),
+    };
+    let export = match export {
+        Ok(export) => export,
+        Err(error) => {
+            let event = crate::audit::AuditEvent::export_refused(audit, &error.to_string());
+            crate::audit::record(&mut *state.pool.acquire().await?, &state.config, &event).await?;
+            return Err(error);
+        }
+    };
+    let mut tx = state.pool.begin().await?;
+    let (id, new) = storage::enqueue_in(&mut tx, &export).await?;
+    if new {
+        let event = crate::audit::AuditEvent::export_queued(audit, &id.to_string());
+        crate::audit::record(&mut tx, &state.config, &event).await?;
+    }
+    tx.commit().await?;
+    tracing::info!(export_id = %id, namespace = %export.namespace, scope = %export.scope, "export queued");
+    Ok(Json(serde_json::json!({ "export_id": id })))
+}
+
+/// Validates the request into an export; every refusal here is a 400.
+async fn new_export(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    query: &Option<String>,
+    headers: &HeaderMap,
+    body: &ExportBody,
+) -> Result<NewExport, ApiError> {
+    let config = &state.config;
 
     // Query parameters (as Quay's UI sends them) win over body fields (as its docs show them).
     let pick = |name: &str, from_body: &Option<String>| {
-        query_param(&query, name).or_else(|| from_body.clone())
+        query_param(query, name).or_else(|| from_body.clone())
     };
     let range = DateRange::from_request(
         pick("starttime", &body.starttime).as_deref(),
@@ -216,7 +293,7 @@ async fn create(
             "give callback_email or callback_url (or both): otherwise nobody learns where the export is".into(),
         ));
     }
-    let filter = export_filter(&query, &body)?;
+    let filter = export_filter(query, body)?;
     let format: ExportFormat = body
         .format
         .as_deref()
@@ -247,11 +324,11 @@ async fn create(
         }
     };
 
-    let export = NewExport {
+    Ok(NewExport {
         scope: target.scope,
-        namespace: target.namespace,
-        repository: target.repository,
-        requested_by: caller.username,
+        namespace: target.namespace.clone(),
+        repository: target.repository.clone(),
+        requested_by: caller.username.clone(),
         range,
         format,
         compression,
@@ -261,8 +338,5 @@ async fn create(
         max_attempts: config.worker.max_attempts,
         performer: filter.performer,
         kinds: filter.kinds,
-    };
-    let id = storage::enqueue(&state.pool, &export).await?;
-    tracing::info!(export_id = %id, namespace = %export.namespace, scope = %export.scope, "export queued");
-    Ok(Json(serde_json::json!({ "export_id": id })))
+    })
 }

@@ -65,11 +65,19 @@ fn org_target(caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
     })
 }
 
-fn repo_target(caller: &Caller, namespace: &str, repository: &str) -> Result<Target, ApiError> {
+async fn repo_target(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    repository: &str,
+) -> Result<Target, ApiError> {
     let namespace = parse_namespace(namespace)?;
     let repository =
         RepositoryName::parse(repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if !caller.may_read_repository(&namespace, &repository) {
+    if !caller
+        .may_read_repository_logs(state, &namespace, &repository)
+        .await?
+    {
         return Err(ApiError::Forbidden(format!(
             "you are not an administrator of repository {namespace}/{repository}"
         )));
@@ -252,7 +260,7 @@ async fn repo_logs(
     Path((namespace, repository)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = repo_target(&caller, &namespace, &repository)?;
+    let target = repo_target(&state, &caller, &namespace, &repository).await?;
     list_logs(state, target, query).await
 }
 
@@ -262,7 +270,7 @@ async fn repo_aggregate(
     Path((namespace, repository)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = repo_target(&caller, &namespace, &repository)?;
+    let target = repo_target(&state, &caller, &namespace, &repository).await?;
     list_aggregate(state, target, query).await
 }
 

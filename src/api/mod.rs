@@ -6,6 +6,7 @@ mod exportlogs;
 mod exports;
 mod health;
 mod logs;
+pub mod quay_auth;
 mod status;
 
 use std::sync::Arc;
@@ -22,7 +23,7 @@ pub use error::ApiError;
 pub use exportlogs::{all_params, parse_namespace, query_param, read_body};
 pub use status::status_json;
 
-use crate::config::Config;
+use crate::config::{AuthMode, Config};
 use crate::notify::ssrf::AllowList;
 use crate::storage::{LocalStore, ObjectStore, Storage, download_router};
 
@@ -44,6 +45,10 @@ pub struct AppState {
     pub logs: Option<Arc<crate::logs::LogsService>>,
     /// Recently seen API tokens.
     pub tokens: Arc<auth::TokenCache>,
+    /// Quay mode: the Quay instance that vouches for callers.
+    pub quay: Option<Arc<quay_auth::QuayIdentity>>,
+    /// `server.trusted_proxies`, parsed.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
 
 impl AppState {
@@ -59,7 +64,20 @@ impl AppState {
                 None
             }
         };
+        let quay = match config.auth.mode {
+            AuthMode::Tokens => None,
+            AuthMode::Quay => match quay_auth::QuayIdentity::new(&config.auth) {
+                Ok(quay) => Some(Arc::new(quay)),
+                Err(e) => {
+                    tracing::error!(error = %e, "Quay identity lookups unusable: every request gets 503");
+                    None
+                }
+            },
+        };
+        let trusted_proxies = Arc::new(crate::audit::trusted_proxies(&config));
         Self {
+            quay,
+            trusted_proxies,
             pool,
             config,
             allow,
@@ -158,7 +176,8 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "API listening");
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())

@@ -118,8 +118,10 @@ pub async fn get(
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
     let row = visible_row(&state, &caller, &id).await?;
     let export_id = ExportId(row.id);
     let outcome = storage::cancel(&state.pool, export_id).await?;

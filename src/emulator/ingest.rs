@@ -67,6 +67,11 @@ pub fn hec_unauthorized() -> Response {
     hec_reply(StatusCode::UNAUTHORIZED, "Invalid authorization", 3)
 }
 
+/// HEC reply while the collector cannot take events.
+pub fn hec_busy() -> Response {
+    hec_reply(StatusCode::SERVICE_UNAVAILABLE, "Server is busy", 9)
+}
+
 /// HEC `collector/event`: one or more concatenated `{"event": ..., "time": ..., "index": ...}`.
 pub fn hec(shared: &Shared, body: &[u8]) -> Response {
     let ctx = &shared.ctx;

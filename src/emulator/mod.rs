@@ -113,6 +113,8 @@ pub struct Faults {
     /// Searches running at once (export streams, jobs not yet done) beyond this get Splunk's
     /// 503 role-quota answer, as `srchJobsQuota` does.
     pub max_concurrent_searches: Option<u64>,
+    /// HTTP Event Collector answers 503 "Server is busy" (an indexer queue full, a restart).
+    pub hec_unavailable: bool,
 }
 
 /// Ground-truth selection for tests, mirroring the filters logexport puts in its queries.

@@ -166,6 +166,9 @@ async fn dispatch(
         ["collector"] | ["collector", "event"] | ["collector", "event", "1.0"]
             if req.method == Method::POST =>
         {
+            if faults.hec_unavailable {
+                return ingest::hec_busy();
+            }
             ingest::hec(&shared, &body)
         }
         ["search", "jobs", rest @ ..] => search(&shared, &req, "search/jobs", rest).await,

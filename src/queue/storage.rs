@@ -19,39 +19,45 @@ fn secs(d: Duration) -> f64 {
 /// Inserts a new export and wakes a worker. With an idempotency key seen from the same caller
 /// within 24 hours, returns the earlier export's id instead and inserts nothing.
 pub async fn enqueue(pool: &PgPool, export: &NewExport) -> sqlx::Result<ExportId> {
-    let Some(key) = &export.idempotency_key else {
-        let id = ExportId::new();
-        insert(&mut *pool.acquire().await?, id, export).await?;
-        return Ok(id);
-    };
     let mut tx = pool.begin().await?;
-    // Serialize concurrent requests carrying the same key from the same caller.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
-        .bind(&export.requested_by)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-    let earlier: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT id, created_at FROM export_jobs WHERE requested_by = $1 AND idempotency_key = $2",
-    )
-    .bind(&export.requested_by)
-    .bind(key)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some((id, created_at)) = earlier {
-        if Utc::now() - created_at < chrono::Duration::hours(24) {
-            tx.commit().await?;
-            return Ok(ExportId(id));
-        }
-        sqlx::query("UPDATE export_jobs SET idempotency_key = NULL WHERE id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let id = ExportId::new();
-    insert(&mut tx, id, export).await?;
+    let (id, _) = enqueue_in(&mut tx, export).await?;
     tx.commit().await?;
     Ok(id)
+}
+
+/// [`enqueue`] inside the caller's transaction, so what else the caller records commits or
+/// rolls back with the job. Also says whether the job is new (false: an idempotent replay).
+pub async fn enqueue_in(
+    tx: &mut Transaction<'_, Postgres>,
+    export: &NewExport,
+) -> sqlx::Result<(ExportId, bool)> {
+    if let Some(key) = &export.idempotency_key {
+        // Serialize concurrent requests carrying the same key from the same caller.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))")
+            .bind(&export.requested_by)
+            .bind(key)
+            .execute(&mut **tx)
+            .await?;
+        let earlier: Option<(Uuid, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, created_at FROM export_jobs WHERE requested_by = $1 AND idempotency_key = $2",
+        )
+        .bind(&export.requested_by)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some((id, created_at)) = earlier {
+            if Utc::now() - created_at < chrono::Duration::hours(24) {
+                return Ok((ExportId(id), false));
+            }
+            sqlx::query("UPDATE export_jobs SET idempotency_key = NULL WHERE id = $1")
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    let id = ExportId::new();
+    insert(tx, id, export).await?;
+    Ok((id, true))
 }
 
 /// Inserts the job and wakes idle workers in one statement.

@@ -109,41 +109,16 @@ impl SplunkClient {
         url::Url::parse(&base)
             .map_err(|e| SplunkError::Config(format!("splunk.host/port give no valid URL: {e}")))?;
 
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
-            // A read timeout bounds silence, not the whole response: exports stream for hours.
-            .read_timeout(Duration::from_secs(config.read_timeout_seconds.max(1)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("logexport/", env!("CARGO_PKG_VERSION")));
-        if !config.verify_ssl {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        if let Some(path) = &config.ssl_ca_path {
-            let pem = std::fs::read(path).map_err(|e| {
-                SplunkError::Config(format!(
-                    "splunk.ssl_ca_path {} cannot be read: {e}",
-                    path.display()
-                ))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                SplunkError::Config(format!(
-                    "splunk.ssl_ca_path {} holds no PEM certificate: {e}",
-                    path.display()
-                ))
-            })?;
-            if certs.is_empty() {
-                return Err(SplunkError::Config(format!(
-                    "splunk.ssl_ca_path {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
-            .build()
+        let http = crate::http_client::builder(
+            config.verify_ssl,
+            config.ssl_ca_path.as_deref(),
+            "splunk.ssl_ca_path",
+        )
+        .map_err(SplunkError::Config)?
+        .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
+        // A read timeout bounds silence, not the whole response: exports stream for hours.
+        .read_timeout(Duration::from_secs(config.read_timeout_seconds.max(1)))
+        .build()
             .map_err(|e| SplunkError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
