@@ -113,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
             cut_once_after: a.fault_cut_once_after,
             search_events_per_sec: a.search_events_per_sec.filter(|n| *n > 0),
             max_concurrent_searches: a.max_concurrent_searches,
+            hec_unavailable: false,
         },
         tls: a.tls_cert.zip(a.tls_key),
     };
