@@ -631,17 +631,29 @@ impl Config {
         }
         for origin in &self.auth.allowed_origins {
             if url::Url::parse(origin).map_or(true, |u| u.host().is_none()) {
-                return fail("auth.allowed_origins", &format!("{origin:?} is not an origin such as https://quay.example.com"));
+                return fail(
+                    "auth.allowed_origins",
+                    &format!("{origin:?} is not an origin such as https://quay.example.com"),
+                );
             }
         }
         for proxy in &self.server.trusted_proxies {
-            if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err() {
-                return fail("server.trusted_proxies", &format!("{proxy:?} is not an address or CIDR"));
+            if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err()
+            {
+                return fail(
+                    "server.trusted_proxies",
+                    &format!("{proxy:?} is not an address or CIDR"),
+                );
             }
         }
         if self.audit.sink == AuditSink::Hec {
-            if url::Url::parse(&self.audit.hec_url).map_or(true, |u| !matches!(u.scheme(), "http" | "https")) {
-                return fail("audit.hec_url", "an http(s) URL is required when audit.sink = \"hec\"");
+            if url::Url::parse(&self.audit.hec_url)
+                .map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
+            {
+                return fail(
+                    "audit.hec_url",
+                    "an http(s) URL is required when audit.sink = \"hec\"",
+                );
             }
             if self.audit.hec_token.expose().is_empty() {
                 return fail("audit.hec_token", "required when audit.sink = \"hec\"");

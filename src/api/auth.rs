@@ -151,7 +151,8 @@ impl Caller {
         };
         if !credential.requested_with() {
             return Err(ApiError::Forbidden(
-                "a request authenticated by the Quay session cookie must carry X-Requested-With".into(),
+                "a request authenticated by the Quay session cookie must carry X-Requested-With"
+                    .into(),
             ));
         }
         if let Some(origin) = headers.get(ORIGIN) {

@@ -9,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 pub enum ApiError {
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("authentication required: send Authorization: Bearer <token> (beside Quay: a Quay OAuth token or the Quay session)")]
+    #[error(
+        "authentication required: send Authorization: Bearer <token> (beside Quay: a Quay OAuth token or the Quay session)"
+    )]
     Unauthorized,
     #[error("{0}")]
     Forbidden(String),

@@ -310,7 +310,11 @@ impl QuayIdentity {
 }
 
 fn unexpected(path: &str, status: u16) -> QuayUnavailable {
-    tracing::warn!(status, path, "Quay answered an identity lookup with an error");
+    tracing::warn!(
+        status,
+        path,
+        "Quay answered an identity lookup with an error"
+    );
     QuayUnavailable(format!(
         "Quay answered {path} with HTTP {status}; try again shortly"
     ))
@@ -321,6 +325,7 @@ mod tests {
     use super::*;
 
     fn identity(url: &str) -> QuayIdentity {
+        crate::telemetry::install_crypto_provider();
         QuayIdentity::new(&AuthConfig {
             quay_url: url.into(),
             ..AuthConfig::default()
@@ -335,11 +340,16 @@ mod tests {
             quay.url(&["api", "v1", "user", ""]).as_str(),
             "https://quay.example.com/prefix/api/v1/user/"
         );
-        // A segment can never climb out or add a query, whatever it holds.
+        // A segment cannot add a query, a fragment or a level, whatever it holds…
         assert_eq!(
-            quay.url(&["api", "v1", "repository", "..", "a?b#c/d"]).as_str(),
-            "https://quay.example.com/prefix/api/v1/repository/%2E%2E/a%3Fb%23c%2Fd"
+            quay.url(&["api", "v1", "repository", "a?b#c/d"]).as_str(),
+            "https://quay.example.com/prefix/api/v1/repository/a%3Fb%23c%2Fd"
         );
+        // …and dot segments, which the URL library would resolve, are no valid names.
+        for dots in [".", "..", "%2e%2e"] {
+            assert!(Namespace::parse(dots).is_err(), "{dots}");
+            assert!(RepositoryName::parse(dots).is_err(), "{dots}");
+        }
     }
 
     #[test]

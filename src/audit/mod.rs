@@ -61,7 +61,9 @@ impl AuditEvent {
     }
 
     fn new(kind: &'static str, request: ExportRequest<'_>, mut metadata: Value) -> Self {
-        metadata["url"] = request.callback_url.map_or(Value::Null, |u| redact_url(u).into());
+        metadata["url"] = request
+            .callback_url
+            .map_or(Value::Null, |u| redact_url(u).into());
         metadata["email"] = request.callback_email.map_or(Value::Null, Value::from);
         if let Some(repo) = request.repository {
             metadata["repo"] = Value::from(repo);

@@ -119,7 +119,7 @@ impl SplunkClient {
         // A read timeout bounds silence, not the whole response: exports stream for hours.
         .read_timeout(Duration::from_secs(config.read_timeout_seconds.max(1)))
         .build()
-            .map_err(|e| SplunkError::Config(format!("cannot build the HTTP client: {e}")))?;
+        .map_err(|e| SplunkError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 http,

@@ -14,6 +14,7 @@ mod export_listing;
 mod logs;
 mod notify;
 mod outage;
+mod quay_auth;
 mod queue;
 mod resume;
 mod search_quota;
