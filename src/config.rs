@@ -188,6 +188,9 @@ pub struct ExportConfig {
     /// Time slices an export's range is cut into, read up to `splunk.max_concurrent_searches`
     /// at once.
     pub slices: u32,
+    /// Once every slice is being read, an idle search splits the busiest one when at least this
+    /// many of its rows are still to come; 0: never split.
+    pub split_min_rows: u64,
     /// Where slices read ahead wait for their turn (default: the system temp dir).
     pub spool_dir: Option<PathBuf>,
     /// Read-ahead slices on disk per export before their readers wait, in MiB.
@@ -209,6 +212,7 @@ impl Default for ExportConfig {
             object_prefix: "exportedactionlogs/".into(),
             stale_upload_seconds: 86400,
             slices: 48,
+            split_min_rows: 20_000,
             spool_dir: None,
             spool_max_mib: 2048,
             manifest_signing_key: Secret::default(),

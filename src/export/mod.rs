@@ -49,6 +49,7 @@ impl ExportSettings {
                     n => n as usize,
                 },
                 slices: config.export.slices.max(1) as usize,
+                split_min_rows: config.export.split_min_rows,
                 spool_dir: config
                     .export
                     .spool_dir

@@ -7,10 +7,17 @@
 //! bounds are `[earliest, latest)` like Splunk's, so consecutive slices neither overlap nor leave
 //! a gap. Memory is a few buffers per slice; the disk holds at most `spool_max_bytes` of slices
 //! read ahead (the slice next in line is never held back, so reading always progresses).
+//!
+//! Events cluster in time, so equal slices are not equal work. Once every slice has started, a
+//! reader that runs out of slices splits the running piece with the most rows still to come (by
+//! the rate it has read at): that piece's reader keeps the newer half of what it has not read
+//! yet and stops its stream where the older half begins, and the idle reader searches the older
+//! half as a piece of its own. A slice is its pieces, newest first, so the archive and the
+//! checkpoints (per planned slice) are the same whatever was split.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -34,6 +41,8 @@ pub struct SliceSettings {
     pub spool_max_bytes: u64,
     /// Attempts per slice (a cut stream, a quota answer past the client's own retries).
     pub slice_attempts: u32,
+    /// A running piece is split only with at least this many rows to come; 0: never.
+    pub split_min_rows: u64,
 }
 
 /// Cuts `[start, end)` into at most `count` contiguous slices of equal length (whole seconds
@@ -89,7 +98,7 @@ pub struct Resume {
     pub slices_done: usize,
 }
 
-/// A slice read completely: its rows in a spool file.
+/// A piece read completely: its rows in a spool file.
 struct Spooled {
     path: PathBuf,
     bytes: u64,
@@ -103,9 +112,140 @@ pub struct SliceProgress {
     pub running: AtomicUsize,
 }
 
+/// One planned slice: the pieces it is read in, newest first (one unless it was split).
+struct SliceParts {
+    index: usize,
+    pieces: Mutex<Vec<Arc<Piece>>>,
+}
+
+/// A part of a slice that one search reads: `[start, end)`, of which its reader keeps the rows
+/// at or after `cut` (a split hands `[cut, …)`'s older part to a new piece).
+struct Piece {
+    end: DateTime<Utc>,
+    path: PathBuf,
+    state: Mutex<PieceState>,
+    /// The reader's outcome; the consumer takes it when the piece is next in line.
+    outcome: Mutex<Option<oneshot::Receiver<Result<Spooled, SplunkError>>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PieceState {
+    /// Rows older than this belong to a later piece (the piece's start until it is split).
+    cut: DateTime<Utc>,
+    /// The oldest `_time` kept so far (the piece's end before the first row).
+    position: DateTime<Utc>,
+    rows: u64,
+    /// Being read: only such a piece may be split.
+    running: bool,
+}
+
+impl Piece {
+    fn new(
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        path: PathBuf,
+    ) -> (Arc<Self>, oneshot::Sender<Result<Spooled, SplunkError>>) {
+        let (tx, rx) = oneshot::channel();
+        let piece = Arc::new(Self {
+            end,
+            path,
+            state: Mutex::new(PieceState {
+                cut: start,
+                position: end,
+                rows: 0,
+                running: false,
+            }),
+            outcome: Mutex::new(Some(rx)),
+        });
+        (piece, tx)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PieceState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rows still to come, by the rate read so far (`None` before the first row: unknown).
+    fn rows_to_come(state: &PieceState, end: DateTime<Utc>) -> Option<u64> {
+        let read = (end - state.position).num_milliseconds();
+        let left = (state.position - state.cut).num_milliseconds();
+        (state.rows > 0 && read > 0 && left > 0)
+            .then(|| (state.rows as f64 * left as f64 / read as f64) as u64)
+    }
+}
+
+/// The slices being read, shared by their readers so an idle one can split a busy one.
+struct Plan {
+    slices: Vec<Arc<SliceParts>>,
+    /// Slice readers still waiting for a search permit; pieces are split only once this is 0.
+    unstarted: AtomicUsize,
+    pieces: AtomicUsize,
+    dir: PathBuf,
+    /// See [`SliceSettings::split_min_rows`].
+    split_min_rows: u64,
+}
+
+impl Plan {
+    /// Splits the running piece with the most rows to come; returns the new piece to read.
+    fn split(
+        &self,
+    ) -> Option<(
+        usize,
+        Arc<Piece>,
+        oneshot::Sender<Result<Spooled, SplunkError>>,
+    )> {
+        if self.split_min_rows == 0 {
+            return None;
+        }
+        let mut best: Option<(u64, &Arc<SliceParts>, usize)> = None;
+        for slice in &self.slices {
+            let pieces = slice.pieces.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, piece) in pieces.iter().enumerate() {
+                let state = *piece.state();
+                if !state.running {
+                    continue;
+                }
+                if let Some(rows) = Piece::rows_to_come(&state, piece.end)
+                    && rows >= self.split_min_rows
+                    && best.is_none_or(|(most, _, _)| rows > most)
+                {
+                    best = Some((rows, slice, k));
+                }
+            }
+        }
+        let (_, slice, k) = best?;
+        // Both locks while the cut moves and the new piece goes in: the consumer and the piece's
+        // own reader see either neither or both.
+        let mut pieces = slice.pieces.lock().unwrap_or_else(|p| p.into_inner());
+        let piece = pieces.get(k)?.clone();
+        let mut state = piece.state();
+        let left = (state.position - state.cut).num_seconds();
+        if !state.running || left < 2 {
+            return None;
+        }
+        // Whole seconds, strictly between the cut and what the reader already kept.
+        let middle = state.cut + chrono::Duration::seconds(left / 2);
+        let middle = DateTime::from_timestamp(middle.timestamp(), 0)?;
+        if middle <= state.cut || middle >= state.position {
+            return None;
+        }
+        let older = state.cut;
+        state.cut = middle;
+        drop(state);
+        let n = self.pieces.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("slice-{:05}-{n}", slice.index));
+        let (new, tx) = Piece::new(older, middle, path);
+        pieces.insert(k + 1, new.clone());
+        METRICS.incr("logexport_export_slices_total", "split");
+        Some((slice.index, new, tx))
+    }
+}
+
 /// The rows of every slice, in archive order, while later slices are read ahead.
 pub struct SlicedRows {
-    pending: std::vec::IntoIter<oneshot::Receiver<Result<Spooled, SplunkError>>>,
+    plan: Arc<Plan>,
+    /// Position in the plan: the slice, and the piece of it, being handed on.
+    slice: usize,
+    piece: usize,
     current: Option<(BufReader<tokio::fs::File>, PathBuf)>,
     line: Vec<u8>,
     rows: u64,
@@ -126,7 +266,7 @@ struct Spool {
     bytes: AtomicU64,
     max: u64,
     freed: Notify,
-    /// Index of the slice next in line; its reader never waits for room.
+    /// Index of the slice next in line; its readers never wait for room.
     head: AtomicUsize,
 }
 
@@ -143,6 +283,17 @@ impl Drop for SpoolDir {
     }
 }
 
+/// What every reader of one export shares.
+#[derive(Clone)]
+struct Readers {
+    splunk: SplunkClient,
+    filters: SearchFilters,
+    spool: Arc<Spool>,
+    progress: Arc<SliceProgress>,
+    plan: Arc<Plan>,
+    attempts: u32,
+}
+
 impl SlicedRows {
     /// Starts reading `filters`' range in slices; returns once the first slice's search was
     /// accepted by Splunk, so a refused token or search fails before anything is uploaded.
@@ -157,16 +308,10 @@ impl SlicedRows {
         let count = resume.map_or_else(|| slice_count(filters, settings), |r| r.slices);
         let slices = plan(filters.start, filters.end, count);
         let skip = resume.map_or(0, |r| r.slices_done).min(slices.len());
-        let queries = slices[skip..]
-            .iter()
-            .map(|s| {
-                let mut f = filters.clone();
-                f.start = s.start;
-                f.end = s.end;
-                f.build()
-                    .map_err(|e| SplunkError::Config(format!("cannot build the search: {e}")))
-            })
-            .collect::<Result<Vec<BuiltQuery>, _>>()?;
+        // Every slice's search must build before anything runs.
+        for s in &slices[skip..] {
+            query_for(filters, s.start, s.end)?;
+        }
         let dir = settings.spool_dir.join(name);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
             SplunkError::Config(format!(
@@ -174,7 +319,6 @@ impl SlicedRows {
                 dir.display()
             ))
         })?;
-        let dir = SpoolDir(dir);
         let spool = Arc::new(Spool {
             bytes: AtomicU64::new(0),
             max: settings.spool_max_bytes,
@@ -184,34 +328,58 @@ impl SlicedRows {
         let progress = Arc::new(SliceProgress::default());
         progress.total.store(slices.len(), Ordering::Relaxed);
         progress.done.store(skip, Ordering::Relaxed);
+        let mut senders = Vec::new();
+        let parts = slices[skip..]
+            .iter()
+            .enumerate()
+            .map(|(index, s)| {
+                let (piece, tx) = Piece::new(s.start, s.end, dir.join(format!("slice-{index:05}")));
+                senders.push((piece.clone(), tx));
+                Arc::new(SliceParts {
+                    index,
+                    pieces: Mutex::new(vec![piece]),
+                })
+            })
+            .collect();
+        let plan = Arc::new(Plan {
+            slices: parts,
+            unstarted: AtomicUsize::new(senders.len()),
+            pieces: AtomicUsize::new(0),
+            dir: dir.clone(),
+            split_min_rows: settings.split_min_rows,
+        });
+        let shared = Readers {
+            splunk: splunk.clone(),
+            filters: filters.clone(),
+            spool: spool.clone(),
+            progress: progress.clone(),
+            plan: plan.clone(),
+            attempts: settings.slice_attempts.max(1),
+        };
+        let dir = SpoolDir(dir);
         let gate = Arc::new(Semaphore::new(settings.parallel.max(1)));
         // Searches this export may run at once; a quota answer lowers it (never below one).
         let allowed = Arc::new(AtomicUsize::new(settings.parallel.max(1)));
         let mut readers = JoinSet::new();
-        let mut pending = Vec::with_capacity(queries.len());
         let (started_tx, started) = oneshot::channel();
         let mut started_tx = Some(started_tx);
-        for (index, query) in queries.into_iter().enumerate() {
-            let (tx, rx) = oneshot::channel();
-            pending.push(rx);
-            let reader = SliceReader {
-                splunk: splunk.clone(),
-                query,
-                index,
-                path: dir.0.join(format!("slice-{index:05}")),
-                spool: spool.clone(),
-                progress: progress.clone(),
-                attempts: settings.slice_attempts.max(1),
-                started: if index == 0 { started_tx.take() } else { None },
-                refused_for_quota: false,
-            };
-            let (gate, allowed) = (gate.clone(), allowed.clone());
+        for (index, (piece, tx)) in senders.into_iter().enumerate() {
+            let started = if index == 0 { started_tx.take() } else { None };
+            let (gate, allowed, shared) = (gate.clone(), allowed.clone(), shared.clone());
             readers.spawn(async move {
                 // Slices start in order, so the ones next in line are read first.
                 let Ok(permit) = gate.acquire_owned().await else {
                     return;
                 };
-                let (outcome, refused_for_quota) = reader.read().await;
+                shared.plan.unstarted.fetch_sub(1, Ordering::AcqRel);
+                let mut refused_for_quota = shared.read(index, &piece, tx, started).await;
+                // Every slice has a reader: help the busiest one instead of idling.
+                while !refused_for_quota
+                    && shared.plan.unstarted.load(Ordering::Acquire) == 0
+                    && let Some((slice, piece, tx)) = shared.plan.split()
+                {
+                    refused_for_quota = shared.read(slice, &piece, tx, None).await;
+                }
                 // Splunk said its search quota is full (other users, another cluster): this
                 // export reads with one search fewer from now on instead of failing.
                 if refused_for_quota
@@ -224,7 +392,6 @@ impl SlicedRows {
                     METRICS.incr("logexport_export_slices_total", "concurrency_lowered");
                     permit.forget();
                 }
-                let _ = tx.send(outcome);
             });
         }
         // With every slice finished by an earlier attempt there is no first search to wait for.
@@ -236,7 +403,9 @@ impl SlicedRows {
             Err(_) => {}
         }
         Ok(Self {
-            pending: pending.into_iter(),
+            plan,
+            slice: 0,
+            piece: 0,
             current: None,
             line: Vec::with_capacity(64 * 1024),
             rows: 0,
@@ -286,18 +455,29 @@ impl SlicedRows {
             && batch.len() >= max
             && let Some((reader, _)) = self.current.as_mut()
             && reader.fill_buf().await.map_err(spool_error)?.is_empty()
+            && self.next_piece().is_none()
         {
+            if let Some((_, path)) = self.current.take() {
+                let _ = tokio::fs::remove_file(&path).await;
+            }
             self.end_slice().await;
         }
         Ok(more)
     }
 
+    /// The piece after the current one in the current slice, if the slice has one.
+    fn next_piece(&self) -> Option<Arc<Piece>> {
+        let slice = self.plan.slices.get(self.slice)?;
+        let pieces = slice.pieces.lock().unwrap_or_else(|p| p.into_inner());
+        pieces.get(self.piece + 1).cloned()
+    }
+
     /// The current slice is handed on completely.
     async fn end_slice(&mut self) {
-        if let Some((_, path)) = self.current.take() {
-            let _ = tokio::fs::remove_file(&path).await;
-        }
+        self.slice += 1;
+        self.piece = 0;
         self.handed_on += 1;
+        self.progress.done.fetch_add(1, Ordering::Relaxed);
         self.boundary = Some(self.handed_on);
         self.spool.head.fetch_add(1, Ordering::AcqRel);
         self.spool.freed.notify_waiters();
@@ -306,12 +486,28 @@ impl SlicedRows {
     async fn fill(&mut self, batch: &mut RowBatch, max: usize) -> Result<bool, SplunkError> {
         while batch.len() < max {
             let Some((reader, _)) = self.current.as_mut() else {
-                let Some(next) = self.pending.next() else {
+                let Some(slice) = self.plan.slices.get(self.slice) else {
                     return Ok(false);
                 };
-                let spooled = next.await.map_err(|_| {
-                    SplunkError::Protocol("a slice reader stopped without an outcome".into())
-                })??;
+                let piece = {
+                    let pieces = slice.pieces.lock().unwrap_or_else(|p| p.into_inner());
+                    pieces[self.piece].clone()
+                };
+                let outcome = piece
+                    .outcome
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                let spooled = match outcome {
+                    Some(rx) => rx.await.map_err(|_| {
+                        SplunkError::Protocol("a slice reader stopped without an outcome".into())
+                    })??,
+                    None => {
+                        return Err(SplunkError::Protocol(
+                            "a slice piece was handed on twice".into(),
+                        ));
+                    }
+                };
                 let file = tokio::fs::File::open(&spooled.path)
                     .await
                     .map_err(spool_error)?;
@@ -325,6 +521,15 @@ impl SlicedRows {
                 .await
                 .map_err(spool_error)?;
             if n == 0 {
+                if let Some((_, path)) = self.current.take() {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                // The piece is done, so no piece is split off it any more: the list is final
+                // up to its successor.
+                if self.next_piece().is_some() {
+                    self.piece += 1;
+                    continue;
+                }
                 self.end_slice().await;
                 // A slice's rows go on without waiting for the next slice's search.
                 if !batch.is_empty() {
@@ -340,7 +545,7 @@ impl SlicedRows {
         Ok(true)
     }
 
-    /// A slice's bytes leave the read-ahead budget once it is next in line.
+    /// A piece's bytes leave the read-ahead budget once it is next in line.
     fn take_room(&self, bytes: u64) {
         self.spool.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.spool.freed.notify_waiters();
@@ -353,34 +558,54 @@ fn spool_error(e: std::io::Error) -> SplunkError {
     }
 }
 
-/// Reads one slice to its spool file, again from the start after a retryable failure.
-struct SliceReader {
-    splunk: SplunkClient,
-    query: BuiltQuery,
-    index: usize,
-    path: PathBuf,
-    spool: Arc<Spool>,
-    progress: Arc<SliceProgress>,
-    attempts: u32,
-    started: Option<oneshot::Sender<Result<(), SplunkError>>>,
-    /// Whether Splunk answered a search of this slice with its quota.
-    refused_for_quota: bool,
+/// The export's search narrowed to `[start, end)`.
+fn query_for(
+    filters: &SearchFilters,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<BuiltQuery, SplunkError> {
+    let mut f = filters.clone();
+    f.start = start;
+    f.end = end;
+    f.build()
+        .map_err(|e| SplunkError::Config(format!("cannot build the search: {e}")))
 }
 
-impl SliceReader {
-    /// Reads the slice; says too whether Splunk refused a search for its quota meanwhile.
-    async fn read(mut self) -> (Result<Spooled, SplunkError>, bool) {
+/// A row's `_time` (Splunk's result rows carry it as text).
+fn row_time(row: &[u8]) -> Option<DateTime<Utc>> {
+    const KEY: &[u8] = b"\"_time\":\"";
+    let at = memchr::memmem::find(row, KEY)? + KEY.len();
+    let len = memchr::memchr(b'"', &row[at..])?;
+    crate::splunk::parse_timestamp(std::str::from_utf8(&row[at..at + len]).ok()?)
+}
+
+impl Readers {
+    /// Reads one piece of slice `slice` to its spool file, again after a retryable failure
+    /// (from its cut: what a split handed away is not read again); says whether Splunk refused
+    /// a search for its quota meanwhile.
+    async fn read(
+        &self,
+        slice: usize,
+        piece: &Arc<Piece>,
+        tx: oneshot::Sender<Result<Spooled, SplunkError>>,
+        mut started: Option<oneshot::Sender<Result<(), SplunkError>>>,
+    ) -> bool {
         self.progress.running.fetch_add(1, Ordering::Relaxed);
+        piece.state().running = true;
+        let mut refused_for_quota = false;
         let mut attempt = 0;
         let outcome = loop {
             attempt += 1;
-            match self.read_once().await {
+            match self
+                .read_once(slice, piece, &mut started, &mut refused_for_quota)
+                .await
+            {
                 Ok(spooled) => break Ok(spooled),
                 Err(e) if e.is_retryable() && attempt < self.attempts => {
-                    self.refused_for_quota |= e.is_quota();
+                    refused_for_quota |= e.is_quota();
                     let delay = self.splunk.retry_policy().delay(attempt - 1);
                     tracing::warn!(
-                        slice = self.index, attempt, error = %e, delay_ms = delay.as_millis() as u64,
+                        slice, attempt, error = %e, delay_ms = delay.as_millis() as u64,
                         "reading an export slice failed; reading that slice again"
                     );
                     METRICS.incr("logexport_export_slices_total", "read_again");
@@ -389,32 +614,47 @@ impl SliceReader {
                 Err(e) => break Err(e),
             }
         };
+        piece.state().running = false;
         self.progress.running.fetch_sub(1, Ordering::Relaxed);
         if let Err(e) = &outcome
-            && let Some(started) = self.started.take()
+            && let Some(started) = started.take()
         {
             let _ = started.send(Err(clone_error(e)));
         }
         if outcome.is_ok() {
-            self.progress.done.fetch_add(1, Ordering::Relaxed);
             METRICS.incr("logexport_export_slices_total", "read");
         }
-        (outcome, self.refused_for_quota)
+        let _ = tx.send(outcome);
+        refused_for_quota
     }
 
-    async fn read_once(&mut self) -> Result<Spooled, SplunkError> {
+    async fn read_once(
+        &self,
+        slice: usize,
+        piece: &Arc<Piece>,
+        started: &mut Option<oneshot::Sender<Result<(), SplunkError>>>,
+        refused_for_quota: &mut bool,
+    ) -> Result<Spooled, SplunkError> {
+        // A new attempt starts over: from the piece's end, down to its current cut.
+        let cut = {
+            let mut state = piece.state();
+            state.position = piece.end;
+            state.rows = 0;
+            state.cut
+        };
+        let query = query_for(&self.filters, cut, piece.end)?;
         let answers = self.splunk.quota_answers();
-        let stream = self.splunk.export(&self.query).await;
+        let stream = self.splunk.export(&query).await;
         // Even a quota answer the client's retries got past means Splunk is full.
-        self.refused_for_quota |= self.splunk.quota_answers() > answers;
+        *refused_for_quota |= self.splunk.quota_answers() > answers;
         let mut stream = stream?;
-        if let Some(started) = self.started.take() {
+        if let Some(started) = started.take() {
             let _ = started.send(Ok(()));
         }
-        let file = tokio::fs::File::create(&self.path)
+        let file = tokio::fs::File::create(&piece.path)
             .await
             .map_err(spool_error)?;
-        // Small buffers: up to `parallel` slices are read at once, and the spool file is the buffer.
+        // Small buffers: up to `parallel` pieces are read at once, and the spool file is the buffer.
         let mut out = BufWriter::with_capacity(64 * 1024, file);
         let mut batch = RowBatch::with_capacity(256, 256 * 1024);
         let mut bytes = 0u64;
@@ -422,15 +662,33 @@ impl SliceReader {
             loop {
                 batch.clear();
                 let more = stream.next_batch(&mut batch, 256).await?;
+                // Newest first: the rows before the first one older than the cut are this
+                // piece's, and once one is older the rest belong to the piece split off.
+                let (keep, reached_cut) = {
+                    let mut state = piece.state();
+                    let mut keep = 0;
+                    let mut reached_cut = false;
+                    for row in batch.iter() {
+                        let time = row_time(row).unwrap_or(state.position);
+                        if time < state.cut {
+                            reached_cut = true;
+                            break;
+                        }
+                        state.position = state.position.min(time);
+                        keep += 1;
+                    }
+                    state.rows += keep as u64;
+                    (keep, reached_cut)
+                };
                 let mut written = 0u64;
-                for row in batch.iter() {
+                for row in batch.iter().take(keep) {
                     out.write_all(row).await.map_err(spool_error)?;
                     out.write_all(b"\n").await.map_err(spool_error)?;
                     written += row.len() as u64 + 1;
                 }
                 bytes += written;
-                self.wait_for_room(written).await;
-                if !more {
+                self.wait_for_room(slice, written).await;
+                if !more || reached_cut {
                     break;
                 }
             }
@@ -439,26 +697,26 @@ impl SliceReader {
         }
         .await;
         if let Err(e) = result {
-            // The slice is read again from its start: what it spooled is given back.
+            // The piece is read again from its end: what it spooled is given back.
             self.spool.bytes.fetch_sub(bytes, Ordering::AcqRel);
             self.spool.freed.notify_waiters();
-            let _ = tokio::fs::remove_file(&self.path).await;
+            let _ = tokio::fs::remove_file(&piece.path).await;
             return Err(e);
         }
         Ok(Spooled {
-            path: self.path.clone(),
+            path: piece.path.clone(),
             bytes,
         })
     }
 
     /// Counts `bytes` against the read-ahead budget, waiting while it is spent — unless this
     /// slice is next in line, which always reads on.
-    async fn wait_for_room(&self, bytes: u64) {
+    async fn wait_for_room(&self, slice: usize, bytes: u64) {
         let spool = &self.spool;
         spool.bytes.fetch_add(bytes, Ordering::AcqRel);
         loop {
             let freed = spool.freed.notified();
-            if spool.head.load(Ordering::Acquire) >= self.index
+            if spool.head.load(Ordering::Acquire) >= slice
                 || spool.bytes.load(Ordering::Acquire) <= spool.max
             {
                 return;
