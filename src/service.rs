@@ -24,7 +24,7 @@ pub async fn serve(
     api::serve(listener, state, shutdown).await
 }
 
-/// Runs export workers, the notifier and housekeeping until shutdown.
+/// Runs export workers, the notifier, housekeeping and the scheduler until shutdown.
 pub async fn work(
     pool: PgPool,
     config: Arc<Config>,
@@ -45,11 +45,17 @@ pub async fn work(
         )
         .run(shutdown.clone()),
     );
+    let scheduler = config.schedule.enabled.then(|| {
+        tokio::spawn(crate::schedule::Scheduler::new(pool.clone(), &config).run(shutdown.clone()))
+    });
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
         .run(shutdown)
         .await;
     let _ = notifications.await;
     let _ = housekeeping.await;
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
+    }
     listener_stop.cancel();
     Ok(())
 }
