@@ -16,6 +16,7 @@ mod notify;
 mod outage;
 mod queue;
 mod resume;
+mod schedules;
 mod search_quota;
 mod splunk;
 mod storage;
