@@ -13,7 +13,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, eventually, spawn_app};
+use crate::helpers::{
+    TestApp, eventually, spawn_app, spawn_app_with, test_config, test_db, use_emulator,
+};
 use crate::notify::harness::Receiver;
 
 const ACME: &str = "/api/v1/organization/acme/exportschedules";
@@ -799,4 +801,106 @@ async fn schedule_requests_are_checked_like_exports_and_a_refusal_stores_nothing
         1,
         "the repository's, in acme"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nightly_schedule_runs_in_the_workers_and_posts_each_closed_day_to_its_callback() {
+    // The real clock this time: the workers' scheduler ticks every second with the wall clock.
+    let today = Utc::now().date_naive();
+    let day = |back: u64| {
+        (today - chrono::Days::new(back))
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+    };
+    let (first, second) = (day(2), day(1));
+    let mut events = Vec::new();
+    for (start, hours) in [
+        (first, [1, 13, 23]),
+        (second, [0, 2, 12]),
+        (day(0), [0, 0, 0]),
+    ] {
+        for h in hours {
+            events.push(
+                json!({"kind": "push_repo", "account": "acme", "repository": "web",
+                               "performer": "alice", "ip": "192.0.2.1",
+                               "datetime": (start + Duration::hours(h)).timestamp()}),
+            );
+        }
+    }
+    // The first day's last second belongs to it, the second's first instant to the second.
+    events.push(
+        json!({"kind": "delete_tag", "account": "acme", "repository": "web",
+                       "performer": "alice", "ip": "192.0.2.1",
+                       "datetime": (second - Duration::seconds(1)).timestamp()}),
+    );
+    let dir = std::env::temp_dir().join(format!("logexport-sched-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("events.ndjson");
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let emulator = logexport::emulator::spawn(logexport::emulator::EmulatorOptions {
+        token: Some("splunk-test-token".into()),
+        data_files: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator");
+
+    let receiver = Receiver::start(vec![]).await;
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    use_emulator(&mut config, &emulator, "splunk-test-token");
+    config.storage.local.path = dir.join("archives");
+    config.schedule.interval_seconds = 1;
+    let app = spawn_app_with(pool.clone(), config).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = tokio::spawn(logexport::service::work(
+        pool,
+        app.config.clone(),
+        stop.clone(),
+    ));
+
+    let alice = app.token("alice", &["acme"], &[], false).await;
+    let id = app
+        .create_schedule(
+            &alice,
+            ACME,
+            json!({"period": "daily", "timezone": "UTC",
+                   "start_date": first.format("%Y-%m-%d").to_string(), "delay_minutes": 0,
+                   "callback_url": format!("http://127.0.0.1:{}/nightly", receiver.port)}),
+        )
+        .await;
+
+    let calls = eventually(60, "two callbacks", || async {
+        let calls = receiver.calls();
+        (calls.len() >= 2).then_some(calls)
+    })
+    .await;
+    let mut bodies: Vec<Value> = calls
+        .iter()
+        .map(|c| serde_json::from_slice(&c.body).unwrap())
+        .collect();
+    bodies.sort_by_key(|b| b["start_time"].as_str().unwrap().to_owned());
+    let label = |t: DateTime<Utc>| t.format("%m/%d/%Y").to_string();
+    assert_eq!(bodies[0]["start_time"], label(first));
+    assert_eq!(bodies[0]["end_time"], label(first));
+    assert_eq!(bodies[0]["status"], "success");
+    assert_eq!(
+        bodies[0]["logs_exported"], 4,
+        "three events and the last second"
+    );
+    assert_eq!(bodies[1]["start_time"], label(second));
+    assert_eq!(bodies[1]["logs_exported"], 3, "from midnight on");
+
+    // Today has not closed: no third export, and the schedule says what comes next.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(receiver.calls().len(), 2);
+    let doc = json_of(app.schedule(&alice, &id).await).await;
+    assert_eq!(doc["next_period"]["start"], json!(day(0)));
+    assert_eq!(doc["last_run"]["state"], "succeeded");
+    assert_eq!(doc["lag_seconds"], 0);
+    stop.cancel();
+    let _ = workers.await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
