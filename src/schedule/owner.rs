@@ -56,35 +56,22 @@ pub fn refusal(caller: &Caller, target: Target<'_>) -> Option<String> {
     }
 }
 
-/// The owner's rights as the union of their live tokens; `None` when none is left.
+/// The owner's rights as the union of their live tokens; `None` when none is left. Read into a
+/// [`Caller`] the way the API's token lookup reads one.
 async fn caller_from_tokens(conn: &mut PgConnection, owner: &str) -> sqlx::Result<Option<Caller>> {
-    let tokens: Vec<(Vec<String>, Vec<String>, bool)> = sqlx::query_as(
-        "SELECT admin_orgs, admin_repos, superuser FROM api_tokens
-         WHERE username = $1 AND revoked_at IS NULL",
+    sqlx::query_as(
+        "SELECT $1::text AS username,
+                ARRAY(SELECT DISTINCT o FROM api_tokens t, unnest(t.admin_orgs) o
+                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY o) AS admin_orgs,
+                ARRAY(SELECT DISTINCT r FROM api_tokens t, unnest(t.admin_repos) r
+                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY r) AS admin_repos,
+                EXISTS(SELECT 1 FROM api_tokens
+                       WHERE username = $1 AND revoked_at IS NULL AND superuser) AS superuser
+         WHERE EXISTS(SELECT 1 FROM api_tokens WHERE username = $1 AND revoked_at IS NULL)",
     )
     .bind(owner)
-    .fetch_all(conn)
-    .await?;
-    if tokens.is_empty() {
-        return Ok(None);
-    }
-    let mut caller = Caller {
-        username: owner.to_owned(),
-        admin_orgs: Vec::new(),
-        admin_repos: Vec::new(),
-        superuser: false,
-        global_readonly_superuser: false,
-    };
-    for (orgs, repos, superuser) in tokens {
-        caller.admin_orgs.extend(orgs);
-        caller.admin_repos.extend(repos);
-        caller.superuser |= superuser;
-    }
-    caller.admin_orgs.sort();
-    caller.admin_orgs.dedup();
-    caller.admin_repos.sort();
-    caller.admin_repos.dedup();
-    Ok(Some(caller))
+    .fetch_optional(conn)
+    .await
 }
 
 #[cfg(test)]
