@@ -190,16 +190,7 @@ async fn concurrent_schedulers_create_each_period_once(processes: usize) {
     let mut enqueued = 0;
     for step in 1..=12 {
         let now = at("2026-01-01T00:00:00Z") + Duration::days(3) * step;
-        let ticks: Vec<_> = schedulers
-            .iter()
-            .map(|s| {
-                let s = s.clone();
-                tokio::spawn(async move { s.tick(now).await.unwrap() })
-            })
-            .collect();
-        for tick in ticks {
-            enqueued += tick.await.unwrap().enqueued;
-        }
+        enqueued += tick_together(&schedulers, now).await;
     }
 
     // Up to 2026-02-06T00:00Z: 1 January to 5 February in UTC, Berlin and Tokyo (36 days), to
@@ -240,19 +231,33 @@ async fn three_schedulers_together_create_each_period_once() {
     concurrent_schedulers_create_each_period_once(3).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduler_killed_between_enqueue_and_commit_leaves_nothing_and_each_period_is_made_once()
-{
+/// Ticks every scheduler at once and returns how many exports they enqueued together.
+async fn tick_together(schedulers: &[Scheduler], now: DateTime<Utc>) -> u64 {
+    let ticks: Vec<_> = schedulers
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            tokio::spawn(async move { s.tick(now).await.unwrap() })
+        })
+        .collect();
+    let mut enqueued = 0;
+    for tick in ticks {
+        enqueued += tick.await.unwrap().enqueued;
+    }
+    enqueued
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_schedulers_one_killed_between_enqueue_and_commit_still_make_each_period_once() {
     let app = spawn_app(|_| {}).await;
     let alice = app.token("alice", &["acme"], &[], false).await;
-    let id = app
-        .create_schedule(
-            &alice,
-            ACME,
-            json!({"period": "daily", "start_date": "2026-01-01", "delay_minutes": 0,
-                   "callback_email": "audit@example.com"}),
-        )
-        .await;
+    let mut ids = Vec::new();
+    for tz in ["UTC", "Europe/Berlin", "Asia/Tokyo"] {
+        let body = json!({"period": "daily", "timezone": tz, "start_date": "2026-01-01",
+                          "delay_minutes": 0, "callback_email": "audit@example.com"});
+        ids.push(app.create_schedule(&alice, ACME, body).await);
+    }
+    // 1 to 5 January have closed in all three zones.
     let now = at("2026-01-06T00:00:00Z");
 
     // The doomed process: one connection, whose server process we will kill.
@@ -262,25 +267,36 @@ async fn a_scheduler_killed_between_enqueue_and_commit_leaves_nothing_and_each_p
         .await
         .unwrap();
     let (reached, mut reached_rx) = tokio::sync::mpsc::unbounded_channel();
-    let hook: BeforeCommit = Arc::new(move |_| {
+    let hook: BeforeCommit = Arc::new(move |id| {
         let reached = reached.clone();
         Box::pin(async move {
-            let _ = reached.send(());
+            let _ = reached.send(id);
             std::future::pending::<()>().await
         })
     });
     let doomed = Scheduler::new(doomed_pool, &app.config).with_before_commit(hook);
     let task = tokio::spawn(async move { doomed.tick(now).await });
-    reached_rx
+    let stuck = reached_rx
         .recv()
         .await
         .expect("the scheduler reached its commit");
 
-    // Its five runs and exports are written, uncommitted: nobody sees them. Another scheduler
-    // meanwhile skips the locked schedule instead of waiting for it or duplicating it.
+    // Its five runs and exports are written, uncommitted: nobody sees them. The two other
+    // processes meanwhile do the other schedules and skip the locked one rather than wait for it
+    // or duplicate it.
     assert_eq!(app.job_count().await, 0);
-    let survivor = scheduler(&app);
-    assert_eq!(survivor.tick(now).await.unwrap().enqueued, 0);
+    let survivors = [
+        Scheduler::new(process_pool(&app, 2).await, &app.config),
+        Scheduler::new(process_pool(&app, 2).await, &app.config),
+    ];
+    assert_eq!(tick_together(&survivors, now).await, 10);
+    let stuck_jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE schedule_id = $1")
+            .bind(stuck)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stuck_jobs, 0);
 
     // The process dies: its connection goes and Postgres rolls its transaction back.
     sqlx::query("SELECT pg_terminate_backend($1)")
@@ -299,19 +315,25 @@ async fn a_scheduler_killed_between_enqueue_and_commit_leaves_nothing_and_each_p
         (alive == 0).then_some(())
     })
     .await;
-    assert_eq!(app.job_count().await, 0, "no export without its run");
-    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM schedule_runs")
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM schedule_runs WHERE schedule_id = $1")
+        .bind(stuck)
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(runs, 0, "no run without its export");
+    assert_eq!(
+        runs, 0,
+        "neither a run without its export nor an export without its run"
+    );
 
-    // The next tick creates each period exactly once.
-    assert_eq!(survivor.tick(now).await.unwrap().enqueued, 5);
-    assert_eq!(survivor.tick(now).await.unwrap().enqueued, 0);
-    let made = periods(&app.pool, &id).await;
-    assert_eq!(made.len(), 5);
-    assert_contiguous(&made);
+    // The next ticks create the killed process's periods exactly once.
+    assert_eq!(tick_together(&survivors, now).await, 5);
+    assert_eq!(tick_together(&survivors, now).await, 0);
+    assert_eq!(app.job_count().await, 15);
+    for id in &ids {
+        let made = periods(&app.pool, id).await;
+        assert_eq!(made.len(), 5, "{id}");
+        assert_contiguous(&made);
+    }
 }
 
 #[tokio::test]
