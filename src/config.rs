@@ -92,6 +92,7 @@ pub struct Config {
     pub logs: LogsConfig,
     pub auth: AuthConfig,
     pub audit: AuditConfig,
+    pub schedule: ScheduleConfig,
 }
 
 /// `[server]`: the HTTP API.
@@ -538,6 +539,29 @@ impl Default for AuditConfig {
     }
 }
 
+/// `[schedule]`: the scheduler of scheduled exports, run by the worker processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Whether this worker process runs the scheduler (any number of processes may).
+    pub enabled: bool,
+    /// How often the scheduler looks for closed periods.
+    pub interval_seconds: u64,
+    /// Most missed periods of one schedule exported after downtime; older ones are skipped and
+    /// reported in the schedule's status.
+    pub max_catch_up_periods: u32,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_seconds: 30,
+            max_catch_up_periods: 31,
+        }
+    }
+}
+
 /// A configuration that could not be loaded; the message names the offending key.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -691,6 +715,12 @@ impl Config {
         }
         if self.logs.page_size == 0 {
             return fail("logs.page_size", "must be at least 1");
+        }
+        if self.schedule.interval_seconds == 0 {
+            return fail("schedule.interval_seconds", "must be at least 1");
+        }
+        if self.schedule.max_catch_up_periods == 0 {
+            return fail("schedule.max_catch_up_periods", "must be at least 1");
         }
         Ok(())
     }

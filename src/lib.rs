@@ -2,6 +2,7 @@
 //!
 //! Data flows `api` → `queue` → `worker` → `export` (the job) which reads `splunk`, encodes with
 //! `archive`, writes to `storage` and hands the outcome to `notify`. `logs` is the read side;
+//! `schedule` turns each closed period of a schedule into one export on the queue.
 //! `emulator` is the local Splunk stand-in used by tests, the demo and the benchmarks.
 
 // The status document is one `json!` literal with more fields than the macro's default depth.
@@ -22,6 +23,7 @@ pub mod logs;
 pub mod metrics;
 pub mod notify;
 pub mod queue;
+pub mod schedule;
 pub mod service;
 pub mod splunk;
 pub mod storage;

@@ -52,8 +52,13 @@ impl Metrics {
 
     /// Increments a counter with one label value.
     pub fn incr(&self, name: &'static str, label: &str) {
+        self.add(name, label, 1);
+    }
+
+    /// Adds `n` to a counter with one label value; a zero still makes the series appear.
+    pub fn add(&self, name: &'static str, label: &str, n: u64) {
         let mut map = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((name, label.to_owned())).or_default() += 1;
+        *map.entry((name, label.to_owned())).or_default() += n;
     }
 
     /// Renders everything plus the queue depth read at scrape time.
@@ -110,4 +115,32 @@ impl Metrics {
         let _ = writeln!(out, "logexport_job_duration_seconds_count {}", h.count);
         out
     }
+}
+
+/// The scheduled-export gauges, read from the database at scrape time.
+pub fn render_schedules(stats: &crate::schedule::storage::ScheduleStats) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "# HELP logexport_schedules Export schedules by state.\n# TYPE logexport_schedules gauge\n",
+    );
+    let _ = writeln!(
+        out,
+        "logexport_schedules{{state=\"active\"}} {}",
+        stats.active
+    );
+    let _ = writeln!(
+        out,
+        "logexport_schedules{{state=\"paused\"}} {}",
+        stats.paused
+    );
+    out.push_str("# HELP logexport_schedule_lag_seconds How long the most overdue active schedule's next period has been due.\n# TYPE logexport_schedule_lag_seconds gauge\n");
+    let _ = writeln!(
+        out,
+        "logexport_schedule_lag_seconds {}",
+        stats.max_lag_seconds
+    );
+    out.push_str("# HELP logexport_schedule_last_run_timestamp_seconds When a scheduler last ran a schedule.\n# TYPE logexport_schedule_last_run_timestamp_seconds gauge\n");
+    let last = stats.last_run_at.map_or(0, |t| t.timestamp());
+    let _ = writeln!(out, "logexport_schedule_last_run_timestamp_seconds {last}");
+    out
 }

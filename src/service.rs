@@ -27,7 +27,7 @@ pub async fn serve(
     api::serve(listener, state, shutdown).await
 }
 
-/// Runs export workers, the notifier and housekeeping until shutdown.
+/// Runs export workers, the notifier, housekeeping and the scheduler until shutdown.
 pub async fn work(
     pool: PgPool,
     config: Arc<Config>,
@@ -50,6 +50,9 @@ pub async fn work(
     );
     let audit = crate::audit::Shipper::new(pool.clone(), &config)?
         .map(|shipper| tokio::spawn(shipper.run(shutdown.clone())));
+    let scheduler = config.schedule.enabled.then(|| {
+        tokio::spawn(crate::schedule::Scheduler::new(pool.clone(), &config).run(shutdown.clone()))
+    });
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
         .run(shutdown)
         .await;
@@ -57,6 +60,9 @@ pub async fn work(
     let _ = housekeeping.await;
     if let Some(audit) = audit {
         let _ = audit.await;
+    }
+    if let Some(scheduler) = scheduler {
+        let _ = scheduler.await;
     }
     listener_stop.cancel();
     Ok(())

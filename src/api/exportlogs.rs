@@ -38,14 +38,7 @@ pub async fn user(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let namespace = Namespace::parse(&caller.username).map_err(|e| {
-        ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
-    })?;
-    let target = Target {
-        scope: ExportScope::User,
-        namespace,
-        repository: None,
-    };
+    let target = user_target(&caller)?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
@@ -60,17 +53,7 @@ pub async fn organization(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let namespace = parse_namespace(&orgname)?;
-    if !caller.may_access_organization(&namespace) {
-        return Err(ApiError::Forbidden(format!(
-            "you are not an administrator of organization {namespace}"
-        )));
-    }
-    let target = Target {
-        scope: ExportScope::Organization,
-        namespace,
-        repository: None,
-    };
+    let target = organization_target(&caller, &orgname)?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
@@ -85,23 +68,60 @@ pub async fn repository(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let namespace = parse_namespace(&namespace)?;
+    let target = repository_target(&state, &caller, &namespace, &repository).await?;
+    create(state, caller, ip, target, query, headers, body).await
+}
+
+/// The caller's own namespace (anyone may export their own logs).
+pub(super) fn user_target(caller: &Caller) -> Result<Target, ApiError> {
+    let namespace = Namespace::parse(&caller.username).map_err(|e| {
+        ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
+    })?;
+    Ok(Target {
+        scope: ExportScope::User,
+        namespace,
+        repository: None,
+    })
+}
+
+/// An organization the caller administers (or any, for a superuser).
+pub(super) fn organization_target(caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
+    let namespace = parse_namespace(orgname)?;
+    if !caller.may_access_organization(&namespace) {
+        return Err(ApiError::Forbidden(format!(
+            "you are not an administrator of organization {namespace}"
+        )));
+    }
+    Ok(Target {
+        scope: ExportScope::Organization,
+        namespace,
+        repository: None,
+    })
+}
+
+/// A repository the caller administers, directly or through its namespace.
+pub(super) async fn repository_target(
+    state: &AppState,
+    caller: &Caller,
+    namespace: &str,
+    repository: &str,
+) -> Result<Target, ApiError> {
+    let namespace = parse_namespace(namespace)?;
     let repository =
-        RepositoryName::parse(&repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        RepositoryName::parse(repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
     if !caller
-        .may_export_repository(&state, &namespace, &repository)
+        .may_export_repository(state, &namespace, &repository)
         .await?
     {
         return Err(ApiError::Forbidden(format!(
             "you are not an administrator of repository {namespace}/{repository}"
         )));
     }
-    let target = Target {
+    Ok(Target {
         scope: ExportScope::Repository,
         namespace,
         repository: Some(repository),
-    };
-    create(state, caller, ip, target, query, headers, body).await
+    })
 }
 
 /// Parses a namespace from a path segment.
@@ -109,10 +129,11 @@ pub fn parse_namespace(value: &str) -> Result<Namespace, ApiError> {
     Namespace::parse(value).map_err(|e| ApiError::InvalidRequest(e.to_string()))
 }
 
-struct Target {
-    scope: ExportScope,
-    namespace: Namespace,
-    repository: Option<RepositoryName>,
+/// Whose logs a request exports, once the caller's right to them was checked.
+pub(super) struct Target {
+    pub(super) scope: ExportScope,
+    pub(super) namespace: Namespace,
+    pub(super) repository: Option<RepositoryName>,
 }
 
 /// Reads a request body up to the configured limit.
@@ -146,7 +167,7 @@ pub fn all_params(query: &Option<String>, name: &str) -> Vec<String> {
 /// One value or a list of them, as a JSON body may give a repeatable field.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum OneOrMany {
+pub(super) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
@@ -163,17 +184,85 @@ impl OneOrMany {
 /// The export's filter: `performer` and `kind` (repeatable) from the query, else the body,
 /// validated as the logs listing validates them.
 pub fn export_filter(query: &Option<String>, body: &ExportBody) -> Result<LogFilter, ApiError> {
-    let performer = query_param(query, "performer").or_else(|| body.performer.clone());
+    parse_filter(query, body.performer.as_deref(), body.kind.as_ref())
+}
+
+/// A filter from the query's `performer` and `kind`, else the body's.
+pub(super) fn parse_filter(
+    query: &Option<String>,
+    performer: Option<&str>,
+    kind: Option<&OneOrMany>,
+) -> Result<LogFilter, ApiError> {
+    let performer = query_param(query, "performer").or_else(|| performer.map(str::to_owned));
     let mut kinds = all_params(query, "kind");
     if kinds.is_empty() {
-        kinds = body
-            .kind
-            .as_ref()
-            .map(OneOrMany::values)
-            .unwrap_or_default();
+        kinds = kind.map(OneOrMany::values).unwrap_or_default();
     }
     LogFilter::parse(performer.as_deref(), kinds.iter().map(String::as_str))
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+}
+
+/// Parses a JSON body; an empty one is the default value.
+pub(super) fn parse_json<T: serde::de::DeserializeOwned + Default>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
+}
+
+/// A `callback_email` (empty: none).
+pub(super) fn parse_email(value: Option<&str>) -> Result<Option<EmailAddress>, ApiError> {
+    value
+        .filter(|s| !s.is_empty())
+        .map(|e| EmailAddress::parse(e).map_err(|e| ApiError::InvalidRequest(e.to_string())))
+        .transpose()
+}
+
+/// A `callback_url` (empty: none), its host resolved and refused when internal.
+pub(super) async fn parse_callback_url(
+    state: &AppState,
+    value: Option<&str>,
+) -> Result<Option<CallbackUrl>, ApiError> {
+    match value.filter(|s| !s.is_empty()) {
+        Some(u) => Ok(Some(
+            CallbackUrl::parse_and_resolve(u, &state.allow)
+                .await
+                .map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Refuses a request that would tell nobody about its export.
+pub(super) fn require_callback(has_email: bool, has_url: bool) -> Result<(), ApiError> {
+    if has_email || has_url {
+        return Ok(());
+    }
+    Err(ApiError::InvalidRequest(
+        "give callback_email or callback_url (or both): otherwise nobody learns where the export is".into(),
+    ))
+}
+
+/// A `format`, else `default`.
+pub(super) fn parse_format(value: Option<&str>, default: &str) -> Result<ExportFormat, ApiError> {
+    value
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e: crate::domain::ParseEnumError| ApiError::InvalidRequest(e.to_string()))
+}
+
+/// A `compression`, else `default`.
+pub(super) fn parse_compression(
+    value: Option<&str>,
+    default: &str,
+) -> Result<Compression, ApiError> {
+    value
+        .unwrap_or(default)
+        .parse()
+        .map_err(|e: crate::domain::ParseEnumError| ApiError::InvalidRequest(e.to_string()))
 }
 
 /// The caller's address, for the audit trail (see [`crate::audit::client_ip`]).
@@ -202,6 +291,8 @@ impl axum::extract::FromRequestParts<AppState> for ClientIp {
     }
 }
 
+/// Validates and enqueues; records Quay's audit event either way, the success one in the job's
+/// own transaction.
 async fn create(
     state: AppState,
     caller: Caller,
@@ -212,12 +303,7 @@ async fn create(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
-    let parsed: Result<ExportBody, ApiError> = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Ok(ExportBody::default())
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::InvalidRequest(format!("malformed JSON body: {e}")))
-    };
+    let parsed: Result<ExportBody, ApiError> = parse_json(&bytes);
     let body = parsed.as_ref().ok();
     let audit = crate::audit::ExportRequest {
         account: target.namespace.as_str(),
@@ -274,38 +360,15 @@ async fn new_export(
     )
     .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
 
-    let callback_email = match body.callback_email.as_deref().filter(|s| !s.is_empty()) {
-        Some(e) => {
-            Some(EmailAddress::parse(e).map_err(|e| ApiError::InvalidRequest(e.to_string()))?)
-        }
-        None => None,
-    };
-    let callback_url = match body.callback_url.as_deref().filter(|s| !s.is_empty()) {
-        Some(u) => Some(
-            CallbackUrl::parse_and_resolve(u, &state.allow)
-                .await
-                .map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
-        ),
-        None => None,
-    };
-    if callback_email.is_none() && callback_url.is_none() {
-        return Err(ApiError::InvalidRequest(
-            "give callback_email or callback_url (or both): otherwise nobody learns where the export is".into(),
-        ));
-    }
+    let callback_email = parse_email(body.callback_email.as_deref())?;
+    let callback_url = parse_callback_url(state, body.callback_url.as_deref()).await?;
+    require_callback(callback_email.is_some(), callback_url.is_some())?;
     let filter = export_filter(query, body)?;
-    let format: ExportFormat = body
-        .format
-        .as_deref()
-        .unwrap_or(&config.export.default_format)
-        .parse()
-        .map_err(|e: crate::domain::ParseEnumError| ApiError::InvalidRequest(e.to_string()))?;
-    let compression: Compression = body
-        .compression
-        .as_deref()
-        .unwrap_or(&config.export.default_compression)
-        .parse()
-        .map_err(|e: crate::domain::ParseEnumError| ApiError::InvalidRequest(e.to_string()))?;
+    let format = parse_format(body.format.as_deref(), &config.export.default_format)?;
+    let compression = parse_compression(
+        body.compression.as_deref(),
+        &config.export.default_compression,
+    )?;
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {

@@ -30,12 +30,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let depth = storage::count_by_state(&state.pool)
         .await
         .unwrap_or_default();
+    let schedules = crate::schedule::storage::stats(&state.pool, chrono::Utc::now())
+        .await
+        .unwrap_or_default();
+    let mut body = METRICS.render(&depth);
+    body.push_str(&crate::metrics::render_schedules(&schedules));
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        METRICS.render(&depth),
+        body,
     )
         .into_response()
 }

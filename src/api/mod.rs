@@ -1,4 +1,5 @@
-//! The HTTP API: Quay-compatible `exportlogs`, export status, health and metrics.
+//! The HTTP API: Quay-compatible `exportlogs`, export status, export schedules, health and
+//! metrics.
 
 pub mod auth;
 mod error;
@@ -7,6 +8,7 @@ mod exports;
 mod health;
 mod logs;
 pub mod quay_auth;
+mod schedules;
 mod status;
 
 use std::sync::Arc;
@@ -133,6 +135,24 @@ pub fn router(state: AppState) -> Router {
         .route("/exportlogs/{export_id}/download", get(exports::download))
         .route("/exportlogs/{export_id}/manifest", get(exports::manifest))
         .route("/exportlogs/signing-keys", get(exports::signing_keys))
+        .route(
+            "/user/exportschedules",
+            get(schedules::list_user).post(schedules::create_user),
+        )
+        .route(
+            "/organization/{orgname}/exportschedules",
+            get(schedules::list_organization).post(schedules::create_organization),
+        )
+        .route(
+            "/repository/{namespace}/{repository}/exportschedules",
+            get(schedules::list_repository).post(schedules::create_repository),
+        )
+        .route(
+            "/exportschedules/{schedule_id}",
+            get(schedules::get)
+                .patch(schedules::update)
+                .delete(schedules::delete),
+        )
         .merge(logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {

@@ -60,6 +60,9 @@ pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
         "end_day": range.end_day_label(),
         "format": row.format,
         "compression": row.compression,
+        "schedule_id": row.schedule_id,
+        "period_start": row.schedule_id.map(|_| row.start_time),
+        "period_end": row.schedule_id.map(|_| row.end_time),
         "filters": {
             "performer": row.performer,
             "kind": row.kinds,

@@ -39,7 +39,7 @@ pub fn callback_payload(notice: &Notice) -> Value {
         ),
         _ => (None, None, None, None),
     };
-    json!({
+    let mut payload = json!({
         "export_id": notice.export_id.to_string(),
         "start_time": notice.range.start_day_label(),
         "end_time": notice.range.end_day_label(),
@@ -52,7 +52,12 @@ pub fn callback_payload(notice: &Notice) -> Value {
         "logs_exported": logs,
         "size_bytes": size,
         "expires_at": expires,
-    })
+    });
+    // Beyond Quay: why it failed, as the e-mail says (a paused schedule's notice says why here).
+    if let Outcome::Failed { reason } | Outcome::InvalidRequest { reason } = &notice.outcome {
+        payload["error"] = json!(reason);
+    }
+    payload
 }
 
 /// Sends callbacks: no redirects, a per-request timeout, the SSRF guard on the address actually
@@ -313,6 +318,10 @@ mod tests {
             assert_eq!(body["expires_at"], Value::Null);
             assert_eq!(body["logs_exported"], Value::Null);
         }
+        let body = callback_payload(&notice(Outcome::InvalidRequest {
+            reason: "why".into(),
+        }));
+        assert_eq!(body["error"], "why");
     }
 
     #[test]

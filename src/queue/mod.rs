@@ -167,6 +167,8 @@ pub struct ExportRow {
     pub checkpoint: Option<serde_json::Value>,
     pub sha256: Option<String>,
     pub manifest: Option<serde_json::Value>,
+    /// The schedule that made this export, if one did.
+    pub schedule_id: Option<Uuid>,
 }
 
 impl ExportRow {

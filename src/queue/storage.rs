@@ -56,22 +56,26 @@ pub async fn enqueue_in(
         }
     }
     let id = ExportId::new();
-    insert(tx, id, export).await?;
+    insert(tx, id, export, None).await?;
     Ok((id, true))
 }
 
-/// Inserts the job and wakes idle workers in one statement.
-async fn insert(
+/// Inserts the job as `id` and wakes idle workers in one statement, on the caller's connection
+/// or inside its transaction (the wake-up is then sent when it commits). `schedule_id` links a
+/// scheduled export to its schedule. No idempotency-key handling: see [`enqueue_in`].
+pub async fn insert(
     conn: &mut sqlx::PgConnection,
     id: ExportId,
     export: &NewExport,
+    schedule_id: Option<Uuid>,
 ) -> sqlx::Result<()> {
     sqlx::query(
         "WITH job AS (
              INSERT INTO export_jobs (id, scope, namespace, repository, requested_by, start_time,
                  end_time, timezone, format, compression, callback_url, callback_email,
-                 idempotency_key, max_attempts, webhook_id, performer, kinds)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                 idempotency_key, max_attempts, webhook_id, performer, kinds, schedule_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $19)
              RETURNING id)
          SELECT pg_notify($18, '') FROM job",
     )
@@ -93,6 +97,32 @@ async fn insert(
     .bind(export.performer.as_ref().map(Performer::as_str))
     .bind(&export.kinds)
     .bind(CHANNEL_NEW_JOB)
+    .bind(schedule_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ends a job just enqueued in the caller's transaction as `invalid` with `reason`, before any
+/// worker saw it, and schedules its one notice: how a request refused after it was accepted
+/// (a schedule whose owner lost access) still tells its recipients why.
+pub async fn refuse_in(
+    conn: &mut sqlx::PgConnection,
+    id: ExportId,
+    reason: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH refused AS (
+             UPDATE export_jobs
+             SET state = 'invalid', last_error = $2, finished_at = now(), updated_at = now(),
+                 notify_state = 'pending', notify_run_at = now()
+             WHERE id = $1 AND state = 'queued'
+             RETURNING id)
+         SELECT pg_notify($3, '') FROM refused",
+    )
+    .bind(id.0)
+    .bind(reason)
+    .bind(CHANNEL_NOTIFY)
     .execute(conn)
     .await?;
     Ok(())

@@ -137,6 +137,76 @@ impl TestApp {
             .expect("request")
     }
 
+    /// POSTs a schedule; `path` is e.g. `/api/v1/organization/acme/exportschedules`.
+    pub async fn post_schedule(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a schedule that must be accepted and returns its id.
+    pub async fn create_schedule(
+        &self,
+        token: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> String {
+        let response = self.post_schedule(token, path, &body).await;
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert_eq!(status, 200, "{text}");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        body["schedule_id"]
+            .as_str()
+            .expect("schedule_id")
+            .to_owned()
+    }
+
+    /// GETs a schedule's document.
+    pub async fn schedule(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/v1/exportschedules/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// PATCHes a schedule.
+    pub async fn patch_schedule(
+        &self,
+        token: &str,
+        id: &str,
+        body: serde_json::Value,
+    ) -> reqwest::Response {
+        self.client
+            .patch(self.url(&format!("/api/v1/exportschedules/{id}")))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// DELETEs a schedule.
+    pub async fn delete_schedule(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/api/v1/exportschedules/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Number of rows in the job table.
     pub async fn job_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM export_jobs")

@@ -17,6 +17,7 @@ mod outage;
 mod quay_auth;
 mod queue;
 mod resume;
+mod schedules;
 mod search_quota;
 mod splunk;
 mod storage;

@@ -1,0 +1,387 @@
+//! Scheduled exports (beyond Quay): create, list, show, pause/resume/redirect, delete.
+//!
+//! Creating a schedule takes the same permissions and validates its fields exactly as
+//! `exportlogs` does (same errors; nothing is stored on a refusal).
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::exportlogs::{
+    OneOrMany, Target, organization_target, parse_callback_url, parse_compression, parse_email,
+    parse_filter, parse_format, parse_json, read_body, repository_target, require_callback,
+    user_target,
+};
+use super::{ApiError, AppState};
+use crate::domain::parse_timezone;
+use crate::schedule::storage::{self, Changes};
+use crate::schedule::{Grid, MAX_DELAY_MINUTES, NewSchedule, Period, ScheduleRow};
+
+/// How many of a schedule's exports its document lists.
+const RECENT_EXPORTS: i64 = 10;
+
+/// The body of `POST …/exportschedules`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    period: Option<String>,
+    timezone: Option<String>,
+    start_date: Option<String>,
+    delay_minutes: Option<u32>,
+    format: Option<String>,
+    compression: Option<String>,
+    performer: Option<String>,
+    kind: Option<OneOrMany>,
+    callback_email: Option<String>,
+    callback_url: Option<String>,
+}
+
+/// The body of `PATCH /exportschedules/{id}`: a field left out stays; an empty callback removes
+/// that channel.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleChanges {
+    paused: Option<bool>,
+    callback_email: Option<String>,
+    callback_url: Option<String>,
+    format: Option<String>,
+    compression: Option<String>,
+}
+
+/// `POST /api/v1/user/exportschedules`
+pub async fn create_user(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
+    let target = user_target(&caller)?;
+    create(state, caller, target, query, body).await
+}
+
+/// `POST /api/v1/organization/{orgname}/exportschedules`
+pub async fn create_organization(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(orgname): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
+    let target = organization_target(&caller, &orgname)?;
+    create(state, caller, target, query, body).await
+}
+
+/// `POST /api/v1/repository/{namespace}/{repository}/exportschedules`
+pub async fn create_repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path((namespace, repository)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
+    let target = repository_target(&state, &caller, &namespace, &repository).await?;
+    create(state, caller, target, query, body).await
+}
+
+async fn create(
+    state: AppState,
+    caller: Caller,
+    target: Target,
+    query: Option<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.config.auth.mode == crate::config::AuthMode::Quay {
+        return Err(ApiError::Forbidden(
+            crate::schedule::owner::QUAY_MODE_REFUSAL.into(),
+        ));
+    }
+    let config = &state.config;
+    let bytes = read_body(body, config.server.max_body_bytes).await?;
+    let body: ScheduleBody = parse_json(&bytes)?;
+
+    let period: Period = body
+        .period
+        .as_deref()
+        .ok_or_else(|| {
+            ApiError::InvalidRequest("give period: daily, weekly or monthly".to_owned())
+        })?
+        .parse()
+        .map_err(|e: crate::schedule::period::InvalidPeriod| {
+            ApiError::InvalidRequest(e.to_string())
+        })?;
+    if period.max_days() > config.export.max_range_days {
+        return Err(ApiError::InvalidRequest(format!(
+            "a {period} period covers up to {} days; at most {} are allowed",
+            period.max_days(),
+            config.export.max_range_days
+        )));
+    }
+    let timezone = parse_timezone(body.timezone.as_deref())
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    let grid = Grid::new(period, timezone);
+    let first_period_start = match body.start_date.as_deref().filter(|s| !s.trim().is_empty()) {
+        Some(day) => grid
+            .parse_start_date(day)
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
+        None => grid.containing(Utc::now()),
+    };
+    let delay_minutes = body.delay_minutes.unwrap_or(60);
+    if delay_minutes > MAX_DELAY_MINUTES {
+        return Err(ApiError::InvalidRequest(format!(
+            "delay_minutes {delay_minutes} is too long; at most {MAX_DELAY_MINUTES} (a week)"
+        )));
+    }
+    let callback_email = parse_email(body.callback_email.as_deref())?;
+    let callback_url = parse_callback_url(&state, body.callback_url.as_deref()).await?;
+    require_callback(callback_email.is_some(), callback_url.is_some())?;
+    let filter = parse_filter(&query, body.performer.as_deref(), body.kind.as_ref())?;
+    let format = parse_format(body.format.as_deref(), &config.export.default_format)?;
+    let compression = parse_compression(
+        body.compression.as_deref(),
+        &config.export.default_compression,
+    )?;
+
+    let schedule = NewSchedule {
+        owner: caller.username,
+        scope: target.scope,
+        namespace: target.namespace,
+        repository: target.repository,
+        grid,
+        first_period_start,
+        delay_minutes,
+        format,
+        compression,
+        performer: filter.performer,
+        kinds: filter.kinds,
+        callback_url,
+        callback_email,
+    };
+    let id = Uuid::new_v4();
+    storage::insert(&state.pool, id, &schedule).await?;
+    tracing::info!(schedule_id = %id, namespace = %schedule.namespace, period = %period, "export schedule created");
+    Ok(Json(json!({
+        "schedule_id": id,
+        "first_period_start": first_period_start,
+        "next_run_at": schedule.first_run_at(),
+    })))
+}
+
+/// `GET /api/v1/user/exportschedules`
+pub async fn list_user(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let target = user_target(&caller)?;
+    list(state, target).await
+}
+
+/// `GET /api/v1/organization/{orgname}/exportschedules`: the organization's schedules, its
+/// repositories' included.
+pub async fn list_organization(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(orgname): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let target = organization_target(&caller, &orgname)?;
+    list(state, target).await
+}
+
+/// `GET /api/v1/repository/{namespace}/{repository}/exportschedules`
+pub async fn list_repository(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((namespace, repository)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let target = repository_target(&state, &caller, &namespace, &repository).await?;
+    list(state, target).await
+}
+
+async fn list(state: AppState, target: Target) -> Result<Json<serde_json::Value>, ApiError> {
+    let rows = storage::list(
+        &state.pool,
+        target.namespace.as_str(),
+        target.repository.as_ref().map(|r| r.as_str()),
+    )
+    .await?;
+    let mut schedules = Vec::with_capacity(rows.len());
+    for row in &rows {
+        schedules.push(schedule_json(&state, row, RECENT_EXPORTS).await?);
+    }
+    Ok(Json(json!({ "schedules": schedules })))
+}
+
+/// The schedule if `caller` may see it: its owner, the namespace's admins and superusers. Anyone
+/// else gets the same 404 as for an id that does not exist.
+async fn visible_schedule(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<ScheduleRow, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no export schedule {id:?} visible to you"));
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
+    if row.owner != caller.username && !caller.administers_namespace(&row.namespace) {
+        return Err(not_found());
+    }
+    Ok(row)
+}
+
+/// `GET /api/v1/exportschedules/{schedule_id}`
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = visible_schedule(&state, &caller, &id).await?;
+    Ok(Json(schedule_json(&state, &row, RECENT_EXPORTS).await?))
+}
+
+/// `PATCH /api/v1/exportschedules/{schedule_id}`: pause, resume, change the delivery.
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
+    let row = visible_schedule(&state, &caller, &id).await?;
+    let config = &state.config;
+    let bytes = read_body(body, config.server.max_body_bytes).await?;
+    let body: ScheduleChanges = parse_json(&bytes)?;
+
+    let mut changes = Changes {
+        paused: body.paused,
+        ..Changes::default()
+    };
+    if let Some(email) = body.callback_email.as_deref() {
+        changes.callback_email = Some(parse_email(Some(email))?.map(|e| e.to_string()));
+    }
+    if let Some(url) = body.callback_url.as_deref() {
+        let url = parse_callback_url(&state, Some(url)).await?;
+        changes.callback_url = Some(url.map(|u| u.to_string()));
+    }
+    let has_email = match &changes.callback_email {
+        Some(email) => email.is_some(),
+        None => row.callback_email.is_some(),
+    };
+    let has_url = match &changes.callback_url {
+        Some(url) => url.is_some(),
+        None => row.callback_url.is_some(),
+    };
+    require_callback(has_email, has_url)?;
+    if let Some(format) = body.format.as_deref() {
+        changes.format = Some(parse_format(Some(format), &config.export.default_format)?.as_str());
+    }
+    if let Some(compression) = body.compression.as_deref() {
+        changes.compression = Some(
+            parse_compression(Some(compression), &config.export.default_compression)?.as_str(),
+        );
+    }
+    let row = storage::update(&state.pool, row.id, &changes)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no export schedule {id:?}")))?;
+    tracing::info!(schedule_id = %row.id, state = %row.state, "export schedule changed");
+    Ok(Json(schedule_json(&state, &row, RECENT_EXPORTS).await?))
+}
+
+/// `DELETE /api/v1/exportschedules/{schedule_id}`: the schedule goes, its exports stay.
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.check_not_forged(&state, &headers)?;
+    let row = visible_schedule(&state, &caller, &id).await?;
+    if !storage::delete(&state.pool, row.id).await? {
+        return Err(ApiError::NotFound(format!("no export schedule {id:?}")));
+    }
+    tracing::info!(schedule_id = %row.id, "export schedule deleted");
+    Ok(Json(json!({
+        "schedule_id": row.id,
+        "message": "deleted; the exports it made stay",
+    })))
+}
+
+/// The schedule's status document, with up to `recent` of its exports.
+async fn schedule_json(
+    state: &AppState,
+    row: &ScheduleRow,
+    recent: i64,
+) -> Result<serde_json::Value, ApiError> {
+    let now = Utc::now();
+    let grid = row.grid().map_err(ApiError::internal)?;
+    let last_run = storage::last_run(&state.pool, row.id).await?;
+    let exports = storage::recent_exports(&state.pool, row.id, recent).await?;
+    let local_day = |t: DateTime<Utc>| {
+        t.with_timezone(&grid.timezone)
+            .date_naive()
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    Ok(json!({
+        "schedule_id": row.id,
+        "owner": row.owner,
+        "scope": row.scope,
+        "namespace": row.namespace,
+        "repository": row.repository,
+        "period": row.period,
+        "timezone": row.timezone,
+        "start_date": local_day(row.first_period_start),
+        "first_period_start": row.first_period_start,
+        "delay_minutes": row.delay_minutes,
+        "format": row.format,
+        "compression": row.compression,
+        "filters": {
+            "performer": row.performer,
+            "kind": row.kinds,
+        },
+        "callback_email": row.callback_email,
+        "callback_url": row.callback_url,
+        "state": row.state,
+        "paused_reason": row.paused_reason,
+        "next_period": {
+            "start": row.next_period_start,
+            "end": grid.next(row.next_period_start),
+            "day": local_day(row.next_period_start),
+        },
+        "next_period_start": row.next_period_start,
+        "next_run_at": row.is_active().then_some(row.next_run_at),
+        "lag_seconds": row.lag_seconds(now),
+        "last_run_at": row.last_run_at,
+        "last_run": last_run.map(|r| json!({
+            "period_start": r.period_start,
+            "period_end": r.period_end,
+            "export_id": r.export_id,
+            "state": r.export_state,
+            "enqueued_at": r.created_at,
+        })),
+        "skipped_periods": {
+            "count": row.skipped_periods,
+            "oldest": row.oldest_skipped_period,
+            "newest": row.newest_skipped_period,
+        },
+        "exports": exports.iter().map(|e| json!({
+            "export_id": e.export_id,
+            "period_start": e.period_start,
+            "period_end": e.period_end,
+            "state": e.state,
+            "last_error": e.last_error,
+            "created_at": e.created_at,
+        })).collect::<Vec<_>>(),
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }))
+}

@@ -1,0 +1,134 @@
+//! Each run re-checks the schedule owner's rights exactly as the API checks a new request, so a
+//! schedule never exports what its owner could no longer export by hand.
+
+use sqlx::PgConnection;
+
+use crate::api::auth::Caller;
+use crate::config::{AuthConfig, AuthMode};
+use crate::domain::{ExportScope, Namespace, RepositoryName};
+
+/// What a schedule exports, for the permission check.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub scope: ExportScope,
+    pub namespace: &'a Namespace,
+    pub repository: Option<&'a RepositoryName>,
+}
+
+/// `Ok(None)` when `owner` may still export `target`; `Ok(Some(reason))` when not, with a reason
+/// fit for the schedule's status and its recipients.
+///
+/// Token mode: the owner's rights now are the union of their tokens that are not revoked, judged
+/// by the same [`Caller`] methods the API uses. Quay mode: logexport holds no credential of the
+/// owner to ask Quay with, so it cannot re-check and refuses (see [`QUAY_MODE_REFUSAL`]).
+pub async fn may_still_export(
+    conn: &mut PgConnection,
+    auth: &AuthConfig,
+    owner: &str,
+    target: Target<'_>,
+) -> sqlx::Result<Option<String>> {
+    if auth.mode == AuthMode::Quay {
+        return Ok(Some(QUAY_MODE_REFUSAL.into()));
+    }
+    let Some(caller) = caller_from_tokens(conn, owner).await? else {
+        return Ok(Some(format!("{owner} has no API token any more")));
+    };
+    let caller = Caller {
+        superuser_full_access: auth.superusers_full_access(),
+        ..caller
+    };
+    Ok(refusal(&caller, target))
+}
+
+/// Why schedules are not run (nor created) in quay mode: each run must re-check the owner's
+/// rights as the API would, and only the owner's own Quay credential can ask Quay for them.
+pub const QUAY_MODE_REFUSAL: &str = "scheduled exports need auth.mode = \"tokens\": in quay mode \
+logexport holds no Quay credential of the owner to re-check the owner's rights with before each run";
+
+/// The API's decision for `caller` asking to export `target`, in the third person.
+pub fn refusal(caller: &Caller, target: Target<'_>) -> Option<String> {
+    let owner = &caller.username;
+    match (target.scope, target.repository) {
+        (ExportScope::User, _) => (target.namespace.as_str() != owner.as_str())
+            .then(|| format!("{owner} does not own namespace {}", target.namespace)),
+        (ExportScope::Repository, Some(repository)) => {
+            (!caller.may_access_repository(target.namespace, repository)).then(|| {
+                format!(
+                    "{owner} is no longer an administrator of repository {}/{repository}",
+                    target.namespace
+                )
+            })
+        }
+        (ExportScope::Repository, None) => Some("the schedule names no repository".into()),
+        (ExportScope::Organization, _) => {
+            (!caller.may_access_organization(target.namespace)).then(|| {
+                format!(
+                    "{owner} is no longer an administrator of organization {}",
+                    target.namespace
+                )
+            })
+        }
+    }
+}
+
+/// The owner's rights as the union of their live tokens; `None` when none is left. Read into a
+/// [`Caller`] the way the API's token lookup reads one.
+async fn caller_from_tokens(conn: &mut PgConnection, owner: &str) -> sqlx::Result<Option<Caller>> {
+    sqlx::query_as(
+        "SELECT $1::text AS username,
+                ARRAY(SELECT DISTINCT o FROM api_tokens t, unnest(t.admin_orgs) o
+                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY o) AS admin_orgs,
+                ARRAY(SELECT DISTINCT r FROM api_tokens t, unnest(t.admin_repos) r
+                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY r) AS admin_repos,
+                EXISTS(SELECT 1 FROM api_tokens
+                       WHERE username = $1 AND revoked_at IS NULL AND superuser) AS superuser
+         WHERE EXISTS(SELECT 1 FROM api_tokens WHERE username = $1 AND revoked_at IS NULL)",
+    )
+    .bind(owner)
+    .fetch_optional(conn)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(orgs: &[&str], repos: &[&str]) -> Caller {
+        Caller {
+            username: "alice".into(),
+            admin_orgs: orgs.iter().map(|s| s.to_string()).collect(),
+            admin_repos: repos.iter().map(|s| s.to_string()).collect(),
+            superuser: false,
+            global_readonly_superuser: false,
+            superuser_full_access: false,
+            quay: None,
+        }
+    }
+
+    #[test]
+    fn the_api_rules_decide_in_the_third_person() {
+        let acme = Namespace::parse("acme").unwrap();
+        let web = RepositoryName::parse("web").unwrap();
+        let org = Target {
+            scope: ExportScope::Organization,
+            namespace: &acme,
+            repository: None,
+        };
+        let repo = Target {
+            scope: ExportScope::Repository,
+            namespace: &acme,
+            repository: Some(&web),
+        };
+        assert_eq!(refusal(&caller(&["acme"], &[]), org), None);
+        assert_eq!(
+            refusal(&caller(&[], &["acme/web"]), org).as_deref(),
+            Some("alice is no longer an administrator of organization acme")
+        );
+        assert_eq!(refusal(&caller(&[], &["acme/web"]), repo), None);
+        assert_eq!(refusal(&caller(&["acme"], &[]), repo), None);
+        assert_eq!(
+            refusal(&caller(&[], &[]), repo).as_deref(),
+            Some("alice is no longer an administrator of repository acme/web")
+        );
+    }
+}
