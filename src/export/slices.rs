@@ -98,6 +98,9 @@ pub struct Resume {
     pub slices_done: usize,
 }
 
+/// Where a piece's reader sends how it ended.
+type PieceOutcome = oneshot::Sender<Result<Spooled, SplunkError>>;
+
 /// A piece read completely: its rows in a spool file.
 struct Spooled {
     path: PathBuf,
@@ -140,11 +143,7 @@ struct PieceState {
 }
 
 impl Piece {
-    fn new(
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-        path: PathBuf,
-    ) -> (Arc<Self>, oneshot::Sender<Result<Spooled, SplunkError>>) {
+    fn new(start: DateTime<Utc>, end: DateTime<Utc>, path: PathBuf) -> (Arc<Self>, PieceOutcome) {
         let (tx, rx) = oneshot::channel();
         let piece = Arc::new(Self {
             end,
@@ -186,13 +185,7 @@ struct Plan {
 
 impl Plan {
     /// Splits the running piece with the most rows to come; returns the new piece to read.
-    fn split(
-        &self,
-    ) -> Option<(
-        usize,
-        Arc<Piece>,
-        oneshot::Sender<Result<Spooled, SplunkError>>,
-    )> {
+    fn split(&self) -> Option<(usize, Arc<Piece>, PieceOutcome)> {
         if self.split_min_rows == 0 {
             return None;
         }
@@ -587,7 +580,7 @@ impl Readers {
         &self,
         slice: usize,
         piece: &Arc<Piece>,
-        tx: oneshot::Sender<Result<Spooled, SplunkError>>,
+        tx: PieceOutcome,
         mut started: Option<oneshot::Sender<Result<(), SplunkError>>>,
     ) -> bool {
         self.progress.running.fetch_add(1, Ordering::Relaxed);

@@ -828,3 +828,81 @@ async fn the_demo_runs_end_to_end_and_checks_its_archive() {
     // README command 1, in-process: it fails unless the archive it downloads back is complete.
     logexport::demo::run().await.expect("demo");
 }
+
+/// Events that cluster: 80 % of acme's January in its first three days, at sub-second times,
+/// some sharing a second (and a few other namespaces' events among them).
+fn clustered() -> Vec<Value> {
+    let base = Utc
+        .with_ymd_and_hms(2024, 1, 1, 0, 0, 0)
+        .unwrap()
+        .timestamp() as f64;
+    (0..3000)
+        .map(|i| {
+            let at = if i % 5 == 4 {
+                // Spread over the 4th to the 31st.
+                base + 3.0 * 86_400.0 + f64::from(i) * 800.0 + 0.5
+            } else {
+                // Clustered: about one event every 86 s, pairs within the same second.
+                base + f64::from(i / 2) * 172.8 + f64::from(i % 2) * 0.25 + 0.125
+            };
+            json!({
+                "kind": "push_repo",
+                "account": if i % 11 == 0 { "other" } else { "acme" },
+                "repository": "web",
+                "performer": "alice",
+                "ip": "10.0.0.1",
+                "metadata_json": {"tag": format!("v{i}")},
+                "datetime": at,
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn clustered_events_get_their_busy_slices_split_and_every_event_exactly_once() {
+    let env = ExportEnv::start(&clustered(), |c| c.export.split_min_rows = 30).await;
+    // Slow searches, so the busy slices are still running when the others are done.
+    env.emulator.set_faults(Faults {
+        search_events_per_sec: Some(1_000),
+        ..Faults::default()
+    });
+    let id = env.request_january_ndjson().await;
+    let status = env.finished(&id).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    let text = download(status["exported_data_url"].as_str().unwrap())
+        .await
+        .text()
+        .await
+        .unwrap();
+    let logs: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_newest_first(&logs);
+    let (start, end) = january();
+    let tag = |meta: &Value| meta["tag"].as_str().map(str::to_owned);
+    let want: Vec<String> = env
+        .expected("acme", None, start, end)
+        .iter()
+        .filter_map(|e| tag(&e["metadata_json"]))
+        .collect();
+    let got: Vec<String> = logs.iter().filter_map(|l| tag(&l["metadata"])).collect();
+    assert_eq!(got.len(), logs.len());
+    assert_eq!(
+        sorted(got),
+        sorted(want),
+        "missing or duplicated rows across split pieces"
+    );
+    let metrics = logexport::metrics::METRICS.render(&[]);
+    assert!(
+        metrics.contains("logexport_export_slices_total{outcome=\"split\"}"),
+        "no slice was split:\n{metrics}"
+    );
+    // A split stops the busy stream where the new piece begins: nothing is read twice.
+    let matching = env.expected("acme", None, start, end).len() as u64;
+    let streamed = env.emulator.stats().events_streamed;
+    assert!(
+        streamed <= matching + 256 * 48,
+        "{streamed} rows read for {matching} matching events"
+    );
+}
