@@ -448,6 +448,9 @@ pub struct AuthConfig {
     /// Quay's `FEATURE_SUPERUSERS_FULL_ACCESS`: superusers reach every namespace. Unset: on in
     /// token mode (the operator granted the flag for that), off in quay mode (Quay's default).
     pub superusers_full_access: Option<bool>,
+    /// Quay mode: logexport's own Quay OAuth token (a global read-only superuser's or a
+    /// superuser's), to re-check a schedule owner's rights before each run.
+    pub quay_service_token: Secret,
 }
 
 impl Default for AuthConfig {
@@ -462,6 +465,7 @@ impl Default for AuthConfig {
             cache_max_entries: 10_000,
             allowed_origins: Vec::new(),
             superusers_full_access: None,
+            quay_service_token: Secret::default(),
         }
     }
 }

@@ -149,6 +149,15 @@ pub enum Verdict<T> {
     Forbidden(String),
 }
 
+/// What a scheduled export exports, for [`QuayIdentity::owner_may_export`].
+#[derive(Debug, Clone, Copy)]
+pub struct OwnerTarget<'a> {
+    /// The user endpoint: only the owner's own namespace.
+    pub user_scope: bool,
+    pub namespace: &'a Namespace,
+    pub repository: Option<&'a RepositoryName>,
+}
+
 /// Quay could not answer: unreachable, too slow, or a server error. Never a grant.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
@@ -277,6 +286,154 @@ impl QuayIdentity {
             })
             .await
             .map_err(|e: Arc<QuayUnavailable>| (*e).clone())
+    }
+
+    /// Whether `owner` may still export `target`, asked with logexport's own Quay token
+    /// (`auth.quay_service_token`, a global read-only superuser's or a superuser's): `Ok(None)`
+    /// yes, `Ok(Some(reason))` no. For scheduled exports, whose owner sends no credential.
+    /// Follows quay/quay `endpoints/api/superuser.py` (`user_view`: `super_user`, `enabled`),
+    /// `endpoints/api/organization.py` (`org_view.teams[].role`, `OrganizationMember.get`) and
+    /// `endpoints/api/permission.py` (`RepositoryUserTransitivePermission.get`).
+    pub async fn owner_may_export(
+        &self,
+        token: &crate::config::Secret,
+        owner: &Namespace,
+        target: OwnerTarget<'_>,
+        full_access: bool,
+    ) -> Result<Option<String>, QuayUnavailable> {
+        let credential = Credential::Authorization(format!("Bearer {}", token.expose()));
+        #[derive(Deserialize)]
+        struct User {
+            #[serde(default)]
+            super_user: bool,
+            #[serde(default = "enabled")]
+            enabled: bool,
+        }
+        fn enabled() -> bool {
+            true
+        }
+        let path = ["api", "v1", "superuser", "users", owner.as_str()];
+        let Some(user) = self.service_get::<User>(&credential, &path).await? else {
+            return Ok(Some(format!("{owner} no longer exists in Quay")));
+        };
+        if !user.enabled {
+            return Ok(Some(format!("{owner} is disabled in Quay")));
+        }
+        let namespace = target.namespace;
+        if (user.super_user && full_access) || namespace == owner {
+            return Ok(None);
+        }
+        if target.repository.is_none() && target.user_scope {
+            return Ok(Some(format!("{owner} does not own namespace {namespace}")));
+        }
+        if self.org_admin(&credential, namespace, owner).await? {
+            return Ok(None);
+        }
+        let Some(repository) = target.repository else {
+            return Ok(Some(format!(
+                "{owner} is no longer an administrator of organization {namespace}"
+            )));
+        };
+        #[derive(Deserialize)]
+        struct Roles {
+            #[serde(default)]
+            permissions: Vec<Role>,
+        }
+        #[derive(Deserialize)]
+        struct Role {
+            role: String,
+        }
+        let path = [
+            "api",
+            "v1",
+            "repository",
+            namespace.as_str(),
+            repository.as_str(),
+            "permissions",
+            "user",
+            owner.as_str(),
+            "transitive",
+        ];
+        let roles = self.service_get::<Roles>(&credential, &path).await?;
+        if roles.is_some_and(|r| r.permissions.iter().any(|p| p.role == "admin")) {
+            return Ok(None);
+        }
+        Ok(Some(format!(
+            "{owner} is no longer an administrator of repository {namespace}/{repository}"
+        )))
+    }
+
+    /// Whether `member` is on a team of organization `org` whose role is `admin`.
+    async fn org_admin(
+        &self,
+        credential: &Credential,
+        org: &Namespace,
+        member: &Namespace,
+    ) -> Result<bool, QuayUnavailable> {
+        #[derive(Deserialize)]
+        struct Organization {
+            #[serde(default)]
+            teams: std::collections::HashMap<String, Team>,
+        }
+        #[derive(Deserialize)]
+        struct Team {
+            #[serde(default)]
+            role: String,
+        }
+        #[derive(Deserialize)]
+        struct Member {
+            #[serde(default)]
+            teams: Vec<MemberTeam>,
+        }
+        #[derive(Deserialize)]
+        struct MemberTeam {
+            name: String,
+        }
+        let path = ["api", "v1", "organization", org.as_str()];
+        let Some(organization) = self.service_get::<Organization>(credential, &path).await? else {
+            return Ok(false);
+        };
+        let path = [
+            "api",
+            "v1",
+            "organization",
+            org.as_str(),
+            "members",
+            member.as_str(),
+        ];
+        let Some(member) = self.service_get::<Member>(credential, &path).await? else {
+            return Ok(false);
+        };
+        Ok(member.teams.iter().any(|t| {
+            organization
+                .teams
+                .get(&t.name)
+                .is_some_and(|team| team.role == "admin")
+        }))
+    }
+
+    /// A GET with logexport's own token: `Ok(None)` for 404; 401/403 mean the token is wrong or
+    /// lacks rights, which is an operator's problem, so unavailable rather than a verdict.
+    async fn service_get<T: serde::de::DeserializeOwned>(
+        &self,
+        credential: &Credential,
+        segments: &[&str],
+    ) -> Result<Option<T>, QuayUnavailable> {
+        let response = self.get(self.url(segments), credential).await?;
+        let path = format!("/{}", segments[..segments.len().min(4)].join("/"));
+        match response.status().as_u16() {
+            200 => response.json().await.map(Some).map_err(|e| {
+                QuayUnavailable(format!(
+                    "Quay answered {path}… with an unexpected body: {e}"
+                ))
+            }),
+            404 => Ok(None),
+            status @ (401 | 403) => Err(QuayUnavailable(format!(
+                "Quay refused auth.quay_service_token on {path}… (HTTP {status}): it must be a \
+                 superuser's or a global read-only superuser's OAuth token"
+            ))),
+            status => Err(unexpected(&path, status)),
+        }
     }
 
     fn url(&self, segments: &[&str]) -> url::Url {

@@ -101,7 +101,9 @@ async fn create(
     query: Option<String>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if state.config.auth.mode == crate::config::AuthMode::Quay {
+    if state.config.auth.mode == crate::config::AuthMode::Quay
+        && state.config.auth.quay_service_token.expose().is_empty()
+    {
         return Err(ApiError::Forbidden(
             crate::schedule::owner::QUAY_MODE_REFUSAL.into(),
         ));

@@ -4,6 +4,7 @@
 use sqlx::PgConnection;
 
 use crate::api::auth::Caller;
+use crate::api::quay_auth::{OwnerTarget, QuayIdentity};
 use crate::config::{AuthConfig, AuthMode};
 use crate::domain::{ExportScope, Namespace, RepositoryName};
 
@@ -19,16 +20,36 @@ pub struct Target<'a> {
 /// fit for the schedule's status and its recipients.
 ///
 /// Token mode: the owner's rights now are the union of their tokens that are not revoked, judged
-/// by the same [`Caller`] methods the API uses. Quay mode: logexport holds no credential of the
-/// owner to ask Quay with, so it cannot re-check and refuses (see [`QUAY_MODE_REFUSAL`]).
+/// by the same [`Caller`] methods the API uses. Quay mode: Quay is asked about the owner with
+/// logexport's own token (`auth.quay_service_token`), since the owner sends no credential
+/// between runs; without that token nothing can be re-checked, so the answer is no. Quay being
+/// unavailable is an error (the run waits for the next tick), never a yes.
 pub async fn may_still_export(
     conn: &mut PgConnection,
     auth: &AuthConfig,
+    quay: Option<&QuayIdentity>,
     owner: &str,
     target: Target<'_>,
-) -> sqlx::Result<Option<String>> {
+) -> anyhow::Result<Option<String>> {
     if auth.mode == AuthMode::Quay {
-        return Ok(Some(QUAY_MODE_REFUSAL.into()));
+        let (Some(quay), false) = (quay, auth.quay_service_token.expose().is_empty()) else {
+            return Ok(Some(QUAY_MODE_REFUSAL.into()));
+        };
+        let owner = Namespace::parse(owner)?;
+        let target = OwnerTarget {
+            user_scope: target.scope == ExportScope::User,
+            namespace: target.namespace,
+            repository: target.repository,
+        };
+        return quay
+            .owner_may_export(
+                &auth.quay_service_token,
+                &owner,
+                target,
+                auth.superusers_full_access(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot re-check the schedule owner's rights: {e}"));
     }
     let Some(caller) = caller_from_tokens(conn, owner).await? else {
         return Ok(Some(format!("{owner} has no API token any more")));
@@ -40,10 +61,10 @@ pub async fn may_still_export(
     Ok(refusal(&caller, target))
 }
 
-/// Why schedules are not run (nor created) in quay mode: each run must re-check the owner's
-/// rights as the API would, and only the owner's own Quay credential can ask Quay for them.
-pub const QUAY_MODE_REFUSAL: &str = "scheduled exports need auth.mode = \"tokens\": in quay mode \
-logexport holds no Quay credential of the owner to re-check the owner's rights with before each run";
+/// Why schedules are not run (nor created) in quay mode without `auth.quay_service_token`: each
+/// run must re-check the owner's rights as the API would, and the owner sends no credential.
+pub const QUAY_MODE_REFUSAL: &str = "scheduled exports in auth.mode = \"quay\" need \
+auth.quay_service_token: logexport re-checks the owner's rights in Quay before each run";
 
 /// The API's decision for `caller` asking to export `target`, in the third person.
 pub fn refusal(caller: &Caller, target: Target<'_>) -> Option<String> {

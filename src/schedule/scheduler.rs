@@ -35,6 +35,8 @@ pub struct Scheduler {
     max_catch_up: u32,
     max_attempts: u32,
     auth: crate::config::AuthConfig,
+    /// Quay mode: where the owners' rights are re-checked.
+    quay: Option<Arc<crate::api::quay_auth::QuayIdentity>>,
     before_commit: Option<BeforeCommit>,
 }
 
@@ -64,6 +66,10 @@ impl Scheduler {
             max_catch_up: config.schedule.max_catch_up_periods.max(1),
             max_attempts: config.worker.max_attempts,
             auth: config.auth.clone(),
+            quay: (config.auth.mode == crate::config::AuthMode::Quay)
+                .then(|| crate::api::quay_auth::QuayIdentity::new(&config.auth).ok())
+                .flatten()
+                .map(Arc::new),
             before_commit: None,
         }
     }
@@ -162,7 +168,10 @@ impl Scheduler {
             namespace: &namespace,
             repository: repository.as_ref(),
         };
-        if let Some(reason) = owner::may_still_export(conn, &self.auth, &row.owner, target).await? {
+        if let Some(reason) =
+            owner::may_still_export(conn, &self.auth, self.quay.as_deref(), &row.owner, target)
+                .await?
+        {
             self.pause_with_notice(conn, row, first, &reason).await?;
             return Ok(Turn::Paused);
         }

@@ -55,6 +55,8 @@ struct Standin {
     behaviour: Mutex<Behaviour>,
     /// every path asked, with its query
     requests: Mutex<Vec<String>>,
+    /// users who lost their organizations' admin team since
+    demoted: Mutex<HashSet<&'static str>>,
 }
 
 impl Standin {
@@ -160,6 +162,142 @@ async fn repository_endpoint(
     .into_response()
 }
 
+/// The service token's requests (a global read-only superuser's): anything else is refused.
+async fn as_service(standin: &Standin, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
+    if let Some(response) = behave(standin, uri).await {
+        return Some(response);
+    }
+    match standin.who(headers) {
+        Some("auditor") => None,
+        Some(_) => Some(quay_error(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "Unauthorized",
+        )),
+        None => Some(quay_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "Unauthorized",
+        )),
+    }
+}
+
+impl Standin {
+    fn is_org_admin(&self, user: &str, org: &str) -> bool {
+        !self.demoted.lock().unwrap().contains(user)
+            && self
+                .users
+                .get(user)
+                .is_some_and(|u| u.orgs.iter().any(|(o, admin)| *o == org && *admin))
+    }
+}
+
+/// `endpoints/api/superuser.py` `SuperUserManagement.get` → `user_view`.
+async fn superuser_user_endpoint(
+    State(standin): State<Arc<Standin>>,
+    Path(username): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(response) = as_service(&standin, &uri, &headers).await {
+        return response;
+    }
+    let Some(user) = standin.users.get(username.as_str()) else {
+        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
+    };
+    Json(
+        json!({"kind": "user", "name": username, "username": username,
+        "email": format!("{username}@example.com"), "verified": true, "avatar": {},
+        "super_user": user.super_user, "enabled": true}),
+    )
+    .into_response()
+}
+
+/// `endpoints/api/organization.py` `Organization.get` → `org_view` with its `teams` and roles.
+async fn organization_endpoint(
+    State(standin): State<Arc<Standin>>,
+    Path(org): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(response) = as_service(&standin, &uri, &headers).await {
+        return response;
+    }
+    if org != "acme" {
+        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
+    }
+    Json(
+        json!({"name": org, "email": "", "avatar": {}, "is_admin": true, "is_member": true,
+        "teams": {
+            "owners": {"name": "owners", "description": "", "role": "admin", "avatar": {},
+                       "can_view": true, "repo_count": 0, "member_count": 1, "is_synced": false},
+            "devs": {"name": "devs", "description": "", "role": "member", "avatar": {},
+                     "can_view": true, "repo_count": 0, "member_count": 1, "is_synced": false},
+        },
+        "ordered_teams": ["owners", "devs"], "invoice_email": false, "tag_expiration_s": 1209600,
+        "is_free_account": true}),
+    )
+    .into_response()
+}
+
+/// `endpoints/api/organization.py` `OrganizationMember.get`: the member's teams; 404 for no
+/// member.
+async fn member_endpoint(
+    State(standin): State<Arc<Standin>>,
+    Path((org, member)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(response) = as_service(&standin, &uri, &headers).await {
+        return response;
+    }
+    let member_of = standin
+        .users
+        .get(member.as_str())
+        .is_some_and(|u| u.orgs.iter().any(|(o, _)| *o == org));
+    if !member_of {
+        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
+    }
+    let team = if standin.is_org_admin(&member, &org) {
+        "owners"
+    } else {
+        "devs"
+    };
+    Json(json!({"name": member, "kind": "user", "avatar": {},
+        "teams": [{"name": team, "avatar": {}}], "repositories": []}))
+    .into_response()
+}
+
+/// `endpoints/api/permission.py` `RepositoryUserTransitivePermission.get`: the user's roles on
+/// the repository, directly or through a team; 404 for none.
+async fn transitive_endpoint(
+    State(standin): State<Arc<Standin>>,
+    Path((namespace, repository, username)): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(response) = as_service(&standin, &uri, &headers).await {
+        return response;
+    }
+    let full = format!("{namespace}/{repository}");
+    let Some(user) = standin.users.get(username.as_str()) else {
+        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
+    };
+    let role = if standin.demoted.lock().unwrap().contains(username.as_str()) {
+        None
+    } else if user.admin_repos.contains(&full.as_str()) {
+        Some("admin")
+    } else if user.read_repos.contains(&full.as_str()) {
+        Some("read")
+    } else {
+        None
+    };
+    match role {
+        Some(role) => Json(json!({"permissions": [{"role": role}]})).into_response(),
+        None => quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found"),
+    }
+}
+
 /// The stand-in on an ephemeral port, with alice (admin of acme), bob (member of acme with
 /// admin rights on acme/web only), root (superuser) and auditor (global read-only superuser).
 async fn start_standin() -> (String, Arc<Standin>) {
@@ -196,6 +334,7 @@ async fn start_standin() -> (String, Arc<Standin>) {
         ("root-oauth", "root"),
         ("auditor-oauth", "auditor"),
         ("alice-session", "alice"),
+        ("service-oauth", "auditor"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -205,12 +344,29 @@ async fn start_standin() -> (String, Arc<Standin>) {
         users,
         behaviour: Mutex::new(Behaviour::Normal),
         requests: Mutex::new(Vec::new()),
+        demoted: Mutex::new(HashSet::new()),
     });
     let app = axum::Router::new()
         .route("/api/v1/user/", axum::routing::get(user_endpoint))
         .route(
             "/api/v1/repository/{namespace}/{repository}",
             axum::routing::get(repository_endpoint),
+        )
+        .route(
+            "/api/v1/superuser/users/{username}",
+            axum::routing::get(superuser_user_endpoint),
+        )
+        .route(
+            "/api/v1/organization/{org}",
+            axum::routing::get(organization_endpoint),
+        )
+        .route(
+            "/api/v1/organization/{org}/members/{member}",
+            axum::routing::get(member_endpoint),
+        )
+        .route(
+            "/api/v1/repository/{namespace}/{repository}/permissions/user/{username}/transitive",
+            axum::routing::get(transitive_endpoint),
         )
         .fallback(|uri: Uri, State(standin): State<Arc<Standin>>| async move {
             standin.requests.lock().unwrap().push(uri.to_string());
@@ -766,4 +922,110 @@ async fn token_mode_keeps_the_own_namespace_rule_and_records_the_trail_too() {
         403
     );
     assert_eq!(worker.ship_once().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn schedules_in_quay_mode_recheck_their_owner_in_quay_before_each_run() {
+    use logexport::schedule::Scheduler;
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    let body = json!({"period": "daily", "timezone": "UTC", "start_date": "2026-01-10",
+                      "callback_email": "audit@example.com"});
+    async fn create(app: &TestApp, bearer: &str, path: &str, body: &Value) -> reqwest::Response {
+        app.client
+            .post(app.url(path))
+            .bearer_auth(bearer)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+    // Without logexport's own Quay token nothing could re-check the owner: refused, saying why.
+    let without = env(|_| {}).await;
+    let refused = create(
+        &without.app,
+        "alice-oauth",
+        "/api/v1/organization/acme/exportschedules",
+        &body,
+    )
+    .await;
+    assert_eq!(refused.status(), 403);
+    let text = refused.text().await.unwrap();
+    assert!(text.contains("quay_service_token"), "{text}");
+
+    let env = env(|c| c.auth.quay_service_token = Secret::new("service-oauth")).await;
+    let org = create(
+        &env.app,
+        "alice-oauth",
+        "/api/v1/organization/acme/exportschedules",
+        &body,
+    )
+    .await;
+    assert_eq!(org.status(), 200);
+    let org_id = org.json::<Value>().await.unwrap()["schedule_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let repo = create(
+        &env.app,
+        "bob-oauth",
+        "/api/v1/repository/acme/web/exportschedules",
+        &body,
+    )
+    .await;
+    assert_eq!(repo.status(), 200);
+    let repo_id = repo.json::<Value>().await.unwrap()["schedule_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let scheduler = || Scheduler::new(env.app.pool.clone(), &env.app.config);
+
+    // Both owners still have their rights in Quay: two days each.
+    let report = scheduler().tick(at("2026-01-12T02:00:00Z")).await.unwrap();
+    assert_eq!(report.enqueued, 4);
+
+    // Quay down: the run waits (nothing enqueued, nothing paused), never runs on no answer.
+    *env.standin.behaviour.lock().unwrap() = Behaviour::Fail500;
+    let report = scheduler().tick(at("2026-01-13T02:00:00Z")).await.unwrap();
+    assert_eq!(report.enqueued, 0);
+    *env.standin.behaviour.lock().unwrap() = Behaviour::Normal;
+
+    // Alice leaves acme's owners team and bob loses admin on acme/web: both schedules pause.
+    env.standin.demoted.lock().unwrap().extend(["alice", "bob"]);
+    scheduler().tick(at("2026-01-14T02:00:00Z")).await.unwrap();
+    for (id, bearer, why) in [
+        (
+            &org_id,
+            "alice-oauth",
+            "no longer an administrator of organization acme",
+        ),
+        (
+            &repo_id,
+            "bob-oauth",
+            "no longer an administrator of repository acme/web",
+        ),
+    ] {
+        let doc: Value = env
+            .app
+            .client
+            .get(env.app.url(&format!("/api/v1/exportschedules/{id}")))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(doc["state"], "paused", "{doc}");
+        assert!(
+            doc["paused_reason"].as_str().unwrap().contains(why),
+            "{doc}"
+        );
+    }
+    let exported: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM export_jobs WHERE schedule_id IS NOT NULL AND state <> 'invalid'",
+    )
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(exported, 4, "no period ran without the owner's rights");
 }
