@@ -1,146 +1,400 @@
-//! Process metrics in Prometheus text format.
+//! Process metrics on `prometheus-client` (the Prometheus project's Rust client), served as
+//! OpenMetrics text. Counters keep their names (`…_total`); gauges read from the database are set
+//! at scrape time ([`Metrics::render`]).
 
-use std::fmt::Write;
+use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// The process-wide metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
+/// Seconds, from a request (10 ms) to a long export (2 h).
 const DURATION_BUCKETS: [f64; 12] = [
     0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 7200.0,
 ];
+/// HTTP request latency, seconds.
+const REQUEST_BUCKETS: [f64; 11] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+/// Splunk events per second of one export.
+const RATE_BUCKETS: [f64; 10] = [
+    100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0, 150_000.0, 250_000.0,
+    500_000.0,
+];
 
-/// Counters and a histogram; label sets are small and fixed, so a map behind a mutex is enough.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    jobs_started: AtomicU64,
-    labelled: Mutex<BTreeMap<(&'static str, String), u64>>,
-    duration: Mutex<Histogram>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; DURATION_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Status {
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct State {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Request {
+    method: String,
+    /// The route's template (`/api/v1/organization/{orgname}/logs`), never the raw path.
+    route: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Notification {
+    channel: String,
+    outcome: String,
+}
+
+/// Counters by outcome, under their `…_total` names, with their help.
+const OUTCOME_COUNTERS: [(&str, &str); 9] = [
+    (
+        "logexport_jobs_finished_total",
+        "Job attempts ended, by outcome.",
+    ),
+    (
+        "logexport_notifications_total",
+        "Notification deliveries by channel and outcome.",
+    ),
+    (
+        "logexport_export_slices_total",
+        "Export slices: read, read again, split, concurrency lowered.",
+    ),
+    (
+        "logexport_export_checkpoints_total",
+        "Export checkpoints saved and resumed from.",
+    ),
+    (
+        "logexport_splunk_quota_waits_total",
+        "Searches that waited for a cluster-wide search permit.",
+    ),
+    (
+        "logexport_logs_rows_skipped_total",
+        "Listing rows dropped, by reason.",
+    ),
+    (
+        "logexport_search_unavailable_total",
+        "Listings answered without Splunk, by reason.",
+    ),
+    (
+        "logexport_audit_events_total",
+        "Audit events delivered to or retried against Splunk HEC.",
+    ),
+    (
+        "logexport_schedule_runs_total",
+        "Scheduled periods enqueued, skipped, and schedules paused.",
+    ),
+];
+
+/// Everything this process measures.
+pub struct Metrics {
+    registry: Registry,
+    jobs_started: Counter,
+    job_duration: Histogram,
+    outcomes: HashMap<&'static str, Family<Outcome, Counter>>,
+    http_responses: Family<Status, Counter>,
+    http_duration: Family<Request, Histogram>,
+    export_duration: Histogram,
+    export_rows: Counter,
+    export_bytes: Counter,
+    export_rate: Histogram,
+    notification_duration: Family<Notification, Histogram>,
+    /// Splunk searches this process runs now (export slices and listings).
+    pub searches_running: Gauge,
+    queue_jobs: Family<State, Gauge>,
+    oldest_queued: Gauge<f64, AtomicU64>,
+    schedules: Family<State, Gauge>,
+    schedule_lag: Gauge<f64, AtomicU64>,
+    schedule_last_run: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn histogram(buckets: &'static [f64]) -> Histogram {
+    Histogram::new(buckets.iter().copied())
 }
 
 impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::default();
+        // prometheus-client appends `_total` to counters itself.
+        let base = |name: &'static str| name.strip_suffix("_total").unwrap_or(name);
+        let jobs_started = Counter::default();
+        registry.register(
+            "logexport_jobs_started",
+            "Job attempts started.",
+            jobs_started.clone(),
+        );
+        let job_duration = histogram(&DURATION_BUCKETS);
+        registry.register(
+            "logexport_job_duration_seconds",
+            "Duration of job attempts.",
+            job_duration.clone(),
+        );
+        let mut outcomes = HashMap::new();
+        for (name, help) in OUTCOME_COUNTERS {
+            let family = Family::<Outcome, Counter>::default();
+            registry.register(base(name), help, family.clone());
+            outcomes.insert(name, family);
+        }
+        let http_responses = Family::<Status, Counter>::default();
+        registry.register(
+            "logexport_http_responses",
+            "HTTP responses by status.",
+            http_responses.clone(),
+        );
+        let http_duration =
+            Family::<Request, Histogram>::new_with_constructor(|| histogram(&REQUEST_BUCKETS));
+        registry.register(
+            "logexport_http_request_duration_seconds",
+            "HTTP request latency by method, route and status.",
+            http_duration.clone(),
+        );
+        let export_duration = histogram(&DURATION_BUCKETS);
+        registry.register(
+            "logexport_export_duration_seconds",
+            "Duration of successful export attempts.",
+            export_duration.clone(),
+        );
+        let export_rows = Counter::default();
+        registry.register(
+            "logexport_export_rows",
+            "Rows written to export archives.",
+            export_rows.clone(),
+        );
+        let export_bytes = Counter::default();
+        registry.register(
+            "logexport_export_bytes",
+            "Bytes of archives stored.",
+            export_bytes.clone(),
+        );
+        let export_rate = histogram(&RATE_BUCKETS);
+        registry.register(
+            "logexport_export_events_per_second",
+            "Splunk events read per second by each successful export.",
+            export_rate.clone(),
+        );
+        let notification_duration =
+            Family::<Notification, Histogram>::new_with_constructor(|| histogram(&REQUEST_BUCKETS));
+        registry.register(
+            "logexport_notification_duration_seconds",
+            "Time of one notification delivery attempt, by channel and outcome.",
+            notification_duration.clone(),
+        );
+        let searches_running = Gauge::default();
+        registry.register(
+            "logexport_splunk_searches_running",
+            "Splunk searches this process runs now.",
+            searches_running.clone(),
+        );
+        let queue_jobs = Family::<State, Gauge>::default();
+        registry.register(
+            "logexport_queue_jobs",
+            "Export jobs by state.",
+            queue_jobs.clone(),
+        );
+        let oldest_queued = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "logexport_queue_oldest_queued_seconds",
+            "Age of the oldest queued export job (0 when none waits).",
+            oldest_queued.clone(),
+        );
+        let schedules = Family::<State, Gauge>::default();
+        registry.register(
+            "logexport_schedules",
+            "Export schedules by state.",
+            schedules.clone(),
+        );
+        let schedule_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "logexport_schedule_lag_seconds",
+            "How long the most overdue active schedule's next period has been due.",
+            schedule_lag.clone(),
+        );
+        let schedule_last_run = Gauge::default();
+        registry.register(
+            "logexport_schedule_last_run_timestamp_seconds",
+            "When a scheduler last ran a schedule.",
+            schedule_last_run.clone(),
+        );
+        Self {
+            registry,
+            jobs_started,
+            job_duration,
+            outcomes,
+            http_responses,
+            http_duration,
+            export_duration,
+            export_rows,
+            export_bytes,
+            export_rate,
+            notification_duration,
+            searches_running,
+            queue_jobs,
+            oldest_queued,
+            schedules,
+            schedule_lag,
+            schedule_last_run,
+        }
+    }
+
     /// A job attempt started.
     pub fn job_started(&self) {
-        self.jobs_started.fetch_add(1, Ordering::Relaxed);
+        self.jobs_started.inc();
     }
 
     /// A job attempt ended with `outcome` after `elapsed`.
     pub fn job_finished(&self, outcome: &str, elapsed: Duration) {
         self.incr("logexport_jobs_finished_total", outcome);
-        let secs = elapsed.as_secs_f64();
-        let mut h = self.duration.lock().unwrap_or_else(|p| p.into_inner());
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        self.job_duration.observe(elapsed.as_secs_f64());
     }
 
-    /// Increments a counter with one label value.
+    /// Increments a counter of [`OUTCOME_COUNTERS`] with one outcome.
     pub fn incr(&self, name: &'static str, label: &str) {
         self.add(name, label, 1);
     }
 
-    /// Adds `n` to a counter with one label value; a zero still makes the series appear.
+    /// Adds `n` to a counter of [`OUTCOME_COUNTERS`].
     pub fn add(&self, name: &'static str, label: &str, n: u64) {
-        let mut map = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry((name, label.to_owned())).or_default() += n;
+        match self.outcomes.get(name) {
+            Some(family) => {
+                family
+                    .get_or_create(&Outcome {
+                        outcome: label.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+            None => debug_assert!(false, "unregistered counter {name}"),
+        }
     }
 
-    /// Renders everything plus the queue depth read at scrape time.
-    pub fn render(&self, queue_depth: &[(String, i64)]) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP logexport_queue_jobs Export jobs by state.\n# TYPE logexport_queue_jobs gauge\n");
+    /// One HTTP response: its status, and its latency under the route's template.
+    pub fn http_response(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let status = status.to_string();
+        self.http_responses
+            .get_or_create(&Status {
+                status: status.clone(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&Request {
+                method: method.to_owned(),
+                route: route.to_owned(),
+                status,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A successful export: its duration, rows, bytes and Splunk read rate.
+    pub fn export_succeeded(&self, elapsed: Duration, rows: u64, bytes: u64) {
+        let secs = elapsed.as_secs_f64();
+        self.export_duration.observe(secs);
+        self.export_rows.inc_by(rows);
+        self.export_bytes.inc_by(bytes);
+        if secs > 0.0 {
+            self.export_rate.observe(rows as f64 / secs);
+        }
+    }
+
+    /// One notification delivery attempt on `channel`.
+    pub fn notification(&self, channel: &str, outcome: &str, elapsed: Duration) {
+        self.incr(
+            "logexport_notifications_total",
+            &format!("{channel}_{outcome}"),
+        );
+        self.notification_duration
+            .get_or_create(&Notification {
+                channel: channel.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Renders everything as OpenMetrics text, with the database figures read at scrape time.
+    pub fn render(&self, scrape: &Scrape) -> String {
         for state in crate::queue::JobState::ALL {
-            let n = queue_depth
+            let n = scrape
+                .queue_depth
                 .iter()
                 .find(|(s, _)| s == state.as_str())
                 .map_or(0, |(_, n)| *n);
-            let _ = writeln!(
-                out,
-                "logexport_queue_jobs{{state=\"{}\"}} {n}",
-                state.as_str()
-            );
+            self.queue_jobs
+                .get_or_create(&State {
+                    state: state.as_str().to_owned(),
+                })
+                .set(n);
         }
-        out.push_str("# HELP logexport_jobs_started_total Job attempts started.\n# TYPE logexport_jobs_started_total counter\n");
-        let _ = writeln!(
-            out,
-            "logexport_jobs_started_total {}",
-            self.jobs_started.load(Ordering::Relaxed)
-        );
-        let map = self.labelled.lock().unwrap_or_else(|p| p.into_inner());
-        let mut last = "";
-        for ((name, label), value) in map.iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let key = if name.contains("http") {
-                "status"
-            } else {
-                "outcome"
-            };
-            let _ = writeln!(out, "{name}{{{key}=\"{label}\"}} {value}");
+        self.oldest_queued.set(scrape.oldest_queued_seconds);
+        let stats = &scrape.schedules;
+        for (state, n) in [("active", stats.active), ("paused", stats.paused)] {
+            self.schedules
+                .get_or_create(&State {
+                    state: state.to_owned(),
+                })
+                .set(n);
         }
-        drop(map);
-        let h = self.duration.lock().unwrap_or_else(|p| p.into_inner());
-        out.push_str("# HELP logexport_job_duration_seconds Duration of job attempts.\n# TYPE logexport_job_duration_seconds histogram\n");
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "logexport_job_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-                h.buckets[i]
-            );
-        }
-        let _ = writeln!(
-            out,
-            "logexport_job_duration_seconds_bucket{{le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(out, "logexport_job_duration_seconds_sum {}", h.sum);
-        let _ = writeln!(out, "logexport_job_duration_seconds_count {}", h.count);
+        self.schedule_lag.set(stats.max_lag_seconds);
+        self.schedule_last_run
+            .set(stats.last_run_at.map_or(0, |t| t.timestamp()));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String");
         out
     }
 }
 
-/// The scheduled-export gauges, read from the database at scrape time.
-pub fn render_schedules(stats: &crate::schedule::storage::ScheduleStats) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "# HELP logexport_schedules Export schedules by state.\n# TYPE logexport_schedules gauge\n",
-    );
-    let _ = writeln!(
-        out,
-        "logexport_schedules{{state=\"active\"}} {}",
-        stats.active
-    );
-    let _ = writeln!(
-        out,
-        "logexport_schedules{{state=\"paused\"}} {}",
-        stats.paused
-    );
-    out.push_str("# HELP logexport_schedule_lag_seconds How long the most overdue active schedule's next period has been due.\n# TYPE logexport_schedule_lag_seconds gauge\n");
-    let _ = writeln!(
-        out,
-        "logexport_schedule_lag_seconds {}",
-        stats.max_lag_seconds
-    );
-    out.push_str("# HELP logexport_schedule_last_run_timestamp_seconds When a scheduler last ran a schedule.\n# TYPE logexport_schedule_last_run_timestamp_seconds gauge\n");
-    let last = stats.last_run_at.map_or(0, |t| t.timestamp());
-    let _ = writeln!(out, "logexport_schedule_last_run_timestamp_seconds {last}");
-    out
+/// What `/metrics` reads from the database at scrape time.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub queue_depth: Vec<(String, i64)>,
+    pub oldest_queued_seconds: f64,
+    pub schedules: crate::schedule::storage::ScheduleStats,
+}
+
+/// The OpenMetrics text format's content type.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_keep_their_names_and_histograms_their_routes() {
+        let metrics = Metrics::new();
+        metrics.incr("logexport_export_slices_total", "split");
+        metrics.http_response(
+            "GET",
+            "/api/v1/organization/{orgname}/logs",
+            200,
+            Duration::from_millis(3),
+        );
+        metrics.export_succeeded(Duration::from_secs(2), 100_000, 1_000);
+        let text = metrics.render(&Scrape::default());
+        assert!(text.contains("logexport_export_slices_total{outcome=\"split\"} 1"));
+        assert!(text.contains("logexport_http_responses_total{status=\"200\"} 1"));
+        assert!(text.contains(
+            "logexport_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/organization/{orgname}/logs\",status=\"200\"} 1"
+        ));
+        assert!(text.contains("logexport_export_rows_total 100000"));
+        assert!(text.contains("logexport_queue_jobs{state=\"queued\"} 0"));
+        assert!(text.ends_with("# EOF\n"));
+    }
 }

@@ -25,29 +25,44 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text.
+/// `GET /metrics`: OpenMetrics text, with the queue and schedules read at scrape time.
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let depth = storage::count_by_state(&state.pool)
-        .await
-        .unwrap_or_default();
-    let schedules = crate::schedule::storage::stats(&state.pool, chrono::Utc::now())
-        .await
-        .unwrap_or_default();
-    let mut body = METRICS.render(&depth);
-    body.push_str(&crate::metrics::render_schedules(&schedules));
+    let scrape = crate::metrics::Scrape {
+        queue_depth: storage::count_by_state(&state.pool)
+            .await
+            .unwrap_or_default(),
+        oldest_queued_seconds: storage::oldest_queued_seconds(&state.pool)
+            .await
+            .unwrap_or_default(),
+        schedules: crate::schedule::storage::stats(&state.pool, chrono::Utc::now())
+            .await
+            .unwrap_or_default(),
+    };
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            crate::metrics::CONTENT_TYPE,
         )],
-        body,
+        METRICS.render(&scrape),
     )
         .into_response()
 }
 
-/// Counts responses by status code.
+/// Counts responses by status, and times them under the matched route's template (an
+/// unmatched path counts as `unmatched`, so no input grows the label set).
 pub async fn count_responses(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    METRICS.incr("logexport_http_responses_total", response.status().as_str());
+    METRICS.http_response(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }

@@ -97,6 +97,7 @@ impl JobHandler for ExportJob {
             content_type: archive::content_type(job.format, job.compression).to_owned(),
             filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
         };
+        let started = std::time::Instant::now();
         let spool_name = format!("{}-{}", job.id, job.attempt);
         let mut checkpoint = ExportCheckpoint::of(job);
         // Splunk first: a rejected token or bad search must not leave an upload behind.
@@ -202,6 +203,7 @@ impl JobHandler for ExportJob {
                     "archive uploaded"
                 );
                 debug_assert_eq!(size, streamed.bytes);
+                METRICS.export_succeeded(started.elapsed(), streamed.logs, size);
                 let sha256 = streamed.digest.finish_hex();
                 self.store
                     .record_sha256(&key, &meta, &sha256)

@@ -490,6 +490,16 @@ pub async fn count_by_state(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
         .await
 }
 
+/// Seconds the oldest queued job has waited since it was requested (0 when none waits).
+pub async fn oldest_queued_seconds(pool: &PgPool) -> sqlx::Result<f64> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM export_jobs WHERE state = 'queued'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Deletes finished jobs older than the retention period; returns how many.
 pub async fn delete_finished_before(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
     let result = sqlx::query(

@@ -102,6 +102,7 @@ impl SearchQuota {
         let mut pause = FIRST_PAUSE;
         loop {
             if let Some(id) = self.try_take(purpose).await? {
+                METRICS.searches_running.inc();
                 return Ok(SearchPermit {
                     id,
                     pool: self.inner.pool.clone(),
@@ -189,6 +190,7 @@ async fn renew(pool: PgPool, id: Uuid) {
 
 impl Drop for SearchPermit {
     fn drop(&mut self) {
+        METRICS.searches_running.dec();
         self.renew.abort();
         let (pool, id) = (self.pool.clone(), self.id);
         // Freed in the background: a drop cannot wait. Should it fail, the lease expires.

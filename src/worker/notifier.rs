@@ -112,6 +112,7 @@ impl Notifier {
         let mut gave_up: Vec<String> = Vec::new();
 
         if let (false, Some(address)) = (email_done, row.callback_email.as_deref()) {
+            let started = std::time::Instant::now();
             let delivery = match EmailAddress::parse(address) {
                 Ok(to) => self.mailer.send(&to, &notice).await,
                 Err(e) => Delivery::give_up(e.to_string()),
@@ -119,6 +120,7 @@ impl Notifier {
             hint = hint.max(retry_after(&delivery));
             email_done = self.classify(
                 "email",
+                started,
                 delivery,
                 row.notify_attempts,
                 self.email_attempts,
@@ -127,6 +129,7 @@ impl Notifier {
             );
         }
         if let (false, Some(url)) = (callback_done, row.callback_url.as_deref()) {
+            let started = std::time::Instant::now();
             let delivery = match CallbackUrl::from_stored(url) {
                 Ok(url) => self.callbacks.send(&url, &notice).await,
                 Err(e) => Delivery::give_up(e.to_string()),
@@ -134,6 +137,7 @@ impl Notifier {
             hint = hint.max(retry_after(&delivery));
             callback_done = self.classify(
                 "callback",
+                started,
                 delivery,
                 row.notify_attempts,
                 self.callback_attempts,
@@ -172,41 +176,36 @@ impl Notifier {
         Ok(())
     }
 
-    /// Counts a channel's delivery and says whether the channel is done.
+    /// Counts and times a channel's delivery and says whether the channel is done.
+    #[allow(clippy::too_many_arguments)]
     fn classify(
         &self,
         channel: &'static str,
+        started: std::time::Instant,
         delivery: Delivery,
         attempt: i32,
         max_attempts: i32,
         retry: &mut Vec<String>,
         gave_up: &mut Vec<String>,
     ) -> bool {
-        match delivery {
+        let (outcome, done) = match delivery {
             Delivery::Delivered { receipt } => {
-                METRICS.incr(
-                    "logexport_notifications_total",
-                    &format!("{channel}_delivered"),
-                );
                 tracing::info!(channel, receipt = %receipt, "delivered");
-                true
+                ("delivered", true)
             }
             Delivery::Retry { reason, .. } if attempt < max_attempts => {
-                METRICS.incr("logexport_notifications_total", &format!("{channel}_retry"));
                 retry.push(format!("{channel}: {reason}"));
-                false
+                ("retry", false)
             }
             Delivery::Retry { reason, .. } | Delivery::GiveUp { reason } => {
-                METRICS.incr(
-                    "logexport_notifications_total",
-                    &format!("{channel}_failed"),
-                );
                 gave_up.push(format!(
                     "{channel}: {reason} (attempt {attempt} of {max_attempts})"
                 ));
-                true
+                ("failed", true)
             }
-        }
+        };
+        METRICS.notification(channel, outcome, started.elapsed());
+        done
     }
 }
 

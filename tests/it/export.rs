@@ -893,7 +893,7 @@ async fn clustered_events_get_their_busy_slices_split_and_every_event_exactly_on
         sorted(want),
         "missing or duplicated rows across split pieces"
     );
-    let metrics = logexport::metrics::METRICS.render(&[]);
+    let metrics = logexport::metrics::METRICS.render(&Default::default());
     assert!(
         metrics.contains("logexport_export_slices_total{outcome=\"split\"}"),
         "no slice was split:\n{metrics}"
