@@ -27,7 +27,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc \
     while read -r db; do dropdb -h 127.0.0.1 -U postgres --if-exists "$db" || true; done
 
 step "Python test dependencies"
-if ! python3 -c 'import aiosmtpd, splunklib' 2>/dev/null; then
+if ! python3 -c 'import aiosmtpd, splunklib, prometheus_client, yaml' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r deploy/requirements-test.txt
 fi
 

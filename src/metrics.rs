@@ -60,43 +60,60 @@ struct Notification {
     outcome: String,
 }
 
-/// Counters by outcome, under their `…_total` names, with their help.
-const OUTCOME_COUNTERS: [(&str, &str); 9] = [
+/// Counters by outcome, under their `…_total` names, with their help and the outcomes known in
+/// advance (exported as 0 from the start, so `rate()` and alerts see them before the first event).
+const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 9] = [
     (
         "logexport_jobs_finished_total",
         "Job attempts ended, by outcome.",
+        &["succeeded", "failed", "timed_out", "invalid", "cancelled"],
     ),
     (
         "logexport_notifications_total",
         "Notification deliveries by channel and outcome.",
+        &[
+            "email_delivered",
+            "email_retry",
+            "email_failed",
+            "callback_delivered",
+            "callback_retry",
+            "callback_failed",
+        ],
     ),
     (
         "logexport_export_slices_total",
         "Export slices: read, read again, split, concurrency lowered.",
+        &["read", "read_again", "split", "concurrency_lowered"],
     ),
     (
         "logexport_export_checkpoints_total",
         "Export checkpoints saved and resumed from.",
+        &["saved", "resumed"],
     ),
     (
         "logexport_splunk_quota_waits_total",
         "Searches that waited for a cluster-wide search permit.",
+        &["waited", "gave_up"],
     ),
     (
         "logexport_logs_rows_skipped_total",
         "Listing rows dropped, by reason.",
+        &["namespace"],
     ),
     (
         "logexport_search_unavailable_total",
         "Listings answered without Splunk, by reason.",
+        &["not_configured", "timeout"],
     ),
     (
         "logexport_audit_events_total",
         "Audit events delivered to or retried against Splunk HEC.",
+        &["delivered", "retried"],
     ),
     (
         "logexport_schedule_runs_total",
         "Scheduled periods enqueued, skipped, and schedules paused.",
+        &["enqueued", "skipped", "paused"],
     ),
 ];
 
@@ -150,8 +167,13 @@ impl Metrics {
             job_duration.clone(),
         );
         let mut outcomes = HashMap::new();
-        for (name, help) in OUTCOME_COUNTERS {
+        for (name, help, known) in OUTCOME_COUNTERS {
             let family = Family::<Outcome, Counter>::default();
+            for outcome in known {
+                let _zero = family.get_or_create(&Outcome {
+                    outcome: (*outcome).to_owned(),
+                });
+            }
             registry.register(base(name), help, family.clone());
             outcomes.insert(name, family);
         }

@@ -12,6 +12,7 @@ mod export_filters;
 mod export_integrity;
 mod export_listing;
 mod logs;
+mod metrics;
 mod notify;
 mod outage;
 mod quay_auth;
