@@ -629,13 +629,13 @@ impl Readers {
         refused_for_quota: &mut bool,
     ) -> Result<Spooled, SplunkError> {
         // A new attempt starts over: from the piece's end, down to its current cut.
-        let cut = {
+        let search_start = {
             let mut state = piece.state();
             state.position = piece.end;
             state.rows = 0;
             state.cut
         };
-        let query = query_for(&self.filters, cut, piece.end)?;
+        let query = query_for(&self.filters, search_start, piece.end)?;
         let answers = self.splunk.quota_answers();
         let stream = self.splunk.export(&query).await;
         // Even a quota answer the client's retries got past means Splunk is full.
@@ -656,22 +656,33 @@ impl Readers {
                 batch.clear();
                 let more = stream.next_batch(&mut batch, 256).await?;
                 // Newest first: the rows before the first one older than the cut are this
-                // piece's, and once one is older the rest belong to the piece split off.
+                // piece's, and once one is older the rest belong to the piece split off. The
+                // batch's last row is its oldest, so one `_time` per batch decides unless a split
+                // moved the cut into this very batch.
                 let (keep, reached_cut) = {
                     let mut state = piece.state();
-                    let mut keep = 0;
-                    let mut reached_cut = false;
-                    for row in batch.iter() {
-                        let time = row_time(row).unwrap_or(state.position);
-                        if time < state.cut {
-                            reached_cut = true;
-                            break;
+                    let oldest = batch.iter().last().and_then(row_time);
+                    if state.cut <= search_start || oldest.is_some_and(|t| t >= state.cut) {
+                        if let Some(t) = oldest {
+                            state.position = state.position.min(t);
                         }
-                        state.position = state.position.min(time);
-                        keep += 1;
+                        state.rows += batch.len() as u64;
+                        (batch.len(), false)
+                    } else {
+                        let mut keep = 0;
+                        let mut reached_cut = false;
+                        for row in batch.iter() {
+                            let time = row_time(row).unwrap_or(state.position);
+                            if time < state.cut {
+                                reached_cut = true;
+                                break;
+                            }
+                            state.position = state.position.min(time);
+                            keep += 1;
+                        }
+                        state.rows += keep as u64;
+                        (keep, reached_cut)
                     }
-                    state.rows += keep as u64;
-                    (keep, reached_cut)
                 };
                 let mut written = 0u64;
                 for row in batch.iter().take(keep) {

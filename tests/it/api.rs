@@ -413,15 +413,7 @@ async fn cancel_a_queued_export_and_health_endpoints() {
             .status(),
         200
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("logexport_queue_jobs{state=\"cancelled\"} 1"),
         "{metrics}"

@@ -153,6 +153,18 @@ impl TestApp {
             .expect("request")
     }
 
+    /// The scrape of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("scrape body")
+    }
+
     /// Creates a schedule that must be accepted and returns its id.
     pub async fn create_schedule(
         &self,
@@ -280,4 +292,15 @@ pub fn assert_newest_first(logs: &[serde_json::Value]) {
         })
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "not newest first");
+}
+
+/// The sum of the samples in `scrape` whose series starts with `series` (a name, or a name with
+/// its labels as served); 0 when there is none.
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -613,15 +613,7 @@ async fn catch_up_after_downtime_is_capped_and_the_skipped_periods_are_reported(
     // Its next period was due on 12 January, long before the real clock: it lags.
     assert!(doc["lag_seconds"].as_i64().unwrap() > 0);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("logexport_schedules{state=\"active\"} 1"),
         "{metrics}"

@@ -221,17 +221,12 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
         splunk.stats().quota_refused > 0,
         "Splunk did refuse searches"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
-        metrics.contains(r#"logexport_export_slices_total{outcome="concurrency_lowered"}"#),
+        crate::helpers::metric(
+            &metrics,
+            r#"logexport_export_slices_total{outcome="concurrency_lowered"}"#
+        ) >= 1.0,
         "{metrics}"
     );
     stop.cancel();
