@@ -26,16 +26,21 @@ pub struct ExportBody {
     /// by `callback.allowed_hosts`).
     callback_url: Option<String>,
     /// Who to e-mail the link to.
+    #[schema(example = "ops@example.com")]
     callback_email: Option<String>,
     /// First day: `MM/DD/YYYY`, `YYYY-MM-DD` or RFC 3339.
+    #[schema(example = "01/01/2024")]
     starttime: Option<String>,
     /// Last day (included), same forms.
+    #[schema(example = "01/02/2024")]
     endtime: Option<String>,
     /// IANA time zone the days are in; default UTC.
     timezone: Option<String>,
     /// `json` (Quay's), `ndjson` or `csv`.
+    #[schema(example = "ndjson")]
     format: Option<String>,
     /// `none`, `gzip` or `zstd`.
+    #[schema(example = "gzip")]
     compression: Option<String>,
     /// Only this performer's events.
     performer: Option<String>,

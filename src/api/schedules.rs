@@ -33,7 +33,11 @@ const RECENT_EXPORTS: i64 = 10;
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
+    /// `daily`, `weekly` or `monthly`.
+    #[schema(example = "daily")]
     period: Option<String>,
+    /// IANA time zone the periods are in; default UTC.
+    #[schema(example = "Europe/Berlin")]
     timezone: Option<String>,
     start_date: Option<String>,
     delay_minutes: Option<u32>,
@@ -41,6 +45,7 @@ pub struct ScheduleBody {
     compression: Option<String>,
     performer: Option<String>,
     kind: Option<OneOrMany>,
+    #[schema(example = "ops@example.com")]
     callback_email: Option<String>,
     callback_url: Option<String>,
 }

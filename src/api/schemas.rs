@@ -362,8 +362,10 @@ pub struct ScheduleList {
 pub struct RangeParams {
     /// First day: `MM/DD/YYYY` (Quay's), `YYYY-MM-DD` or an RFC 3339 timestamp; default a
     /// month before `endtime`.
+    #[param(example = "01/01/2024")]
     pub starttime: Option<String>,
     /// Last day (included), same forms; default today.
+    #[param(example = "01/31/2024")]
     pub endtime: Option<String>,
     /// IANA time zone the days are in, e.g. `Europe/Berlin`; default UTC.
     pub timezone: Option<String>,
@@ -420,6 +422,7 @@ pub struct DownloadLinkParams {
 #[into_params(parameter_in = Path)]
 pub struct OrgPath {
     /// The organization's name.
+    #[param(example = "ns0")]
     pub orgname: String,
 }
 
@@ -428,8 +431,10 @@ pub struct OrgPath {
 #[into_params(parameter_in = Path)]
 pub struct RepoPath {
     /// The repository's namespace (organization or user).
+    #[param(example = "ns1")]
     pub namespace: String,
     /// The repository's name.
+    #[param(example = "repo1")]
     pub repository: String,
 }
 
