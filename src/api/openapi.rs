@@ -111,3 +111,43 @@ pub async fn openapi_json() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_is_openapi_3_1_with_every_quay_route_and_the_error_shape() {
+        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).expect("renders as JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        for path in [
+            "/api/v1/user/exportlogs",
+            "/api/v1/organization/{orgname}/exportlogs",
+            "/api/v1/repository/{namespace}/{repository}/exportlogs",
+            "/api/v1/superuser/logs",
+            "/api/v1/repository/{namespace}/{repository}/aggregatelogs",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} is documented");
+        }
+        let error = &doc["components"]["schemas"]["ErrorBody"];
+        let mut fields: Vec<&str> = error["required"]
+            .as_array()
+            .expect("required fields")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "detail",
+                "error_message",
+                "error_type",
+                "status",
+                "title",
+                "type"
+            ]
+        );
+        assert_eq!(error["additionalProperties"], false);
+    }
+}
