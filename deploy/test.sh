@@ -7,10 +7,11 @@
 #   creates its own database (logexport_test_*), stale ones from earlier runs are dropped first.
 # - Garage (S3 store that checks SigV4 and presigned signatures): deploy/garage.sh installs it once
 #   with cargo (cached in ~/.cargo/bin), starts a single node and writes .test-env/garage.env.
-# - Python: aiosmtpd (the SMTP server the notification tests start) and splunk-sdk (the fidelity test),
-#   installed with pip when missing.
+# - Python: aiosmtpd (the SMTP server the notification tests start), splunk-sdk (the fidelity test),
+#   schemathesis and openapi-spec-validator (the API contract step), installed with pip when missing.
 # - Rust: cargo fmt --check, clippy -D warnings, the unit and integration tests (cargo nextest), then
-#   the splunk-sdk fidelity test against the emulator binary.
+#   the API contract and fuzz step (deploy/fuzz-api.sh), the splunk-sdk fidelity test against the
+#   emulator binary.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -27,7 +28,7 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atc \
     while read -r db; do dropdb -h 127.0.0.1 -U postgres --if-exists "$db" || true; done
 
 step "Python test dependencies"
-if ! python3 -c 'import aiosmtpd, splunklib, prometheus_client, yaml' 2>/dev/null; then
+if ! python3 -c 'import aiosmtpd, splunklib, prometheus_client, yaml, schemathesis, openapi_spec_validator' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check -r deploy/requirements-test.txt
 fi
 
@@ -58,6 +59,9 @@ cargo clippy --all-targets -- -D warnings
 step "unit and integration tests"
 cargo build --bins
 cargo nextest run --lib --bins --tests --no-fail-fast
+
+step "API contract: OpenAPI document and schemathesis fuzzing (deploy/fuzz-api.sh, about 2 minutes)"
+deploy/fuzz-api.sh
 
 step "splunk-sdk fidelity test"
 SPLUNK_EMULATOR_BIN="$ROOT/target/debug/splunk-emulator" python3 tests/sdk_fidelity.py

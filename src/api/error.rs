@@ -59,14 +59,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, error_type) = self.parts();
         let message = self.to_string();
-        let body = serde_json::json!({
-            "status": status.as_u16(),
-            "error_type": error_type,
-            "title": error_type,
-            "detail": message,
-            "error_message": message,
-            "type": format!("/api/v1/error/{error_type}"),
-        });
+        let body = super::schemas::ErrorBody {
+            status: status.as_u16(),
+            error_type,
+            title: error_type,
+            detail: message.clone(),
+            error_message: message,
+            kind: format!("/api/v1/error/{error_type}"),
+        };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

@@ -7,6 +7,9 @@ use axum::http::HeaderMap;
 use serde::Deserialize;
 
 use super::auth::Caller;
+use super::schemas::{
+    ErrorBody, ExportQueued, FilterParams, IdempotencyKey, OrgPath, RangeParams, RepoPath,
+};
 use super::{ApiError, AppState};
 use crate::domain::{
     CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportScope, LogFilter,
@@ -14,21 +17,54 @@ use crate::domain::{
 };
 use crate::queue::{NewExport, storage};
 
-/// The JSON body: Quay's callback fields plus our extensions.
-#[derive(Debug, Default, Deserialize)]
+/// The JSON body: Quay's callback fields plus our extensions. Give `callback_email` or
+/// `callback_url` (or both); the query's `starttime`, `endtime`, `timezone`, `performer` and
+/// `kind` win over the body's.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ExportBody {
+    /// Where to POST the result (http or https; internal addresses are refused unless allowed
+    /// by `callback.allowed_hosts`).
     callback_url: Option<String>,
+    /// Who to e-mail the link to.
+    #[schema(example = "ops@example.com")]
     callback_email: Option<String>,
+    /// First day: `MM/DD/YYYY`, `YYYY-MM-DD` or RFC 3339.
+    #[schema(example = "01/01/2024")]
     starttime: Option<String>,
+    /// Last day (included), same forms.
+    #[schema(example = "01/02/2024")]
     endtime: Option<String>,
+    /// IANA time zone the days are in; default UTC.
     timezone: Option<String>,
+    /// `json` (Quay's), `ndjson` or `csv`.
+    #[schema(example = "ndjson")]
     format: Option<String>,
+    /// `none`, `gzip` or `zstd`.
+    #[schema(example = "gzip")]
     compression: Option<String>,
+    /// Only this performer's events.
     performer: Option<String>,
+    /// Only these kinds.
     kind: Option<OneOrMany>,
 }
 
 /// `POST /api/v1/user/exportlogs`
+#[utoipa::path(
+    post,
+    path = "/api/v1/user/exportlogs",
+    tag = "exports",
+    operation_id = "exportUserLogs",
+    summary = "Export the caller's own logs (Quay's)",
+    params(RangeParams, FilterParams, IdempotencyKey),
+    request_body(content = Option<ExportBody>, description = "Quay's body; may be empty when everything is in the query", content_type = "application/json"),
+    responses(
+        (status = 200, description = "queued (or the export an earlier request with the same Idempotency-Key queued)", body = ExportQueued),
+        (status = 400, description = "invalid date range, filter, callback or body; nothing is queued", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository, or a forged cookie request", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn user(
     State(state): State<AppState>,
     caller: Caller,
@@ -36,13 +72,29 @@ pub async fn user(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ExportQueued>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let target = user_target(&caller)?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
 /// `POST /api/v1/organization/{orgname}/exportlogs`
+#[utoipa::path(
+    post,
+    path = "/api/v1/organization/{orgname}/exportlogs",
+    tag = "exports",
+    operation_id = "exportOrgLogs",
+    summary = "Export an organization's logs (Quay's)",
+    params(OrgPath, RangeParams, FilterParams, IdempotencyKey),
+    request_body(content = Option<ExportBody>, description = "Quay's body; may be empty when everything is in the query", content_type = "application/json"),
+    responses(
+        (status = 200, description = "queued (or the export an earlier request with the same Idempotency-Key queued)", body = ExportQueued),
+        (status = 400, description = "invalid date range, filter, callback or body; nothing is queued", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository, or a forged cookie request", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn organization(
     State(state): State<AppState>,
     caller: Caller,
@@ -51,13 +103,29 @@ pub async fn organization(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ExportQueued>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let target = organization_target(&caller, &orgname)?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
 /// `POST /api/v1/repository/{namespace}/{repository}/exportlogs`
+#[utoipa::path(
+    post,
+    path = "/api/v1/repository/{namespace}/{repository}/exportlogs",
+    tag = "exports",
+    operation_id = "exportRepoLogs",
+    summary = "Export a repository's logs (Quay's)",
+    params(RepoPath, RangeParams, FilterParams, IdempotencyKey),
+    request_body(content = Option<ExportBody>, description = "Quay's body; may be empty when everything is in the query", content_type = "application/json"),
+    responses(
+        (status = 200, description = "queued (or the export an earlier request with the same Idempotency-Key queued)", body = ExportQueued),
+        (status = 400, description = "invalid date range, filter, callback or body; nothing is queued", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository, or a forged cookie request", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn repository(
     State(state): State<AppState>,
     caller: Caller,
@@ -66,7 +134,7 @@ pub async fn repository(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ExportQueued>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let target = repository_target(&state, &caller, &namespace, &repository).await?;
     create(state, caller, ip, target, query, headers, body).await
@@ -165,7 +233,7 @@ pub fn all_params(query: &Option<String>, name: &str) -> Vec<String> {
 }
 
 /// One value or a list of them, as a JSON body may give a repeatable field.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub(super) enum OneOrMany {
     One(String),
@@ -301,7 +369,7 @@ async fn create(
     query: Option<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ExportQueued>, ApiError> {
     let bytes = read_body(body, state.config.server.max_body_bytes).await?;
     let parsed: Result<ExportBody, ApiError> = parse_json(&bytes);
     let body = parsed.as_ref().ok();
@@ -333,7 +401,7 @@ async fn create(
     }
     tx.commit().await?;
     tracing::info!(export_id = %id, namespace = %export.namespace, scope = %export.scope, "export queued");
-    Ok(Json(serde_json::json!({ "export_id": id })))
+    Ok(Json(ExportQueued { export_id: id.0 }))
 }
 
 /// Validates the request into an export; every refusal here is a 400.

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::auth::Caller;
+use super::schemas::{ErrorBody, ExportList, ExportListParams, ExportPath, SigningKeys};
 use super::status::{status_json, visible_row};
 use super::{ApiError, AppState, parse_namespace, query_param};
 use crate::domain::RepositoryName;
@@ -38,6 +39,19 @@ struct ListCursor {
 }
 
 /// `GET /api/v1/exportlogs?namespace=N[&repository=R][&state=S][&limit=L][&next_page=T]`
+#[utoipa::path(
+    get,
+    path = "/api/v1/exportlogs",
+    tag = "export status",
+    operation_id = "listExports",
+    params(ExportListParams),
+    responses(
+        (status = 200, description = "a page of exports, newest first", body = ExportList),
+        (status = 400, description = "invalid namespace, repository, state, limit or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -177,6 +191,25 @@ fn open(
 }
 
 /// `GET /api/v1/exportlogs/{export_id}/download`: 302 to a link signed now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/exportlogs/{export_id}/download",
+    tag = "export status",
+    operation_id = "downloadExport",
+    params(ExportPath),
+    responses(
+        (status = 302, description = "to a link signed now, valid `export.url_expiry_seconds` or until the archive is deleted",
+            headers(
+                ("Location" = String, description = "the signed link"),
+                ("X-Link-Expires-At" = String, description = "RFC 3339"),
+            )),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 404, description = "no such export visible to the caller", body = ErrorBody),
+        (status = 409, description = "the export has no archive (not succeeded)", body = ErrorBody),
+        (status = 410, description = "the archive was deleted (retention passed)", body = ErrorBody),
+        (status = 503, description = "no archive storage configured, or Quay (beside Quay) unreachable", body = ErrorBody),
+    )
+)]
 pub async fn download(
     State(state): State<AppState>,
     caller: Caller,
@@ -231,6 +264,20 @@ pub async fn download(
 }
 
 /// `GET /api/v1/exportlogs/{export_id}/manifest`: the archive's signed manifest.
+#[utoipa::path(
+    get,
+    path = "/api/v1/exportlogs/{export_id}/manifest",
+    tag = "export status",
+    operation_id = "getExportManifest",
+    params(ExportPath),
+    responses(
+        (status = 200, description = "the signed manifest (verify with `logexport verify`)", body = crate::archive::Manifest),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 404, description = "no such export visible to the caller", body = ErrorBody),
+        (status = 409, description = "the export has no manifest (not succeeded)", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn manifest(
     State(state): State<AppState>,
     caller: Caller,
@@ -249,6 +296,16 @@ pub async fn manifest(
 
 /// `GET /api/v1/exportlogs/signing-keys`: the public keys manifests verify with (a JWK set,
 /// RFC 8037), the current one first. Public: recipients of an archive need no account.
+#[utoipa::path(
+    get,
+    path = "/api/v1/exportlogs/signing-keys",
+    tag = "export status",
+    operation_id = "getSigningKeys",
+    security(()),
+    responses(
+        (status = 200, description = "a JWK set (RFC 8037), the current key first; empty when manifests are unsigned", body = SigningKeys),
+    )
+)]
 pub async fn signing_keys(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "keys": state.signing_keys.iter().map(|k| k.jwk()).collect::<Vec<_>>(),

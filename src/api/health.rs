@@ -10,11 +10,32 @@ use crate::metrics::METRICS;
 use crate::queue::storage;
 
 /// `GET /healthz`: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    security(()),
+    responses(
+        (status = 200, description = "the process answers", content_type = "text/plain", body = String),
+    )
+)]
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz`: the database answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    security(()),
+    responses(
+        (status = 200, description = "the database answers", content_type = "text/plain", body = String),
+        (status = 503, description = "the database does not answer", content_type = "text/plain", body = String),
+    )
+)]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     match sqlx::query("SELECT 1").execute(&state.pool).await {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
@@ -26,6 +47,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: OpenMetrics text, with the queue and schedules read at scrape time.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    security(()),
+    responses(
+        (status = 200, description = "OpenMetrics text (prometheus-client)", content_type = "application/openmetrics-text", body = String),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let scrape = crate::metrics::Scrape {
         queue_depth: storage::count_by_state(&state.pool)

@@ -7,6 +7,10 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::auth::Caller;
+use super::schemas::{
+    AggregateFilterParams, AggregatePage, ErrorBody, FilterParams, LogsPage, OrgPath, PageParams,
+    RangeParams, RepoPath,
+};
 use super::{ApiError, AppState, all_params, parse_namespace, query_param};
 use crate::domain::{DateRange, LogFilter, Namespace, RepositoryName, quay_datetime};
 use crate::logs::{LogQuery, LogsError};
@@ -216,6 +220,20 @@ fn not_configured() -> LogsError {
     }
 }
 
+/// The caller's own logs (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/logs",
+    tag = "logs",
+    operation_id = "listUserLogs",
+    params(RangeParams, FilterParams, PageParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = LogsPage),
+        (status = 400, description = "invalid date range (at most export.max_range_days days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn user_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -225,6 +243,20 @@ async fn user_logs(
     list_logs(state, target, query).await
 }
 
+/// Counts of the caller's own logs per kind and day (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/aggregatelogs",
+    tag = "logs",
+    operation_id = "aggregateUserLogs",
+    params(RangeParams, AggregateFilterParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = AggregatePage),
+        (status = 400, description = "invalid date range (at most logs.max_aggregate_days, 32 by default days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn user_aggregate(
     State(state): State<AppState>,
     caller: Caller,
@@ -234,6 +266,21 @@ async fn user_aggregate(
     list_aggregate(state, target, query).await
 }
 
+/// An organization's logs (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/organization/{orgname}/logs",
+    tag = "logs",
+    operation_id = "listOrgLogs",
+    params(OrgPath, RangeParams, FilterParams, PageParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = LogsPage),
+        (status = 400, description = "invalid date range (at most export.max_range_days days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn org_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,6 +291,21 @@ async fn org_logs(
     list_logs(state, target, query).await
 }
 
+/// Counts of an organization's logs (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/organization/{orgname}/aggregatelogs",
+    tag = "logs",
+    operation_id = "aggregateOrgLogs",
+    params(OrgPath, RangeParams, AggregateFilterParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = AggregatePage),
+        (status = 400, description = "invalid date range (at most logs.max_aggregate_days, 32 by default days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn org_aggregate(
     State(state): State<AppState>,
     caller: Caller,
@@ -254,6 +316,21 @@ async fn org_aggregate(
     list_aggregate(state, target, query).await
 }
 
+/// A repository's logs (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/repository/{namespace}/{repository}/logs",
+    tag = "logs",
+    operation_id = "listRepoLogs",
+    params(RepoPath, RangeParams, FilterParams, PageParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = LogsPage),
+        (status = 400, description = "invalid date range (at most export.max_range_days days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn repo_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,6 +341,21 @@ async fn repo_logs(
     list_logs(state, target, query).await
 }
 
+/// Counts of a repository's logs (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/repository/{namespace}/{repository}/aggregatelogs",
+    tag = "logs",
+    operation_id = "aggregateRepoLogs",
+    params(RepoPath, RangeParams, AggregateFilterParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = AggregatePage),
+        (status = 400, description = "invalid date range (at most logs.max_aggregate_days, 32 by default days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator of the namespace or repository", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn repo_aggregate(
     State(state): State<AppState>,
     caller: Caller,
@@ -274,6 +366,21 @@ async fn repo_aggregate(
     list_aggregate(state, target, query).await
 }
 
+/// Every namespace's logs, for superusers (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/superuser/logs",
+    tag = "logs",
+    operation_id = "listAllLogs",
+    params(RangeParams, FilterParams, PageParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = LogsPage),
+        (status = 400, description = "invalid date range (at most export.max_range_days days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not a superuser", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn superuser_logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -283,6 +390,21 @@ async fn superuser_logs(
     list_logs(state, target, query).await
 }
 
+/// Counts of every namespace's logs, for superusers (Quay's).
+#[utoipa::path(
+    get,
+    path = "/api/v1/superuser/aggregatelogs",
+    tag = "logs",
+    operation_id = "aggregateAllLogs",
+    params(RangeParams, AggregateFilterParams),
+    responses(
+        (status = 200, description = "a page; with `search_unavailable` when Splunk could not answer", body = AggregatePage),
+        (status = 400, description = "invalid date range (at most logs.max_aggregate_days, 32 by default days), filter or next_page", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not a superuser", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 async fn superuser_aggregate(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,8 +7,10 @@ mod exportlogs;
 mod exports;
 mod health;
 mod logs;
+mod openapi;
 pub mod quay_auth;
 mod schedules;
+mod schemas;
 mod status;
 
 use std::sync::Arc;
@@ -23,6 +25,8 @@ use tower_http::trace::TraceLayer;
 
 pub use error::ApiError;
 pub use exportlogs::{all_params, parse_namespace, query_param, read_body};
+pub use openapi::ApiDoc;
+pub use schemas::DownloadLinkParams;
 pub use status::status_json;
 
 use crate::config::{AuthMode, Config};
@@ -153,6 +157,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(schedules::update)
                 .delete(schedules::delete),
         )
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(logs::routes());
     let mut router = Router::new().nest("/api/v1", api);
     if let Some(store) = &state.local_store {

@@ -17,6 +17,10 @@ use super::exportlogs::{
     parse_filter, parse_format, parse_json, read_body, repository_target, require_callback,
     user_target,
 };
+use super::schemas::{
+    ErrorBody, FilterParams, OrgPath, RepoPath, Schedule, ScheduleCreated, ScheduleDeleted,
+    ScheduleList, SchedulePath,
+};
 use super::{ApiError, AppState};
 use crate::domain::parse_timezone;
 use crate::schedule::storage::{self, Changes};
@@ -26,10 +30,14 @@ use crate::schedule::{Grid, MAX_DELAY_MINUTES, NewSchedule, Period, ScheduleRow}
 const RECENT_EXPORTS: i64 = 10;
 
 /// The body of `POST …/exportschedules`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
+    /// `daily`, `weekly` or `monthly`.
+    #[schema(example = "daily")]
     period: Option<String>,
+    /// IANA time zone the periods are in; default UTC.
+    #[schema(example = "Europe/Berlin")]
     timezone: Option<String>,
     start_date: Option<String>,
     delay_minutes: Option<u32>,
@@ -37,13 +45,14 @@ pub struct ScheduleBody {
     compression: Option<String>,
     performer: Option<String>,
     kind: Option<OneOrMany>,
+    #[schema(example = "ops@example.com")]
     callback_email: Option<String>,
     callback_url: Option<String>,
 }
 
 /// The body of `PATCH /exportschedules/{id}`: a field left out stays; an empty callback removes
 /// that channel.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleChanges {
     paused: Option<bool>,
@@ -54,19 +63,51 @@ pub struct ScheduleChanges {
 }
 
 /// `POST /api/v1/user/exportschedules`
+#[utoipa::path(
+    post,
+    path = "/api/v1/user/exportschedules",
+    tag = "schedules",
+    operation_id = "createUserSchedule",
+    summary = "Schedule exports of the caller's own logs",
+    params(FilterParams),
+    request_body(content = ScheduleBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "created", body = ScheduleCreated),
+        (status = 400, description = "invalid period, time zone, start date, delay, filter, callback or body; nothing is stored", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "a request with the Quay session cookie but without X-Requested-With or from an origin not allowed; beside Quay without auth.quay_service_token", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ScheduleCreated>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let target = user_target(&caller)?;
     create(state, caller, target, query, body).await
 }
 
 /// `POST /api/v1/organization/{orgname}/exportschedules`
+#[utoipa::path(
+    post,
+    path = "/api/v1/organization/{orgname}/exportschedules",
+    tag = "schedules",
+    operation_id = "createOrgSchedule",
+    summary = "Schedule exports of an organization's logs",
+    params(OrgPath, FilterParams),
+    request_body(content = ScheduleBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "created", body = ScheduleCreated),
+        (status = 400, description = "invalid period, time zone, start date, delay, filter, callback or body; nothing is stored", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "a request with the Quay session cookie but without X-Requested-With or from an origin not allowed; not an administrator; beside Quay without auth.quay_service_token", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn create_organization(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,13 +115,29 @@ pub async fn create_organization(
     Path(orgname): Path<String>,
     RawQuery(query): RawQuery,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ScheduleCreated>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let target = organization_target(&caller, &orgname)?;
     create(state, caller, target, query, body).await
 }
 
 /// `POST /api/v1/repository/{namespace}/{repository}/exportschedules`
+#[utoipa::path(
+    post,
+    path = "/api/v1/repository/{namespace}/{repository}/exportschedules",
+    tag = "schedules",
+    operation_id = "createRepoSchedule",
+    summary = "Schedule exports of a repository's logs",
+    params(RepoPath, FilterParams),
+    request_body(content = ScheduleBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "created", body = ScheduleCreated),
+        (status = 400, description = "invalid period, time zone, start date, delay, filter, callback or body; nothing is stored", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "a request with the Quay session cookie but without X-Requested-With or from an origin not allowed; not an administrator; beside Quay without auth.quay_service_token", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn create_repository(
     State(state): State<AppState>,
     caller: Caller,
@@ -88,7 +145,7 @@ pub async fn create_repository(
     Path((namespace, repository)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ScheduleCreated>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let target = repository_target(&state, &caller, &namespace, &repository).await?;
     create(state, caller, target, query, body).await
@@ -100,7 +157,7 @@ async fn create(
     target: Target,
     query: Option<String>,
     body: Body,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ScheduleCreated>, ApiError> {
     if state.config.auth.mode == crate::config::AuthMode::Quay
         && state.config.auth.quay_service_token.expose().is_empty()
     {
@@ -172,14 +229,28 @@ async fn create(
     let id = Uuid::new_v4();
     storage::insert(&state.pool, id, &schedule).await?;
     tracing::info!(schedule_id = %id, namespace = %schedule.namespace, period = %period, "export schedule created");
-    Ok(Json(json!({
-        "schedule_id": id,
-        "first_period_start": first_period_start,
-        "next_run_at": schedule.first_run_at(),
-    })))
+    Ok(Json(ScheduleCreated {
+        schedule_id: id,
+        first_period_start,
+        next_run_at: schedule.first_run_at(),
+    }))
 }
 
 /// `GET /api/v1/user/exportschedules`
+#[utoipa::path(
+    get,
+    path = "/api/v1/user/exportschedules",
+    tag = "schedules",
+    operation_id = "listUserSchedules",
+    summary = "The caller's own schedules",
+    params(),
+    responses(
+        (status = 200, description = "the schedules", body = ScheduleList),
+        (status = 400, description = "the caller's name is not a valid namespace", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn list_user(
     State(state): State<AppState>,
     caller: Caller,
@@ -190,6 +261,21 @@ pub async fn list_user(
 
 /// `GET /api/v1/organization/{orgname}/exportschedules`: the organization's schedules, its
 /// repositories' included.
+#[utoipa::path(
+    get,
+    path = "/api/v1/organization/{orgname}/exportschedules",
+    tag = "schedules",
+    operation_id = "listOrgSchedules",
+    summary = "An organization's schedules, its repositories' included",
+    params(OrgPath),
+    responses(
+        (status = 200, description = "the schedules", body = ScheduleList),
+        (status = 400, description = "invalid namespace or repository name", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn list_organization(
     State(state): State<AppState>,
     caller: Caller,
@@ -200,6 +286,21 @@ pub async fn list_organization(
 }
 
 /// `GET /api/v1/repository/{namespace}/{repository}/exportschedules`
+#[utoipa::path(
+    get,
+    path = "/api/v1/repository/{namespace}/{repository}/exportschedules",
+    tag = "schedules",
+    operation_id = "listRepoSchedules",
+    summary = "A repository's schedules",
+    params(RepoPath),
+    responses(
+        (status = 200, description = "the schedules", body = ScheduleList),
+        (status = 400, description = "invalid namespace or repository name", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "not an administrator", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn list_repository(
     State(state): State<AppState>,
     caller: Caller,
@@ -240,6 +341,19 @@ async fn visible_schedule(
 }
 
 /// `GET /api/v1/exportschedules/{schedule_id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/exportschedules/{schedule_id}",
+    tag = "schedules",
+    operation_id = "getSchedule",
+    params(SchedulePath),
+    responses(
+        (status = 200, description = "the schedule", body = Schedule),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 404, description = "no such schedule visible to the caller (its owner, the namespace's admins, superusers)", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -250,6 +364,22 @@ pub async fn get(
 }
 
 /// `PATCH /api/v1/exportschedules/{schedule_id}`: pause, resume, change the delivery.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/exportschedules/{schedule_id}",
+    tag = "schedules",
+    operation_id = "updateSchedule",
+    params(SchedulePath),
+    request_body(content = ScheduleChanges, content_type = "application/json"),
+    responses(
+        (status = 200, description = "the changed schedule", body = Schedule),
+        (status = 400, description = "invalid callback, format, compression or body, or no delivery left", body = ErrorBody),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "a request with the Quay session cookie but without X-Requested-With or from an origin not allowed", body = ErrorBody),
+        (status = 404, description = "no such schedule visible to the caller (its owner, the namespace's admins, superusers)", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -299,22 +429,36 @@ pub async fn update(
 }
 
 /// `DELETE /api/v1/exportschedules/{schedule_id}`: the schedule goes, its exports stay.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/exportschedules/{schedule_id}",
+    tag = "schedules",
+    operation_id = "deleteSchedule",
+    params(SchedulePath),
+    responses(
+        (status = 200, description = "deleted; its exports stay", body = ScheduleDeleted),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "a request with the Quay session cookie but without X-Requested-With or from an origin not allowed", body = ErrorBody),
+        (status = 404, description = "no such schedule visible to the caller (its owner, the namespace's admins, superusers)", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ScheduleDeleted>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let row = visible_schedule(&state, &caller, &id).await?;
     if !storage::delete(&state.pool, row.id).await? {
         return Err(ApiError::NotFound(format!("no export schedule {id:?}")));
     }
     tracing::info!(schedule_id = %row.id, "export schedule deleted");
-    Ok(Json(json!({
-        "schedule_id": row.id,
-        "message": "deleted; the exports it made stay",
-    })))
+    Ok(Json(ScheduleDeleted {
+        schedule_id: row.id,
+        message: "deleted; the exports it made stay",
+    }))
 }
 
 /// The schedule's status document, with up to `recent` of its exports.

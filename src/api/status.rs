@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use serde_json::json;
 
 use super::auth::Caller;
+use super::schemas::{CancelAccepted, ErrorBody, ExportPath, ExportStatus};
 use super::{ApiError, AppState};
 use crate::domain::ExportId;
 use crate::notify::download_url;
@@ -108,6 +109,19 @@ pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
 }
 
 /// `GET /api/v1/exportlogs/{export_id}`
+#[utoipa::path(
+    get,
+    path = "/api/v1/exportlogs/{export_id}",
+    tag = "export status",
+    operation_id = "getExport",
+    params(ExportPath),
+    responses(
+        (status = 200, description = "the status document", body = ExportStatus),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 404, description = "no such export visible to the caller (the requester, the namespace's admins, superusers)", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,12 +132,27 @@ pub async fn get(
 }
 
 /// `DELETE /api/v1/exportlogs/{export_id}`
+#[utoipa::path(
+    delete,
+    path = "/api/v1/exportlogs/{export_id}",
+    tag = "export status",
+    operation_id = "cancelExport",
+    params(ExportPath),
+    responses(
+        (status = 200, description = "cancelled, or cancel requested", body = CancelAccepted),
+        (status = 401, description = "no or unknown credential", body = ErrorBody),
+        (status = 403, description = "a request with the Quay session cookie but without X-Requested-With, or from an origin not allowed", body = ErrorBody),
+        (status = 404, description = "no such export visible to the caller", body = ErrorBody),
+        (status = 409, description = "the export already finished", body = ErrorBody),
+        (status = 503, description = "Quay (beside Quay) could not be asked who the caller is", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<CancelAccepted>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
     let row = visible_row(&state, &caller, &id).await?;
     let export_id = ExportId(row.id);
@@ -139,5 +168,8 @@ pub async fn cancel(
         }
         CancelOutcome::NotFound => return Err(ApiError::NotFound(format!("no export {id:?}"))),
     };
-    Ok(Json(json!({ "export_id": export_id, "message": message })))
+    Ok(Json(CancelAccepted {
+        export_id: export_id.0,
+        message,
+    }))
 }

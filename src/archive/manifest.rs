@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// The manifest's fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Manifest {
     pub version: u32,
     pub export_id: String,
@@ -37,14 +37,14 @@ pub struct Manifest {
 }
 
 /// The export's filter, as requested.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ManifestFilters {
     pub performer: Option<String>,
     pub kind: Vec<String>,
 }
 
 /// The exported range: `[start, end)`, RFC 3339, and the requested time zone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ManifestRange {
     pub start: String,
     pub end: String,

@@ -20,7 +20,7 @@ use super::{LogQuery, LogsError, LogsService};
 const MAX_STATS_ROWS: u64 = 500_000;
 
 /// One entry of Quay's `aggregated` list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AggregateCount {
     pub kind: String,
     pub count: u64,

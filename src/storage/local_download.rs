@@ -54,6 +54,24 @@ pub struct DownloadQuery {
 }
 
 /// Streams the archive a valid link points at, as an attachment.
+#[utoipa::path(
+    get,
+    path = "/exportedlogs/{file}",
+    tag = "export status",
+    operation_id = "fetchLocalArchive",
+    summary = "An archive in local storage, by the signed link (local storage only)",
+    security(()),
+    params(
+        ("file" = String, Path, description = "the archive's file name"),
+        crate::api::DownloadLinkParams,
+    ),
+    responses(
+        (status = 200, description = "the archive", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "the link is invalid", content_type = "text/plain", body = String),
+        (status = 404, description = "the file does not exist", content_type = "text/plain", body = String),
+        (status = 410, description = "the link has expired", content_type = "text/plain", body = String),
+    )
+)]
 pub async fn serve_download(
     State(store): State<Arc<LocalStore>>,
     Path(file): Path<String>,

@@ -21,6 +21,9 @@ use url::Url;
 pub use error::StorageError;
 pub use key::{ObjectMeta, manifest_key, object_key};
 pub use local::LocalStore;
+/// The OpenAPI description of [`serve_download`].
+#[doc(hidden)]
+pub use local_download::__path_serve_download;
 pub use local_download::{DownloadError, DownloadQuery, download_router, serve_download};
 pub use s3::S3Store;
 
