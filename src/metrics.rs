@@ -83,7 +83,13 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 9] = [
     (
         "logexport_export_slices_total",
         "Export slices: read, read again, split, concurrency lowered.",
-        &["read", "read_again", "split", "concurrency_lowered"],
+        &[
+            "read",
+            "read_again",
+            "split",
+            "concurrency_lowered",
+            "spool_over_budget",
+        ],
     ),
     (
         "logexport_export_checkpoints_total",

@@ -98,6 +98,9 @@ pub struct Resume {
     pub slices_done: usize,
 }
 
+/// How long a reader ahead of the slice next in line waits for spool room before reading on.
+const ROOM_WAIT: Duration = Duration::from_secs(10);
+
 /// Where a piece's reader sends how it ended.
 type PieceOutcome = oneshot::Sender<Result<Spooled, SplunkError>>;
 
@@ -714,15 +717,25 @@ impl Readers {
     }
 
     /// Counts `bytes` against the read-ahead budget, waiting while it is spent — unless this
-    /// slice is next in line, which always reads on.
+    /// slice is next in line, which always reads on. The budget is soft: a reader ahead waits at
+    /// most [`ROOM_WAIT`], then reads on, because while it waits it holds a search (Splunk's
+    /// quota) and a place among the export's readers that the slice next in line may need — a
+    /// slice re-read after a cut, or one whose reader has not started yet (seen once with a
+    /// 10M-event export: three readers far ahead waiting for room, the next slice waiting for a
+    /// search).
     async fn wait_for_room(&self, slice: usize, bytes: u64) {
         let spool = &self.spool;
         spool.bytes.fetch_add(bytes, Ordering::AcqRel);
+        let deadline = tokio::time::Instant::now() + ROOM_WAIT;
         loop {
             let freed = spool.freed.notified();
             if spool.head.load(Ordering::Acquire) >= slice
                 || spool.bytes.load(Ordering::Acquire) <= spool.max
             {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                METRICS.incr("logexport_export_slices_total", "spool_over_budget");
                 return;
             }
             // A timeout as well: a notification sent between the check and the wait is not lost
