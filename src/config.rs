@@ -670,8 +670,7 @@ impl Config {
             }
         }
         for proxy in &self.server.trusted_proxies {
-            if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err()
-            {
+            if crate::notify::ssrf::parse_net(proxy).is_none() {
                 return fail(
                     "server.trusted_proxies",
                     &format!("{proxy:?} is not an address or CIDR"),

@@ -160,11 +160,7 @@ pub fn trusted_proxies(config: &Config) -> Vec<ipnet::IpNet> {
         .server
         .trusted_proxies
         .iter()
-        .filter_map(|p| {
-            p.parse::<ipnet::IpNet>()
-                .ok()
-                .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-        })
+        .filter_map(|p| crate::notify::ssrf::parse_net(p))
         .collect()
 }
 

@@ -21,16 +21,21 @@ pub enum SsrfError {
     Unresolvable(String),
 }
 
+/// An address or a CIDR, as a network (an address is a network of one).
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
 impl AllowList {
     /// Builds the list from configured entries; an entry that parses as a CIDR or IP is a network.
     pub fn new(entries: &[String]) -> Self {
         let mut list = Self::default();
         for entry in entries {
             let entry = entry.trim();
-            if let Ok(net) = entry.parse::<IpNet>() {
+            if let Some(net) = parse_net(entry) {
                 list.nets.push(net);
-            } else if let Ok(ip) = entry.parse::<IpAddr>() {
-                list.nets.push(IpNet::from(ip));
             } else if !entry.is_empty() {
                 list.hosts
                     .push(entry.trim_end_matches('.').to_ascii_lowercase());
