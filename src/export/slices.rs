@@ -98,6 +98,9 @@ pub struct Resume {
     pub slices_done: usize,
 }
 
+/// How often an idle reader looks again for a piece to split while one has no rate yet.
+const SPLIT_POLL: Duration = Duration::from_millis(50);
+
 /// How long a reader ahead of the slice next in line waits for spool room before reading on.
 const ROOM_WAIT: Duration = Duration::from_secs(10);
 
@@ -187,6 +190,19 @@ struct Plan {
 }
 
 impl Plan {
+    /// Whether a running piece has not kept a row yet, so whether it is worth splitting is not
+    /// known: an idle reader that found nothing to split waits for it rather than leaving.
+    fn awaiting_first_rows(&self) -> bool {
+        self.split_min_rows > 0
+            && self.slices.iter().any(|slice| {
+                let pieces = slice.pieces.lock().unwrap_or_else(|p| p.into_inner());
+                pieces.iter().any(|piece| {
+                    let state = piece.state();
+                    state.running && state.rows == 0
+                })
+            })
+    }
+
     /// Splits the running piece with the most rows to come; returns the new piece to read.
     fn split(&self) -> Option<(usize, Arc<Piece>, PieceOutcome)> {
         if self.split_min_rows == 0 {
@@ -370,11 +386,15 @@ impl SlicedRows {
                 shared.plan.unstarted.fetch_sub(1, Ordering::AcqRel);
                 let mut refused_for_quota = shared.read(index, &piece, tx, started).await;
                 // Every slice has a reader: help the busiest one instead of idling.
-                while !refused_for_quota
-                    && shared.plan.unstarted.load(Ordering::Acquire) == 0
-                    && let Some((slice, piece, tx)) = shared.plan.split()
-                {
-                    refused_for_quota = shared.read(slice, &piece, tx, None).await;
+                while !refused_for_quota && shared.plan.unstarted.load(Ordering::Acquire) == 0 {
+                    if let Some((slice, piece, tx)) = shared.plan.split() {
+                        refused_for_quota = shared.read(slice, &piece, tx, None).await;
+                    } else if shared.plan.awaiting_first_rows() {
+                        // A running piece has no rate yet to judge it by: look again shortly.
+                        tokio::time::sleep(SPLIT_POLL).await;
+                    } else {
+                        break;
+                    }
                 }
                 // Splunk said its search quota is full (other users, another cluster): this
                 // export reads with one search fewer from now on instead of failing.
@@ -456,7 +476,7 @@ impl SlicedRows {
             if let Some((_, path)) = self.current.take() {
                 let _ = tokio::fs::remove_file(&path).await;
             }
-            self.end_slice().await;
+            self.end_slice();
         }
         Ok(more)
     }
@@ -469,7 +489,7 @@ impl SlicedRows {
     }
 
     /// The current slice is handed on completely.
-    async fn end_slice(&mut self) {
+    fn end_slice(&mut self) {
         self.slice += 1;
         self.piece = 0;
         self.handed_on += 1;
@@ -526,7 +546,7 @@ impl SlicedRows {
                     self.piece += 1;
                     continue;
                 }
-                self.end_slice().await;
+                self.end_slice();
                 // A slice's rows go on without waiting for the next slice's search.
                 if !batch.is_empty() {
                     return Ok(true);

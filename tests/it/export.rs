@@ -860,7 +860,14 @@ fn clustered() -> Vec<Value> {
 
 #[tokio::test]
 async fn clustered_events_get_their_busy_slices_split_and_every_event_exactly_once() {
-    let env = ExportEnv::start(&clustered(), |c| c.export.split_min_rows = 30).await;
+    // Six slices: the oldest holds the whole cluster, so it is still running when the five
+    // light ones are done and their readers look for work to split (48 slices left that to
+    // timing: the cluster spread over five slices could end before the last slice started).
+    let env = ExportEnv::start(&clustered(), |c| {
+        c.export.split_min_rows = 30;
+        c.export.slices = 6;
+    })
+    .await;
     // Slow searches, so the busy slices are still running when the others are done.
     env.emulator.set_faults(Faults {
         search_events_per_sec: Some(1_000),
