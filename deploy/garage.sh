@@ -75,6 +75,9 @@ metadata_dir = "$STATE/meta"
 data_dir = "$STATE/data"
 db_engine = "sqlite"
 replication_factor = 1
+# Blocks stored as they come: the archives are mostly compressed already, and zstd on every block
+# would take CPU from the worker and the emulator that share this machine's cores.
+compression_level = "none"
 
 rpc_bind_addr = "127.0.0.1:$RPC_PORT"
 rpc_public_addr = "127.0.0.1:$RPC_PORT"

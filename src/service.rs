@@ -20,10 +20,9 @@ pub async fn serve(
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.bind {}: {e}", config.server.bind))?;
     let storage = crate::storage::open(&config).await?;
-    if config.auth.mode == crate::config::AuthMode::Quay {
-        crate::api::quay_auth::QuayIdentity::new(&config.auth).map_err(anyhow::Error::msg)?;
-    }
-    let state = AppState::new(pool, config).with_storage(storage);
+    let state = AppState::try_new(pool, config)
+        .map_err(anyhow::Error::msg)?
+        .with_storage(storage);
     api::serve(listener, state, shutdown).await
 }
 

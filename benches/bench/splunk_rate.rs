@@ -70,7 +70,9 @@ pub async fn run(
         spec,
     };
     let result = sections(&ctx).await;
-    if result.is_ok() {
+    // LOGEXPORT_BENCH_KEEP keeps the workers' logs (run with RUST_LOG=logexport=debug for a
+    // timeline of each export's slices).
+    if result.is_ok() && std::env::var_os("LOGEXPORT_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_dir_all(&scratch);
     } else {
         eprintln!("logs kept in {}", scratch.display());

@@ -19,6 +19,13 @@ use super::{ApiError, AppState};
 use crate::config::AuthMode;
 use crate::domain::{Namespace, RepositoryName};
 
+/// What a caller wants with a repository's logs: Quay's rules differ for reading and exporting.
+#[derive(Debug, Clone, Copy)]
+pub enum RepositoryRight {
+    ReadLogs,
+    Export,
+}
+
 /// The authenticated caller and what it administers.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Caller {
@@ -122,6 +129,36 @@ impl Caller {
             return Ok(true);
         }
         self.quay_can_admin(state, namespace, repository).await
+    }
+
+    /// Parses a repository path and checks the caller's `right` to it: 400 for a bad name, 403
+    /// when the right is missing.
+    pub async fn checked_repository(
+        &self,
+        state: &AppState,
+        namespace: &str,
+        repository: &str,
+        right: RepositoryRight,
+    ) -> Result<(Namespace, RepositoryName), ApiError> {
+        let namespace = super::parse_namespace(namespace)?;
+        let repository = RepositoryName::parse(repository)
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        let allowed = match right {
+            RepositoryRight::ReadLogs => {
+                self.may_read_repository_logs(state, &namespace, &repository)
+                    .await?
+            }
+            RepositoryRight::Export => {
+                self.may_export_repository(state, &namespace, &repository)
+                    .await?
+            }
+        };
+        if !allowed {
+            return Err(ApiError::Forbidden(format!(
+                "you are not an administrator of repository {namespace}/{repository}"
+            )));
+        }
+        Ok((namespace, repository))
     }
 
     async fn quay_can_admin(

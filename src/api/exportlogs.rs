@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use super::auth::Caller;
+use super::auth::{Caller, RepositoryRight};
 use super::schemas::{
     ErrorBody, ExportQueued, FilterParams, IdempotencyKey, OrgPath, RangeParams, RepoPath,
 };
@@ -174,17 +174,9 @@ pub(super) async fn repository_target(
     namespace: &str,
     repository: &str,
 ) -> Result<Target, ApiError> {
-    let namespace = parse_namespace(namespace)?;
-    let repository =
-        RepositoryName::parse(repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if !caller
-        .may_export_repository(state, &namespace, &repository)
-        .await?
-    {
-        return Err(ApiError::Forbidden(format!(
-            "you are not an administrator of repository {namespace}/{repository}"
-        )));
-    }
+    let (namespace, repository) = caller
+        .checked_repository(state, namespace, repository, RepositoryRight::Export)
+        .await?;
     Ok(Target {
         scope: ExportScope::Repository,
         namespace,

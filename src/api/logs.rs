@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::auth::Caller;
+use super::auth::{Caller, RepositoryRight};
 use super::schemas::{
     AggregateFilterParams, AggregatePage, ErrorBody, FilterParams, LogsPage, OrgPath, PageParams,
     RangeParams, RepoPath,
@@ -75,17 +75,9 @@ async fn repo_target(
     namespace: &str,
     repository: &str,
 ) -> Result<Target, ApiError> {
-    let namespace = parse_namespace(namespace)?;
-    let repository =
-        RepositoryName::parse(repository).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-    if !caller
-        .may_read_repository_logs(state, &namespace, &repository)
-        .await?
-    {
-        return Err(ApiError::Forbidden(format!(
-            "you are not an administrator of repository {namespace}/{repository}"
-        )));
-    }
+    let (namespace, repository) = caller
+        .checked_repository(state, namespace, repository, RepositoryRight::ReadLogs)
+        .await?;
     Ok(Target {
         superuser: false,
         namespace: Some(namespace),

@@ -58,8 +58,27 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State for the given pool and configuration.
+    /// State for the given pool and configuration. An unusable Quay configuration (quay mode)
+    /// is logged and answers every request with 503; [`AppState::try_new`] refuses it instead.
     pub fn new(pool: PgPool, config: Arc<Config>) -> Self {
+        let quay = quay_identity(&config).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Quay identity lookups unusable: every request gets 503");
+            None
+        });
+        Self::assemble(pool, config, quay)
+    }
+
+    /// State for the given pool and configuration; fails when quay mode's client cannot be built.
+    pub fn try_new(pool: PgPool, config: Arc<Config>) -> Result<Self, String> {
+        let quay = quay_identity(&config)?;
+        Ok(Self::assemble(pool, config, quay))
+    }
+
+    fn assemble(
+        pool: PgPool,
+        config: Arc<Config>,
+        quay: Option<Arc<quay_auth::QuayIdentity>>,
+    ) -> Self {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
         let list_key = crate::logs::TokenKey::from_secret(&config.logs.page_token_key);
         let signing_keys = Arc::new(signing_keys(&config));
@@ -69,16 +88,6 @@ impl AppState {
                 tracing::warn!(error = %e, "log listings disabled: Splunk is not usable");
                 None
             }
-        };
-        let quay = match config.auth.mode {
-            AuthMode::Tokens => None,
-            AuthMode::Quay => match quay_auth::QuayIdentity::new(&config.auth) {
-                Ok(quay) => Some(Arc::new(quay)),
-                Err(e) => {
-                    tracing::error!(error = %e, "Quay identity lookups unusable: every request gets 503");
-                    None
-                }
-            },
         };
         let trusted_proxies = Arc::new(crate::audit::trusted_proxies(&config));
         Self {
@@ -101,6 +110,14 @@ impl AppState {
         self.local_store = storage.local;
         self.objects = Some(storage.objects);
         self
+    }
+}
+
+/// Quay mode's client for identity and permission lookups (`None` in tokens mode).
+fn quay_identity(config: &Config) -> Result<Option<Arc<quay_auth::QuayIdentity>>, String> {
+    match config.auth.mode {
+        AuthMode::Tokens => Ok(None),
+        AuthMode::Quay => quay_auth::QuayIdentity::new(&config.auth).map(|q| Some(Arc::new(q))),
     }
 }
 

@@ -189,6 +189,10 @@ impl JobHandler for ExportJob {
             .await
         {
             Ok(streamed) => {
+                tracing::debug!(
+                    logs = streamed.logs,
+                    "every row encoded; completing the upload"
+                );
                 let size = upload.complete().await.map_err(storage_error)?;
                 // Never longer-lived than the credentials that sign it.
                 let (url, lifetime) = self
@@ -212,6 +216,7 @@ impl JobHandler for ExportJob {
                 let manifest = self
                     .store_manifest(job, &key, &meta, &streamed, size, &sha256)
                     .await?;
+                tracing::debug!("digest and manifest stored");
                 Ok(ExportResult {
                     sha256,
                     manifest,

@@ -146,6 +146,8 @@ struct PieceState {
     rows: u64,
     /// Being read: only such a piece may be split.
     running: bool,
+    /// Its reader waited out [`ROOM_WAIT`] once: it reads on from then on, re-reads included.
+    over_budget: bool,
 }
 
 impl Piece {
@@ -159,6 +161,7 @@ impl Piece {
                 position: end,
                 rows: 0,
                 running: false,
+                over_budget: false,
             }),
             outcome: Mutex::new(Some(rx)),
         });
@@ -527,6 +530,12 @@ impl SlicedRows {
                 let file = tokio::fs::File::open(&spooled.path)
                     .await
                     .map_err(spool_error)?;
+                tracing::debug!(
+                    slice = self.slice,
+                    piece = self.piece,
+                    bytes = spooled.bytes,
+                    "slice piece joins the archive"
+                );
                 self.current = Some((BufReader::with_capacity(256 * 1024, file), spooled.path));
                 self.take_room(spooled.bytes);
                 continue;
@@ -664,6 +673,7 @@ impl Readers {
         // Even a quota answer the client's retries got past means Splunk is full.
         *refused_for_quota |= self.splunk.quota_answers() > answers;
         let mut stream = stream?;
+        tracing::debug!(slice, start = %search_start, end = %piece.end, "slice search started");
         if let Some(started) = started.take() {
             let _ = started.send(Ok(()));
         }
@@ -714,7 +724,7 @@ impl Readers {
                     written += row.len() as u64 + 1;
                 }
                 bytes += written;
-                self.wait_for_room(slice, written).await;
+                self.wait_for_room(slice, piece, written).await;
                 if !more || reached_cut {
                     break;
                 }
@@ -730,6 +740,7 @@ impl Readers {
             let _ = tokio::fs::remove_file(&piece.path).await;
             return Err(e);
         }
+        tracing::debug!(slice, bytes, "slice piece read");
         Ok(Spooled {
             path: piece.path.clone(),
             bytes,
@@ -737,15 +748,18 @@ impl Readers {
     }
 
     /// Counts `bytes` against the read-ahead budget, waiting while it is spent — unless this
-    /// slice is next in line, which always reads on. The budget is soft: a reader ahead waits at
-    /// most [`ROOM_WAIT`], then reads on, because while it waits it holds a search (Splunk's
-    /// quota) and a place among the export's readers that the slice next in line may need — a
-    /// slice re-read after a cut, or one whose reader has not started yet (seen once with a
-    /// 10M-event export: three readers far ahead waiting for room, the next slice waiting for a
-    /// search).
-    async fn wait_for_room(&self, slice: usize, bytes: u64) {
+    /// slice is next in line, which always reads on. The budget is soft: a piece's reader ahead
+    /// waits at most [`ROOM_WAIT`] once, then reads the piece to its end, because while it waits
+    /// it holds a search (Splunk's quota) and a place among the export's readers that the slice
+    /// next in line may need — a slice re-read after a cut, or one whose reader has not started
+    /// yet (seen once with a 10M-event export: three readers far ahead waiting for room, the next
+    /// slice waiting for a search; `tests/it/search_quota.rs` sets that up).
+    async fn wait_for_room(&self, slice: usize, piece: &Piece, bytes: u64) {
         let spool = &self.spool;
         spool.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if piece.state().over_budget {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + ROOM_WAIT;
         loop {
             let freed = spool.freed.notified();
@@ -756,6 +770,7 @@ impl Readers {
             }
             if tokio::time::Instant::now() >= deadline {
                 METRICS.incr("logexport_export_slices_total", "spool_over_budget");
+                piece.state().over_budget = true;
                 return;
             }
             // A timeout as well: a notification sent between the check and the wait is not lost

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::Rng;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -34,13 +35,15 @@ struct QuotaInner {
     pool: PgPool,
     limit: u32,
     holder: String,
+    /// Woken when one of this process's permits is freed, so its own waiters need not poll.
+    freed: Notify,
 }
 
 /// One running search's share of the quota; freed when dropped.
 #[derive(Debug)]
 pub struct SearchPermit {
     id: Uuid,
-    pool: PgPool,
+    quota: Arc<QuotaInner>,
     renew: JoinHandle<()>,
 }
 
@@ -57,6 +60,7 @@ impl SearchQuota {
                 pool,
                 limit: limit.max(1),
                 holder,
+                freed: Notify::new(),
             }),
         }
     }
@@ -101,11 +105,15 @@ impl SearchQuota {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = FIRST_PAUSE;
         loop {
+            // Listening before looking: a permit freed meanwhile in this process wakes us.
+            let freed = self.inner.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             if let Some(id) = self.try_take(purpose).await? {
                 METRICS.searches_running.inc();
                 return Ok(SearchPermit {
                     id,
-                    pool: self.inner.pool.clone(),
+                    quota: self.inner.clone(),
                     renew: tokio::spawn(renew(self.inner.pool.clone(), id)),
                 });
             }
@@ -128,8 +136,12 @@ impl SearchQuota {
             }
             let jitter = rand::thread_rng().gen_range(0..=pause.as_millis() as u64 / 2);
             let sleep = (pause + Duration::from_millis(jitter)).min(deadline - now);
-            tokio::time::sleep(sleep).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
+            // Another process's permits are only seen by looking again; this process's own are
+            // taken over as soon as they are freed (a slice reader handing on to the next).
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => pause = (pause * 2).min(Duration::from_millis(500)),
+                () = freed => {}
+            }
         }
     }
 
@@ -192,16 +204,17 @@ impl Drop for SearchPermit {
     fn drop(&mut self) {
         METRICS.searches_running.dec();
         self.renew.abort();
-        let (pool, id) = (self.pool.clone(), self.id);
+        let (quota, id) = (self.quota.clone(), self.id);
         // Freed in the background: a drop cannot wait. Should it fail, the lease expires.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(e) = sqlx::query("DELETE FROM splunk_searches WHERE id = $1")
+                match sqlx::query("DELETE FROM splunk_searches WHERE id = $1")
                     .bind(id)
-                    .execute(&pool)
+                    .execute(&quota.pool)
                     .await
                 {
-                    tracing::warn!(error = %e, "freeing a Splunk search permit failed; its lease will expire");
+                    Ok(_) => quota.freed.notify_waiters(),
+                    Err(e) => tracing::warn!(error = %e, "freeing a Splunk search permit failed; its lease will expire"),
                 }
             });
         }

@@ -12,6 +12,7 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::ChecksumAlgorithm;
 use url::Url;
 
 use super::s3_upload::S3Upload;
@@ -242,7 +243,8 @@ impl ObjectStore for S3Store {
             tracing::info!(%key, "archive over 5 GiB: its SHA-256 is in the manifest only");
             return Ok(());
         }
-        s.client
+        let mut copy = s
+            .client
             .copy_object()
             .bucket(&s.bucket)
             .key(key)
@@ -254,8 +256,13 @@ impl ObjectStore for S3Store {
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .metadata("sha256", sha256)
             .content_type(&meta.content_type)
-            .content_disposition(meta.content_disposition())
-            .send()
+            .content_disposition(meta.content_disposition());
+        if s.part_checksums {
+            // The copy is one part, so S3 keeps a full-object SHA-256 of it
+            // (`head-object --checksum-mode ENABLED` shows `ChecksumSHA256`).
+            copy = copy.checksum_algorithm(ChecksumAlgorithm::Sha256);
+        }
+        copy.send()
             .await
             .map_err(|e| sdk_error(&s.system, "record the SHA-256 (copy object)", e))?;
         Ok(())

@@ -231,3 +231,91 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
     );
     stop.cancel();
 }
+
+#[tokio::test]
+async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
+    // Another process holds one of the three searches for the whole test, every search's first
+    // stream is cut after 1,000 rows (of a slice's 2,000), and there is no read-ahead budget at
+    // all: the readers of the
+    // slices after the first wait for room while holding the two searches this export has, and
+    // the first slice, cut, needs a search again. Readers ahead give theirs back after a while
+    // (the spool budget is soft), so the export finishes in its first attempt.
+    let splunk = emulator::spawn(EmulatorOptions {
+        token: Some("quota-token".into()),
+        synthetic: Some(SyntheticSpec {
+            count: 8_000,
+            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
+            end: Utc.with_ymd_and_hms(2024, 1, 11, 0, 0, 0).unwrap(),
+            namespaces: 1,
+            skew: 0.0,
+        }),
+        faults: Faults {
+            // Slow enough that the third slice's reader waits for a search before the first is cut.
+            search_events_per_sec: Some(2_000),
+            cut_once_after: Some(1_000),
+            ..Faults::default()
+        },
+        ..EmulatorOptions::default()
+    })
+    .await
+    .expect("emulator");
+    let (url, pool) = test_db().await;
+    sqlx::query(
+        "INSERT INTO splunk_searches (id, holder, purpose, lease_expires_at)
+         VALUES (gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let archives = std::env::temp_dir().join(format!("logexport-ahead-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&archives).unwrap();
+    let mut config = test_config(&url);
+    use_emulator(&mut config, &splunk, "quota-token");
+    config.splunk.max_concurrent_searches = 3;
+    config.splunk.max_retries = 3;
+    config.worker.max_attempts = 1;
+    config.export.slices = 4;
+    config.export.spool_max_mib = 0;
+    config.storage.kind = StorageKind::Local;
+    config.storage.local.path = archives.clone();
+    let app = spawn_app_with(pool.clone(), config.clone()).await;
+    config.server.public_url = app.config.server.public_url.clone();
+    let storage = logexport::storage::open(&config).await.expect("storage");
+    let handler = logexport::export::handler(&config, storage.objects).expect("handler");
+    let stop = CancellationToken::new();
+    tokio::spawn(
+        WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
+            .run(stop.clone()),
+    );
+    let token = app.token("admin", &["ns0"], &[], false).await;
+    let r = app
+        .post_export(
+            &token,
+            "/api/v1/organization/ns0/exportlogs?starttime=01/01/2024&endtime=01/10/2024",
+            r#"{"callback_email": "ops@example.com", "format": "ndjson"}"#,
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["export_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Held back, the first slice would wait out its search deadline (60 s) on every retry.
+    let status = eventually(45, "export finished", || async {
+        let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
+        (s["state"] != "queued" && s["state"] != "running").then_some(s)
+    })
+    .await;
+    stop.cancel();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["attempts"], 1);
+    assert_eq!(status["logs_exported"], 8_000);
+    // Readers ahead did wait, and each slice's reader waited out the budget once at most, not
+    // again for every batch (which took 35 s here).
+    let metrics = app.metrics().await;
+    let over_budget = crate::helpers::metric(
+        &metrics,
+        r#"logexport_export_slices_total{outcome="spool_over_budget"}"#,
+    );
+    assert!((1.0..=3.0).contains(&over_budget), "{metrics}");
+    let _ = std::fs::remove_dir_all(&archives);
+}

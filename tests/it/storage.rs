@@ -166,6 +166,64 @@ async fn multipart_upload_with_checksums_when_supported() {
     store.delete(&key).await.unwrap();
 }
 
+/// The archive's SHA-256 is kept with the object: as user metadata always, and as S3's own
+/// full-object checksum where the store computes checksums (`checksum = when_supported`).
+#[tokio::test]
+async fn the_sha256_is_recorded_with_the_object() {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    for checksum in ["when_required", "when_supported"] {
+        let mut config = garage_s3_config();
+        config.checksum = checksum.into();
+        let store = S3Store::from_config(&config).await.unwrap();
+        let key = object_key(&prefix(), ExportId::new(), "json");
+        let data = random_bytes(6 * MIB + 7, 21);
+        upload(&store, &key, &data, 22).await;
+        let digest = Sha256::digest(&data);
+        store
+            .record_sha256(&key, &meta("export.json"), &hex::encode(digest))
+            .await
+            .expect("record the digest");
+
+        let (client, bucket) = raw_client().await;
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key(&key)
+            .checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled)
+            .send()
+            .await
+            .unwrap();
+        let metadata = head.metadata().cloned().unwrap_or_default();
+        assert_eq!(
+            metadata.get("sha256"),
+            Some(&hex::encode(digest)),
+            "{checksum}"
+        );
+        assert_eq!(head.content_type(), Some("application/json"));
+        assert_eq!(head.content_length(), Some(data.len() as i64));
+        if checksum == "when_supported" {
+            assert_eq!(
+                head.checksum_sha256(),
+                Some(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(digest)
+                        .as_str()
+                ),
+                "S3's own full-object checksum"
+            );
+        }
+        // The copy kept the bytes.
+        let url = store
+            .download_url(&key, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let body = http().get(url).send().await.unwrap().bytes().await.unwrap();
+        assert!(body[..] == data[..], "downloaded bytes differ");
+        store.delete(&key).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn small_archive_is_one_object_with_its_content_type() {
     let store = garage().await;
