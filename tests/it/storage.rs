@@ -224,6 +224,90 @@ async fn the_sha256_is_recorded_with_the_object() {
     }
 }
 
+/// Temporary credentials (here from a `credential_process` in an AWS config file, as STS, IRSA
+/// and SSO profiles hand them out): a download link is cut to what they have left, and the link
+/// signed with them works.
+#[tokio::test]
+async fn a_link_never_outlives_temporary_credentials() {
+    let env = garage_s3_config();
+    let dir = std::env::temp_dir().join(format!("logexport-creds-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let expiration = (chrono::Utc::now() + chrono::Duration::seconds(600))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let process = dir.join("credentials.sh");
+    std::fs::write(
+        &process,
+        format!(
+            "#!/bin/sh\necho '{}'\n",
+            serde_json::json!({
+                "Version": 1,
+                "AccessKeyId": env.access_key_id.expose(),
+                "SecretAccessKey": env.secret_access_key.expose(),
+                "Expiration": expiration,
+            })
+        ),
+    )
+    .unwrap();
+    let aws_config = dir.join("config");
+    std::fs::write(
+        &aws_config,
+        format!(
+            "[default]\nregion = {}\ncredential_process = /bin/sh {}\n",
+            env.region,
+            process.display()
+        ),
+    )
+    .unwrap();
+    // nextest runs every test in a process of its own, so this environment is this test's.
+    unsafe {
+        for name in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "AWS_PROFILE",
+        ] {
+            std::env::remove_var(name);
+        }
+        std::env::set_var("AWS_CONFIG_FILE", &aws_config);
+        std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", dir.join("none"));
+        std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let mut config = env.clone();
+    config.access_key_id = logexport::config::Secret::new(String::new());
+    config.secret_access_key = logexport::config::Secret::new(String::new());
+    let store = S3Store::from_config(&config).await.unwrap();
+    let key = object_key(&prefix(), ExportId::new(), "json");
+    upload(&store, &key, b"{\"logs\": []}", 31).await;
+
+    let (url, lifetime) = store
+        .download_link(&key, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(
+        lifetime <= Duration::from_secs(600) && lifetime >= Duration::from_secs(580),
+        "the link lasts what the credentials have left, not an hour: {lifetime:?}"
+    );
+    let expires: u64 = url
+        .query_pairs()
+        .find(|(k, _)| k == "X-Amz-Expires")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("X-Amz-Expires");
+    assert_eq!(expires, lifetime.as_secs());
+    let response = http().get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(&response.bytes().await.unwrap()[..], b"{\"logs\": []}");
+
+    // Long-lived keys from the configuration: the full hour.
+    let fixed = garage().await;
+    let (_, lifetime) = fixed
+        .download_link(&key, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(lifetime, Duration::from_secs(3600));
+    store.delete(&key).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn small_archive_is_one_object_with_its_content_type() {
     let store = garage().await;
