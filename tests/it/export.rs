@@ -249,7 +249,7 @@ pub async fn download(url: &str) -> reqwest::Response {
 }
 
 /// Decompresses with the `zstd` command-line tool (Debian `zstd`), as an operator would.
-fn unzstd_cli(bytes: &[u8]) -> Vec<u8> {
+pub fn unzstd_cli(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new("zstd")
@@ -311,6 +311,52 @@ pub fn fingerprint_event(event: &Value) -> Option<String> {
             .or(meta["label"].as_str())
             .unwrap_or_default()
     ))
+}
+
+/// The fingerprints of the logs in an uncompressed archive of `format` (json, ndjson or csv),
+/// comparable with [`fingerprint_event`]'s.
+pub fn archive_fingerprints(format: &str, text: &str) -> Vec<String> {
+    match format {
+        "json" => {
+            let doc: Value = serde_json::from_str(text).expect("the archive parses as JSON");
+            doc["logs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| l.get("terminator").is_none())
+                .map(fingerprint_log)
+                .collect()
+        }
+        "ndjson" => text
+            .lines()
+            .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
+            .collect(),
+        "csv" => {
+            let rows = parse_csv_rows(text);
+            assert_eq!(
+                rows[0].join(","),
+                "datetime,kind,namespace,repository,performer,performer_is_robot,ip,metadata"
+            );
+            rows[1..]
+                .iter()
+                .map(|r| {
+                    let when = DateTime::parse_from_rfc3339(&r[0]).unwrap().timestamp();
+                    let meta: Value = serde_json::from_str(&r[7]).unwrap();
+                    format!(
+                        "{when}|{}|{}|{}|{}",
+                        r[1],
+                        r[4],
+                        r[6],
+                        meta["tag"]
+                            .as_str()
+                            .or(meta["label"].as_str())
+                            .unwrap_or_default()
+                    )
+                })
+                .collect()
+        }
+        other => panic!("no such format: {other}"),
+    }
 }
 
 pub fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -429,45 +475,18 @@ async fn archives_hold_exactly_the_namespaces_events_in_every_format() {
             bytes = unzstd_cli(&bytes);
         }
         let text = String::from_utf8(bytes).unwrap();
-        let prints: Vec<String> = match format {
-            "json" => {
-                let doc: Value = serde_json::from_str(&text).expect("the archive parses as JSON");
-                assert_eq!(doc["export_id"], id.as_str());
-                assert_eq!(doc["details"]["namespace"], "acme");
-                let logs = doc["logs"].as_array().unwrap();
-                assert_eq!(logs.last().unwrap(), &json!({"terminator": true}));
-                logs[..logs.len() - 1].iter().map(fingerprint_log).collect()
-            }
-            "ndjson" => text
-                .lines()
-                .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
-                .collect(),
-            _ => {
-                let rows = parse_csv_rows(&text);
-                assert_eq!(
-                    rows[0].join(","),
-                    "datetime,kind,namespace,repository,performer,performer_is_robot,ip,metadata"
-                );
-                rows[1..]
-                    .iter()
-                    .map(|r| {
-                        let when = DateTime::parse_from_rfc3339(&r[0]).unwrap().timestamp();
-                        let meta: Value = serde_json::from_str(&r[7]).unwrap();
-                        assert_eq!(r[2], "acme");
-                        format!(
-                            "{when}|{}|{}|{}|{}",
-                            r[1],
-                            r[4],
-                            r[6],
-                            meta["tag"]
-                                .as_str()
-                                .or(meta["label"].as_str())
-                                .unwrap_or_default()
-                        )
-                    })
-                    .collect()
-            }
-        };
+        if format == "json" {
+            let doc: Value = serde_json::from_str(&text).expect("the archive parses as JSON");
+            assert_eq!(doc["export_id"], id.as_str());
+            assert_eq!(doc["details"]["namespace"], "acme");
+            let logs = doc["logs"].as_array().unwrap();
+            assert_eq!(logs.last().unwrap(), &json!({"terminator": true}));
+        }
+        if format == "csv" {
+            let rows = parse_csv_rows(&text);
+            assert!(rows[1..].iter().all(|r| r[2] == "acme"));
+        }
+        let prints = archive_fingerprints(format, &text);
         let prints = sorted(prints);
         assert_eq!(
             prints, expected,

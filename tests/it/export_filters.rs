@@ -3,8 +3,8 @@
 use serde_json::{Value, json};
 
 use crate::export::{
-    ExportEnv, JANUARY, dataset, download, fingerprint_event, fingerprint_log, gunzip, january,
-    parse_csv_rows, sorted,
+    ExportEnv, JANUARY, archive_fingerprints, dataset, download, fingerprint_event, gunzip,
+    january, sorted, unzstd_cli,
 };
 
 /// The archive's text (gunzipped when needed) of a finished export.
@@ -17,10 +17,10 @@ async fn archive_text(env: &ExportEnv, id: &str) -> (Value, String) {
         .await
         .unwrap()
         .to_vec();
-    let bytes = if status["compression"] == "gzip" {
-        gunzip(&bytes)
-    } else {
-        bytes
+    let bytes = match status["compression"].as_str() {
+        Some("gzip") => gunzip(&bytes),
+        Some("zstd") => unzstd_cli(&bytes),
+        _ => bytes,
     };
     (status, String::from_utf8(bytes).unwrap())
 }
@@ -41,77 +41,83 @@ fn expected(
     )
 }
 
+const FORMATS: [&str; 3] = ["json", "ndjson", "csv"];
+
+/// Exports `path` with `body` in every format and checks each archive holds exactly `want`.
+async fn exports_exactly(env: &ExportEnv, path: &str, body: Value, want: &[String]) -> Vec<Value> {
+    assert!(!want.is_empty(), "the filter selects something");
+    let mut statuses = Vec::new();
+    for format in FORMATS {
+        let mut body = body.clone();
+        body["format"] = json!(format);
+        body["callback_email"] = json!("a@example.com");
+        let id = env.request(path, body).await;
+        let (status, text) = archive_text(env, &id).await;
+        assert_eq!(
+            sorted(archive_fingerprints(format, &text)),
+            want,
+            "{format}: exactly the matching events"
+        );
+        if format == "json" {
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(doc["details"]["performer"], status["filters"]["performer"]);
+            // The archive names the kinds only when there are some.
+            let kinds = doc["details"].get("kind").cloned().unwrap_or(json!([]));
+            assert_eq!(kinds, status["filters"]["kind"]);
+        }
+        statuses.push(status);
+    }
+    statuses
+}
+
 #[tokio::test]
 async fn a_performer_filter_keeps_only_that_performers_events() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
-    let id = env
-        .request(
-            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}&performer=user1"),
-            json!({"callback_email": "a@example.com", "compression": "gzip"}),
-        )
-        .await;
-    let (status, text) = archive_text(&env, &id).await;
-    assert_eq!(status["filters"], json!({"performer": "user1", "kind": []}));
-    let doc: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(doc["details"]["performer"], "user1");
-    let logs = doc["logs"].as_array().unwrap();
-    let got = sorted(
-        logs.iter()
-            .filter(|l| l.get("terminator").is_none())
-            .map(fingerprint_log)
-            .collect(),
-    );
     let want = expected(&env, None, |e| e["performer"] == "user1");
-    assert!(!want.is_empty());
-    assert_eq!(got, want);
+    let statuses = exports_exactly(
+        &env,
+        &format!("/api/v1/organization/acme/exportlogs?{JANUARY}&performer=user1"),
+        json!({"compression": "gzip"}),
+        &want,
+    )
+    .await;
+    for status in statuses {
+        assert_eq!(status["filters"], json!({"performer": "user1", "kind": []}));
+    }
 }
 
 #[tokio::test]
 async fn several_kinds_in_the_body_keep_exactly_those_kinds() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
-    let id = env
-        .request(
-            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
-            json!({"callback_email": "a@example.com", "format": "ndjson",
-                   "kind": ["push_repo", "create_tag"]}),
-        )
-        .await;
-    let (status, text) = archive_text(&env, &id).await;
-    assert_eq!(
-        status["filters"]["kind"],
-        json!(["create_tag", "push_repo"])
-    );
-    let got = sorted(
-        text.lines()
-            .map(|l| fingerprint_log(&serde_json::from_str(l).unwrap()))
-            .collect(),
-    );
     let want = expected(&env, None, |e| {
         e["kind"] == "push_repo" || e["kind"] == "create_tag"
     });
-    assert!(!want.is_empty());
-    assert_eq!(got, want);
+    let statuses = exports_exactly(
+        &env,
+        &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+        json!({"kind": ["push_repo", "create_tag"]}),
+        &want,
+    )
+    .await;
+    for status in statuses {
+        assert_eq!(
+            status["filters"]["kind"],
+            json!(["create_tag", "push_repo"])
+        );
+    }
 }
 
 #[tokio::test]
-async fn a_repository_and_kind_filter_in_csv() {
+async fn a_repository_and_kind_filter_in_every_format() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
-    let id = env
-        .request(
-            &format!("/api/v1/repository/acme/web/exportlogs?{JANUARY}&kind=pull_repo"),
-            json!({"callback_email": "a@example.com", "format": "csv"}),
-        )
-        .await;
-    let (_, text) = archive_text(&env, &id).await;
-    let rows = parse_csv_rows(&text);
-    let kind_column = rows[0]
-        .iter()
-        .position(|h| h == "kind")
-        .expect("kind column");
     let want = expected(&env, Some("web"), |e| e["kind"] == "pull_repo");
-    assert!(!want.is_empty());
-    assert_eq!(rows.len() - 1, want.len());
-    assert!(rows[1..].iter().all(|r| r[kind_column] == "pull_repo"));
+    exports_exactly(
+        &env,
+        &format!("/api/v1/repository/acme/web/exportlogs?{JANUARY}&kind=pull_repo"),
+        json!({"compression": "zstd"}),
+        &want,
+    )
+    .await;
 }
 
 #[tokio::test]
