@@ -304,3 +304,22 @@ pub fn metric(scrape: &str, series: &str) -> f64 {
         .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Starts an export worker pool over `pool` with `config`'s storage and settings, as
+/// `logexport work` would; it stops when `stop` is cancelled.
+pub async fn spawn_export_worker(
+    pool: sqlx::PgPool,
+    config: &Config,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    let storage = logexport::storage::open(config).await.expect("storage");
+    let handler = logexport::export::handler(config, storage.objects).expect("handler");
+    tokio::spawn(
+        logexport::worker::WorkerPool::new(
+            pool,
+            logexport::worker::WorkerSettings::from_config(&config.worker),
+            handler,
+        )
+        .run(stop.clone()),
+    );
+}

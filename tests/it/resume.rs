@@ -12,8 +12,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    TestApp, assert_newest_first, eventually, garage_s3_config, spawn_app_with, test_config,
-    test_db, use_emulator,
+    TestApp, assert_newest_first, eventually, garage_s3_config, spawn_app_with,
+    spawn_export_worker, test_config, test_db, use_emulator,
 };
 
 const TOKEN: &str = "resume-token";
@@ -279,13 +279,8 @@ async fn a_killed_workers_export_is_continued_by_another_after_its_lease() {
     let read_by_first = emu.stats().events_streamed;
 
     // Another worker takes the job over once the dead one's lease ran out.
-    let storage = logexport::storage::open(&config).await.expect("storage");
-    let handler = logexport::export::handler(&config, storage.objects).expect("handler");
     let stop = CancellationToken::new();
-    tokio::spawn(
-        WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
-            .run(stop.clone()),
-    );
+    spawn_export_worker(pool, &config, &stop).await;
     let status = finished(&app, &token, &id).await;
     assert_eq!(status["attempts"], 2);
     let bytes = archive_bytes(&app, &id, &status, Some(&archives)).await;

@@ -7,12 +7,12 @@ use chrono::{TimeZone, Utc};
 use logexport::config::StorageKind;
 use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
 use logexport::splunk::{SearchQuota, SplunkError};
-use logexport::worker::{WorkerPool, WorkerSettings};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    eventually, garage_s3_config, spawn_app_with, test_config, test_db, use_emulator,
+    eventually, garage_s3_config, spawn_app_with, spawn_export_worker, test_config, test_db,
+    use_emulator,
 };
 
 #[tokio::test]
@@ -108,16 +108,7 @@ async fn workers_and_listings_together_stay_within_splunks_role_quota() {
     let stop = CancellationToken::new();
     for _ in 0..3 {
         let worker_pool = sqlx::PgPool::connect(&url).await.expect("worker pool");
-        let storage = logexport::storage::open(&config).await.expect("storage");
-        let handler = logexport::export::handler(&config, storage.objects).expect("handler");
-        tokio::spawn(
-            WorkerPool::new(
-                worker_pool,
-                WorkerSettings::from_config(&config.worker),
-                handler,
-            )
-            .run(stop.clone()),
-        );
+        spawn_export_worker(worker_pool, &config, &stop).await;
     }
     let app = spawn_app_with(pool, config).await;
     let token = app.token("admin", &["ns0", "ns1", "ns2"], &[], false).await;
@@ -185,17 +176,8 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
     config.storage.kind = StorageKind::S3;
     config.storage.s3 = garage_s3_config();
     config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
-    let storage = logexport::storage::open(&config).await.expect("storage");
-    let handler = logexport::export::handler(&config, storage.objects).expect("handler");
     let stop = CancellationToken::new();
-    tokio::spawn(
-        WorkerPool::new(
-            pool.clone(),
-            WorkerSettings::from_config(&config.worker),
-            handler,
-        )
-        .run(stop.clone()),
-    );
+    spawn_export_worker(pool.clone(), &config, &stop).await;
     let app = spawn_app_with(pool, config).await;
     let token = app.token("admin", &["ns0"], &[], false).await;
     let r = app
@@ -280,13 +262,8 @@ async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     config.storage.local.path = archives.clone();
     let app = spawn_app_with(pool.clone(), config.clone()).await;
     config.server.public_url = app.config.server.public_url.clone();
-    let storage = logexport::storage::open(&config).await.expect("storage");
-    let handler = logexport::export::handler(&config, storage.objects).expect("handler");
     let stop = CancellationToken::new();
-    tokio::spawn(
-        WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
-            .run(stop.clone()),
-    );
+    spawn_export_worker(pool, &config, &stop).await;
     let token = app.token("admin", &["ns0"], &[], false).await;
     let r = app
         .post_export(
