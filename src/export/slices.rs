@@ -15,6 +15,7 @@
 //! half as a piece of its own. A slice is its pieces, newest first, so the archive and the
 //! checkpoints (per planned slice) are the same whatever was split.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 
 use crate::metrics::METRICS;
@@ -74,6 +75,31 @@ pub fn plan(start: DateTime<Utc>, end: DateTime<Utc>, count: usize) -> Vec<Slice
         .collect()
 }
 
+/// The pieces each slice is first read in, newest first: one per slice, except that in a plan
+/// of more than `2 × parallel` slices the last `parallel` slices are read in [`TAIL_PIECES`]
+/// pieces each. Those finish together, and what they hold is what the archive still has to take
+/// once Splunk is done, so smaller pieces make that tail shorter (in a short plan the extra
+/// searches would cost more than they save).
+pub fn pieces(slices: &[Slice], parallel: usize) -> Vec<Vec<Slice>> {
+    let parallel = parallel.max(1);
+    let tail_from = if slices.len() > 2 * parallel {
+        slices.len() - parallel
+    } else {
+        slices.len()
+    };
+    slices
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if i >= tail_from {
+                plan(s.start, s.end, TAIL_PIECES)
+            } else {
+                vec![*s]
+            }
+        })
+        .collect()
+}
+
 /// Slices for a range: one per six hours, at least one per parallel search and at most
 /// `settings.slices` — every search costs Splunk a dispatch, so short ranges get few.
 fn slice_count(filters: &SearchFilters, settings: &SliceSettings) -> usize {
@@ -100,6 +126,9 @@ pub struct Resume {
 
 /// How often an idle reader looks again for a piece to split while one has no rate yet.
 const SPLIT_POLL: Duration = Duration::from_millis(50);
+
+/// Pieces each of the last slices is read in (see [`SlicedRows::start`]).
+const TAIL_PIECES: usize = 4;
 
 /// How long a reader ahead of the slice next in line waits for spool room before reading on.
 const ROOM_WAIT: Duration = Duration::from_secs(10);
@@ -307,6 +336,19 @@ struct Readers {
     progress: Arc<SliceProgress>,
     plan: Arc<Plan>,
     attempts: u32,
+    /// Pieces no reader has taken yet, in archive order.
+    queue: Arc<Mutex<VecDeque<Unread>>>,
+    /// Readers (each one search at a time) still running.
+    lanes: Arc<AtomicUsize>,
+}
+
+/// A piece waiting for a reader, with where its outcome goes (and, for the export's first
+/// piece, where the news that Splunk accepted its search goes).
+struct Unread {
+    slice: usize,
+    piece: Arc<Piece>,
+    tx: PieceOutcome,
+    started: Option<oneshot::Sender<Result<(), SplunkError>>>,
 }
 
 impl SlicedRows {
@@ -343,26 +385,51 @@ impl SlicedRows {
         let progress = Arc::new(SliceProgress::default());
         progress.total.store(slices.len(), Ordering::Relaxed);
         progress.done.store(skip, Ordering::Relaxed);
-        let mut senders = Vec::new();
-        let parts = slices[skip..]
-            .iter()
+        let mut queue = VecDeque::new();
+        let mut extra = 0;
+        let parts = pieces(&slices[skip..], settings.parallel)
+            .into_iter()
             .enumerate()
-            .map(|(index, s)| {
-                let (piece, tx) = Piece::new(s.start, s.end, dir.join(format!("slice-{index:05}")));
-                senders.push((piece.clone(), tx));
+            .map(|(index, bounds)| {
+                let pieces = bounds
+                    .iter()
+                    .enumerate()
+                    .map(|(k, b)| {
+                        let path = if k == 0 {
+                            dir.join(format!("slice-{index:05}"))
+                        } else {
+                            extra += 1;
+                            dir.join(format!("slice-{index:05}-{}", extra - 1))
+                        };
+                        let (piece, tx) = Piece::new(b.start, b.end, path);
+                        queue.push_back(Unread {
+                            slice: index,
+                            piece: piece.clone(),
+                            tx,
+                            started: None,
+                        });
+                        piece
+                    })
+                    .collect();
                 Arc::new(SliceParts {
                     index,
-                    pieces: Mutex::new(vec![piece]),
+                    pieces: Mutex::new(pieces),
                 })
             })
             .collect();
+        let (started_tx, started) = oneshot::channel();
+        let mut started_tx = Some(started_tx);
+        if let Some(first) = queue.front_mut() {
+            first.started = started_tx.take();
+        }
         let plan = Arc::new(Plan {
             slices: parts,
-            unstarted: AtomicUsize::new(senders.len()),
-            pieces: AtomicUsize::new(0),
+            unstarted: AtomicUsize::new(queue.len()),
+            pieces: AtomicUsize::new(extra),
             dir: dir.clone(),
             split_min_rows: settings.split_min_rows,
         });
+        let lanes = settings.parallel.max(1).min(queue.len());
         let shared = Readers {
             splunk: splunk.clone(),
             filters: filters.clone(),
@@ -370,48 +437,14 @@ impl SlicedRows {
             progress: progress.clone(),
             plan: plan.clone(),
             attempts: settings.slice_attempts.max(1),
+            queue: Arc::new(Mutex::new(queue)),
+            // Searches this export may run at once; a quota answer lowers it (never below one).
+            lanes: Arc::new(AtomicUsize::new(lanes)),
         };
         let dir = SpoolDir(dir);
-        let gate = Arc::new(Semaphore::new(settings.parallel.max(1)));
-        // Searches this export may run at once; a quota answer lowers it (never below one).
-        let allowed = Arc::new(AtomicUsize::new(settings.parallel.max(1)));
         let mut readers = JoinSet::new();
-        let (started_tx, started) = oneshot::channel();
-        let mut started_tx = Some(started_tx);
-        for (index, (piece, tx)) in senders.into_iter().enumerate() {
-            let started = if index == 0 { started_tx.take() } else { None };
-            let (gate, allowed, shared) = (gate.clone(), allowed.clone(), shared.clone());
-            readers.spawn(async move {
-                // Slices start in order, so the ones next in line are read first.
-                let Ok(permit) = gate.acquire_owned().await else {
-                    return;
-                };
-                shared.plan.unstarted.fetch_sub(1, Ordering::AcqRel);
-                let mut refused_for_quota = shared.read(index, &piece, tx, started).await;
-                // Every slice has a reader: help the busiest one instead of idling.
-                while !refused_for_quota && shared.plan.unstarted.load(Ordering::Acquire) == 0 {
-                    if let Some((slice, piece, tx)) = shared.plan.split() {
-                        refused_for_quota = shared.read(slice, &piece, tx, None).await;
-                    } else if shared.plan.awaiting_first_rows() {
-                        // A running piece has no rate yet to judge it by: look again shortly.
-                        tokio::time::sleep(SPLIT_POLL).await;
-                    } else {
-                        break;
-                    }
-                }
-                // Splunk said its search quota is full (other users, another cluster): this
-                // export reads with one search fewer from now on instead of failing.
-                if refused_for_quota
-                    && allowed
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                            (n > 1).then(|| n - 1)
-                        })
-                        .is_ok()
-                {
-                    METRICS.incr("logexport_export_slices_total", "concurrency_lowered");
-                    permit.forget();
-                }
-            });
+        for _ in 0..lanes {
+            readers.spawn(shared.clone().lane());
         }
         // With every slice finished by an earlier attempt there is no first search to wait for.
         drop(started_tx);
@@ -605,6 +638,45 @@ fn row_time(row: &[u8]) -> Option<DateTime<Utc>> {
 }
 
 impl Readers {
+    /// One reader: takes the pieces in archive order, one search at a time; once every piece
+    /// has been taken, helps the busiest one by splitting it. Ends early (one search fewer for
+    /// this export, never none) when Splunk says its search quota is full.
+    async fn lane(self) {
+        loop {
+            let next = self
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            let refused_for_quota = if let Some(unread) = next {
+                self.plan.unstarted.fetch_sub(1, Ordering::AcqRel);
+                self.read(unread.slice, &unread.piece, unread.tx, unread.started)
+                    .await
+            } else if let Some((slice, piece, tx)) = self.plan.split() {
+                self.read(slice, &piece, tx, None).await
+            } else if self.plan.awaiting_first_rows() {
+                // A running piece has no rate yet to judge it by: look again shortly.
+                tokio::time::sleep(SPLIT_POLL).await;
+                false
+            } else {
+                return;
+            };
+            // Splunk said its search quota is full (other users, another cluster): this export
+            // reads with one search fewer from now on instead of failing.
+            if refused_for_quota
+                && self
+                    .lanes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n > 1).then(|| n - 1)
+                    })
+                    .is_ok()
+            {
+                METRICS.incr("logexport_export_slices_total", "concurrency_lowered");
+                return;
+            }
+        }
+    }
+
     /// Reads one piece of slice `slice` to its spool file, again after a retryable failure
     /// (from its cut: what a split handed away is not read again); says whether Splunk refused
     /// a search for its quota meanwhile.
@@ -840,6 +912,7 @@ mod tests {
             start_us in 1_600_000_000_000_000i64..1_700_000_000_000_000i64,
             len_us in 0i64..(40 * 86_400 * 1_000_000),
             count in 1usize..64,
+            parallel in 1usize..5,
             probes in proptest::collection::vec(0f64..1.0, 1..20),
         ) {
             let start = Utc.timestamp_micros(start_us).unwrap();
@@ -852,9 +925,22 @@ mod tests {
                 prop_assert_eq!(w[0].start, w[1].end);
                 prop_assert!(w[1].start < w[1].end);
             }
+            // The pieces slices are first read in tile each slice the same way.
+            let pieces = pieces(&slices, parallel);
+            prop_assert_eq!(pieces.len(), slices.len());
+            for (slice, parts) in slices.iter().zip(&pieces) {
+                prop_assert_eq!(parts[0].end, slice.end);
+                prop_assert_eq!(parts.last().unwrap().start, slice.start);
+                for w in parts.windows(2) {
+                    prop_assert_eq!(w[0].start, w[1].end);
+                }
+            }
+            let flat: Vec<Slice> = pieces.into_iter().flatten().collect();
             for p in probes {
                 let t = Utc.timestamp_micros(start_us + (len_us as f64 * p) as i64).unwrap();
                 let holders = slices.iter().filter(|s| s.start <= t && t < s.end).count();
+                prop_assert_eq!(holders, usize::from(t < end));
+                let holders = flat.iter().filter(|s| s.start <= t && t < s.end).count();
                 prop_assert_eq!(holders, usize::from(t < end));
             }
         }
