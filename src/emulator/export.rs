@@ -28,10 +28,7 @@ pub fn stream(
     slot: SearchSlot,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        produce(&shared, &plan, &faults, cut_after, &tx);
-        drop(slot);
-    });
+    tokio::task::spawn_blocking(move || produce(&shared, &plan, &faults, cut_after, &tx, slot));
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
@@ -87,6 +84,7 @@ fn produce(
     faults: &Faults,
     cut_after: Option<u64>,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
+    slot: SearchSlot,
 ) {
     let scan = ScanRate {
         per_sec: faults.search_events_per_sec,
@@ -156,5 +154,8 @@ fn produce(
         }
     }
     scan.wait(offset);
+    // The search is over once its last row is produced: like Splunk's, it stops counting
+    // against the quota before the client has read the rest.
+    drop(slot);
     send(&mut buf, &mut throttle);
 }

@@ -209,13 +209,16 @@ impl JobHandler for ExportJob {
                 debug_assert_eq!(size, streamed.bytes);
                 METRICS.export_succeeded(started.elapsed(), streamed.logs, size);
                 let sha256 = streamed.digest.finish_hex();
-                self.store
-                    .record_sha256(&key, &meta, &sha256)
-                    .await
-                    .map_err(storage_error)?;
-                let manifest = self
-                    .store_manifest(job, &key, &meta, &streamed, size, &sha256)
-                    .await?;
+                // Side by side: the digest into the object's metadata, the manifest beside it.
+                let ((), manifest) = tokio::try_join!(
+                    async {
+                        self.store
+                            .record_sha256(&key, &meta, &sha256)
+                            .await
+                            .map_err(storage_error)
+                    },
+                    self.store_manifest(job, &key, &meta, &streamed, size, &sha256),
+                )?;
                 tracing::debug!("digest and manifest stored");
                 Ok(ExportResult {
                     sha256,

@@ -27,7 +27,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinSet;
 
 use crate::metrics::METRICS;
-use crate::splunk::{BuiltQuery, RowBatch, SearchFilters, SplunkClient, SplunkError};
+use crate::splunk::{BuiltQuery, RowBatch, SearchFilters, SearchPermit, SplunkClient, SplunkError};
 
 /// How an export's range is sliced and read.
 #[derive(Debug, Clone)]
@@ -642,6 +642,8 @@ impl Readers {
     /// has been taken, helps the busiest one by splitting it. Ends early (one search fewer for
     /// this export, never none) when Splunk says its search quota is full.
     async fn lane(self) {
+        // A finished search's quota permit, kept for this reader's next search.
+        let mut permit = None;
         loop {
             let next = self
                 .queue
@@ -650,12 +652,19 @@ impl Readers {
                 .pop_front();
             let refused_for_quota = if let Some(unread) = next {
                 self.plan.unstarted.fetch_sub(1, Ordering::AcqRel);
-                self.read(unread.slice, &unread.piece, unread.tx, unread.started)
-                    .await
+                let Unread {
+                    slice,
+                    piece,
+                    tx,
+                    started,
+                } = unread;
+                self.read(slice, &piece, tx, started, &mut permit).await
             } else if let Some((slice, piece, tx)) = self.plan.split() {
-                self.read(slice, &piece, tx, None).await
+                self.read(slice, &piece, tx, None, &mut permit).await
             } else if self.plan.awaiting_first_rows() {
-                // A running piece has no rate yet to judge it by: look again shortly.
+                // A running piece has no rate yet to judge it by: look again shortly, without
+                // holding a search meanwhile.
+                drop(permit.take());
                 tokio::time::sleep(SPLIT_POLL).await;
                 false
             } else {
@@ -686,6 +695,7 @@ impl Readers {
         piece: &Arc<Piece>,
         tx: PieceOutcome,
         mut started: Option<oneshot::Sender<Result<(), SplunkError>>>,
+        permit: &mut Option<SearchPermit>,
     ) -> bool {
         self.progress.running.fetch_add(1, Ordering::Relaxed);
         piece.state().running = true;
@@ -694,7 +704,7 @@ impl Readers {
         let outcome = loop {
             attempt += 1;
             match self
-                .read_once(slice, piece, &mut started, &mut refused_for_quota)
+                .read_once(slice, piece, &mut started, &mut refused_for_quota, permit)
                 .await
             {
                 Ok(spooled) => break Ok(spooled),
@@ -731,6 +741,7 @@ impl Readers {
         piece: &Arc<Piece>,
         started: &mut Option<oneshot::Sender<Result<(), SplunkError>>>,
         refused_for_quota: &mut bool,
+        permit: &mut Option<SearchPermit>,
     ) -> Result<Spooled, SplunkError> {
         // A new attempt starts over: from the piece's end, down to its current cut.
         let search_start = {
@@ -741,7 +752,9 @@ impl Readers {
         };
         let query = query_for(&self.filters, search_start, piece.end)?;
         let answers = self.splunk.quota_answers();
-        let stream = self.splunk.export(&query).await;
+        // Under the permit of this reader's previous search, when it finished just now: no
+        // round trip to give it back and take it again between two pieces.
+        let stream = self.splunk.export_holding(&query, permit.take()).await;
         // Even a quota answer the client's retries got past means Splunk is full.
         *refused_for_quota |= self.splunk.quota_answers() > answers;
         let mut stream = stream?;
@@ -812,6 +825,7 @@ impl Readers {
             let _ = tokio::fs::remove_file(&piece.path).await;
             return Err(e);
         }
+        *permit = stream.take_permit();
         tracing::debug!(slice, bytes, "slice piece read");
         Ok(Spooled {
             path: piece.path.clone(),

@@ -39,6 +39,8 @@ pub struct ExportStream {
     lines: LineSplitter,
     rows: u64,
     finished: bool,
+    /// Ended with Splunk's whole result (not cut, not failed).
+    complete: bool,
     /// This search's share of the Splunk quota, held until the stream is dropped.
     _permit: Option<SearchPermit>,
 }
@@ -55,13 +57,26 @@ impl std::fmt::Debug for ExportStream {
 impl SplunkClient {
     /// Starts one export search; failures before the first byte are retried per the policy.
     pub async fn export(&self, query: &BuiltQuery) -> Result<ExportStream, SplunkError> {
+        self.export_holding(query, None).await
+    }
+
+    /// [`SplunkClient::export`] under `permit`, a finished search's share of the quota handed
+    /// on to the next search (see [`ExportStream::take_permit`]); takes a new one without it.
+    pub async fn export_holding(
+        &self,
+        query: &BuiltQuery,
+        permit: Option<SearchPermit>,
+    ) -> Result<ExportStream, SplunkError> {
         let form = [
             ("search", query.spl.as_str()),
             ("output_mode", "json"),
             ("earliest_time", query.earliest_time.as_str()),
             ("latest_time", query.latest_time.as_str()),
         ];
-        let permit = self.search_permit("export").await?;
+        let permit = match permit {
+            Some(permit) => Some(permit),
+            None => self.search_permit("export").await?,
+        };
         let response = self
             .send(Method::POST, "search/v2/jobs/export", |r| r.form(&form))
             .await?;
@@ -76,7 +91,18 @@ impl ExportStream {
             lines: LineSplitter::new(MAX_LINE_BYTES),
             rows: 0,
             finished: false,
+            complete: false,
             _permit: permit,
+        }
+    }
+
+    /// The search's quota permit, once Splunk sent the whole result (the search is over), for
+    /// the next search to run under without giving it back first; `None` before that.
+    pub fn take_permit(&mut self) -> Option<SearchPermit> {
+        if self.complete {
+            self._permit.take()
+        } else {
+            None
         }
     }
 
@@ -168,8 +194,9 @@ impl ExportStream {
                 // The last row, or a failure: either way the stream is over.
                 Ok(Some(failure)) => {
                     self.finish();
-                    if let Some(e) = failure {
-                        return Err(e);
+                    match failure {
+                        Some(e) => return Err(e),
+                        None => self.complete = true,
                     }
                 }
                 Err(LineTooLong) => {
@@ -197,13 +224,19 @@ impl ExportStream {
         self.response = None;
     }
 
+    /// Over with the whole result: Splunk's search is done.
+    fn finish_whole(&mut self) {
+        self.finish();
+        self.complete = true;
+    }
+
     async fn advance(&mut self) -> Option<Result<Row, SplunkError>> {
         loop {
             while let Some(line) = self.lines.next_line() {
                 match self.handle_line(&line) {
                     LineOutcome::Row(row) => return Some(Ok(row)),
                     LineOutcome::LastRow(row) => {
-                        self.finish();
+                        self.finish_whole();
                         return row.map(Ok);
                     }
                     LineOutcome::Skip => {}
@@ -235,7 +268,7 @@ impl ExportStream {
             // fails to parse and is reported as a cut below.
             match self.handle_line(&last) {
                 LineOutcome::LastRow(row) => {
-                    self.finish();
+                    self.finish_whole();
                     return row.map(Ok);
                 }
                 LineOutcome::Row(_) | LineOutcome::Fail(SplunkError::Protocol(_)) => {
@@ -246,6 +279,8 @@ impl ExportStream {
             }
         }
         if self.rows == 0 {
+            // An empty result: Splunk sends no rows at all.
+            self.complete = true;
             None
         } else {
             Some(Err(SplunkError::StreamCut { rows: self.rows }))
@@ -364,6 +399,7 @@ mod tests {
             lines: LineSplitter::new(1024),
             rows: 0,
             finished: false,
+            complete: false,
             _permit: None,
         };
         s.handle_line(&Bytes::copy_from_slice(line.as_bytes()))
