@@ -85,6 +85,16 @@ async fn write_random_chunks(upload: &mut dyn Upload, data: &[u8], seed: u64) {
     }
 }
 
+/// A freshly signed link to `key` serves exactly `data`.
+async fn assert_downloads(store: &S3Store, key: &str, data: &[u8]) {
+    let url = store
+        .download_url(key, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let body = http().get(url).send().await.unwrap().bytes().await.unwrap();
+    assert!(body[..] == data[..], "downloaded bytes differ");
+}
+
 async fn wait_until_no_incomplete(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
     let mut left = Vec::new();
     for _ in 0..50 {
@@ -157,12 +167,7 @@ async fn multipart_upload_with_checksums_when_supported() {
     let key = object_key(&prefix(), ExportId::new(), "ndjson");
     let data = random_bytes(11 * MIB + 1, 12);
     assert_eq!(upload(&store, &key, &data, 13).await, data.len() as u64);
-    let url = store
-        .download_url(&key, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let body = http().get(url).send().await.unwrap().bytes().await.unwrap();
-    assert!(body[..] == data[..], "downloaded bytes differ");
+    assert_downloads(&store, &key, &data).await;
     store.delete(&key).await.unwrap();
 }
 
@@ -214,12 +219,7 @@ async fn the_sha256_is_recorded_with_the_object() {
             );
         }
         // The copy kept the bytes.
-        let url = store
-            .download_url(&key, Duration::from_secs(60))
-            .await
-            .unwrap();
-        let body = http().get(url).send().await.unwrap().bytes().await.unwrap();
-        assert!(body[..] == data[..], "downloaded bytes differ");
+        assert_downloads(&store, &key, &data).await;
         store.delete(&key).await.unwrap();
     }
 }
