@@ -213,8 +213,7 @@ impl Piece {
 /// The slices being read, shared by their readers so an idle one can split a busy one.
 struct Plan {
     slices: Vec<Arc<SliceParts>>,
-    /// Slice readers still waiting for a search permit; pieces are split only once this is 0.
-    unstarted: AtomicUsize,
+    /// Pieces beyond each slice's first (tail pieces, splits) so far: numbers their spool files.
     pieces: AtomicUsize,
     dir: PathBuf,
     /// See [`SliceSettings::split_min_rows`].
@@ -424,7 +423,6 @@ impl SlicedRows {
         }
         let plan = Arc::new(Plan {
             slices: parts,
-            unstarted: AtomicUsize::new(queue.len()),
             pieces: AtomicUsize::new(extra),
             dir: dir.clone(),
             split_min_rows: settings.split_min_rows,
@@ -651,7 +649,6 @@ impl Readers {
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
             let refused_for_quota = if let Some(unread) = next {
-                self.plan.unstarted.fetch_sub(1, Ordering::AcqRel);
                 let Unread {
                     slice,
                     piece,
