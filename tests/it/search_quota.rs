@@ -69,6 +69,20 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
 /// `count` synthetic events over 2024-01-01..11 in `namespaces` namespaces, read at 40,000
 /// events/s per search, with a Splunk role quota of `quota` searches.
 async fn splunk(count: u64, namespaces: u32, quota: u64) -> emulator::RunningEmulator {
+    splunk_with(
+        count,
+        namespaces,
+        Faults {
+            search_events_per_sec: Some(40_000),
+            max_concurrent_searches: Some(quota),
+            ..Faults::default()
+        },
+    )
+    .await
+}
+
+/// `count` synthetic events over 2024-01-01..11 in `namespaces` namespaces, with `faults`.
+async fn splunk_with(count: u64, namespaces: u32, faults: Faults) -> emulator::RunningEmulator {
     emulator::spawn(EmulatorOptions {
         token: Some("quota-token".into()),
         synthetic: Some(SyntheticSpec {
@@ -78,11 +92,7 @@ async fn splunk(count: u64, namespaces: u32, quota: u64) -> emulator::RunningEmu
             namespaces,
             skew: 0.0,
         }),
-        faults: Faults {
-            search_events_per_sec: Some(40_000),
-            max_concurrent_searches: Some(quota),
-            ..Faults::default()
-        },
+        faults,
         ..EmulatorOptions::default()
     })
     .await
@@ -222,25 +232,17 @@ async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     // slices after the first wait for room while holding the two searches this export has, and
     // the first slice, cut, needs a search again. Readers ahead give theirs back after a while
     // (the spool budget is soft), so the export finishes in its first attempt.
-    let splunk = emulator::spawn(EmulatorOptions {
-        token: Some("quota-token".into()),
-        synthetic: Some(SyntheticSpec {
-            count: 8_000,
-            start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
-            end: Utc.with_ymd_and_hms(2024, 1, 11, 0, 0, 0).unwrap(),
-            namespaces: 1,
-            skew: 0.0,
-        }),
-        faults: Faults {
+    let splunk = splunk_with(
+        8_000,
+        1,
+        Faults {
             // Slow enough that the third slice's reader waits for a search before the first is cut.
             search_events_per_sec: Some(2_000),
             cut_once_after: Some(1_000),
             ..Faults::default()
         },
-        ..EmulatorOptions::default()
-    })
-    .await
-    .expect("emulator");
+    )
+    .await;
     let (url, pool) = test_db().await;
     sqlx::query(
         "INSERT INTO splunk_searches (id, holder, purpose, lease_expires_at)
