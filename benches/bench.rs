@@ -88,6 +88,13 @@ struct Args {
     /// An indexer's scan rate per search for `--splunk-rate`.
     #[arg(long, default_value_t = 50_000)]
     rate_per_sec: u64,
+    /// Rounds of the comparison with 3 raw streams (raw streams, then the default export to
+    /// each storage, per round); more than one adds a table of every round and the medians.
+    #[arg(long, default_value_t = 1)]
+    rate_rounds: usize,
+    /// Only those rounds: skip one search at a time, skew and the cut stream.
+    #[arg(long)]
+    rate_rounds_only: bool,
     /// Sizes for Quay's algorithm side by side with logexport.
     #[arg(long, value_delimiter = ',', default_values_t = [200_000u64, 1_000_000])]
     quay_sizes: Vec<u64>,
@@ -142,6 +149,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // 0 skips a section: `--quay-sizes 0 --rss-sizes 0`.
             quay_sizes: args.quay_sizes.iter().copied().filter(|n| *n > 0).collect(),
             rss_sizes: args.rss_sizes.iter().copied().filter(|n| *n > 0).collect(),
+            rounds: args.rate_rounds.max(1),
+            rounds_only: args.rate_rounds_only,
         };
         if let Err(e) = splunk_rate::run(&binaries, &databases, &spec).await {
             failures.push(format!("Splunk-rate exports: {e:#}"));

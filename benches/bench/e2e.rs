@@ -392,6 +392,27 @@ pub async fn run_export(
     scratch: &Path,
     log: &Path,
 ) -> anyhow::Result<(ExportRow, f64, u64)> {
+    let (row, wall_seconds, usage) =
+        run_export_measured(logexport, pool, env, export, scratch, log).await?;
+    Ok((row, wall_seconds, usage.peak_rss))
+}
+
+/// What a worker process used for one export.
+pub struct WorkerUsage {
+    pub peak_rss: u64,
+    /// CPU seconds (user + system), startup included.
+    pub cpu_seconds: f64,
+}
+
+/// [`run_export`], also returning the worker's CPU seconds.
+pub async fn run_export_measured(
+    logexport: &Path,
+    pool: &PgPool,
+    env: &[(String, String)],
+    export: &NewExport,
+    scratch: &Path,
+    log: &Path,
+) -> anyhow::Result<(ExportRow, f64, WorkerUsage)> {
     let mut worker = Worker::start(logexport, env, scratch, log)?;
     let began = Instant::now();
     let id = storage::enqueue(pool, export).await?;
@@ -417,9 +438,12 @@ pub async fn run_export(
         );
     };
     let wall_seconds = began.elapsed().as_secs_f64();
-    let peak_rss = worker.peak_rss()?;
+    let usage = WorkerUsage {
+        peak_rss: worker.peak_rss()?,
+        cpu_seconds: worker.cpu_seconds()?,
+    };
     worker.stop().await;
-    Ok((row, wall_seconds, peak_rss))
+    Ok((row, wall_seconds, usage))
 }
 
 /// A cheap content check that the file is the requested encoding.

@@ -187,6 +187,12 @@ impl Worker {
         Ok(kib * 1024)
     }
 
+    /// CPU seconds the process has used so far (user + system).
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let pid = self.child.id().context("the worker has exited")?;
+        cpu_seconds(&pid.to_string())
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -196,4 +202,38 @@ impl Worker {
     pub async fn stop(self) {
         stop_child(self.child, libc::SIGTERM, Duration::from_secs(10)).await;
     }
+}
+
+/// CPU seconds (user + system) process `pid` (or `self`) has used, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: fields are counted after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
+        anyhow::bail!("unexpected /proc/{pid}/stat: {stat}");
+    };
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((user + system) as f64 / hz)
+}
+
+/// CPU seconds used so far by every running process called `name` (`/proc/<pid>/comm`), such
+/// as the test Garage the S3 exports write to.
+pub fn cpu_seconds_named(name: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .filter_map(|pid| cpu_seconds(&pid).ok())
+        .sum()
 }

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::db::Databases;
-use crate::e2e::{org_export, run_export, worker_env};
-use crate::procs::Binaries;
+use crate::e2e::{org_export, run_export_measured, worker_env};
+use crate::procs::{Binaries, cpu_seconds, cpu_seconds_named};
 use crate::table::{Table, rate, thousands};
 use crate::targets::{FormatSpec, S3Env, Target};
 
@@ -33,6 +33,10 @@ pub struct RateSpec {
     pub quay_sizes: Vec<u64>,
     /// Sizes for the worker's peak memory.
     pub rss_sizes: Vec<u64>,
+    /// Rounds of raw streams vs the default export (see [`rounds_section`]).
+    pub rounds: usize,
+    /// Only those rounds.
+    pub rounds_only: bool,
 }
 
 struct Ctx<'a> {
@@ -44,12 +48,49 @@ struct Ctx<'a> {
     spec: &'a RateSpec,
 }
 
-/// One export: seconds from start to finish, peak RSS, rows Splunk sent, the archive's digest.
+/// One export: seconds from start to finish, peak RSS, rows Splunk sent, the archive's digest,
+/// and the CPU it cost.
 struct Run {
     seconds: f64,
     peak_rss: u64,
     streamed: u64,
     sha256: Option<String>,
+    cpu: Cpu,
+}
+
+/// CPU seconds spent during one run by the processes sharing the machine's cores: the worker,
+/// this bench process (which runs the emulator) and Garage (S3 runs).
+#[derive(Default)]
+struct Cpu {
+    worker: f64,
+    emulator: f64,
+    garage: f64,
+}
+
+impl Cpu {
+    /// The bench process's and Garage's CPU seconds so far.
+    fn now() -> (f64, f64) {
+        (
+            cpu_seconds("self").unwrap_or(0.0),
+            cpu_seconds_named("garage"),
+        )
+    }
+
+    fn since(before: (f64, f64), worker: f64) -> Self {
+        let (emulator, garage) = Self::now();
+        Self {
+            worker,
+            emulator: emulator - before.0,
+            garage: garage - before.1,
+        }
+    }
+
+    fn cell(&self) -> String {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            self.worker, self.emulator, self.garage
+        )
+    }
 }
 
 pub async fn run(
@@ -82,6 +123,9 @@ pub async fn run(
 
 async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let spec = ctx.spec;
+    if spec.rounds_only {
+        return rounds_section(ctx).await;
+    }
     let n = spec.events;
     let (start, end): (DateTime<Utc>, DateTime<Utc>) = (START.parse()?, END.parse()?);
     let mut table = Table::new(
@@ -98,6 +142,7 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             "× one search",
             "rows read / exported",
             "peak RSS MiB",
+            "CPU s: worker / emulator / Garage",
         ],
     );
     let json = FormatSpec::parse("json")?;
@@ -109,6 +154,7 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     }
 
     let even = emulator_for(spec, n, 0.0, None).await?;
+    let before = Cpu::now();
     let raw = raw_streams(&even, start, end, 3).await?;
     table.row(vec![
         "3 raw streams read in parallel (no archive)".into(),
@@ -118,6 +164,7 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         "-".into(),
         "1.00".into(),
         "-".into(),
+        Cpu::since(before, 0.0).cell(),
     ]);
     for target in &targets {
         let one = export(ctx, &even, target, json, n, 1).await?;
@@ -178,6 +225,9 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     ));
     table.print();
 
+    if spec.rounds > 1 {
+        rounds_section(ctx).await?;
+    }
     if !spec.quay_sizes.is_empty() {
         quay_section(ctx, start, end).await?;
     }
@@ -185,6 +235,67 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
         return Ok(());
     }
     rss_section(ctx, json).await
+}
+
+/// The comparison with 3 raw streams, `spec.rounds` times in a row: one run moves by a few
+/// percent on this shared machine, so every round is shown with the medians.
+async fn rounds_section(ctx: &Ctx<'_>) -> anyhow::Result<()> {
+    let spec = ctx.spec;
+    let n = spec.events;
+    let (start, end): (DateTime<Utc>, DateTime<Utc>) = (START.parse()?, END.parse()?);
+    let json = FormatSpec::parse("json")?;
+    let s3 = S3Env::from_env();
+    let mut targets = vec![Target::Local(&ctx.archives)];
+    if let Some(s3) = &s3 {
+        targets.push(Target::S3(s3));
+    }
+    let mut header = vec!["round".to_owned(), "3 raw streams s".to_owned()];
+    for target in &targets {
+        header.push(format!("{}: 3 searches s", target.name()));
+        header.push(format!("{}: % of raw", target.name()));
+        header.push(format!(
+            "{}: CPU s worker / emulator / Garage",
+            target.name()
+        ));
+    }
+    let mut table = Table::new(
+        format!(
+            "3 searches against 3 raw streams, {} rounds ({} events over 30 days, {}/s per search; JSON)",
+            spec.rounds,
+            thousands(n),
+            thousands(spec.events_per_sec)
+        ),
+        &header,
+    );
+    let emu = emulator_for(spec, n, 0.0, None).await?;
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for round in 1..=spec.rounds {
+        let raw = raw_streams(&emu, start, end, 3).await?;
+        let mut cells = vec![round.to_string(), format!("{raw:.2}")];
+        for (i, target) in targets.iter().enumerate() {
+            let r = export(ctx, &emu, target, json, n, 3).await?;
+            let ratio = 100.0 * r.seconds / raw;
+            ratios[i].push(ratio);
+            cells.push(format!("{:.2}", r.seconds));
+            cells.push(format!("{ratio:.1} %"));
+            cells.push(r.cpu.cell());
+        }
+        table.row(cells);
+    }
+    emu.shutdown().await;
+    for (target, mut ratios) in targets.iter().zip(ratios) {
+        ratios.sort_by(f64::total_cmp);
+        table.note(format!(
+            "{}: 3 searches took {:.1} % of the 3 raw streams' time (median of {}; {:.1} – {:.1} %)",
+            target.name(),
+            ratios[ratios.len() / 2],
+            ratios.len(),
+            ratios[0],
+            ratios[ratios.len() - 1]
+        ));
+    }
+    table.print();
+    Ok(())
 }
 
 fn row(label: &str, storage: &str, n: u64, r: &Run, baseline: f64) -> Vec<String> {
@@ -196,6 +307,7 @@ fn row(label: &str, storage: &str, n: u64, r: &Run, baseline: f64) -> Vec<String
         format!("{:.2}", baseline / r.seconds),
         format!("{:.3}", r.streamed as f64 / n as f64),
         format!("{:.1}", r.peak_rss as f64 / (1024.0 * 1024.0)),
+        r.cpu.cell(),
     ]
 }
 
@@ -247,7 +359,8 @@ async fn export(
         .scratch
         .join(format!("worker-{}-{searches}.log", target.name()));
     let before = emu.stats().events_streamed;
-    let (row, _, peak_rss) = run_export(
+    let cpu_before = Cpu::now();
+    let (row, _, usage) = run_export_measured(
         &ctx.binaries.logexport,
         &ctx.pool,
         &env,
@@ -272,9 +385,10 @@ async fn export(
     store.delete(&key).await?;
     Ok(Run {
         seconds: (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6,
-        peak_rss,
+        peak_rss: usage.peak_rss,
         streamed: emu.stats().events_streamed - before,
         sha256,
+        cpu: Cpu::since(cpu_before, usage.cpu_seconds),
     })
 }
 

@@ -5,17 +5,17 @@ use std::time::Duration;
 /// A Markdown table printed once all rows are in.
 pub struct Table {
     title: String,
-    headers: Vec<&'static str>,
+    headers: Vec<String>,
     rows: Vec<Vec<String>>,
     notes: Vec<String>,
 }
 
 impl Table {
     /// An empty table under a `##` title.
-    pub fn new(title: impl Into<String>, headers: &[&'static str]) -> Self {
+    pub fn new(title: impl Into<String>, headers: &[impl AsRef<str>]) -> Self {
         Self {
             title: title.into(),
-            headers: headers.to_vec(),
+            headers: headers.iter().map(|h| h.as_ref().to_owned()).collect(),
             rows: Vec::new(),
             notes: Vec::new(),
         }
