@@ -16,7 +16,8 @@ use super::{ObjectMeta, StorageError, Upload, UploadCheckpoint, UploadedPart};
 /// stays bounded at about (this + 1) parts.
 const MAX_IN_FLIGHT: usize = 2;
 
-type PartTask = JoinHandle<Result<CompletedPart, StorageError>>;
+/// A part's upload; yields the part and, when nothing else holds it any more, its buffer.
+type PartTask = JoinHandle<Result<(CompletedPart, Option<BytesMut>), StorageError>>;
 
 /// An upload that becomes a multipart upload once the first full part exists; an archive
 /// smaller than one part is sent with a single `PutObject` on completion.
@@ -25,6 +26,9 @@ pub(super) struct S3Upload {
     key: String,
     meta: ObjectMeta,
     pending: BytesMut,
+    /// The buffer of a part uploaded already, for the next part: an export of hundreds of parts
+    /// then maps and zeroes fresh memory for its first parts only.
+    spare: Option<BytesMut>,
     upload_id: Option<String>,
     in_flight: VecDeque<PartTask>,
     done_parts: Vec<CompletedPart>,
@@ -41,6 +45,7 @@ impl S3Upload {
             key,
             meta,
             pending: BytesMut::new(),
+            spare: None,
             upload_id: None,
             in_flight: VecDeque::new(),
             done_parts: Vec::new(),
@@ -94,6 +99,7 @@ impl S3Upload {
             key,
             meta,
             pending: BytesMut::new(),
+            spare: None,
             upload_id: Some(upload_id.clone()),
             in_flight: VecDeque::new(),
             done_parts,
@@ -182,7 +188,7 @@ impl S3Upload {
                 .upload_id(upload_id)
                 .part_number(number)
                 .content_length(length)
-                .body(ByteStream::from(body));
+                .body(ByteStream::from(body.clone()));
             if s.part_checksums {
                 request = request.checksum_algorithm(ChecksumAlgorithm::Crc32);
             }
@@ -190,11 +196,17 @@ impl S3Upload {
                 .send()
                 .await
                 .map_err(|e| sdk_error(&s.system, "upload part", e))?;
-            Ok(CompletedPart::builder()
+            let part = CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(out.e_tag().map(str::to_owned))
                 .set_checksum_crc32(out.checksum_crc32().map(str::to_owned))
-                .build())
+                .build();
+            // The request is done with the body; a part cut from a caller's chunk is not whole.
+            let buffer = body
+                .try_into_mut()
+                .ok()
+                .filter(|b| b.capacity() >= s.part_size);
+            Ok((part, buffer))
         }));
         Ok(())
     }
@@ -203,10 +215,14 @@ impl S3Upload {
         let Some(task) = self.in_flight.pop_front() else {
             return Ok(());
         };
-        let part = task.await.map_err(|e| {
+        let (part, buffer) = task.await.map_err(|e| {
             StorageError::permanent(&self.s3.system, "upload part", format!("task failed: {e}"))
         })??;
         self.done_parts.push(part);
+        if let Some(mut buffer) = buffer {
+            buffer.clear();
+            self.spare = Some(buffer);
+        }
         Ok(())
     }
 
@@ -227,6 +243,12 @@ impl S3Upload {
             self.start_part(part).await?;
         }
         if !chunk.is_empty() {
+            if self.pending.is_empty()
+                && self.pending.capacity() < part_size
+                && let Some(spare) = self.spare.take()
+            {
+                self.pending = spare;
+            }
             if self.pending.capacity() < part_size {
                 self.pending.reserve(part_size);
             }
