@@ -300,7 +300,7 @@ async fn export_once(
     let log = bench
         .scratch
         .join(format!("worker-{}-{}-{n}.log", target.name(), spec.label()));
-    let (row, wall_seconds, peak_rss) = run_export(
+    let (row, wall_seconds, usage) = run_export(
         &bench.binaries.logexport,
         &bench.pool,
         &env,
@@ -335,7 +335,7 @@ async fn export_once(
         export_seconds,
         wall_seconds,
         bytes: size,
-        peak_rss,
+        peak_rss: usage.peak_rss,
     })
 }
 
@@ -382,21 +382,6 @@ pub fn org_export(
     })
 }
 
-/// Runs `export` with a fresh `logexport work` process configured by `env` and waits for it to
-/// succeed; returns its row, the wall time from enqueue and the worker's peak RSS.
-pub async fn run_export(
-    logexport: &Path,
-    pool: &PgPool,
-    env: &[(String, String)],
-    export: &NewExport,
-    scratch: &Path,
-    log: &Path,
-) -> anyhow::Result<(ExportRow, f64, u64)> {
-    let (row, wall_seconds, usage) =
-        run_export_measured(logexport, pool, env, export, scratch, log).await?;
-    Ok((row, wall_seconds, usage.peak_rss))
-}
-
 /// What a worker process used for one export.
 pub struct WorkerUsage {
     pub peak_rss: u64,
@@ -404,8 +389,9 @@ pub struct WorkerUsage {
     pub cpu_seconds: f64,
 }
 
-/// [`run_export`], also returning the worker's CPU seconds.
-pub async fn run_export_measured(
+/// Runs `export` with a fresh `logexport work` process configured by `env` and waits for it to
+/// succeed; returns its row, the wall time from enqueue and what the worker used.
+pub async fn run_export(
     logexport: &Path,
     pool: &PgPool,
     env: &[(String, String)],

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use crate::db::Databases;
-use crate::e2e::{org_export, run_export_measured, worker_env};
+use crate::e2e::{org_export, run_export, worker_env};
 use crate::procs::{Binaries, cpu_seconds, cpu_seconds_named};
 use crate::table::{Table, rate, thousands};
 use crate::targets::{FormatSpec, S3Env, Target};
@@ -360,7 +360,7 @@ async fn export(
         .join(format!("worker-{}-{searches}.log", target.name()));
     let before = emu.stats().events_streamed;
     let cpu_before = Cpu::now();
-    let (row, _, usage) = run_export_measured(
+    let (row, _, usage) = run_export(
         &ctx.binaries.logexport,
         &ctx.pool,
         &env,

@@ -13,7 +13,7 @@ use super::s3::{MIN_PART_SIZE, S3Inner, sdk_error};
 use super::{ObjectMeta, StorageError, Upload, UploadCheckpoint, UploadedPart};
 
 /// Parts uploading at once: one sending while the next fills keeps the pipeline busy, and memory
-/// stays bounded at about (this + 1) parts.
+/// stays bounded at about (this + 2) parts (the one filling and one spare buffer).
 const MAX_IN_FLIGHT: usize = 2;
 
 /// A part's upload; yields the part and, when nothing else holds it any more, its buffer.
