@@ -16,7 +16,7 @@
 //! checkpoints (per planned slice) are the same whatever was split.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,7 +127,7 @@ pub struct Resume {
 /// How often an idle reader looks again for a piece to split while one has no rate yet.
 const SPLIT_POLL: Duration = Duration::from_millis(50);
 
-/// Pieces each of the last slices is read in (see [`SlicedRows::start`]).
+/// Pieces each of the last slices is read in (see [`pieces`]).
 const TAIL_PIECES: usize = 4;
 
 /// How long a reader ahead of the slice next in line waits for spool room before reading on.
@@ -275,7 +275,7 @@ impl Plan {
         state.cut = middle;
         drop(state);
         let n = self.pieces.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("slice-{:05}-{n}", slice.index));
+        let path = spool_path(&self.dir, slice.index, Some(n));
         let (new, tx) = Piece::new(older, middle, path);
         pieces.insert(k + 1, new.clone());
         METRICS.incr("logexport_export_slices_total", "split");
@@ -395,10 +395,10 @@ impl SlicedRows {
                     .enumerate()
                     .map(|(k, b)| {
                         let path = if k == 0 {
-                            dir.join(format!("slice-{index:05}"))
+                            spool_path(&dir, index, None)
                         } else {
                             extra += 1;
-                            dir.join(format!("slice-{index:05}-{}", extra - 1))
+                            spool_path(&dir, index, Some(extra - 1))
                         };
                         let (piece, tx) = Piece::new(b.start, b.end, path);
                         queue.push_back(Unread {
@@ -605,6 +605,15 @@ impl SlicedRows {
     fn take_room(&self, bytes: u64) {
         self.spool.bytes.fetch_sub(bytes, Ordering::AcqRel);
         self.spool.freed.notify_waiters();
+    }
+}
+
+/// A piece's spool file: `slice-<slice>` for a slice's first piece, `slice-<slice>-<n>` for the
+/// export's `n`-th piece beyond the first ones (tail pieces and splits).
+fn spool_path(dir: &Path, slice: usize, extra: Option<usize>) -> PathBuf {
+    match extra {
+        None => dir.join(format!("slice-{slice:05}")),
+        Some(n) => dir.join(format!("slice-{slice:05}-{n}")),
     }
 }
 

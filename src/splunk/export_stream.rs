@@ -192,12 +192,10 @@ impl ExportStream {
             match split {
                 Ok(None) => {}
                 // The last row, or a failure: either way the stream is over.
-                Ok(Some(failure)) => {
+                Ok(Some(None)) => self.finish_whole(),
+                Ok(Some(Some(e))) => {
                     self.finish();
-                    match failure {
-                        Some(e) => return Err(e),
-                        None => self.complete = true,
-                    }
+                    return Err(e);
                 }
                 Err(LineTooLong) => {
                     self.finish();
