@@ -48,6 +48,15 @@ struct Ctx<'a> {
     spec: &'a RateSpec,
 }
 
+impl Ctx<'_> {
+    /// Local storage, and S3 when `.test-env/garage.env` was sourced.
+    fn targets<'a>(&'a self, s3: Option<&'a S3Env>) -> Vec<Target<'a>> {
+        let mut targets = vec![Target::Local(&self.archives)];
+        targets.extend(s3.map(Target::S3));
+        targets
+    }
+}
+
 /// One export: seconds from start to finish, peak RSS, rows Splunk sent, the archive's digest,
 /// and the CPU it cost.
 struct Run {
@@ -148,10 +157,7 @@ async fn sections(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let json = FormatSpec::parse("json")?;
     let ndjson = FormatSpec::parse("ndjson")?;
     let s3 = S3Env::from_env();
-    let mut targets = vec![Target::Local(&ctx.archives)];
-    if let Some(s3) = &s3 {
-        targets.push(Target::S3(s3));
-    }
+    let targets = ctx.targets(s3.as_ref());
 
     let even = emulator_for(spec, n, 0.0, None).await?;
     let before = Cpu::now();
@@ -245,10 +251,7 @@ async fn rounds_section(ctx: &Ctx<'_>) -> anyhow::Result<()> {
     let (start, end): (DateTime<Utc>, DateTime<Utc>) = (START.parse()?, END.parse()?);
     let json = FormatSpec::parse("json")?;
     let s3 = S3Env::from_env();
-    let mut targets = vec![Target::Local(&ctx.archives)];
-    if let Some(s3) = &s3 {
-        targets.push(Target::S3(s3));
-    }
+    let targets = ctx.targets(s3.as_ref());
     let mut header = vec!["round".to_owned(), "3 raw streams s".to_owned()];
     for target in &targets {
         header.push(format!("{}: 3 searches s", target.name()));
