@@ -118,8 +118,9 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 9] = [
     ),
     (
         "logexport_schedule_runs_total",
-        "Scheduled periods enqueued, skipped, and schedules paused.",
-        &["enqueued", "skipped", "paused"],
+        "Scheduled periods enqueued, skipped, schedules paused, and schedule turns blocked \
+         because Quay refuses auth.quay_service_token.",
+        &["enqueued", "skipped", "paused", "blocked"],
     ),
 ];
 

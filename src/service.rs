@@ -32,6 +32,9 @@ pub async fn work(
     config: Arc<Config>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    if config.schedule.enabled {
+        crate::schedule::owner::check_service_token(&config.auth).await?;
+    }
     let storage = crate::storage::open(&config).await?;
     let handler = crate::export::handler(&config, storage.objects.clone())?;
     let mailer = crate::notify::mailer_from_config(&config.email)?;

@@ -14,15 +14,27 @@ use sqlx::PgPool;
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 
-use super::quay_auth::{Credential, QuayUser, Verdict};
+use super::quay_auth::{Answer, Credential, QuayUser, Question, Verdict};
 use super::{ApiError, AppState};
 use crate::config::AuthMode;
-use crate::domain::{Namespace, RepositoryName};
+use crate::domain::{ExportScope, Namespace, RepositoryName};
 
-/// What a caller wants with a repository's logs: Quay's rules differ for reading and exporting.
+/// Whose logs a request reads or exports, for [`Caller::authorize`].
 #[derive(Debug, Clone, Copy)]
-pub enum RepositoryRight {
-    ReadLogs,
+pub enum Resource<'a> {
+    /// The caller's own user namespace (Quay's `/api/v1/user/…` endpoints).
+    User,
+    Organization(&'a Namespace),
+    Repository(&'a Namespace, &'a RepositoryName),
+    /// Every namespace (Quay's `/api/v1/superuser/logs`).
+    Registry,
+}
+
+/// What a request does with a [`Resource`]'s logs: Quay guards its `logs`/`aggregatelogs`
+/// (read) and `exportlogs` (export) endpoints differently for repositories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
     Export,
 }
 
@@ -42,7 +54,8 @@ pub struct Caller {
     /// `auth.superusers_full_access`); without it they read the registry-wide logs only.
     #[sqlx(default)]
     pub superuser_full_access: bool,
-    /// Quay mode: the caller's own Quay credential, to ask Quay about repositories.
+    /// Quay mode: the caller's own Quay credential, to put each permission question to Quay.
+    /// The user name is empty when Quay would not say who it is (no `user:read` scope).
     #[sqlx(skip)]
     pub quay: Option<Credential>,
 }
@@ -85,16 +98,11 @@ impl Caller {
 }
 
 impl Caller {
-    /// A caller as Quay describes it (`user_view`); organizations it administers only.
+    /// A caller as Quay describes it (`user_view`), when the credential may read that.
     pub fn from_quay(user: &QuayUser, credential: Credential, full_access: bool) -> Self {
         Self {
             username: user.username.clone(),
-            admin_orgs: user
-                .organizations
-                .iter()
-                .filter(|o| o.is_org_admin)
-                .map(|o| o.name.clone())
-                .collect(),
+            admin_orgs: Vec::new(),
             admin_repos: Vec::new(),
             superuser: user.super_user,
             global_readonly_superuser: user.global_readonly_super_user,
@@ -103,79 +111,192 @@ impl Caller {
         }
     }
 
-    /// May export the repository's logs: [`Caller::may_access_repository`], else (Quay mode)
-    /// Quay's `can_admin` for the caller.
-    pub async fn may_export_repository(
-        &self,
-        state: &AppState,
-        namespace: &Namespace,
-        repository: &RepositoryName,
-    ) -> Result<bool, ApiError> {
-        if self.may_access_repository(namespace, repository) {
-            return Ok(true);
+    /// A Quay credential whose owner Quay would not name: every question still goes to Quay.
+    fn unidentified(credential: Credential, full_access: bool) -> Self {
+        Self {
+            username: String::new(),
+            admin_orgs: Vec::new(),
+            admin_repos: Vec::new(),
+            superuser: false,
+            global_readonly_superuser: false,
+            superuser_full_access: full_access,
+            quay: Some(credential),
         }
-        self.quay_can_admin(state, namespace, repository).await
     }
 
-    /// May read the repository's logs: [`Caller::may_read_repository`], else (Quay mode)
-    /// Quay's `can_admin` for the caller.
-    pub async fn may_read_repository_logs(
-        &self,
-        state: &AppState,
-        namespace: &Namespace,
-        repository: &RepositoryName,
-    ) -> Result<bool, ApiError> {
-        if self.may_read_repository(namespace, repository) {
-            return Ok(true);
-        }
-        self.quay_can_admin(state, namespace, repository).await
+    /// The caller's user name, when known (always in token mode; beside Quay when the credential
+    /// may read the user).
+    pub fn known_username(&self) -> Option<&str> {
+        Some(self.username.as_str()).filter(|u| !u.is_empty())
     }
 
-    /// Parses a repository path and checks the caller's `right` to it: 400 for a bad name, 403
+    /// Whether the caller may `access` the logs of `resource`: 403 when not, 401 when Quay does
+    /// not accept the credential, 503 when Quay cannot be asked.
+    ///
+    /// Token mode: the token's rights. Quay mode: Quay's own answer to the [`Question`] guarded
+    /// as the Quay endpoint is.
+    pub async fn authorize(
+        &self,
+        state: &AppState,
+        resource: Resource<'_>,
+        access: Access,
+    ) -> Result<(), ApiError> {
+        let (Some(credential), Some(quay)) = (&self.quay, &state.quay) else {
+            return self.authorize_token(resource, access);
+        };
+        let ask = |question: Question| async move {
+            quay.ask(credential, &question)
+                .await
+                .map_err(|e| ApiError::Unavailable(e.to_string()))
+        };
+        let refused = |answer: Answer, what: String| match answer {
+            Answer::Unauthenticated => ApiError::CredentialRefused,
+            _ => ApiError::Forbidden(format!("Quay does not let this credential {what}")),
+        };
+        match resource {
+            Resource::User => match ask(Question::UserAdmin).await? {
+                Answer::Granted if self.known_username().is_some() => Ok(()),
+                Answer::Granted | Answer::NotFound => Err(ApiError::Forbidden(
+                    "Quay did not say whose namespace this is (the user:read scope)".into(),
+                )),
+                answer => Err(refused(
+                    answer,
+                    "administer the user (Quay's require_user_admin: the user:admin scope)".into(),
+                )),
+            },
+            Resource::Organization(org) => {
+                match ask(Question::OrganizationAdmin(org.clone())).await? {
+                    Answer::Granted | Answer::NotFound => Ok(()),
+                    answer => Err(refused(
+                        answer,
+                        format!("administer organization {org} (the org:admin scope)"),
+                    )),
+                }
+            }
+            Resource::Repository(namespace, repository) => {
+                let (namespace, repository) = (namespace.clone(), repository.clone());
+                let what = format!(
+                    "{} repository {namespace}/{repository} (the repo:admin scope)",
+                    match access {
+                        Access::Read => "read the logs of",
+                        Access::Export => "export the logs of",
+                    }
+                );
+                let question = match access {
+                    Access::Read => {
+                        Question::RepositoryAdminRead(namespace.clone(), repository.clone())
+                    }
+                    Access::Export => {
+                        Question::RepositoryAdminExport(namespace.clone(), repository.clone())
+                    }
+                };
+                match ask(question).await? {
+                    Answer::Granted => Ok(()),
+                    Answer::NotFound => Err(ApiError::NotFound(format!(
+                        "no repository {namespace}/{repository}"
+                    ))),
+                    answer => Err(refused(answer, what)),
+                }
+            }
+            Resource::Registry => match ask(Question::AnySuperuser).await? {
+                Answer::Granted | Answer::NotFound => Ok(()),
+                answer => Err(refused(
+                    answer,
+                    "read the registry-wide logs (superusers, with the super:user scope)".into(),
+                )),
+            },
+        }
+    }
+
+    /// Whether the caller may `access` what a stored export or schedule covers, by the rule of
+    /// the Quay endpoint that would have created it (quay mode; token mode keeps its own rules and
+    /// answers `None`). A refusal is `Ok(Some(false))`, so callers can answer 404 and not tell
+    /// that the thing exists; Quay refusing the credential (401) or being down (503) is an error.
+    pub async fn may_access_stored(
+        &self,
+        state: &AppState,
+        scope: &str,
+        namespace: &str,
+        repository: Option<&str>,
+        access: Access,
+    ) -> Result<Option<bool>, ApiError> {
+        if self.quay.is_none() {
+            return Ok(None);
+        }
+        let (Ok(scope), Ok(namespace)) =
+            (scope.parse::<ExportScope>(), Namespace::parse(namespace))
+        else {
+            return Ok(Some(false));
+        };
+        let repository = repository.map(RepositoryName::parse).transpose();
+        let Ok(repository) = repository else {
+            return Ok(Some(false));
+        };
+        let outcome = match (scope, &repository) {
+            (ExportScope::User, _) => {
+                if self.known_username() != Some(namespace.as_str()) {
+                    return Ok(Some(false));
+                }
+                self.authorize(state, Resource::User, access).await
+            }
+            (ExportScope::Organization, _) | (ExportScope::Repository, None) => {
+                self.authorize(state, Resource::Organization(&namespace), access)
+                    .await
+            }
+            (ExportScope::Repository, Some(repository)) => {
+                self.authorize(state, Resource::Repository(&namespace, repository), access)
+                    .await
+            }
+        };
+        match outcome {
+            Ok(()) => Ok(Some(true)),
+            Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Ok(Some(false)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Token mode's rules, the token's own rights.
+    fn authorize_token(&self, resource: Resource<'_>, access: Access) -> Result<(), ApiError> {
+        let (allowed, what) = match resource {
+            Resource::User => (true, String::new()),
+            Resource::Organization(org) => (
+                self.may_access_organization(org),
+                format!("you are not an administrator of organization {org}"),
+            ),
+            Resource::Repository(namespace, repository) => (
+                match access {
+                    Access::Read => self.may_read_repository(namespace, repository),
+                    Access::Export => self.may_access_repository(namespace, repository),
+                },
+                format!("you are not an administrator of repository {namespace}/{repository}"),
+            ),
+            Resource::Registry => (
+                self.may_read_superuser_logs(),
+                "registry-wide logs are for superusers only".into(),
+            ),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(what))
+        }
+    }
+
+    /// Parses a repository path and checks the caller's `access` to it: 400 for a bad name, 403
     /// when the right is missing.
     pub async fn checked_repository(
         &self,
         state: &AppState,
         namespace: &str,
         repository: &str,
-        right: RepositoryRight,
+        access: Access,
     ) -> Result<(Namespace, RepositoryName), ApiError> {
         let namespace = super::parse_namespace(namespace)?;
         let repository = RepositoryName::parse(repository)
             .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-        let allowed = match right {
-            RepositoryRight::ReadLogs => {
-                self.may_read_repository_logs(state, &namespace, &repository)
-                    .await?
-            }
-            RepositoryRight::Export => {
-                self.may_export_repository(state, &namespace, &repository)
-                    .await?
-            }
-        };
-        if !allowed {
-            return Err(ApiError::Forbidden(format!(
-                "you are not an administrator of repository {namespace}/{repository}"
-            )));
-        }
+        self.authorize(state, Resource::Repository(&namespace, &repository), access)
+            .await?;
         Ok((namespace, repository))
-    }
-
-    async fn quay_can_admin(
-        &self,
-        state: &AppState,
-        namespace: &Namespace,
-        repository: &RepositoryName,
-    ) -> Result<bool, ApiError> {
-        let (Some(credential), Some(quay)) = (&self.quay, &state.quay) else {
-            return Ok(false);
-        };
-        match quay.can_admin(credential, namespace, repository).await {
-            Ok(Verdict::Known(can_admin)) => Ok(can_admin),
-            Ok(Verdict::Unauthenticated) => Err(ApiError::Unauthorized),
-            Ok(Verdict::Forbidden(_)) => Ok(false),
-            Err(e) => Err(ApiError::Unavailable(e.to_string())),
-        }
     }
 
     /// Refuses a state-changing request that a browser may have been tricked into sending: one
@@ -316,27 +437,50 @@ async fn token_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
         .map(str::trim)
         .filter(|t| !t.is_empty() && t.len() <= 256)
         .ok_or(ApiError::Unauthorized)?;
-    lookup(state, token).await?.ok_or(ApiError::Unauthorized)
+    lookup(state, token)
+        .await?
+        .ok_or(ApiError::CredentialRefused)
 }
 
-/// Quay mode: Quay says who the credential belongs to. Quay down is a 503, never a grant and
+/// Quay mode: the credential goes to Quay. A request that changes something first passes Quay's
+/// own CSRF check (Quay refuses one without a credential the same way, with 403); then Quay says
+/// who the caller is, if the credential may read that. Quay down is a 503, never a grant and
 /// never a 401 (Quay's UI signs the user out on a 401).
 async fn quay_caller(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
-    let credential = Credential::from_headers(&parts.headers).ok_or(ApiError::Unauthorized)?;
     let quay = state.quay.as_ref().ok_or_else(|| {
         ApiError::Unavailable("Quay identity lookups are not configured (auth.quay_url)".into())
     })?;
+    let changes = !matches!(
+        parts.method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let Some(credential) = Credential::from_headers(&parts.headers) else {
+        return Err(if changes {
+            ApiError::Forbidden(CSRF_REFUSAL.into())
+        } else {
+            ApiError::Unauthorized
+        });
+    };
+    if changes {
+        match quay.ask(&credential, &Question::Csrf).await {
+            Ok(Answer::Granted) => {}
+            Ok(_) => return Err(ApiError::Forbidden(CSRF_REFUSAL.into())),
+            Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
+    let full_access = state.config.auth.superusers_full_access();
     match quay.user(&credential).await {
-        Ok(Verdict::Known(user)) => Ok(Caller::from_quay(
-            &user,
-            credential,
-            state.config.auth.superusers_full_access(),
-        )),
-        Ok(Verdict::Unauthenticated) => Err(ApiError::Unauthorized),
-        Ok(Verdict::Forbidden(why)) => Err(ApiError::Forbidden(why)),
+        Ok(Verdict::Known(user)) => Ok(Caller::from_quay(&user, credential, full_access)),
+        Ok(Verdict::Unauthenticated | Verdict::Forbidden(_)) => {
+            Ok(Caller::unidentified(credential, full_access))
+        }
         Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
 }
+
+/// Quay's refusal of a state-changing request that fails its CSRF check (`endpoints/csrf.py`).
+const CSRF_REFUSAL: &str = "CSRF token was invalid or missing: a request that changes something \
+needs a valid Quay OAuth token, or Quay's session cookie with its X-CSRF-Token";
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,10 @@ pub enum ApiError {
         "authentication required: send Authorization: Bearer <token> (beside Quay: a Quay OAuth token or the Quay session)"
     )]
     Unauthorized,
+    #[error(
+        "the credential sent was not accepted: an unknown, expired or revoked token (beside Quay: a credential Quay does not accept, or a disabled user's)"
+    )]
+    CredentialRefused,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -31,7 +35,9 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            Self::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::Unauthorized | Self::CredentialRefused => {
+                (StatusCode::UNAUTHORIZED, "invalid_token")
+            }
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

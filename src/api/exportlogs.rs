@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use super::auth::{Caller, RepositoryRight};
+use super::auth::{Access, Caller, Resource};
 use super::schemas::{
     ErrorBody, ExportQueued, FilterParams, IdempotencyKey, OrgPath, RangeParams, RepoPath,
 };
@@ -74,7 +74,7 @@ pub async fn user(
     body: Body,
 ) -> Result<Json<ExportQueued>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let target = user_target(&caller)?;
+    let target = user_target(&state, &caller, Access::Export).await?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
@@ -105,7 +105,7 @@ pub async fn organization(
     body: Body,
 ) -> Result<Json<ExportQueued>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let target = organization_target(&caller, &orgname)?;
+    let target = organization_target(&state, &caller, &orgname, Access::Export).await?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
@@ -136,12 +136,19 @@ pub async fn repository(
     body: Body,
 ) -> Result<Json<ExportQueued>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let target = repository_target(&state, &caller, &namespace, &repository).await?;
+    let target =
+        repository_target(&state, &caller, &namespace, &repository, Access::Export).await?;
     create(state, caller, ip, target, query, headers, body).await
 }
 
-/// The caller's own namespace (anyone may export their own logs).
-pub(super) fn user_target(caller: &Caller) -> Result<Target, ApiError> {
+/// The caller's own namespace, if the caller may `access` it (Quay's `require_user_admin()`
+/// beside Quay; anyone's own in token mode).
+pub(super) async fn user_target(
+    state: &AppState,
+    caller: &Caller,
+    access: Access,
+) -> Result<Target, ApiError> {
+    caller.authorize(state, Resource::User, access).await?;
     let namespace = Namespace::parse(&caller.username).map_err(|e| {
         ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
     })?;
@@ -152,14 +159,17 @@ pub(super) fn user_target(caller: &Caller) -> Result<Target, ApiError> {
     })
 }
 
-/// An organization the caller administers (or any, for a superuser).
-pub(super) fn organization_target(caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
+/// An organization the caller may `access` (its admins, or any for a superuser).
+pub(super) async fn organization_target(
+    state: &AppState,
+    caller: &Caller,
+    orgname: &str,
+    access: Access,
+) -> Result<Target, ApiError> {
     let namespace = parse_namespace(orgname)?;
-    if !caller.may_access_organization(&namespace) {
-        return Err(ApiError::Forbidden(format!(
-            "you are not an administrator of organization {namespace}"
-        )));
-    }
+    caller
+        .authorize(state, Resource::Organization(&namespace), access)
+        .await?;
     Ok(Target {
         scope: ExportScope::Organization,
         namespace,
@@ -167,15 +177,16 @@ pub(super) fn organization_target(caller: &Caller, orgname: &str) -> Result<Targ
     })
 }
 
-/// A repository the caller administers, directly or through its namespace.
+/// A repository the caller may `access`, directly or through its namespace.
 pub(super) async fn repository_target(
     state: &AppState,
     caller: &Caller,
     namespace: &str,
     repository: &str,
+    access: Access,
 ) -> Result<Target, ApiError> {
     let (namespace, repository) = caller
-        .checked_repository(state, namespace, repository, RepositoryRight::Export)
+        .checked_repository(state, namespace, repository, access)
         .await?;
     Ok(Target {
         scope: ExportScope::Repository,

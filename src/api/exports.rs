@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::auth::Caller;
+use super::auth::{Access, Caller, Resource};
 use super::schemas::{ErrorBody, ExportList, ExportListParams, ExportPath, SigningKeys};
 use super::status::{status_json, visible_row};
 use super::{ApiError, AppState, parse_namespace, query_param};
@@ -86,11 +86,14 @@ pub async fn list(
             })?,
         None => DEFAULT_LIMIT,
     };
-    // A namespace's admins (and its user, and superusers) see all its exports; anyone else,
-    // and everyone without a namespace, only their own.
-    let everyone = namespace
-        .as_ref()
-        .is_some_and(|n| caller.administers_namespace(n.as_str()));
+    let everyone = may_list_all(&state, &caller, namespace.as_ref(), repository.as_ref()).await?;
+    if !everyone && caller.known_username().is_none() {
+        return Err(ApiError::Forbidden(
+            "Quay does not let this credential see who it is (the user:read scope), so only a \
+             namespace it may read the logs of can be listed: give namespace=…"
+                .into(),
+        ));
+    }
     let requested_by = (!everyone).then_some(caller.username.as_str());
     let binding = binding(
         &caller.username,
@@ -190,6 +193,40 @@ fn open(
     Ok((created_at, cursor.id))
 }
 
+/// Whether the caller sees every export of `namespace` (or of its `repository`), not only their
+/// own. Token mode: a namespace's admins (and its user, and superusers). Beside Quay: whoever
+/// Quay lets read that namespace's (or repository's) logs, as an organization (Quay's UI
+/// addresses a user's own namespace that way too) or as the caller's own user namespace.
+async fn may_list_all(
+    state: &AppState,
+    caller: &Caller,
+    namespace: Option<&crate::domain::Namespace>,
+    repository: Option<&RepositoryName>,
+) -> Result<bool, ApiError> {
+    let Some(namespace) = namespace else {
+        return Ok(false);
+    };
+    if caller.quay.is_none() {
+        return Ok(caller.administers_namespace(namespace.as_str()));
+    }
+    let resource = match repository {
+        Some(repository) => Resource::Repository(namespace, repository),
+        None => Resource::Organization(namespace),
+    };
+    let mut outcome = caller.authorize(state, resource, Access::Read).await;
+    if matches!(outcome, Err(ApiError::Forbidden(_)))
+        && repository.is_none()
+        && caller.known_username() == Some(namespace.as_str())
+    {
+        outcome = caller.authorize(state, Resource::User, Access::Read).await;
+    }
+    match outcome {
+        Ok(()) => Ok(true),
+        Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `GET /api/v1/exportlogs/{export_id}/download`: 302 to a link signed now.
 #[utoipa::path(
     get,
@@ -215,7 +252,7 @@ pub async fn download(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row = visible_row(&state, &caller, &id).await?;
+    let row = visible_row(&state, &caller, &id, Access::Read).await?;
     let export_state = row.state();
     if export_state != JobState::Succeeded {
         return Err(ApiError::Conflict(format!(
@@ -283,7 +320,7 @@ pub async fn manifest(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let row = visible_row(&state, &caller, &id).await?;
+    let row = visible_row(&state, &caller, &id, Access::Read).await?;
     let state_now = row.state();
     row.manifest.map(Json).ok_or_else(|| {
         ApiError::Conflict(format!(

@@ -6,7 +6,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::auth::{Caller, RepositoryRight};
+use super::auth::{Access, Caller, Resource};
 use super::schemas::{
     AggregateFilterParams, AggregatePage, ErrorBody, FilterParams, LogsPage, OrgPath, PageParams,
     RangeParams, RepoPath,
@@ -44,7 +44,10 @@ enum Listing {
     Aggregate,
 }
 
-fn user_target(caller: &Caller) -> Result<Target, ApiError> {
+async fn user_target(state: &AppState, caller: &Caller) -> Result<Target, ApiError> {
+    caller
+        .authorize(state, Resource::User, Access::Read)
+        .await?;
     let namespace = Namespace::parse(&caller.username).map_err(|e| {
         ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
     })?;
@@ -55,13 +58,11 @@ fn user_target(caller: &Caller) -> Result<Target, ApiError> {
     })
 }
 
-fn org_target(caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
+async fn org_target(state: &AppState, caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
     let namespace = parse_namespace(orgname)?;
-    if !caller.may_access_organization(&namespace) {
-        return Err(ApiError::Forbidden(format!(
-            "you are not an administrator of organization {namespace}"
-        )));
-    }
+    caller
+        .authorize(state, Resource::Organization(&namespace), Access::Read)
+        .await?;
     Ok(Target {
         superuser: false,
         namespace: Some(namespace),
@@ -76,7 +77,7 @@ async fn repo_target(
     repository: &str,
 ) -> Result<Target, ApiError> {
     let (namespace, repository) = caller
-        .checked_repository(state, namespace, repository, RepositoryRight::ReadLogs)
+        .checked_repository(state, namespace, repository, Access::Read)
         .await?;
     Ok(Target {
         superuser: false,
@@ -85,12 +86,10 @@ async fn repo_target(
     })
 }
 
-fn superuser_target(caller: &Caller) -> Result<Target, ApiError> {
-    if !caller.may_read_superuser_logs() {
-        return Err(ApiError::Forbidden(
-            "registry-wide logs are for superusers only".into(),
-        ));
-    }
+async fn superuser_target(state: &AppState, caller: &Caller) -> Result<Target, ApiError> {
+    caller
+        .authorize(state, Resource::Registry, Access::Read)
+        .await?;
     Ok(Target {
         superuser: true,
         namespace: None,
@@ -231,7 +230,7 @@ async fn user_logs(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = user_target(&caller)?;
+    let target = user_target(&state, &caller).await?;
     list_logs(state, target, query).await
 }
 
@@ -254,7 +253,7 @@ async fn user_aggregate(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = user_target(&caller)?;
+    let target = user_target(&state, &caller).await?;
     list_aggregate(state, target, query).await
 }
 
@@ -279,7 +278,7 @@ async fn org_logs(
     Path(orgname): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = org_target(&caller, &orgname)?;
+    let target = org_target(&state, &caller, &orgname).await?;
     list_logs(state, target, query).await
 }
 
@@ -304,7 +303,7 @@ async fn org_aggregate(
     Path(orgname): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = org_target(&caller, &orgname)?;
+    let target = org_target(&state, &caller, &orgname).await?;
     list_aggregate(state, target, query).await
 }
 
@@ -378,7 +377,7 @@ async fn superuser_logs(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = superuser_target(&caller)?;
+    let target = superuser_target(&state, &caller).await?;
     list_logs(state, target, query).await
 }
 
@@ -402,6 +401,6 @@ async fn superuser_aggregate(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
-    let target = superuser_target(&caller)?;
+    let target = superuser_target(&state, &caller).await?;
     list_aggregate(state, target, query).await
 }

@@ -1,11 +1,13 @@
-//! `[auth] mode = "quay"`: the Quay instance beside logexport says who a caller is and what it
-//! administers, from the caller's own Quay credential, passed on unchanged.
+//! `[auth] mode = "quay"`: Quay decides. Each permission is a [`Question`] put to one of Quay's
+//! own endpoints that is guarded exactly as the Quay endpoint logexport serves, with the caller's
+//! own credential passed on unchanged, so logexport's answer is Quay's by construction, whatever
+//! the token's scopes, the caller's roles and Quay's features. `GET /api/v1/user/`
+//! (`endpoints/api/user.py` `user_view`) only says who the caller is, when the credential may
+//! read that (the `user:read` scope).
 //!
-//! Follows quay/quay: `endpoints/api/user.py` (`user_view`: `username`, `super_user`,
-//! `global_readonly_super_user`, `organizations[].{name, is_org_admin}`) and
-//! `endpoints/api/repository.py` (`Repository.get` → `can_admin`). Answers are cached per
-//! credential digest for `auth.cache_seconds`; concurrent lookups of one credential share one
-//! call to Quay. The credential itself is kept only for the request that carries it.
+//! Answers are cached per credential digest (and question) for `auth.cache_seconds`; concurrent
+//! lookups share one call to Quay. The credential itself is kept only for the request that
+//! carries it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +80,22 @@ impl Credential {
             Self::Authorization(_) => true,
             Self::Cookie { requested_with, .. } => requested_with.is_some(),
         }
+    }
+
+    /// The cache key of a question about the request's CSRF token: the credential and the token
+    /// the request carries (Quay compares the token with the one in the session).
+    fn csrf_digest(&self) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.digest());
+        if let Self::Cookie {
+            csrf_token: Some(token),
+            ..
+        } = self
+        {
+            hasher.update(b"\0csrf\0");
+            hasher.update(token.as_bytes());
+        }
+        hasher.finalize().into()
     }
 
     /// The cache key: a digest, so the credential itself is never stored.
@@ -163,12 +181,141 @@ pub struct OwnerTarget<'a> {
 #[error("{0}")]
 pub struct QuayUnavailable(pub String);
 
+/// `auth.quay_service_token` could not be used for a schedule owner's check.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServiceCheckError {
+    #[error(transparent)]
+    Unavailable(#[from] QuayUnavailable),
+    /// Quay refused the token itself: it lacks the rights or scopes, expired or was revoked.
+    #[error(
+        "Quay refused auth.quay_service_token on {path} with HTTP {status}: the token may not \
+         check schedule owners (see \"Running beside Quay\" for the tokens that can)"
+    )]
+    Refused { path: String, status: u16 },
+}
+
+/// A question Quay answers for itself: one of Quay's own endpoints guarded by exactly the
+/// permission test and OAuth scope of the Quay endpoint logexport serves, asked with the caller's
+/// own credential. Quay's answer is logexport's answer, whatever the credential's scopes, the
+/// caller's roles and Quay's features (quay/quay `endpoints/api/logs.py` for the guards of the
+/// endpoints served; the endpoint asked is named on each question).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Question {
+    /// `@require_user_admin()`, the guard of Quay's user `logs`, `aggregatelogs` and
+    /// `exportlogs`; asked on `GET /api/v1/user/notifications` (`endpoints/api/user.py`
+    /// `UserNotificationList.get`, the same decorator and nothing else).
+    UserAdmin,
+    /// `@require_scope(ORG_ADMIN)` and `AdministerOrganizationPermission(org) or
+    /// allow_if_global_readonly_superuser() or allow_if_superuser_with_full_access()`, the guard
+    /// of Quay's organization `logs`, `aggregatelogs` and `exportlogs`; asked on
+    /// `GET /api/v1/organization/{org}/members` (`endpoints/api/organization.py`
+    /// `OrganizationMemberList.get`, the same test). Its 404, for a user's namespace addressed
+    /// as an organization as Quay's UI does, comes after the test passed.
+    OrganizationAdmin(Namespace),
+    /// `@require_repo_admin(allow_for_global_readonly_superuser=True, allow_for_superuser=True)`,
+    /// the guard of Quay's repository `logs` and `aggregatelogs`; asked on
+    /// `GET /api/v1/repository/{ns}/{repo}/permissions/user/` (`endpoints/api/permission.py`
+    /// `RepositoryUserPermissionList.get`, the same decorator).
+    RepositoryAdminRead(Namespace, RepositoryName),
+    /// `@require_repo_admin(allow_for_superuser=True)`, the guard of Quay's repository
+    /// `exportlogs`, which no GET of Quay's shares; asked on
+    /// `PUT /api/v1/repository/{ns}/{repo}/permissions/user/{PROBE_USER}` with an empty JSON
+    /// object (`endpoints/api/permission.py` `RepositoryUserPermission.put`: the same decorator,
+    /// then `@validate_json_request("UserPermission")`, which refuses the body with 400 before
+    /// anything is done — and the user does not exist).
+    RepositoryAdminExport(Namespace, RepositoryName),
+    /// `@require_fresh_login`, `@require_scope(SUPERUSER)` and `allow_if_any_superuser()`, the
+    /// guard of Quay's `/api/v1/superuser/logs`; asked on `GET /api/v1/superuser/users/?limit=1`
+    /// (`endpoints/api/superuser.py` `SuperUserList.get`, the same guards).
+    AnySuperuser,
+    /// Quay's API-wide CSRF check (`endpoints/csrf.py` `csrf_protect`, first of
+    /// `api.decorators` in `endpoints/api/__init__.py`), which every non-GET request meets
+    /// before anything else; asked with `POST /api/v1/signin` and an empty JSON object, which
+    /// Quay refuses with 403 when the check fails and with 400 (no username; nothing done)
+    /// when it passes.
+    Csrf,
+}
+
+impl Question {
+    fn segments(&self) -> Vec<&str> {
+        match self {
+            Self::UserAdmin => vec!["api", "v1", "user", "notifications"],
+            Self::OrganizationAdmin(org) => {
+                vec!["api", "v1", "organization", org.as_str(), "members"]
+            }
+            Self::RepositoryAdminRead(namespace, repository) => vec![
+                "api",
+                "v1",
+                "repository",
+                namespace.as_str(),
+                repository.as_str(),
+                "permissions",
+                "user",
+                "",
+            ],
+            Self::RepositoryAdminExport(namespace, repository) => vec![
+                "api",
+                "v1",
+                "repository",
+                namespace.as_str(),
+                repository.as_str(),
+                "permissions",
+                "user",
+                PROBE_USER,
+            ],
+            Self::AnySuperuser => vec!["api", "v1", "superuser", "users", ""],
+            Self::Csrf => vec!["api", "v1", "signin"],
+        }
+    }
+
+    fn query(&self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::UserAdmin | Self::AnySuperuser => Some(("limit", "1")),
+            _ => None,
+        }
+    }
+
+    /// Whether Quay is asked with a request whose body it refuses (400) once the guard passed.
+    fn refused_body(&self) -> bool {
+        matches!(self, Self::Csrf | Self::RepositoryAdminExport(..))
+    }
+
+    /// The endpoint asked, for logs and errors (names left out).
+    fn path(&self) -> &'static str {
+        match self {
+            Self::UserAdmin => "/api/v1/user/notifications",
+            Self::OrganizationAdmin(_) => "/api/v1/organization/…/members",
+            Self::RepositoryAdminRead(..) => "/api/v1/repository/…/permissions/user/",
+            Self::RepositoryAdminExport(..) => "/api/v1/repository/…/permissions/user/…",
+            Self::AnySuperuser => "/api/v1/superuser/users/",
+            Self::Csrf => "/api/v1/signin",
+        }
+    }
+}
+
+/// The user named in [`Question::RepositoryAdminExport`]; the body sent with it is refused
+/// before the name is even looked up, so whether such a user exists does not matter.
+const PROBE_USER: &str = "logexport-permission-probe";
+
+/// Quay's answer to a [`Question`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// The permission test passed.
+    Granted,
+    /// The permission test passed and then Quay found no such thing.
+    NotFound,
+    /// The credential is valid but may not do this (Quay's 403).
+    Denied,
+    /// Quay does not accept the credential (Quay's 401: unknown, expired, revoked, disabled).
+    Unauthenticated,
+}
+
 /// The Quay instance and its answers.
 pub struct QuayIdentity {
     http: reqwest::Client,
     base: url::Url,
     users: Cache<[u8; 32], Verdict<Arc<QuayUser>>>,
-    repositories: Cache<([u8; 32], String), Verdict<bool>>,
+    answers: Cache<([u8; 32], Question), Answer>,
     calls: AtomicU64,
 }
 
@@ -206,7 +353,7 @@ impl QuayIdentity {
             http,
             base,
             users: Cache::builder().max_capacity(max).time_to_live(ttl).build(),
-            repositories: Cache::builder().max_capacity(max).time_to_live(ttl).build(),
+            answers: Cache::builder().max_capacity(max).time_to_live(ttl).build(),
             calls: AtomicU64::new(0),
         })
     }
@@ -245,47 +392,91 @@ impl QuayIdentity {
             .map_err(|e: Arc<QuayUnavailable>| (*e).clone())
     }
 
-    /// Whether the caller administers the repository (`can_admin`); Quay's 403 and 404 are a no.
-    pub async fn can_admin(
+    /// Asks Quay `question` with the caller's own credential; answers are cached per credential
+    /// and question for `auth.cache_seconds`.
+    pub async fn ask(
         &self,
         credential: &Credential,
-        namespace: &Namespace,
-        repository: &RepositoryName,
-    ) -> Result<Verdict<bool>, QuayUnavailable> {
-        // Both names passed Namespace/RepositoryName validation, and each is one path segment.
-        let mut url = self.url(&[
-            "api",
-            "v1",
-            "repository",
-            namespace.as_str(),
-            repository.as_str(),
-        ]);
-        url.query_pairs_mut().append_pair("includeTags", "false");
-        let key = (credential.digest(), format!("{namespace}/{repository}"));
-        self.repositories
-            .try_get_with(key, async {
-                let response = self.get(url, credential).await?;
-                match response.status().as_u16() {
-                    200 => {
-                        #[derive(Deserialize)]
-                        struct Repository {
-                            #[serde(default)]
-                            can_admin: bool,
-                        }
-                        let repo: Repository = response.json().await.map_err(|e| {
-                            QuayUnavailable(format!(
-                                "Quay answered /api/v1/repository/… with an unexpected body: {e}"
-                            ))
-                        })?;
-                        Ok(Verdict::Known(repo.can_admin))
+        question: &Question,
+    ) -> Result<Answer, QuayUnavailable> {
+        let digest = match question {
+            Question::Csrf => credential.csrf_digest(),
+            _ => credential.digest(),
+        };
+        self.answers
+            .try_get_with((digest, question.clone()), async {
+                let (path, response) = match question {
+                    Question::Csrf => {
+                        let url = self.url(&question.segments());
+                        let request = self.http.post(url);
+                        (
+                            question.path(),
+                            self.send(json_body(request), credential).await?,
+                        )
                     }
-                    401 => Ok(Verdict::Unauthenticated),
-                    403 | 404 => Ok(Verdict::Known(false)),
-                    status => Err(unexpected("/api/v1/repository/…", status)),
+                    Question::RepositoryAdminExport(..) => {
+                        let url = self.url(&question.segments());
+                        let request = self.http.put(url);
+                        (
+                            question.path(),
+                            self.send(json_body(request), credential).await?,
+                        )
+                    }
+                    _ => {
+                        let mut url = self.url(&question.segments());
+                        if let Some((key, value)) = question.query() {
+                            url.query_pairs_mut().append_pair(key, value);
+                        }
+                        (question.path(), self.get(url, credential).await?)
+                    }
+                };
+                let status = response.status().as_u16();
+                match (question.refused_body(), status) {
+                    // The body was refused: the guards before it passed.
+                    (true, 400) => Ok(Answer::Granted),
+                    (true, 200..=299) => Err(unexpected(path, status)),
+                    (false, 200) => Ok(Answer::Granted),
+                    (_, 401) => Ok(Answer::Unauthenticated),
+                    (_, 403) => Ok(Answer::Denied),
+                    // Quay's own "not found" comes after the permission test passed; any other
+                    // 404 (a proxy, a Quay without the endpoint) proves nothing.
+                    (_, 404) if is_quay_not_found(response).await => Ok(Answer::NotFound),
+                    (_, status) => Err(unexpected(path, status)),
                 }
             })
             .await
             .map_err(|e: Arc<QuayUnavailable>| (*e).clone())
+    }
+
+    /// Tries `auth.quay_service_token` once on each endpoint a schedule's owner check calls, with
+    /// names that do not exist: Quay runs its permission test before it looks the name up, so a
+    /// token that may ask gets Quay's "not found" and one that may not gets 401 or 403.
+    pub async fn check_service_token(
+        &self,
+        token: &crate::config::Secret,
+    ) -> Result<(), ServiceCheckError> {
+        let credential = Credential::Authorization(format!("Bearer {}", token.expose()));
+        let absent = format!("logexport-probe-{}", uuid::Uuid::new_v4().simple());
+        let paths: [&[&str]; 3] = [
+            &["api", "v1", "superuser", "users", &absent],
+            &["api", "v1", "organization", &absent, "members", &absent],
+            &[
+                "api",
+                "v1",
+                "repository",
+                &absent,
+                &absent,
+                "permissions",
+                "user",
+                &absent,
+                "transitive",
+            ],
+        ];
+        for segments in paths {
+            self.service_get::<serde_json::Value>(&credential, segments)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Whether `owner` may still export `target`, asked with logexport's own Quay token
@@ -300,7 +491,7 @@ impl QuayIdentity {
         owner: &Namespace,
         target: OwnerTarget<'_>,
         full_access: bool,
-    ) -> Result<Option<String>, QuayUnavailable> {
+    ) -> Result<Option<String>, ServiceCheckError> {
         let credential = Credential::Authorization(format!("Bearer {}", token.expose()));
         #[derive(Deserialize)]
         struct User {
@@ -369,7 +560,7 @@ impl QuayIdentity {
         credential: &Credential,
         org: &Namespace,
         member: &Namespace,
-    ) -> Result<bool, QuayUnavailable> {
+    ) -> Result<bool, ServiceCheckError> {
         #[derive(Deserialize)]
         struct Organization {
             #[serde(default)]
@@ -412,27 +603,22 @@ impl QuayIdentity {
         }))
     }
 
-    /// A GET with logexport's own token: `Ok(None)` for 404; 401/403 mean the token is wrong or
-    /// lacks rights, which is an operator's problem, so unavailable rather than a verdict.
+    /// A GET with logexport's own token: `Ok(None)` for Quay's 404; 401/403 mean the token may
+    /// not ask this, which is the operator's to fix ([`ServiceCheckError::Refused`]).
     async fn service_get<T: serde::de::DeserializeOwned>(
         &self,
         credential: &Credential,
         segments: &[&str],
-    ) -> Result<Option<T>, QuayUnavailable> {
+    ) -> Result<Option<T>, ServiceCheckError> {
         let response = self.get(self.url(segments), credential).await?;
-        let path = format!("/{}", segments[..segments.len().min(4)].join("/"));
+        let path = service_path(segments);
         match response.status().as_u16() {
             200 => response.json().await.map(Some).map_err(|e| {
-                QuayUnavailable(format!(
-                    "Quay answered {path}… with an unexpected body: {e}"
-                ))
+                QuayUnavailable(format!("Quay answered {path} with an unexpected body: {e}")).into()
             }),
-            404 => Ok(None),
-            status @ (401 | 403) => Err(QuayUnavailable(format!(
-                "Quay refused auth.quay_service_token on {path}… (HTTP {status}): it must be a \
-                 superuser's or a global read-only superuser's OAuth token"
-            ))),
-            status => Err(unexpected(&path, status)),
+            404 if is_quay_not_found(response).await => Ok(None),
+            status @ (401 | 403) => Err(ServiceCheckError::Refused { path, status }),
+            status => Err(unexpected(&path, status).into()),
         }
     }
 
@@ -450,8 +636,16 @@ impl QuayIdentity {
         url: url::Url,
         credential: &Credential,
     ) -> Result<reqwest::Response, QuayUnavailable> {
+        self.send(self.http.get(url), credential).await
+    }
+
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        credential: &Credential,
+    ) -> Result<reqwest::Response, QuayUnavailable> {
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let request = credential.apply(self.http.get(url).header("accept", "application/json"));
+        let request = credential.apply(request.header("accept", "application/json"));
         request.send().await.map_err(|e| {
             let why = if e.is_timeout() {
                 "did not answer in time (auth.timeout_seconds)"
@@ -464,6 +658,35 @@ impl QuayIdentity {
             QuayUnavailable(format!("Quay {why}; try again shortly"))
         })
     }
+}
+
+/// The empty JSON object Quay's schema validation refuses.
+fn json_body(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    request
+        .header("content-type", "application/json")
+        .body("{}")
+}
+
+/// Whether a 404 is Quay's own "not found" (`{"error_type": "not_found", ...}`).
+async fn is_quay_not_found(response: reqwest::Response) -> bool {
+    #[derive(Deserialize)]
+    struct QuayError {
+        error_type: String,
+    }
+    response
+        .json::<QuayError>()
+        .await
+        .is_ok_and(|e| e.error_type == "not_found")
+}
+
+/// A service-token path for errors: the endpoint with the names left out.
+fn service_path(segments: &[&str]) -> String {
+    let shown = segments.len().min(4);
+    let mut path = format!("/{}", segments[..shown].join("/"));
+    if shown < segments.len() {
+        path.push_str("/…");
+    }
+    path
 }
 
 fn unexpected(path: &str, status: u16) -> QuayUnavailable {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::auth::Caller;
+use super::auth::{Access, Caller};
 use super::exportlogs::{
     OneOrMany, Target, organization_target, parse_callback_url, parse_compression, parse_email,
     parse_filter, parse_format, parse_json, read_body, repository_target, require_callback,
@@ -87,7 +87,7 @@ pub async fn create_user(
     body: Body,
 ) -> Result<Json<ScheduleCreated>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let target = user_target(&caller)?;
+    let target = user_target(&state, &caller, Access::Export).await?;
     create(state, caller, target, query, body).await
 }
 
@@ -117,7 +117,7 @@ pub async fn create_organization(
     body: Body,
 ) -> Result<Json<ScheduleCreated>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let target = organization_target(&caller, &orgname)?;
+    let target = organization_target(&state, &caller, &orgname, Access::Export).await?;
     create(state, caller, target, query, body).await
 }
 
@@ -147,7 +147,8 @@ pub async fn create_repository(
     body: Body,
 ) -> Result<Json<ScheduleCreated>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let target = repository_target(&state, &caller, &namespace, &repository).await?;
+    let target =
+        repository_target(&state, &caller, &namespace, &repository, Access::Export).await?;
     create(state, caller, target, query, body).await
 }
 
@@ -163,6 +164,13 @@ async fn create(
     {
         return Err(ApiError::Forbidden(
             crate::schedule::owner::QUAY_MODE_REFUSAL.into(),
+        ));
+    }
+    if caller.known_username().is_none() {
+        return Err(ApiError::Forbidden(
+            "a schedule runs on its owner's rights, which Quay is asked about by name: use a \
+             credential Quay lets read who it is (the user:read scope)"
+                .into(),
         ));
     }
     let config = &state.config;
@@ -255,7 +263,7 @@ pub async fn list_user(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let target = user_target(&caller)?;
+    let target = user_target(&state, &caller, Access::Read).await?;
     list(state, target).await
 }
 
@@ -281,7 +289,7 @@ pub async fn list_organization(
     caller: Caller,
     Path(orgname): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let target = organization_target(&caller, &orgname)?;
+    let target = organization_target(&state, &caller, &orgname, Access::Read).await?;
     list(state, target).await
 }
 
@@ -306,7 +314,7 @@ pub async fn list_repository(
     caller: Caller,
     Path((namespace, repository)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let target = repository_target(&state, &caller, &namespace, &repository).await?;
+    let target = repository_target(&state, &caller, &namespace, &repository, Access::Read).await?;
     list(state, target).await
 }
 
@@ -326,15 +334,31 @@ async fn list(state: AppState, target: Target) -> Result<Json<serde_json::Value>
 
 /// The schedule if `caller` may see it: its owner, the namespace's admins and superusers. Anyone
 /// else gets the same 404 as for an id that does not exist.
+///
+/// Beside Quay, the rule of the Quay endpoint the schedule's exports stand for: its logs to read
+/// the schedule, its exportlogs to change or delete it.
 async fn visible_schedule(
     state: &AppState,
     caller: &Caller,
     id: &str,
+    access: Access,
 ) -> Result<ScheduleRow, ApiError> {
     let not_found = || ApiError::NotFound(format!("no export schedule {id:?} visible to you"));
     let id: Uuid = id.parse().map_err(|_| not_found())?;
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
-    if row.owner != caller.username && !caller.administers_namespace(&row.namespace) {
+    let stored = caller
+        .may_access_stored(
+            state,
+            &row.scope,
+            &row.namespace,
+            row.repository.as_deref(),
+            access,
+        )
+        .await?;
+    let visible = stored.unwrap_or_else(|| {
+        row.owner == caller.username || caller.administers_namespace(&row.namespace)
+    });
+    if !visible {
         return Err(not_found());
     }
     Ok(row)
@@ -359,7 +383,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let row = visible_schedule(&state, &caller, &id).await?;
+    let row = visible_schedule(&state, &caller, &id, Access::Read).await?;
     Ok(Json(schedule_json(&state, &row, RECENT_EXPORTS).await?))
 }
 
@@ -388,7 +412,7 @@ pub async fn update(
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let row = visible_schedule(&state, &caller, &id).await?;
+    let row = visible_schedule(&state, &caller, &id, Access::Export).await?;
     let config = &state.config;
     let bytes = read_body(body, config.server.max_body_bytes).await?;
     let body: ScheduleChanges = parse_json(&bytes)?;
@@ -450,7 +474,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<ScheduleDeleted>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let row = visible_schedule(&state, &caller, &id).await?;
+    let row = visible_schedule(&state, &caller, &id, Access::Export).await?;
     if !storage::delete(&state.pool, row.id).await? {
         return Err(ApiError::NotFound(format!("no export schedule {id:?}")));
     }
@@ -498,6 +522,8 @@ async fn schedule_json(
         "callback_url": row.callback_url,
         "state": row.state,
         "paused_reason": row.paused_reason,
+        "blocked_reason": row.blocked_reason,
+        "blocked_since": row.blocked_since,
         "next_period": {
             "start": row.next_period_start,
             "end": grid.next(row.next_period_start),

@@ -336,6 +336,10 @@ pub struct Schedule {
     /// `active` or `paused`.
     pub state: String,
     pub paused_reason: Option<String>,
+    /// Why an active schedule's due runs wait: Quay refuses logexport's own service token
+    /// (`auth.quay_service_token`), so its owner cannot be re-checked. Null once Quay answers.
+    pub blocked_reason: Option<String>,
+    pub blocked_since: Option<DateTime<Utc>>,
     pub next_period: NextPeriod,
     pub next_period_start: DateTime<Utc>,
     pub next_run_at: Option<DateTime<Utc>>,

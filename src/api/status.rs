@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::json;
 
-use super::auth::Caller;
+use super::auth::{Access, Caller};
 use super::schemas::{CancelAccepted, ErrorBody, ExportPath, ExportStatus};
 use super::{ApiError, AppState};
 use crate::domain::ExportId;
@@ -16,13 +16,26 @@ pub(super) async fn visible_row(
     state: &AppState,
     caller: &Caller,
     id: &str,
+    access: Access,
 ) -> Result<ExportRow, ApiError> {
     let not_found = || ApiError::NotFound(format!("no export {id:?} visible to you"));
     let id: ExportId = id.parse().map_err(|_| not_found())?;
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
-    // Requester, the namespace's admins and superusers; everyone else cannot tell it exists.
-    let visible =
-        row.requested_by == caller.username || caller.administers_namespace(&row.namespace);
+    // Beside Quay: the rule of the Quay endpoint that created it (its logs to read, its
+    // exportlogs to cancel). Token mode: the requester, the namespace's admins and superusers.
+    // Everyone else cannot tell it exists.
+    let stored = caller
+        .may_access_stored(
+            state,
+            &row.scope,
+            &row.namespace,
+            row.repository.as_deref(),
+            access,
+        )
+        .await?;
+    let visible = stored.unwrap_or_else(|| {
+        row.requested_by == caller.username || caller.administers_namespace(&row.namespace)
+    });
     if !visible {
         return Err(not_found());
     }
@@ -127,7 +140,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let row = visible_row(&state, &caller, &id).await?;
+    let row = visible_row(&state, &caller, &id, Access::Read).await?;
     Ok(Json(status_json(&row, &state.config.server.public_url)))
 }
 
@@ -154,7 +167,7 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<CancelAccepted>, ApiError> {
     caller.check_not_forged(&state, &headers)?;
-    let row = visible_row(&state, &caller, &id).await?;
+    let row = visible_row(&state, &caller, &id, Access::Export).await?;
     let export_id = ExportId(row.id);
     let outcome = storage::cancel(&state.pool, export_id).await?;
     let message = match outcome {

@@ -71,6 +71,9 @@ pub struct ScheduleRow {
     pub callback_email: Option<String>,
     pub state: String,
     pub paused_reason: Option<String>,
+    /// Why the due runs wait although the schedule is active (Quay refuses the service token).
+    pub blocked_reason: Option<String>,
+    pub blocked_since: Option<DateTime<Utc>>,
     pub next_period_start: DateTime<Utc>,
     pub next_run_at: DateTime<Utc>,
     pub skipped_periods: i64,

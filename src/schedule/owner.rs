@@ -4,7 +4,7 @@
 use sqlx::PgConnection;
 
 use crate::api::auth::Caller;
-use crate::api::quay_auth::{OwnerTarget, QuayIdentity};
+use crate::api::quay_auth::{OwnerTarget, QuayIdentity, ServiceCheckError};
 use crate::config::{AuthConfig, AuthMode};
 use crate::domain::{ExportScope, Namespace, RepositoryName};
 
@@ -49,7 +49,7 @@ pub async fn may_still_export(
                 auth.superusers_full_access(),
             )
             .await
-            .map_err(|e| anyhow::anyhow!("cannot re-check the schedule owner's rights: {e}"));
+            .map_err(anyhow::Error::new);
     }
     let Some(caller) = caller_from_tokens(conn, owner).await? else {
         return Ok(Some(format!("{owner} has no API token any more")));
@@ -59,6 +59,29 @@ pub async fn may_still_export(
         ..caller
     };
     Ok(refusal(&caller, target))
+}
+
+/// Tries `auth.quay_service_token` once against Quay at start-up (quay mode): a token Quay refuses
+/// for the owner checks stops start-up with one line naming the key and Quay's answer; Quay
+/// being unreachable only warns, since schedules wait for it anyway.
+pub async fn check_service_token(auth: &AuthConfig) -> anyhow::Result<()> {
+    if auth.mode != AuthMode::Quay || auth.quay_service_token.expose().is_empty() {
+        return Ok(());
+    }
+    let quay = QuayIdentity::new(auth).map_err(anyhow::Error::msg)?;
+    match quay.check_service_token(&auth.quay_service_token).await {
+        Ok(()) => Ok(()),
+        Err(ServiceCheckError::Refused { path, status }) => Err(anyhow::anyhow!(
+            "invalid configuration: auth.quay_service_token: Quay answered HTTP {status} on \
+             {path}: it cannot check schedule owners; use a global read-only superuser's token \
+             (or, with auth.superusers_full_access, a superuser's token with the super:user, \
+             org:admin and repo:admin scopes)"
+        )),
+        Err(ServiceCheckError::Unavailable(e)) => {
+            tracing::warn!(error = %e, "could not try auth.quay_service_token against Quay at start-up; schedules wait for Quay");
+            Ok(())
+        }
+    }
 }
 
 /// Why schedules are not run (nor created) in quay mode without `auth.quay_service_token`: each

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::owner::{self, Target};
 use super::{ScheduleRow, storage};
+use crate::api::quay_auth::ServiceCheckError;
 use crate::config::Config;
 use crate::domain::{ExportId, Namespace, RepositoryName};
 use crate::metrics::METRICS;
@@ -113,11 +114,15 @@ impl Scheduler {
             let turn = match turn {
                 Ok(turn) => turn,
                 Err(e) => {
-                    tracing::warn!(schedule_id = %row.id, error = %e, "schedule run failed; retried next tick");
                     tx.rollback().await?;
+                    self.record_failed_turn(&row, &e).await?;
                     continue;
                 }
             };
+            if row.blocked_reason.is_some() {
+                storage::set_blocked(&self.pool, row.id, None).await?;
+                tracing::info!(schedule_id = %row.id, "schedule unblocked: Quay answered its owner check");
+            }
             if let Some(hook) = &self.before_commit {
                 hook(row.id).await;
             }
@@ -135,6 +140,30 @@ impl Scheduler {
                 }
             }
         }
+    }
+
+    /// A turn that failed is retried next tick. When Quay refused logexport's own service token,
+    /// the schedule's document says so (`blocked_reason`) until a check succeeds, and
+    /// `logexport_schedule_runs_total{outcome="blocked"}` counts it, for an alert.
+    async fn record_failed_turn(
+        &self,
+        row: &ScheduleRow,
+        error: &anyhow::Error,
+    ) -> sqlx::Result<()> {
+        let refused = error
+            .downcast_ref::<ServiceCheckError>()
+            .filter(|e| matches!(e, ServiceCheckError::Refused { .. }));
+        let Some(refused) = refused else {
+            tracing::warn!(schedule_id = %row.id, error = %error, "schedule run failed; retried next tick");
+            return Ok(());
+        };
+        METRICS.incr("logexport_schedule_runs_total", "blocked");
+        let reason = refused.to_string();
+        if row.blocked_reason.as_deref() != Some(reason.as_str()) {
+            tracing::error!(schedule_id = %row.id, error = %reason, "schedule blocked: Quay refuses auth.quay_service_token");
+            storage::set_blocked(&self.pool, row.id, Some(&reason)).await?;
+        }
+        Ok(())
     }
 
     /// One schedule's turn, inside the transaction holding its row lock.

@@ -210,6 +210,23 @@ pub async fn advance(
     Ok(())
 }
 
+/// Records (or, with `None`, clears) why the schedule's due runs wait: shown in its status until
+/// a check succeeds. Outside the turn's transaction, which is rolled back.
+pub async fn set_blocked(pool: &PgPool, id: Uuid, reason: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE export_schedules
+         SET blocked_reason = $2,
+             blocked_since = CASE WHEN $2::text IS NULL THEN NULL
+                                  ELSE coalesce(blocked_since, now()) END
+         WHERE id = $1 AND blocked_reason IS DISTINCT FROM $2",
+    )
+    .bind(id)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Pauses the schedule with the reason shown in its status.
 pub async fn pause(conn: &mut PgConnection, id: Uuid, reason: &str) -> sqlx::Result<()> {
     sqlx::query(

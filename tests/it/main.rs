@@ -16,6 +16,8 @@ mod metrics;
 mod notify;
 mod outage;
 mod quay_auth;
+mod quay_parity;
+mod quay_standin;
 mod queue;
 mod resume;
 mod schedules;

@@ -1,382 +1,81 @@
-//! `[auth] mode = "quay"` against a Quay identity stand-in, and the audit trail through the
-//! emulator's HTTP Event Collector.
-//!
-//! The stand-in answers in the shapes of quay/quay:
-//! - `GET /api/v1/user/`: `endpoints/api/user.py` `User.get` → `user_view` (`username`,
-//!   `super_user` / `global_readonly_super_user` only for such users, `organizations[]` with
-//!   `name` and `is_org_admin`); 401 without a valid session or token (`require_user_read`).
-//! - `GET /api/v1/repository/{ns}/{repo}`: `endpoints/api/repository.py` `Repository.get`
-//!   (`can_write`, `can_admin`); 403 without read permission, 404 for an unknown repository.
-//! - Errors: `endpoints/api/__init__.py` (`{"error_message", "error_type", "status", ...}`).
-//! - Sessions: the `_csrf_token` cookie (Quay's `SESSION_COOKIE_NAME`, `config.py`).
+//! `[auth] mode = "quay"` against the Quay stand-in (`quay_standin.rs`, Quay's permission model),
+//! and the audit trail through the emulator's HTTP Event Collector. The whole credential × endpoint
+//! matrix against real Quay's recorded answers is `quay_parity.rs`; these tests cover the rest:
+//! caching, failures, cookies, hostile names, schedules and the service token.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use logexport::config::{AuditSink, AuthMode, Config, Secret};
 use logexport::emulator::{self, EmulatorOptions, Faults, RunningEmulator};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, eventually, spawn_app};
+use crate::quay_standin::{self, Behaviour, Grant, Standin, User, World};
 
 const MAIL: &str = r#"{"callback_email": "admin@example.com"}"#;
 const SPLUNK_TOKEN: &str = "audit-side-token";
 /// The emulator takes one token, for searches and HEC alike.
 const HEC_TOKEN: &str = SPLUNK_TOKEN;
+/// Every scope Quay has: what the tokens below carry unless a test says otherwise.
+const ALL_SCOPES: &str =
+    "org:admin repo:admin repo:create repo:read repo:write user:admin user:read super:user";
 
-/// What the stand-in does for every request.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Behaviour {
-    Normal,
-    Fail500,
-    Hang,
-}
-
-#[derive(Debug, Clone)]
-struct User {
-    super_user: bool,
-    global_readonly: bool,
-    /// org → is_org_admin
-    orgs: Vec<(&'static str, bool)>,
-    /// repositories (ns/repo) the user administers, and those it may only read
-    admin_repos: Vec<&'static str>,
-    read_repos: Vec<&'static str>,
-}
-
-struct Standin {
-    /// bearer token or session cookie value → user name
-    credentials: Mutex<HashMap<String, &'static str>>,
-    users: HashMap<&'static str, User>,
-    behaviour: Mutex<Behaviour>,
-    /// every path asked, with its query
-    requests: Mutex<Vec<String>>,
-    /// users who lost their organizations' admin team since
-    demoted: Mutex<HashSet<&'static str>>,
-}
-
-impl Standin {
-    fn who(&self, headers: &HeaderMap) -> Option<&'static str> {
-        let credentials = self.credentials.lock().unwrap();
-        if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
-            return auth
-                .strip_prefix("Bearer ")
-                .and_then(|t| credentials.get(t).copied());
-        }
-        let cookie = headers.get("cookie").and_then(|v| v.to_str().ok())?;
-        cookie
-            .split(';')
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| *k == "_csrf_token")
-            .and_then(|(_, v)| credentials.get(v).copied())
-    }
-}
-
-fn quay_error(status: StatusCode, error_type: &str, message: &str) -> Response {
-    let body = json!({"status": status.as_u16(), "error_type": error_type, "title": error_type,
-        "detail": message, "error_message": message, "type": format!("/api/v1/error/{error_type}")});
-    (status, Json(body)).into_response()
-}
-
-async fn behave(standin: &Standin, uri: &Uri) -> Option<Response> {
-    standin.requests.lock().unwrap().push(uri.to_string());
-    let behaviour = *standin.behaviour.lock().unwrap();
-    match behaviour {
-        Behaviour::Normal => None,
-        Behaviour::Fail500 => Some(quay_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "boom",
-        )),
-        Behaviour::Hang => {
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            None
-        }
-    }
-}
-
-async fn user_endpoint(
-    State(standin): State<Arc<Standin>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(response) = behave(&standin, &uri).await {
-        return response;
-    }
-    let Some(name) = standin.who(&headers) else {
-        return quay_error(StatusCode::UNAUTHORIZED, "invalid_token", "Unauthorized");
+/// The stand-in with alice (admin of acme), bob (member of acme, admin of acme/web only, read on
+/// acme/api), root (superuser) and auditor (global read-only superuser); `full_access` is Quay's
+/// FEATURE_SUPERUSERS_FULL_ACCESS. Tokens `<user>-oauth` carry every scope; `service-oauth` is the
+/// auditor's; `alice-session` is alice's session cookie, whose CSRF token is `csrf`.
+async fn start_standin(full_access: bool) -> (String, std::sync::Arc<Standin>) {
+    let users = HashMap::from([
+        (
+            "alice",
+            User {
+                admin_orgs: vec!["acme"],
+                ..User::default()
+            },
+        ),
+        (
+            "bob",
+            User {
+                member_orgs: vec!["acme"],
+                admin_repos: vec!["acme/web"],
+                read_repos: vec!["acme/api"],
+                ..User::default()
+            },
+        ),
+        (
+            "root",
+            User {
+                super_user: true,
+                ..User::default()
+            },
+        ),
+        (
+            "auditor",
+            User {
+                global_readonly: true,
+                ..User::default()
+            },
+        ),
+    ]);
+    let world = World {
+        users,
+        organizations: vec!["acme", "beta"],
+        repositories: vec!["acme/web", "acme/api", "beta/web"],
+        full_access,
     };
-    let user = &standin.users[name];
-    let mut view = json!({
-        "anonymous": false,
-        "username": name,
-        "avatar": {"name": name, "hash": "0", "color": "#000", "kind": "user"},
-        "can_create_repo": true,
-        "is_me": true,
-        "organizations": user.orgs.iter().map(|(org, admin)| json!({
-            "name": org, "avatar": {}, "can_create_repo": admin, "public": false,
-            "is_org_admin": admin, "preferred_namespace": false,
-        })).collect::<Vec<_>>(),
-    });
-    if user.super_user {
-        view["super_user"] = json!(true);
-    }
-    if user.global_readonly {
-        view["global_readonly_super_user"] = json!(true);
-    }
-    Json(view).into_response()
-}
-
-async fn repository_endpoint(
-    State(standin): State<Arc<Standin>>,
-    Path((namespace, repository)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(response) = behave(&standin, &uri).await {
-        return response;
-    }
-    let Some(name) = standin.who(&headers) else {
-        return quay_error(StatusCode::UNAUTHORIZED, "invalid_token", "Unauthorized");
-    };
-    let full = format!("{namespace}/{repository}");
-    if !["acme/web", "acme/api", "beta/web"].contains(&full.as_str()) {
-        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
-    }
-    let user = &standin.users[name];
-    let admin = user.admin_repos.contains(&full.as_str());
-    if !admin && !user.read_repos.contains(&full.as_str()) {
-        return quay_error(StatusCode::FORBIDDEN, "insufficient_scope", "Unauthorized");
-    }
-    Json(json!({
-        "namespace": namespace, "name": repository, "kind": "image", "description": "",
-        "is_public": false, "is_organization": true, "is_starred": false,
-        "status_token": "", "trust_enabled": false, "tag_expiration_s": 1209600,
-        "is_free_account": true, "state": "NORMAL",
-        "can_write": admin, "can_admin": admin,
-    }))
-    .into_response()
-}
-
-/// The service token's requests (a global read-only superuser's): anything else is refused.
-async fn as_service(standin: &Standin, uri: &Uri, headers: &HeaderMap) -> Option<Response> {
-    if let Some(response) = behave(standin, uri).await {
-        return Some(response);
-    }
-    match standin.who(headers) {
-        Some("auditor") => None,
-        Some(_) => Some(quay_error(
-            StatusCode::FORBIDDEN,
-            "insufficient_scope",
-            "Unauthorized",
-        )),
-        None => Some(quay_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "Unauthorized",
-        )),
-    }
-}
-
-impl Standin {
-    fn is_org_admin(&self, user: &str, org: &str) -> bool {
-        !self.demoted.lock().unwrap().contains(user)
-            && self
-                .users
-                .get(user)
-                .is_some_and(|u| u.orgs.iter().any(|(o, admin)| *o == org && *admin))
-    }
-}
-
-/// `endpoints/api/superuser.py` `SuperUserManagement.get` → `user_view`.
-async fn superuser_user_endpoint(
-    State(standin): State<Arc<Standin>>,
-    Path(username): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(response) = as_service(&standin, &uri, &headers).await {
-        return response;
-    }
-    let Some(user) = standin.users.get(username.as_str()) else {
-        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
-    };
-    Json(
-        json!({"kind": "user", "name": username, "username": username,
-        "email": format!("{username}@example.com"), "verified": true, "avatar": {},
-        "super_user": user.super_user, "enabled": true}),
-    )
-    .into_response()
-}
-
-/// `endpoints/api/organization.py` `Organization.get` → `org_view` with its `teams` and roles.
-async fn organization_endpoint(
-    State(standin): State<Arc<Standin>>,
-    Path(org): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(response) = as_service(&standin, &uri, &headers).await {
-        return response;
-    }
-    if org != "acme" {
-        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
-    }
-    Json(
-        json!({"name": org, "email": "", "avatar": {}, "is_admin": true, "is_member": true,
-        "teams": {
-            "owners": {"name": "owners", "description": "", "role": "admin", "avatar": {},
-                       "can_view": true, "repo_count": 0, "member_count": 1, "is_synced": false},
-            "devs": {"name": "devs", "description": "", "role": "member", "avatar": {},
-                     "can_view": true, "repo_count": 0, "member_count": 1, "is_synced": false},
-        },
-        "ordered_teams": ["owners", "devs"], "invoice_email": false, "tag_expiration_s": 1209600,
-        "is_free_account": true}),
-    )
-    .into_response()
-}
-
-/// `endpoints/api/organization.py` `OrganizationMember.get`: the member's teams; 404 for no
-/// member.
-async fn member_endpoint(
-    State(standin): State<Arc<Standin>>,
-    Path((org, member)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(response) = as_service(&standin, &uri, &headers).await {
-        return response;
-    }
-    let member_of = standin
-        .users
-        .get(member.as_str())
-        .is_some_and(|u| u.orgs.iter().any(|(o, _)| *o == org));
-    if !member_of {
-        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
-    }
-    let team = if standin.is_org_admin(&member, &org) {
-        "owners"
-    } else {
-        "devs"
-    };
-    Json(json!({"name": member, "kind": "user", "avatar": {},
-        "teams": [{"name": team, "avatar": {}}], "repositories": []}))
-    .into_response()
-}
-
-/// `endpoints/api/permission.py` `RepositoryUserTransitivePermission.get`: the user's roles on
-/// the repository, directly or through a team; 404 for none.
-async fn transitive_endpoint(
-    State(standin): State<Arc<Standin>>,
-    Path((namespace, repository, username)): Path<(String, String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(response) = as_service(&standin, &uri, &headers).await {
-        return response;
-    }
-    let full = format!("{namespace}/{repository}");
-    let Some(user) = standin.users.get(username.as_str()) else {
-        return quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found");
-    };
-    let role = if standin.demoted.lock().unwrap().contains(username.as_str()) {
-        None
-    } else if user.admin_repos.contains(&full.as_str()) {
-        Some("admin")
-    } else if user.read_repos.contains(&full.as_str()) {
-        Some("read")
-    } else {
-        None
-    };
-    match role {
-        Some(role) => Json(json!({"permissions": [{"role": role}]})).into_response(),
-        None => quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found"),
-    }
-}
-
-/// The stand-in on an ephemeral port, with alice (admin of acme), bob (member of acme with
-/// admin rights on acme/web only), root (superuser) and auditor (global read-only superuser).
-async fn start_standin() -> (String, Arc<Standin>) {
-    let user = |orgs: Vec<(&'static str, bool)>, admin_repos, read_repos| User {
-        super_user: false,
-        global_readonly: false,
-        orgs,
-        admin_repos,
-        read_repos,
-    };
-    let mut users = HashMap::new();
-    users.insert("alice", user(vec![("acme", true)], vec![], vec![]));
-    users.insert(
-        "bob",
-        user(vec![("acme", false)], vec!["acme/web"], vec!["acme/api"]),
-    );
-    users.insert(
-        "root",
-        User {
-            super_user: true,
-            ..user(vec![], vec![], vec![])
-        },
-    );
-    users.insert(
-        "auditor",
-        User {
-            global_readonly: true,
-            ..user(vec![], vec![], vec![])
-        },
-    );
-    let credentials: HashMap<String, &'static str> = [
+    let tokens = [
         ("alice-oauth", "alice"),
         ("bob-oauth", "bob"),
         ("root-oauth", "root"),
         ("auditor-oauth", "auditor"),
-        ("alice-session", "alice"),
         ("service-oauth", "auditor"),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
+    .map(|(token, user)| (token.to_owned(), Grant::token(user, ALL_SCOPES)))
     .collect();
-    let standin = Arc::new(Standin {
-        credentials: Mutex::new(credentials),
-        users,
-        behaviour: Mutex::new(Behaviour::Normal),
-        requests: Mutex::new(Vec::new()),
-        demoted: Mutex::new(HashSet::new()),
-    });
-    let app = axum::Router::new()
-        .route("/api/v1/user/", axum::routing::get(user_endpoint))
-        .route(
-            "/api/v1/repository/{namespace}/{repository}",
-            axum::routing::get(repository_endpoint),
-        )
-        .route(
-            "/api/v1/superuser/users/{username}",
-            axum::routing::get(superuser_user_endpoint),
-        )
-        .route(
-            "/api/v1/organization/{org}",
-            axum::routing::get(organization_endpoint),
-        )
-        .route(
-            "/api/v1/organization/{org}/members/{member}",
-            axum::routing::get(member_endpoint),
-        )
-        .route(
-            "/api/v1/repository/{namespace}/{repository}/permissions/user/{username}/transitive",
-            axum::routing::get(transitive_endpoint),
-        )
-        .fallback(|uri: Uri, State(standin): State<Arc<Standin>>| async move {
-            standin.requests.lock().unwrap().push(uri.to_string());
-            quay_error(StatusCode::NOT_FOUND, "not_found", "Not Found")
-        })
-        .with_state(standin.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (url, standin)
+    let sessions = HashMap::from([("alice-session".to_owned(), ("alice", "csrf".to_owned()))]);
+    quay_standin::start(world, tokens, sessions).await
 }
 
 fn quay_mode(config: &mut Config, quay_url: &str) {
@@ -387,11 +86,15 @@ fn quay_mode(config: &mut Config, quay_url: &str) {
 
 struct Env {
     app: TestApp,
-    standin: Arc<Standin>,
+    standin: std::sync::Arc<Standin>,
 }
 
 async fn env(adjust: impl FnOnce(&mut Config)) -> Env {
-    let (url, standin) = start_standin().await;
+    env_with(false, adjust).await
+}
+
+async fn env_with(full_access: bool, adjust: impl FnOnce(&mut Config)) -> Env {
+    let (url, standin) = start_standin(full_access).await;
     let app = spawn_app(|c| {
         quay_mode(c, &url);
         adjust(c);
@@ -439,7 +142,7 @@ async fn quay_decides_who_may_export_what() {
             .status(),
         200
     );
-    // Repository admin comes from Quay's can_admin: yes on acme/web, read-only on acme/api.
+    // Repository admin is Quay's answer: yes on acme/web, read-only on acme/api.
     assert_eq!(
         env.post("bob-oauth", "/api/v1/repository/acme/web/exportlogs")
             .await
@@ -458,7 +161,13 @@ async fn quay_decides_who_may_export_what() {
             .status(),
         403
     );
-    // The organization admin needs no repository lookup.
+    // An organization admin administers its repositories; asked again, Quay's answers are cached.
+    assert_eq!(
+        env.post("alice-oauth", "/api/v1/repository/acme/api/exportlogs")
+            .await
+            .status(),
+        200
+    );
     let before = env.quay_calls();
     assert_eq!(
         env.post("alice-oauth", "/api/v1/repository/acme/api/exportlogs")
@@ -466,7 +175,7 @@ async fn quay_decides_who_may_export_what() {
             .status(),
         200
     );
-    assert_eq!(env.quay_calls(), before, "alice's identity was cached");
+    assert_eq!(env.quay_calls(), before, "alice's answers were cached");
 
     // The global read-only superuser exports organizations, never repositories.
     assert_eq!(env.post("auditor-oauth", org).await.status(), 200);
@@ -476,10 +185,10 @@ async fn quay_decides_who_may_export_what() {
             .status(),
         403
     );
-    // A superuser reaches other organizations only with superusers_full_access (off by
-    // default in quay mode, as Quay's FEATURE_SUPERUSERS_FULL_ACCESS).
+    // A superuser reaches other organizations only when Quay's FEATURE_SUPERUSERS_FULL_ACCESS is
+    // on (Quay's default is off); logexport follows Quay, not a setting of its own.
     assert_eq!(env.post("root-oauth", org).await.status(), 403);
-    let full = self::env(|c| c.auth.superusers_full_access = Some(true)).await;
+    let full = env_with(true, |_| {}).await;
     assert_eq!(full.post("root-oauth", org).await.status(), 200);
     assert_eq!(
         full.post("root-oauth", "/api/v1/repository/beta/web/exportlogs")
@@ -488,8 +197,26 @@ async fn quay_decides_who_may_export_what() {
         200
     );
 
-    // Unknown credentials and no credential are 401.
-    assert_eq!(env.post("nobody", org).await.status(), 401);
+    // A credential Quay does not accept: 401 on a read; on a POST Quay's CSRF check comes first
+    // and answers 403, and so does logexport. No credential at all: the same.
+    assert_eq!(env.post("nobody", org).await.status(), 403);
+    let read = env
+        .app
+        .client
+        .get(env.app.url("/api/v1/organization/acme/logs"))
+        .bearer_auth("nobody")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 401);
+    let body: Value = read.json().await.unwrap();
+    assert!(
+        body["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("not accepted"),
+        "a token was sent, so the text does not ask for one: {body}"
+    );
     let anonymous = env
         .app
         .client
@@ -498,7 +225,7 @@ async fn quay_decides_who_may_export_what() {
         .send()
         .await
         .unwrap();
-    assert_eq!(anonymous.status(), 401);
+    assert_eq!(anonymous.status(), 403);
     assert_eq!(env.app.job_count().await, 6);
 }
 
@@ -581,7 +308,20 @@ async fn the_ui_session_cookie_works_and_cross_site_requests_change_nothing() {
     assert_eq!(post(ui(Some(quay_origin))).await.status(), 200);
     assert_eq!(env.app.job_count().await, 2);
 
-    let forged = post(vec![]).await;
+    // Quay's own CSRF check: a missing or wrong X-CSRF-Token is refused first.
+    for csrf in [None, Some("wrong")] {
+        let mut headers = vec![("x-requested-with", "XMLHttpRequest".to_owned())];
+        headers.extend(csrf.map(|c| ("x-csrf-token", c.to_owned())));
+        let forged = post(headers).await;
+        assert_eq!(forged.status(), 403, "{csrf:?}");
+        let body: Value = forged.json().await.unwrap();
+        assert!(
+            body["error_message"].as_str().unwrap().contains("CSRF"),
+            "{body}"
+        );
+    }
+    // The right token without X-Requested-With: logexport's own guard as well.
+    let forged = post(vec![("x-csrf-token", "csrf".to_owned())]).await;
     assert_eq!(forged.status(), 403);
     let body: Value = forged.json().await.unwrap();
     assert!(
@@ -699,19 +439,20 @@ async fn answers_are_cached_per_credential_and_revocation_bites_after_the_cache_
     for _ in 0..10 {
         assert_eq!(get().await, 200);
     }
-    assert_eq!(env.quay_calls(), 1, "20 requests, one Quay call");
+    // One call per question: who alice is, and whether she may read acme's logs.
+    assert_eq!(
+        env.quay_calls(),
+        2,
+        "20 requests, one Quay call per question"
+    );
 
-    env.standin
-        .credentials
-        .lock()
-        .unwrap()
-        .remove("alice-oauth");
+    env.standin.tokens.lock().unwrap().remove("alice-oauth");
     // Within cache_seconds the cached identity still holds; after it, Quay's 401 is ours.
     eventually(10, "the revoked token is refused", || async {
         (get().await == 401).then_some(())
     })
     .await;
-    assert_eq!(env.quay_calls(), 2);
+    assert_eq!(env.quay_calls(), 4);
 }
 
 #[tokio::test]
@@ -742,8 +483,10 @@ async fn hostile_names_never_reach_quay() {
         .cloned()
         .collect();
     assert!(
-        asked.iter().all(|p| p == "/api/v1/user/"),
-        "only the identity was asked: {asked:?}"
+        asked
+            .iter()
+            .all(|p| p == "/api/v1/user/" || p == "POST /api/v1/signin"),
+        "only the identity and the CSRF check were asked: {asked:?}"
     );
     assert_eq!(env.app.job_count().await, 0);
 }
@@ -795,7 +538,7 @@ async fn export_requests_leave_quays_audit_events_even_when_hec_was_down() {
         hec_unavailable: true,
         ..Faults::default()
     });
-    let (url, standin) = start_standin().await;
+    let (url, standin) = start_standin(false).await;
     let app = spawn_app(|c| {
         quay_mode(c, &url);
         audit_to(c, &emu);
@@ -992,7 +735,8 @@ async fn schedules_in_quay_mode_recheck_their_owner_in_quay_before_each_run() {
     // Alice leaves acme's owners team and bob loses admin on acme/web: both schedules pause.
     env.standin.demoted.lock().unwrap().extend(["alice", "bob"]);
     scheduler().tick(at("2026-01-14T02:00:00Z")).await.unwrap();
-    for (id, bearer, why) in [
+    // Their owners no longer see them (Quay would not let them read those logs); an auditor does.
+    for (id, owner, why) in [
         (
             &org_id,
             "alice-oauth",
@@ -1004,6 +748,16 @@ async fn schedules_in_quay_mode_recheck_their_owner_in_quay_before_each_run() {
             "no longer an administrator of repository acme/web",
         ),
     ] {
+        let hidden = env
+            .app
+            .client
+            .get(env.app.url(&format!("/api/v1/exportschedules/{id}")))
+            .bearer_auth(owner)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(hidden.status(), 404);
+        let bearer = "auditor-oauth";
         let doc: Value = env
             .app
             .client
@@ -1028,4 +782,102 @@ async fn schedules_in_quay_mode_recheck_their_owner_in_quay_before_each_run() {
     .await
     .unwrap();
     assert_eq!(exported, 4, "no period ran without the owner's rights");
+}
+
+#[tokio::test]
+async fn a_service_token_quay_refuses_stops_start_up_and_blocks_schedules_visibly() {
+    use logexport::schedule::Scheduler;
+    use logexport::schedule::owner::check_service_token;
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    // A plain superuser's token, under Quay's default FEATURE_SUPERUSERS_FULL_ACCESS = false: Quay
+    // refuses it on the organization endpoints (recorded from real Quay as member.super_all 403),
+    // so start-up stops with one line naming the key and Quay's answer.
+    let plain = env(|c| c.auth.quay_service_token = Secret::new("root-oauth")).await;
+    let refused = check_service_token(&plain.app.config.auth)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused
+            .starts_with("invalid configuration: auth.quay_service_token: Quay answered HTTP 403"),
+        "{refused}"
+    );
+    assert!(!refused.contains('\n'), "one line: {refused}");
+    // With full access on in Quay, the same token does the job; so does a global read-only
+    // superuser's under either setting.
+    let full = env_with(true, |c| {
+        c.auth.quay_service_token = Secret::new("root-oauth")
+    })
+    .await;
+    check_service_token(&full.app.config.auth).await.unwrap();
+    let env = env(|c| c.auth.quay_service_token = Secret::new("service-oauth")).await;
+    check_service_token(&env.app.config.auth).await.unwrap();
+
+    let body = json!({"period": "daily", "timezone": "UTC", "start_date": "2026-01-10",
+                      "callback_email": "audit@example.com"});
+    let created = env
+        .app
+        .client
+        .post(env.app.url("/api/v1/organization/acme/exportschedules"))
+        .bearer_auth("alice-oauth")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let id = created.json::<Value>().await.unwrap()["schedule_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let document = || async {
+        env.app
+            .client
+            .get(env.app.url(&format!("/api/v1/exportschedules/{id}")))
+            .bearer_auth("alice-oauth")
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let scheduler = || Scheduler::new(env.app.pool.clone(), &env.app.config);
+
+    // The token is revoked in Quay: the run waits, and the schedule says why.
+    let token = env
+        .standin
+        .tokens
+        .lock()
+        .unwrap()
+        .remove("service-oauth")
+        .unwrap();
+    let report = scheduler().tick(at("2026-01-12T02:00:00Z")).await.unwrap();
+    assert_eq!(report.enqueued, 0);
+    let doc = document().await;
+    assert_eq!(doc["state"], "active", "{doc}");
+    let reason = doc["blocked_reason"].as_str().expect("blocked_reason");
+    assert!(
+        reason.contains("auth.quay_service_token") && reason.contains("HTTP 401"),
+        "{doc}"
+    );
+    assert!(doc["blocked_since"].is_string(), "{doc}");
+    let scrape = logexport::metrics::METRICS.render(&Default::default());
+    assert!(
+        crate::helpers::metric(
+            &scrape,
+            "logexport_schedule_runs_total{outcome=\"blocked\"}"
+        ) >= 1.0,
+        "counted for the alert"
+    );
+
+    // A working token again: the missed days run and the reason is gone.
+    env.standin
+        .tokens
+        .lock()
+        .unwrap()
+        .insert("service-oauth".into(), token);
+    let report = scheduler().tick(at("2026-01-12T02:00:00Z")).await.unwrap();
+    assert_eq!(report.enqueued, 2);
+    let doc = document().await;
+    assert!(doc["blocked_reason"].is_null(), "{doc}");
 }
