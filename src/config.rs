@@ -448,8 +448,9 @@ pub struct AuthConfig {
     /// Quay's `FEATURE_SUPERUSERS_FULL_ACCESS`: superusers reach every namespace. Unset: on in
     /// token mode (the operator granted the flag for that), off in quay mode (Quay's default).
     pub superusers_full_access: Option<bool>,
-    /// Quay mode: logexport's own Quay OAuth token (a global read-only superuser's or a
-    /// superuser's), to re-check a schedule owner's rights before each run.
+    /// Quay mode: logexport's own Quay OAuth token, to re-check a schedule owner's rights before
+    /// each run: a global read-only superuser's (any scope), or, when Quay runs with
+    /// `FEATURE_SUPERUSERS_FULL_ACCESS`, a superuser's with the `super:user` scope. Tried at start.
     pub quay_service_token: Secret,
 }
 

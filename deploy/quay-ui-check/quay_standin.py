@@ -55,6 +55,12 @@ LOCK = threading.Lock()
 STATS = {"user_calls_by_logexport": 0, "repo_calls_by_logexport": 0, "unknown": [], "hooks": []}
 
 
+def repo_admin(ns, repo, user):
+    """AdministerRepositoryPermission: a direct admin role, its organization's admin, its user."""
+    return (REPOS.get((ns, repo), {}).get(user) == "admin" or ORGS.get(ns, {}).get(user) == "admin"
+            or ns == user)
+
+
 def avatar(name, email=None):
     h = hashlib.md5((email or name).encode()).hexdigest()
     return {"name": name, "hash": h, "color": "#1f77b4", "kind": "user"}
@@ -304,6 +310,21 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, user_view(user))
         if user is None:
             return self.error(401, "invalid_token", "Requires authentication")
+        # logexport's permission questions (src/api/quay_auth.rs `Question`), each guarded as the
+        # Quay endpoint it stands for; the fixture's users sign in (every scope), so roles decide.
+        m = re.fullmatch(r"/api/v1/organization/([a-z0-9_.-]+)/members", path)
+        if m:
+            org = m.group(1)
+            if ORGS.get(org, {}).get(user) == "admin" or org == user:
+                if org not in ORGS:
+                    return self.error(404, "not_found", "Not Found")
+                return self.send_json(200, {"members": []})
+            return self.error(403, "insufficient_scope", "Unauthorized")
+        m = re.fullmatch(r"/api/v1/repository/([a-z0-9_.-]+)/([a-z0-9_.-]+)/permissions/user/", path)
+        if m:
+            if not repo_admin(*m.groups(), user):
+                return self.error(403, "insufficient_scope", "Unauthorized")
+            return self.send_json(200, {"permissions": {}})
         m = re.fullmatch(r"/api/v1/organization/([a-z0-9_.-]+)", path)
         if m:
             org = m.group(1)
@@ -366,6 +387,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/api/v1/signin":
             if not self.csrf_ok():
                 return self.error(403, "csrf", "CSRF token was invalid or missing.")
+            if "username" not in body:  # the SigninUser schema (logexport's CSRF question sends {})
+                return self.error(400, "invalid_request", "'username' is a required property")
             name, pw = body.get("username"), body.get("password")
             if name not in USERS or USERS[name]["password"] != pw:
                 return self.send_json(403, {"success": False, "invalidCredentials": True,
@@ -382,6 +405,23 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, {"success": True})
         STATS["unknown"].append("POST " + path)
         return self.error(404, "not_found", f"the stand-in does not serve POST {path}")
+
+    def do_PUT(self):
+        path = urlsplit(self.path).path
+        body = self.body_json()
+        m = re.fullmatch(r"/api/v1/repository/([a-z0-9_.-]+)/([a-z0-9_.-]+)/permissions/user/[a-z0-9_.-]+", path)
+        if m:  # logexport's repository-export question: the guard, then the body's schema
+            if not self.csrf_ok():
+                return self.error(403, "csrf", "CSRF token was invalid or missing.")
+            user, _ = self.current_user()
+            if user is None:
+                return self.error(401, "invalid_token", "Requires authentication")
+            if not repo_admin(*m.groups(), user):
+                return self.error(403, "insufficient_scope", "Unauthorized")
+            if "role" not in body:
+                return self.error(400, "invalid_request", "'role' is a required property")
+        STATS["unknown"].append("PUT " + path)
+        return self.error(404, "not_found", f"the stand-in does not serve PUT {path}")
 
     def static(self, path):
         root = Handler.ui_dir

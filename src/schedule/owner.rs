@@ -74,8 +74,8 @@ pub async fn check_service_token(auth: &AuthConfig) -> anyhow::Result<()> {
         Err(ServiceCheckError::Refused { path, status }) => Err(anyhow::anyhow!(
             "invalid configuration: auth.quay_service_token: Quay answered HTTP {status} on \
              {path}: it cannot check schedule owners; use a global read-only superuser's token \
-             (or, with auth.superusers_full_access, a superuser's token with the super:user, \
-             org:admin and repo:admin scopes)"
+             (any scope), or, when Quay runs with FEATURE_SUPERUSERS_FULL_ACCESS, a \
+             superuser's token with the super:user scope"
         )),
         Err(ServiceCheckError::Unavailable(e)) => {
             tracing::warn!(error = %e, "could not try auth.quay_service_token against Quay at start-up; schedules wait for Quay");

@@ -120,7 +120,7 @@ impl Scheduler {
                 }
             };
             if row.blocked_reason.is_some() {
-                storage::set_blocked(&self.pool, row.id, None).await?;
+                storage::set_blocked(&mut *tx, row.id, None).await?;
                 tracing::info!(schedule_id = %row.id, "schedule unblocked: Quay answered its owner check");
             }
             if let Some(hook) = &self.before_commit {

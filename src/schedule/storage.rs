@@ -211,8 +211,13 @@ pub async fn advance(
 }
 
 /// Records (or, with `None`, clears) why the schedule's due runs wait: shown in its status until
-/// a check succeeds. Outside the turn's transaction, which is rolled back.
-pub async fn set_blocked(pool: &PgPool, id: Uuid, reason: Option<&str>) -> sqlx::Result<()> {
+/// a check succeeds. A failed turn records it after its transaction was rolled back; a turn that
+/// ran clears it inside its own (which holds the row's lock).
+pub async fn set_blocked(
+    executor: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE export_schedules
          SET blocked_reason = $2,
@@ -222,7 +227,7 @@ pub async fn set_blocked(pool: &PgPool, id: Uuid, reason: Option<&str>) -> sqlx:
     )
     .bind(id)
     .bind(reason)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(())
 }

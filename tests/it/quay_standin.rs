@@ -97,7 +97,7 @@ pub struct Standin {
     pub behaviour: Mutex<Behaviour>,
     /// every path asked, with its query
     pub requests: Mutex<Vec<String>>,
-    /// users who lost their organizations' admin team since
+    /// users who lost their admin roles (organizations' admin teams, repositories) since
     pub demoted: Mutex<HashSet<&'static str>>,
 }
 
@@ -162,7 +162,8 @@ impl Standin {
         let full = format!("{namespace}/{repository}");
         grant.has("repo:admin")
             && (self.org_admin_role(grant.user, namespace)
-                || self.user(grant).admin_repos.contains(&full.as_str()))
+                || (!self.demoted.lock().unwrap().contains(grant.user)
+                    && self.user(grant).admin_repos.contains(&full.as_str())))
     }
 
     /// `SuperUserPermission().can()`: a superuser whose credential carries `super:user`.
@@ -370,9 +371,16 @@ async fn repo_permission_put(
     )
 }
 
-/// `SuperUserList.get`: `allow_if_any_superuser()`.
+/// `SuperUserList.get`: `@require_fresh_login` first — the stand-in's sessions signed in longer
+/// ago than Quay's `FRESH_LOGIN_TIMEOUT` (10 minutes), as the seeded session was when real Quay's
+/// answers were recorded, so a session gets 401 — then `allow_if_any_superuser()`.
 async fn superuser_users(State(s): S, uri: Uri, headers: HeaderMap) -> Response {
     match enter(&s, &uri, &headers).await {
+        Ok(grant) if grant.scopes.is_none() => quay_error(
+            StatusCode::UNAUTHORIZED,
+            "fresh_login_required",
+            "The operation you are trying to perform requires you to re-enter your password.",
+        ),
         Ok(grant) if s.any_superuser_guard(&grant) => Json(json!({"users": []})).into_response(),
         Ok(_) => forbidden(),
         Err(response) => response,
