@@ -208,9 +208,10 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may `access` what a stored export or schedule covers, by the rule of
-    /// the Quay endpoint that would have created it (quay mode; token mode keeps its own rules and
-    /// answers `None`). A refusal is `Ok(Some(false))`, so callers can answer 404 and not tell
+    /// Whether the caller may `access` a stored export or schedule of `scope` over `namespace`
+    /// (and `repository`), requested or owned by `owner`. Beside Quay: the rule of the Quay
+    /// endpoint that would have made it. Token mode: its requester or owner, the namespace's
+    /// admins and superusers. A refusal is `Ok(false)`, so callers can answer 404 and not tell
     /// that the thing exists; Quay refusing the credential (401) or being down (503) is an error.
     pub async fn may_access_stored(
         &self,
@@ -218,24 +219,25 @@ impl Caller {
         scope: &str,
         namespace: &str,
         repository: Option<&str>,
+        owner: &str,
         access: Access,
-    ) -> Result<Option<bool>, ApiError> {
+    ) -> Result<bool, ApiError> {
         if self.quay.is_none() {
-            return Ok(None);
+            return Ok(owner == self.username || self.administers_namespace(namespace));
         }
         let (Ok(scope), Ok(namespace)) =
             (scope.parse::<ExportScope>(), Namespace::parse(namespace))
         else {
-            return Ok(Some(false));
+            return Ok(false);
         };
         let repository = repository.map(RepositoryName::parse).transpose();
         let Ok(repository) = repository else {
-            return Ok(Some(false));
+            return Ok(false);
         };
         let outcome = match (scope, &repository) {
             (ExportScope::User, _) => {
                 if self.known_username() != Some(namespace.as_str()) {
-                    return Ok(Some(false));
+                    return Ok(false);
                 }
                 self.authorize(state, Resource::User, access).await
             }
@@ -249,8 +251,8 @@ impl Caller {
             }
         };
         match outcome {
-            Ok(()) => Ok(Some(true)),
-            Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Ok(Some(false)),
+            Ok(()) => Ok(true),
+            Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
         }
     }

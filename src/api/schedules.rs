@@ -346,18 +346,16 @@ async fn visible_schedule(
     let not_found = || ApiError::NotFound(format!("no export schedule {id:?} visible to you"));
     let id: Uuid = id.parse().map_err(|_| not_found())?;
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
-    let stored = caller
+    let visible = caller
         .may_access_stored(
             state,
             &row.scope,
             &row.namespace,
             row.repository.as_deref(),
+            &row.owner,
             access,
         )
         .await?;
-    let visible = stored.unwrap_or_else(|| {
-        row.owner == caller.username || caller.administers_namespace(&row.namespace)
-    });
     if !visible {
         return Err(not_found());
     }

@@ -21,21 +21,16 @@ pub(super) async fn visible_row(
     let not_found = || ApiError::NotFound(format!("no export {id:?} visible to you"));
     let id: ExportId = id.parse().map_err(|_| not_found())?;
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
-    // Beside Quay: the rule of the Quay endpoint that created it (its logs to read, its
-    // exportlogs to cancel). Token mode: the requester, the namespace's admins and superusers.
-    // Everyone else cannot tell it exists.
-    let stored = caller
+    let visible = caller
         .may_access_stored(
             state,
             &row.scope,
             &row.namespace,
             row.repository.as_deref(),
+            &row.requested_by,
             access,
         )
         .await?;
-    let visible = stored.unwrap_or_else(|| {
-        row.requested_by == caller.username || caller.administers_namespace(&row.namespace)
-    });
     if !visible {
         return Err(not_found());
     }
