@@ -127,6 +127,8 @@ impl Default for ServerConfig {
 pub struct DatabaseConfig {
     pub url: Secret,
     pub max_connections: u32,
+    /// How long a query waits for a connection before Postgres counts as unreachable (503).
+    pub acquire_timeout_seconds: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -134,6 +136,7 @@ impl Default for DatabaseConfig {
         Self {
             url: Secret::new("postgres://postgres@127.0.0.1:5432/logexport"),
             max_connections: 10,
+            acquire_timeout_seconds: 10,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Postgres connection pool and migrations.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,7 +21,7 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .context("database.url is not a valid Postgres URL")?;
     PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout(config))
         .connect_with(options)
         .await
         .map_err(|e| {
@@ -30,6 +31,88 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
                  and check database.url / DATABASE_URL"
             )
         })
+}
+
+/// How long a query waits for a connection (`database.acquire_timeout_seconds`, at least 1 s).
+pub fn acquire_timeout(config: &DatabaseConfig) -> Duration {
+    Duration::from_secs(config.acquire_timeout_seconds.max(1))
+}
+
+/// True when `error` means Postgres could not be reached (down, restarting, refusing
+/// connections, or the connection broke), as opposed to a statement it rejected: the caller
+/// waits or answers 503, and counts nothing against a job.
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            // Class 08: connection exception; 57P01-57P03: shut down or starting up;
+            // 53300: too many connections.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// When this process last found Postgres unreachable (milliseconds since the Unix epoch), or 0
+/// while it answers.
+static UNREACHABLE_SINCE: AtomicU64 = AtomicU64::new(0);
+
+/// Records that `component` found Postgres unreachable: one error line per outage (not one per
+/// query), and `logexport_database_unavailable_total{outcome=component}`.
+pub fn report_unavailable(component: &'static str, error: &sqlx::Error) {
+    crate::metrics::METRICS.incr("logexport_database_unavailable_total", component);
+    let now = chrono::Utc::now().timestamp_millis().max(1) as u64;
+    if UNREACHABLE_SINCE
+        .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        tracing::error!(
+            component, %error,
+            "Postgres is unreachable: requests that need it get 503 with Retry-After, workers \
+             pause claiming and keep their results until it is back"
+        );
+    }
+}
+
+/// Records that Postgres answered again; logs once how long it was away.
+pub fn report_available() {
+    let since = UNREACHABLE_SINCE.swap(0, Ordering::AcqRel);
+    if since != 0 {
+        let now = chrono::Utc::now().timestamp_millis().max(1) as u64;
+        tracing::warn!(
+            unreachable_seconds = now.saturating_sub(since) as f64 / 1000.0,
+            "Postgres is reachable again; workers resume"
+        );
+    }
+}
+
+/// Runs `op` until Postgres takes it. While Postgres is unreachable it is tried again every
+/// second, so what the caller would record (an outcome, a delivered notice) waits for the
+/// database instead of being lost; `give_up()` ends the wait (a process shutting down). Any
+/// other error is returned at once.
+pub async fn retry_while_unavailable<T, F, Fut>(
+    component: &'static str,
+    give_up: impl Fn() -> bool,
+    mut op: F,
+) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    loop {
+        match op().await {
+            Ok(value) => {
+                report_available();
+                return Ok(value);
+            }
+            Err(e) if is_unavailable(&e) && !give_up() => {
+                report_unavailable(component, &e);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Applies pending migrations.

@@ -62,7 +62,7 @@ struct Notification {
 
 /// Counters by outcome, under their `…_total` names, with their help and the outcomes known in
 /// advance (exported as 0 from the start, so `rate()` and alerts see them before the first event).
-const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 9] = [
+const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 10] = [
     (
         "logexport_jobs_finished_total",
         "Job attempts ended, by outcome.",
@@ -121,6 +121,13 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 9] = [
         "Scheduled periods enqueued, skipped, schedules paused, and schedule turns blocked \
          because Quay refuses auth.quay_service_token.",
         &["enqueued", "skipped", "paused", "blocked"],
+    ),
+    (
+        "logexport_database_unavailable_total",
+        "Database operations that found Postgres unreachable, by component.",
+        &[
+            "api", "claim", "heartbeat", "record", "notify", "audit", "schedule", "quota",
+        ],
     ),
 ];
 

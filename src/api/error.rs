@@ -55,8 +55,27 @@ impl ApiError {
     }
 }
 
+/// Seconds a client is asked to wait (`Retry-After`) when a dependency is unavailable.
+pub const RETRY_AFTER_SECONDS: u64 = 5;
+
+impl ApiError {
+    /// The answer while Postgres cannot be reached: 503 naming the database, with Retry-After.
+    pub fn database_unavailable(error: &sqlx::Error) -> Self {
+        crate::db::report_unavailable("api", error);
+        tracing::warn!(%error, "request refused: the database is unreachable");
+        Self::Unavailable(
+            "the service's database (Postgres) is unreachable; nothing was recorded, try again \
+             shortly"
+                .into(),
+        )
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            return Self::database_unavailable(&e);
+        }
         Self::internal(format!("database: {e}"))
     }
 }
@@ -78,6 +97,12 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECONDS),
             );
         }
         response

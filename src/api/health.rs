@@ -37,13 +37,40 @@ pub async fn healthz() -> &'static str {
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query("SELECT 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => {
+    // Answered within a probe's usual timeout, not after the pool's acquire timeout.
+    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    match tokio::time::timeout(READY_TIMEOUT, probe).await {
+        Ok(Ok(_)) => {
+            crate::db::report_available();
+            (StatusCode::OK, "ready\n").into_response()
+        }
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+            if crate::db::is_unavailable(&e) {
+                crate::db::report_unavailable("api", &e);
+            }
+            not_ready()
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READY_TIMEOUT, "readiness check failed: the database did not answer in time");
+            not_ready()
         }
     }
+}
+
+/// How long `/readyz` and the scrape's database gauges wait for Postgres.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn not_ready() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(
+            axum::http::header::RETRY_AFTER,
+            super::error::RETRY_AFTER_SECONDS.to_string(),
+        )],
+        "database unreachable\n",
+    )
+        .into_response()
 }
 
 /// `GET /metrics`: OpenMetrics text, with the queue and schedules read at scrape time.
@@ -58,16 +85,23 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let scrape = crate::metrics::Scrape {
-        queue_depth: storage::count_by_state(&state.pool)
-            .await
-            .unwrap_or_default(),
-        oldest_queued_seconds: storage::oldest_queued_seconds(&state.pool)
-            .await
-            .unwrap_or_default(),
-        schedules: crate::schedule::storage::stats(&state.pool, chrono::Utc::now())
-            .await
-            .unwrap_or_default(),
+    // The process's own counters are served even while Postgres is away (they show the outage);
+    // the gauges read from it are then left out rather than holding the scrape.
+    let now = chrono::Utc::now();
+    let read = async {
+        tokio::try_join!(
+            storage::count_by_state(&state.pool),
+            storage::oldest_queued_seconds(&state.pool),
+            crate::schedule::storage::stats(&state.pool, now),
+        )
+    };
+    let scrape = match tokio::time::timeout(READY_TIMEOUT, read).await {
+        Ok(Ok((queue_depth, oldest_queued_seconds, schedules))) => crate::metrics::Scrape {
+            queue_depth,
+            oldest_queued_seconds,
+            schedules,
+        },
+        _ => crate::metrics::Scrape::default(),
     };
     (
         [(

@@ -140,6 +140,11 @@ fn failure(e: LogsError, mut body: Value, empty_key: &str) -> Result<Json<Value>
     match e {
         LogsError::BadToken(t) => Err(ApiError::InvalidRequest(t.to_string())),
         LogsError::BadQuery(q) => Err(ApiError::InvalidRequest(q.to_string())),
+        // Our own database, not Splunk, is away: 503 like every other endpoint then.
+        LogsError::Unavailable {
+            reason: "database",
+            message,
+        } => Err(ApiError::Unavailable(message)),
         LogsError::Unavailable { message, .. } => {
             body[empty_key] = json!([]);
             body["search_unavailable"] = json!(true);

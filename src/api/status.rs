@@ -76,7 +76,7 @@ pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
             "performer": row.performer,
             "kind": row.kinds,
         },
-        "attempts": row.attempt,
+        "attempts": row.attempt - row.attempts_forgiven,
         "max_attempts": row.max_attempts,
         "next_attempt_at": (state == JobState::Queued).then_some(row.run_at),
         "cancel_requested": row.cancel_requested,

@@ -1,9 +1,13 @@
 //! Delivers the audit outbox to Splunk HTTP Event Collector, oldest first, in batches; rows
-//! are locked while in flight (`SKIP LOCKED`), so any number of workers ship each event once
-//! per attempt, and deleted only after HEC accepted them.
+//! are leased while in flight (taken with `SKIP LOCKED`), so any number of workers ship each
+//! event once per attempt, and deleted only after HEC accepted them. The lease, unlike a row
+//! lock, outlives an outage of the database: events HEC accepted meanwhile are deleted by the
+//! shipper that sent them once the database is back, never sent again by another.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +30,10 @@ pub struct Shipper {
     host: String,
     retry: RetryPolicy,
     poll: Duration,
+    /// Longer than a delivery can take.
+    lease: Duration,
+    /// Events HEC accepted whose deletion waits for the database.
+    delivered: Mutex<Vec<Uuid>>,
 }
 
 impl Shipper {
@@ -64,6 +72,8 @@ impl Shipper {
                 max: Duration::from_secs(audit.backoff_max_seconds.max(1)),
             },
             poll: Duration::from_millis(audit.poll_interval_ms.max(10)),
+            lease: Duration::from_secs(audit.timeout_seconds.max(1) * 2 + 30),
+            delivered: Mutex::default(),
         }))
     }
 
@@ -73,8 +83,12 @@ impl Shipper {
         loop {
             let more = match self.ship_once().await {
                 Ok(shipped) => shipped == BATCH as usize,
+                Err(e) if crate::db::is_unavailable(&e) => {
+                    crate::db::report_unavailable("audit", &e);
+                    false
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "audit outbox: database unavailable");
+                    tracing::warn!(error = %e, "audit outbox: shipping failed");
                     false
                 }
             };
@@ -90,20 +104,30 @@ impl Shipper {
 
     /// Tries one batch of due events; returns how many were delivered.
     pub async fn ship_once(&self) -> sqlx::Result<usize> {
-        let mut tx = self.pool.begin().await?;
-        let rows: Vec<(Uuid, Value, i32)> = sqlx::query_as(
-            "SELECT id, event, attempts FROM audit_outbox WHERE next_attempt_at <= now()
-             ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        self.forget_delivered().await?;
+        let mut rows: Vec<(Uuid, Value, i32, DateTime<Utc>)> = sqlx::query_as(
+            "UPDATE audit_outbox SET leased_until = now() + make_interval(secs => $2)
+             WHERE id IN (
+                 SELECT id FROM audit_outbox
+                 WHERE next_attempt_at <= now()
+                   AND (leased_until IS NULL
+                        OR (leased_until < now()
+                            AND now() > pg_postmaster_start_time() + make_interval(secs => $3)))
+                 ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, event, attempts, created_at",
         )
         .bind(BATCH)
-        .fetch_all(&mut *tx)
+        .bind(self.lease.as_secs_f64())
+        .bind(crate::queue::storage::RESTART_GRACE.as_secs_f64())
+        .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<Uuid> = rows.iter().map(|(id, _, _)| *id).collect();
+        rows.sort_by_key(|(id, _, _, created_at)| (*created_at, *id));
+        let ids: Vec<Uuid> = rows.iter().map(|(id, _, _, _)| *id).collect();
         let mut body = Vec::new();
-        for (_, event, _) in &rows {
+        for (_, event, _, _) in &rows {
             let mut envelope = json!({
                 "event": event,
                 "time": event["datetime"],
@@ -117,36 +141,52 @@ impl Shipper {
         }
         match self.post(body).await {
             Ok(()) => {
-                sqlx::query("DELETE FROM audit_outbox WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
                 for _ in &ids {
                     METRICS.incr("logexport_audit_events_total", "delivered");
                 }
+                self.delivered
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(&ids);
+                self.forget_delivered().await?;
                 Ok(ids.len())
             }
             Err(error) => {
-                let attempts = rows.iter().map(|(_, _, a)| *a).max().unwrap_or(0) as u32 + 1;
+                let attempts = rows.iter().map(|(_, _, a, _)| *a).max().unwrap_or(0) as u32 + 1;
                 let delay = self.retry.delay(attempts);
                 tracing::warn!(%error, events = ids.len(), attempts, retry_in = ?delay,
                     "audit events not delivered to Splunk HEC; kept for a retry");
                 sqlx::query(
                     "UPDATE audit_outbox SET attempts = attempts + 1, last_error = $2,
-                         next_attempt_at = now() + make_interval(secs => $3)
+                         next_attempt_at = now() + make_interval(secs => $3), leased_until = NULL
                      WHERE id = ANY($1)",
                 )
                 .bind(&ids)
                 .bind(&error)
                 .bind(delay.as_secs_f64())
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?;
-                tx.commit().await?;
                 METRICS.incr("logexport_audit_events_total", "retried");
                 Ok(0)
             }
         }
+    }
+
+    /// Deletes the events HEC accepted; kept for the next try while the database is away.
+    async fn forget_delivered(&self) -> sqlx::Result<()> {
+        let ids = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM audit_outbox WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?;
+        self.delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id| !ids.contains(id));
+        Ok(())
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<(), String> {

@@ -55,8 +55,10 @@ impl ExportCheckpoint {
 pub fn another_attempt_follows(error: &JobError, job: &ClaimedJob, ctx: &JobContext) -> bool {
     match error {
         JobError::Retryable(_) => {
-            job.attempt < job.max_attempts && ctx.stop_reason() != Some(StopReason::Cancelled)
+            job.spent() < job.max_attempts && ctx.stop_reason() != Some(StopReason::Cancelled)
         }
+        // The attempt is given back: the same export runs again once the database is back.
+        JobError::Database(_) => ctx.stop_reason() != Some(StopReason::Cancelled),
         JobError::Stopped => matches!(
             ctx.stop_reason(),
             Some(StopReason::Shutdown | StopReason::LostLease)

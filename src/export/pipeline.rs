@@ -44,7 +44,9 @@ impl ExportJob {
 }
 
 fn splunk_error(e: SplunkError) -> JobError {
-    if e.is_retryable() {
+    if e.is_database() {
+        JobError::Database(e.to_string())
+    } else if e.is_retryable() {
         JobError::Retryable(e.to_string())
     } else {
         JobError::Permanent(e.to_string())
@@ -98,7 +100,14 @@ impl JobHandler for ExportJob {
             filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
         };
         let started = std::time::Instant::now();
-        let spool_name = format!("{}-{}", job.id, job.attempt);
+        // Each reading of the export has a spool of its own, which only it removes (when it
+        // ends): no other attempt, worker or restart below can share it.
+        let spool_name = format!(
+            "{}-{}-{}",
+            job.id,
+            job.attempt,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let mut checkpoint = ExportCheckpoint::of(job);
         // Splunk first: a rejected token or bad search must not leave an upload behind.
         let mut rows = tokio::select! {
@@ -127,6 +136,10 @@ impl JobHandler for ExportJob {
                 Err(e) => {
                     tracing::warn!(error = %e, "the checkpointed upload cannot be continued; starting over");
                     checkpoint = None;
+                    // The resumed reading ends first: its searches give their permits back, and
+                    // its spool goes with it before the new reading starts its own.
+                    drop(rows);
+                    let spool_name = format!("{spool_name}-over");
                     rows = SlicedRows::start(
                         &self.splunk,
                         &filters,
@@ -193,6 +206,16 @@ impl JobHandler for ExportJob {
                     logs = streamed.logs,
                     "every row encoded; completing the upload"
                 );
+                // Completing is final: only while no other worker can take the job over (its
+                // lease may have run out while the database was away).
+                if let Err(e) = ctx.hold_lease().await {
+                    if saves.saved {
+                        upload.suspend();
+                    } else if let Err(abort) = upload.abort().await {
+                        tracing::warn!(error = %abort, "aborting the upload failed; housekeeping will remove it");
+                    }
+                    return Err(e);
+                }
                 let size = upload.complete().await.map_err(storage_error)?;
                 // Never longer-lived than the credentials that sign it.
                 let (url, lifetime) = self

@@ -130,6 +130,9 @@ const SPLIT_POLL: Duration = Duration::from_millis(50);
 /// Pieces each of the last slices is read in (see [`pieces`]).
 const TAIL_PIECES: usize = 4;
 
+/// How often a slice reader tries again for a search permit while the database is unreachable.
+const DATABASE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a reader ahead of the slice next in line waits for spool room before reading on.
 const ROOM_WAIT: Duration = Duration::from_secs(10);
 
@@ -714,6 +717,13 @@ impl Readers {
                 .await
             {
                 Ok(spooled) => break Ok(spooled),
+                // Our own database is away (the search quota lives there): nothing was asked of
+                // Splunk, so the slice waits for it without spending an attempt. The runner stops
+                // the export should its lease run out meanwhile.
+                Err(e) if e.is_database() => {
+                    attempt -= 1;
+                    tokio::time::sleep(DATABASE_WAIT).await;
+                }
                 Err(e) if e.is_retryable() && attempt < self.attempts => {
                     refused_for_quota |= e.is_quota();
                     let delay = self.splunk.retry_policy().delay(attempt - 1);
@@ -882,6 +892,7 @@ fn clone_error(e: &SplunkError) -> SplunkError {
         SplunkError::BadSearch { message } => SplunkError::BadSearch {
             message: message.clone(),
         },
+        SplunkError::Database(message) => SplunkError::Database(message.clone()),
         other => SplunkError::Http {
             status: 503,
             message: other.to_string(),

@@ -185,6 +185,7 @@ fn unavailable(e: &SplunkError) -> LogsError {
         SplunkError::Http { .. } => "http",
         SplunkError::SearchFailed { .. } | SplunkError::BadSearch { .. } => "search_failed",
         SplunkError::Config(_) => "not_configured",
+        SplunkError::Database(_) => "database",
         _ => "protocol",
     };
     LogsError::Unavailable {

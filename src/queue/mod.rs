@@ -104,7 +104,10 @@ pub struct NewExport {
 #[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: ExportId,
+    /// Fences this attempt's writes; grows with every claim.
     pub attempt: i32,
+    /// Attempts that an outage of the database ended, which do not count against `max_attempts`.
+    pub attempts_forgiven: i32,
     pub max_attempts: i32,
     pub scope: ExportScope,
     pub namespace: Namespace,
@@ -117,6 +120,14 @@ pub struct ClaimedJob {
     pub kinds: Vec<String>,
     /// Where an earlier attempt got to, as the export recorded it.
     pub checkpoint: Option<serde_json::Value>,
+}
+
+impl ClaimedJob {
+    /// Attempts spent on the job so far, this one included: those the database's outages ended
+    /// are not counted.
+    pub fn spent(&self) -> i32 {
+        self.attempt - self.attempts_forgiven
+    }
 }
 
 /// Everything the status endpoint and the notifier read about one export.
@@ -136,6 +147,8 @@ pub struct ExportRow {
     pub callback_email: Option<String>,
     pub state: String,
     pub attempt: i32,
+    /// Attempts an outage of the database ended (not counted; see [`ClaimedJob::spent`]).
+    pub attempts_forgiven: i32,
     pub max_attempts: i32,
     pub run_at: DateTime<Utc>,
     pub cancel_requested: bool,

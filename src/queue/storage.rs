@@ -16,6 +16,13 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// For this long after Postgres (re)starts, a lease that lapsed while it was down stays with its
+/// holder: a worker that kept its job (or its finished result) through the outage renews or
+/// records it within a few seconds of the database's return, and only a holder that gave up or
+/// died has its job taken over. Longer than the holders' retry interval (at most 2 s) plus a
+/// reconnect.
+pub const RESTART_GRACE: Duration = Duration::from_secs(8);
+
 /// Inserts a new export and wakes a worker. With an idempotency key seen from the same caller
 /// within 24 hours, returns the earlier export's id instead and inserts nothing.
 pub async fn enqueue(pool: &PgPool, export: &NewExport) -> sqlx::Result<ExportId> {
@@ -152,11 +159,13 @@ pub async fn claim_next(
         let mut candidate: Option<(Uuid, String)> = sqlx::query_as(
             "SELECT id, namespace FROM export_jobs
              WHERE state = 'running' AND lease_expires_at < now() AND NOT (namespace = ANY($1))
+               AND now() > pg_postmaster_start_time() + make_interval(secs => $2)
              ORDER BY lease_expires_at
              LIMIT 1
              FOR UPDATE SKIP LOCKED",
         )
         .bind(&skipped)
+        .bind(secs(RESTART_GRACE))
         .fetch_optional(&mut *tx)
         .await?;
         if candidate.is_none() {
@@ -182,16 +191,24 @@ pub async fn claim_next(
             .execute(&mut *tx)
             .await?;
         // Under the lock this statement's snapshot includes every committed claim in the
-        // namespace, so counting and claiming in one statement is race-free.
+        // namespace, so counting and claiming in one statement is race-free. Taking over a lease
+        // held across a restart of Postgres forgives the attempt it interrupts: the database's
+        // outage, not the job, ended it. (A job still held in the restart grace counts as running.)
         let row: Option<ExportRow> = sqlx::query_as(
             "UPDATE export_jobs
              SET state = 'running', attempt = attempt + 1, worker_id = $2,
+                 attempts_forgiven = attempts_forgiven + CASE
+                     WHEN state = 'running'
+                      AND lease_expires_at - make_interval(secs => $3) < pg_postmaster_start_time()
+                     THEN 1 ELSE 0 END,
                  lease_expires_at = now() + make_interval(secs => $3),
                  started_at = coalesce(started_at, now()), updated_at = now()
              WHERE id = $1
                AND (SELECT count(*) FROM export_jobs r
                     WHERE r.namespace = $4 AND r.state = 'running'
-                      AND r.lease_expires_at >= now() AND r.id <> $1) < $5
+                      AND (r.lease_expires_at >= now()
+                           OR now() <= pg_postmaster_start_time() + make_interval(secs => $6))
+                      AND r.id <> $1) < $5
              RETURNING *",
         )
         .bind(id)
@@ -199,6 +216,7 @@ pub async fn claim_next(
         .bind(secs(lease))
         .bind(&namespace)
         .bind(i64::from(per_namespace_limit))
+        .bind(secs(RESTART_GRACE))
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -216,6 +234,7 @@ fn claimed(row: ExportRow) -> ClaimedJob {
     ClaimedJob {
         id: ExportId(row.id),
         attempt: row.attempt,
+        attempts_forgiven: row.attempts_forgiven,
         max_attempts: row.max_attempts,
         scope: row
             .scope
@@ -550,13 +569,16 @@ pub async fn claim_notification(pool: &PgPool, lease: Duration) -> sqlx::Result<
          WHERE id = (
              SELECT id FROM export_jobs
              WHERE notify_state = 'pending' AND notify_run_at <= now()
-               AND (notify_lease_expires_at IS NULL OR notify_lease_expires_at < now())
+               AND (notify_lease_expires_at IS NULL
+                    OR (notify_lease_expires_at < now()
+                        AND now() > pg_postmaster_start_time() + make_interval(secs => $2)))
              ORDER BY notify_run_at
              LIMIT 1
              FOR UPDATE SKIP LOCKED)
          RETURNING *",
     )
     .bind(secs(lease))
+    .bind(secs(RESTART_GRACE))
     .fetch_optional(pool)
     .await
 }

@@ -89,6 +89,11 @@ impl Scheduler {
                     tracing::info!(?report, "scheduler tick")
                 }
                 Ok(_) => {}
+                Err(e) if crate::db::is_unavailable(&e) => {
+                    // Each period is enqueued with its run row or not at all: the next tick
+                    // after the outage does what this one could not.
+                    crate::db::report_unavailable("schedule", &e)
+                }
                 Err(e) => tracing::warn!(error = %e, "scheduler tick failed; retrying next tick"),
             }
             tokio::select! {

@@ -147,7 +147,12 @@ impl SplunkClient {
         if limit == 0 || url.is_empty() {
             return Ok(client);
         }
-        Ok(client.with_search_quota(SearchQuota::connect_lazy(url, limit)?))
+        let acquire_timeout = crate::db::acquire_timeout(&config.database);
+        Ok(client.with_search_quota(SearchQuota::connect_lazy(
+            url,
+            limit,
+            acquire_timeout,
+        )?))
     }
 
     /// How many quota answers this client (and its clones) has had from Splunk so far.

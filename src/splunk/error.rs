@@ -49,6 +49,12 @@ pub enum SplunkError {
     /// The `[splunk]` configuration cannot be used.
     #[error("invalid Splunk configuration: {0}")]
     Config(String),
+    /// The service's own database, which keeps the cluster-wide search quota, could not be
+    /// reached: nothing was asked of Splunk.
+    #[error(
+        "the service's database (Postgres) is unreachable, so no Splunk search could start: {0}"
+    )]
+    Database(String),
 }
 
 impl SplunkError {
@@ -56,7 +62,10 @@ impl SplunkError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Http { retryable, .. } | Self::SearchFailed { retryable, .. } => *retryable,
-            Self::Connection { .. } | Self::StreamCut { .. } | Self::SearchTimeout { .. } => true,
+            Self::Connection { .. }
+            | Self::StreamCut { .. }
+            | Self::SearchTimeout { .. }
+            | Self::Database(_) => true,
             Self::Unauthorized { .. }
             | Self::BadSearch { .. }
             | Self::LineTooLong { .. }
@@ -113,6 +122,11 @@ impl SplunkError {
 }
 
 impl SplunkError {
+    /// Whether the service's own database, not Splunk, failed.
+    pub fn is_database(&self) -> bool {
+        matches!(self, Self::Database(_))
+    }
+
     /// Whether Splunk refused the search for its concurrency quota (the role's `srchJobsQuota`).
     pub fn is_quota(&self) -> bool {
         match self {

@@ -67,10 +67,14 @@ impl SearchQuota {
 
     /// A quota over a small lazily connected pool of its own, for clients built from
     /// configuration alone.
-    pub fn connect_lazy(database_url: &str, limit: u32) -> Result<Self, SplunkError> {
+    pub fn connect_lazy(
+        database_url: &str,
+        limit: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, SplunkError> {
         let pool = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_lazy(database_url)
             .map_err(|e| {
                 SplunkError::Config(format!(
@@ -222,6 +226,10 @@ impl Drop for SearchPermit {
 }
 
 fn database_error(e: sqlx::Error) -> SplunkError {
+    if crate::db::is_unavailable(&e) {
+        crate::db::report_unavailable("quota", &e);
+        return SplunkError::Database(e.to_string());
+    }
     SplunkError::Http {
         status: 503,
         message: format!("the Splunk search quota could not be read from Postgres: {e}"),

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +28,10 @@ pub enum JobError {
     /// The job stopped because its token was cancelled; the runner knows why.
     #[error("stopped")]
     Stopped,
+    /// The service's own database could not be reached: not the job's fault, so the attempt is
+    /// given back rather than spent.
+    #[error("{0}")]
+    Database(String),
 }
 
 /// Why the runner asked a job to stop.
@@ -47,6 +52,15 @@ pub struct JobContext {
     bytes: Arc<AtomicU64>,
     slices: Arc<[AtomicU64; 3]>,
     checkpoints: Option<CheckpointStore>,
+    lease: Option<Arc<LeaseClock>>,
+}
+
+/// What the worker knows of its lease: until when no other worker can hold the job.
+#[derive(Debug)]
+struct LeaseClock {
+    until: Mutex<Instant>,
+    /// What is left of the lease before an irreversible step (completing the upload).
+    enough: Duration,
 }
 
 /// Where a job's checkpoints go: its row, fenced by the attempt.
@@ -68,6 +82,51 @@ impl JobContext {
         Self {
             checkpoints: Some(CheckpointStore { pool, id, attempt }),
             ..Self::default()
+        }
+    }
+
+    /// The same context, tracking a lease valid until `until`; [`JobContext::hold_lease`] then
+    /// waits for `enough` of it to be left.
+    pub fn with_lease(mut self, until: Instant, enough: Duration) -> Self {
+        self.lease = Some(Arc::new(LeaseClock {
+            until: Mutex::new(until),
+            enough,
+        }));
+        self
+    }
+
+    /// Records a renewal: no other worker can hold the job before `until`.
+    pub fn lease_renewed(&self, until: Instant) {
+        if let Some(lease) = &self.lease {
+            *lease.until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+        }
+    }
+
+    /// Until when this worker surely holds the job (`None`: no lease is tracked).
+    pub fn lease_until(&self) -> Option<Instant> {
+        let lease = self.lease.as_ref()?;
+        Some(*lease.until.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until the lease has enough time left for an irreversible step, so that no other
+    /// worker can take the job over meanwhile; while the database is away and no renewal comes,
+    /// this waits until the job is stopped (the lease runs out) and returns `Stopped`.
+    pub async fn hold_lease(&self) -> Result<(), JobError> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        loop {
+            if self.is_stopped() {
+                return Err(JobError::Stopped);
+            }
+            let until = *lease.until.lock().unwrap_or_else(|p| p.into_inner());
+            if until.saturating_duration_since(Instant::now()) >= lease.enough {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.stopped() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
         }
     }
 

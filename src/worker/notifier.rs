@@ -30,6 +30,8 @@ pub struct Notifier {
     poll_interval: Duration,
     concurrency: usize,
     public_url: String,
+    /// Cancelled at shutdown: a result no longer waits for the database then.
+    shutdown: CancellationToken,
 }
 
 impl Notifier {
@@ -57,6 +59,7 @@ impl Notifier {
             poll_interval: Duration::from_millis(config.worker.poll_interval_ms),
             public_url: config.server.public_url.clone(),
             concurrency: 4,
+            shutdown: CancellationToken::new(),
         })
     }
 
@@ -64,7 +67,8 @@ impl Notifier {
     pub async fn run(self, listener: QueueListener, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         for _ in 0..self.concurrency {
-            let this = self.clone();
+            let mut this = self.clone();
+            this.shutdown = shutdown.clone();
             let (listener, shutdown) = (listener.clone(), shutdown.clone());
             tracker.spawn(async move { this.run_one(listener, shutdown).await });
         }
@@ -79,7 +83,10 @@ impl Notifier {
             woken.as_mut().enable();
             match self.deliver_next().await {
                 Ok(true) => continue,
-                Ok(false) => {}
+                Ok(false) => crate::db::report_available(),
+                Err(e) if crate::db::is_unavailable(&e) => {
+                    crate::db::report_unavailable("notify", &e)
+                }
                 Err(e) => tracing::warn!(error = %e, "claiming a notification failed"),
             }
             tokio::select! {
@@ -161,13 +168,21 @@ impl Notifier {
             tracing::info!("notification delivered");
             NotifyResult::Delivered
         };
-        let recorded = storage::finish_notification(
-            &self.pool,
-            row.id,
-            row.notify_attempts,
-            &result,
-            email_done,
-            callback_done,
+        // What was delivered is recorded once the database takes it, never delivered again
+        // because the database was away (its lease outlives an outage: see RESTART_GRACE).
+        let recorded = crate::db::retry_while_unavailable(
+            "notify",
+            || self.shutdown.is_cancelled(),
+            || {
+                storage::finish_notification(
+                    &self.pool,
+                    row.id,
+                    row.notify_attempts,
+                    &result,
+                    email_done,
+                    callback_done,
+                )
+            },
         )
         .await?;
         if !recorded {

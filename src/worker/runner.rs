@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::job::{JobContext, JobError, JobHandler, StopReason};
 use crate::config::WorkerConfig;
+use crate::db;
 use crate::domain::ExportId;
 use crate::metrics::METRICS;
 use crate::queue::{ClaimedJob, ExportResult, Finish, QueueListener, RetryPolicy, storage};
@@ -57,6 +58,15 @@ impl WorkerSettings {
     }
 }
 
+impl WorkerSettings {
+    /// Until when a lease renewed (or claimed) by a request sent at `sent` surely holds: the
+    /// database counts the lease from when it ran the statement, which is later, and half a
+    /// heartbeat is kept in hand for the job to stop.
+    fn lease_deadline(&self, sent: Instant) -> Instant {
+        sent + self.lease.saturating_sub(self.heartbeat / 2)
+    }
+}
+
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
@@ -92,13 +102,15 @@ impl WorkerPool {
         let listener = QueueListener::spawn(self.pool.clone(), listener_stop.clone());
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
         tracing::info!(worker_id = %self.settings.worker_id, concurrency = self.settings.concurrency, "worker started");
 
         // A few claimers in parallel: one claim is several round trips, so a single claimer
         // would cap the process at 1/latency jobs per second however many slots are free.
         let claimers = self.settings.concurrency.clamp(1, 4);
         futures::future::join_all(
-            (0..claimers).map(|_| self.claim_loop(&listener, &slots, &tracker, &shutdown)),
+            (0..claimers)
+                .map(|_| self.claim_loop(&listener, &slots, &tracker, &shutdown, &hard_stop)),
         )
         .await;
 
@@ -117,6 +129,8 @@ impl WorkerPool {
             for ctx in contexts {
                 ctx.stop(StopReason::Shutdown);
             }
+            // Outcomes still waiting for the database are left to the leases.
+            hard_stop.cancel();
             tracker.wait().await;
         }
         listener_stop.cancel();
@@ -129,6 +143,7 @@ impl WorkerPool {
         slots: &Arc<Semaphore>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
+        hard_stop: &CancellationToken,
     ) {
         loop {
             let permit = tokio::select! {
@@ -142,6 +157,7 @@ impl WorkerPool {
             let woken = listener.new_job.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
+            let asked = Instant::now();
             let claim = storage::claim_next(
                 &self.pool,
                 &self.settings.worker_id,
@@ -149,6 +165,9 @@ impl WorkerPool {
                 self.settings.per_namespace_limit,
             )
             .await;
+            if claim.is_ok() {
+                db::report_available();
+            }
             match claim {
                 Ok(Some(job)) => {
                     let attempt = AttemptRunner {
@@ -156,6 +175,8 @@ impl WorkerPool {
                         settings: self.settings.clone(),
                         handler: self.handler.clone(),
                         running: self.running.clone(),
+                        lease_until: self.settings.lease_deadline(asked),
+                        hard_stop: hard_stop.clone(),
                     };
                     let span = tracing::info_span!("export_job", export_id = %job.id, attempt = job.attempt, namespace = %job.namespace);
                     tracker.spawn(
@@ -176,7 +197,12 @@ impl WorkerPool {
                 }
                 Err(e) => {
                     drop(permit);
-                    tracing::warn!(error = %e, "claiming a job failed; retrying after the poll interval");
+                    if db::is_unavailable(&e) {
+                        // Claiming pauses until the database is back; running jobs go on.
+                        db::report_unavailable("claim", &e);
+                    } else {
+                        tracing::warn!(error = %e, "claiming a job failed; retrying after the poll interval");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(self.settings.poll_interval) => {}
@@ -193,11 +219,17 @@ struct AttemptRunner {
     settings: WorkerSettings,
     handler: Arc<dyn JobHandler>,
     running: Arc<Mutex<HashMap<ExportId, JobContext>>>,
+    /// Until when the claim surely holds the job.
+    lease_until: Instant,
+    /// Set once the shutdown grace is over: outcomes no longer wait for the database.
+    hard_stop: CancellationToken,
 }
 
 impl AttemptRunner {
     async fn run(self, job: ClaimedJob) {
-        let ctx = JobContext::with_checkpoints(self.pool.clone(), job.id, job.attempt);
+        // An irreversible step (completing the upload) waits for a third of a lease in hand.
+        let ctx = JobContext::with_checkpoints(self.pool.clone(), job.id, job.attempt)
+            .with_lease(self.lease_until, self.settings.lease / 3);
         if let Ok(mut running) = self.running.lock() {
             running.insert(job.id, ctx.clone());
         }
@@ -211,7 +243,7 @@ impl AttemptRunner {
             ctx.clone(),
         ));
 
-        let result = if job.attempt > job.max_attempts {
+        let result = if job.spent() > job.max_attempts {
             Err(JobError::Permanent(format!(
                 "the worker running the last attempt ({}) stopped responding",
                 job.max_attempts
@@ -262,11 +294,13 @@ impl AttemptRunner {
     ) -> &'static str {
         let (id, attempt) = (job.id, job.attempt);
         let finish = match (result, ctx.stop_reason()) {
-            (_, Some(StopReason::LostLease)) => {
-                tracing::warn!("lease lost to another worker; this attempt's result is discarded");
+            // Recorded even when the lease ran out meanwhile: the write is fenced, so it only
+            // lands when no other worker took the job over.
+            (Ok(result), _) => Finish::Succeeded(result),
+            (Err(_), Some(StopReason::LostLease)) => {
+                tracing::warn!("lease lost; this attempt stopped and the job's next holder continues it");
                 return "lost_lease";
             }
-            (Ok(result), _) => Finish::Succeeded(result),
             (Err(_), Some(StopReason::Shutdown)) => {
                 return match storage::release(&self.pool, id, attempt).await {
                     Ok(_) => {
@@ -280,6 +314,14 @@ impl AttemptRunner {
                 };
             }
             (Err(_), Some(StopReason::Cancelled)) => Finish::Cancelled,
+            (Err(JobError::Database(e)), None) => {
+                tracing::warn!(error = %e, "the database was unreachable during the attempt; it is given back, not spent");
+                let release = self.recorded(|| storage::release(&self.pool, id, attempt));
+                if let Err(db) = release.await {
+                    tracing::error!(error = %db, "could not give the attempt back; the lease will expire and another worker will reclaim it");
+                }
+                return "released";
+            }
             (Err(_), Some(StopReason::TimedOut)) => Finish::TimedOut(format!(
                 "the export did not finish within worker.max_work_seconds ({} s)",
                 self.settings.max_work.as_secs()
@@ -288,17 +330,19 @@ impl AttemptRunner {
             (Err(JobError::Invalid(e)), None) => Finish::Invalid(e),
             (Err(e @ (JobError::Retryable(_) | JobError::Stopped)), None) => {
                 let message = e.to_string();
-                if attempt < job.max_attempts {
-                    let delay = self.settings.retry.delay(attempt as u32);
+                let spent = job.spent();
+                if spent < job.max_attempts {
+                    let delay = self.settings.retry.delay(spent.max(1) as u32);
                     tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
-                    if let Err(db) =
-                        storage::retry_later(&self.pool, id, attempt, delay, &message).await
-                    {
+                    let retry = self.recorded(|| {
+                        storage::retry_later(&self.pool, id, attempt, delay, &message)
+                    });
+                    if let Err(db) = retry.await {
                         tracing::error!(error = %db, "could not schedule the retry; the lease will expire and another worker will reclaim it");
                     }
                     return "retried";
                 }
-                Finish::Failed(format!("{message} (gave up after {attempt} attempts)"))
+                Finish::Failed(format!("{message} (gave up after {spent} attempts)"))
             }
         };
         let label = match &finish {
@@ -308,7 +352,9 @@ impl AttemptRunner {
             Finish::Invalid(_) => "invalid",
             Finish::Cancelled => "cancelled",
         };
-        match storage::finish(&self.pool, id, attempt, &finish).await {
+        // Kept until the database takes it: a result lost to an outage would be worked again.
+        let recorded = self.recorded(|| storage::finish(&self.pool, id, attempt, &finish));
+        match recorded.await {
             Ok(true) => tracing::info!(outcome = label, "export finished"),
             Ok(false) => tracing::warn!("the job was reclaimed elsewhere; outcome not recorded"),
             Err(e) => {
@@ -317,9 +363,19 @@ impl AttemptRunner {
         }
         label
     }
+
+    /// Runs a fenced write of this attempt's outcome, waiting out an outage of the database.
+    async fn recorded<T, Fut>(&self, op: impl FnMut() -> Fut) -> sqlx::Result<T>
+    where
+        Fut: std::future::Future<Output = sqlx::Result<T>>,
+    {
+        db::retry_while_unavailable("record", || self.hard_stop.is_cancelled(), op).await
+    }
 }
 
-/// Renews the lease and stores progress; stops the job when it was cancelled or reclaimed.
+/// Renews the lease and stores progress; stops the job when it was cancelled or reclaimed, or
+/// when its lease runs out while the database cannot be reached (another worker may take the
+/// job over once it is back, and continues from the checkpoint).
 async fn heartbeat(
     pool: PgPool,
     id: ExportId,
@@ -327,37 +383,50 @@ async fn heartbeat(
     settings: WorkerSettings,
     ctx: JobContext,
 ) {
-    let mut last_renewed = Instant::now();
     let mut ticker = tokio::time::interval(settings.heartbeat);
     ticker.tick().await;
     loop {
-        ticker.tick().await;
+        let Some(deadline) = ctx.lease_until() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => return lease_ran_out(&ctx),
+        }
         let (logs, bytes) = ctx.progress();
         let progress = storage::Progress {
             logs_exported: logs,
             bytes_written: bytes,
             slices: ctx.slices(),
         };
-        match storage::heartbeat(&pool, id, attempt, settings.lease, &progress).await {
-            Ok(Some(cancel_requested)) => {
-                last_renewed = Instant::now();
+        let sent = Instant::now();
+        let renewal = storage::heartbeat(&pool, id, attempt, settings.lease, &progress);
+        match tokio::time::timeout_at(deadline, renewal).await {
+            Ok(Ok(Some(cancel_requested))) => {
+                db::report_available();
+                ctx.lease_renewed(settings.lease_deadline(sent));
                 if cancel_requested {
                     tracing::info!("cancel requested; stopping");
                     ctx.stop(StopReason::Cancelled);
                 }
             }
-            Ok(None) => {
+            Ok(Ok(None)) => {
                 ctx.stop(StopReason::LostLease);
                 return;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "lease renewal failed");
-                // Past the lease another worker may already run this job: stop before duplicating it.
-                if last_renewed.elapsed() >= settings.lease {
-                    ctx.stop(StopReason::LostLease);
-                    return;
-                }
-            }
+            Ok(Err(e)) if db::is_unavailable(&e) => db::report_unavailable("heartbeat", &e),
+            Ok(Err(e)) => tracing::warn!(error = %e, "lease renewal failed"),
+            Err(_) => return lease_ran_out(&ctx),
         }
     }
+}
+
+/// Past the lease another worker may already run this job: stop before duplicating it.
+fn lease_ran_out(ctx: &JobContext) {
+    tracing::warn!(
+        "the lease ran out without a renewal (database unreachable); stopping this attempt, \
+         which is not counted: the job continues from its checkpoint once the database is back"
+    );
+    ctx.stop(StopReason::LostLease);
 }

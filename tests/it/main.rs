@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api;
+mod db_outage;
 mod delivery;
 mod emulator;
 mod emulator_costs;
