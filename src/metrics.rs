@@ -126,7 +126,14 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 10] = [
         "logexport_database_unavailable_total",
         "Database operations that found Postgres unreachable, by component.",
         &[
-            "api", "claim", "heartbeat", "record", "notify", "audit", "schedule", "quota",
+            "api",
+            "claim",
+            "heartbeat",
+            "record",
+            "notify",
+            "audit",
+            "schedule",
+            "quota",
         ],
     ),
 ];

@@ -174,7 +174,11 @@ impl Shipper {
 
     /// Deletes the events HEC accepted; kept for the next try while the database is away.
     async fn forget_delivered(&self) -> sqlx::Result<()> {
-        let ids = self.delivered.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ids = self
+            .delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if ids.is_empty() {
             return Ok(());
         }

@@ -148,11 +148,7 @@ impl SplunkClient {
             return Ok(client);
         }
         let acquire_timeout = crate::db::acquire_timeout(&config.database);
-        Ok(client.with_search_quota(SearchQuota::connect_lazy(
-            url,
-            limit,
-            acquire_timeout,
-        )?))
+        Ok(client.with_search_quota(SearchQuota::connect_lazy(url, limit, acquire_timeout)?))
     }
 
     /// How many quota answers this client (and its clones) has had from Splunk so far.

@@ -298,7 +298,9 @@ impl AttemptRunner {
             // lands when no other worker took the job over.
             (Ok(result), _) => Finish::Succeeded(result),
             (Err(_), Some(StopReason::LostLease)) => {
-                tracing::warn!("lease lost; this attempt stopped and the job's next holder continues it");
+                tracing::warn!(
+                    "lease lost; this attempt stopped and the job's next holder continues it"
+                );
                 return "lost_lease";
             }
             (Err(_), Some(StopReason::Shutdown)) => {

@@ -22,7 +22,6 @@ use crate::helpers::{TestApp, eventually, spawn_app_with, test_config, use_emula
 use crate::notify::harness::{Receiver, Reply, free_port};
 
 const SPLUNK_TOKEN: &str = "splunk-outage-token";
-const HEC_TOKEN: &str = "hec-outage-token";
 /// Outages, in seconds: shorter than a lease (the workers keep their jobs through them) and
 /// longer (their leases run out and the jobs are taken over when Postgres is back). Every one is
 /// longer than the pool's acquire timeout.
@@ -56,8 +55,19 @@ impl ThrowawayPostgres {
             assert!(status.success(), "chown the cluster directory");
         }
         let data = this.data();
-        this.pg("initdb", &["-D", data.as_str(), "-A", "trust", "-U", "postgres", "--no-sync"])
-            .await;
+        this.pg(
+            "initdb",
+            &[
+                "-D",
+                data.as_str(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        )
+        .await;
         this.up().await;
         this
     }
@@ -78,7 +88,16 @@ impl ThrowawayPostgres {
         );
         let log = self.dir.join("postgres.log").display().to_string();
         let data = self.data();
-        let args = ["-D", data.as_str(), "-o", options.as_str(), "-l", log.as_str(), "-w", "start"];
+        let args = [
+            "-D",
+            data.as_str(),
+            "-o",
+            options.as_str(),
+            "-l",
+            log.as_str(),
+            "-w",
+            "start",
+        ];
         self.pg("pg_ctl", &args).await;
     }
 
@@ -98,7 +117,11 @@ impl ThrowawayPostgres {
         } else {
             tokio::process::Command::new(&binary)
         };
-        let output = command.args(args).output().await.expect("run a Postgres tool");
+        let output = command
+            .args(args)
+            .output()
+            .await
+            .expect("run a Postgres tool");
         assert!(
             output.status.success(),
             "{tool} {args:?}: {}",
@@ -332,7 +355,7 @@ async fn postgres_outages_get_503_and_lose_nothing() {
     config.database.acquire_timeout_seconds = ACQUIRE_TIMEOUT;
     config.database.max_connections = 10;
     use_emulator(&mut config, &emulator, SPLUNK_TOKEN);
-    config.splunk.max_concurrent_searches = 6;
+    config.splunk.max_concurrent_searches = 12;
     config.worker.lease_seconds = LEASE;
     config.worker.concurrency = 3;
     config.worker.max_attempts = 3;
@@ -342,7 +365,7 @@ async fn postgres_outages_get_503_and_lose_nothing() {
     config.schedule.interval_seconds = 1;
     config.audit.sink = AuditSink::Hec;
     config.audit.hec_url = format!("{}/services/collector/event", emulator.base_url());
-    config.audit.hec_token = Secret::new(HEC_TOKEN);
+    config.audit.hec_token = Secret::new(SPLUNK_TOKEN);
     config.audit.poll_interval_ms = 200;
     config.audit.backoff_base_seconds = 1;
     config.audit.backoff_max_seconds = 1;
@@ -422,7 +445,13 @@ async fn postgres_outages_get_503_and_lose_nothing() {
         {
             refused.push((cycle, what, answer));
         }
-        let health = h.app.client.get(h.app.url("/healthz")).send().await.unwrap();
+        let health = h
+            .app
+            .client
+            .get(h.app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(health.status(), 200, "/healthz stays up");
         tokio::time::sleep(Duration::from_secs(*seconds).saturating_sub(down_at.elapsed())).await;
         postgres.up().await;
@@ -449,7 +478,11 @@ async fn postgres_outages_get_503_and_lose_nothing() {
     // Every request during an outage: 503, Retry-After, and the database named as the cause.
     assert_eq!(refused.len(), OUTAGES.len() * 5);
     for (cycle, what, answer) in &refused {
-        assert_eq!(answer.status, 503, "outage {cycle}, {what}: {}", answer.body);
+        assert_eq!(
+            answer.status, 503,
+            "outage {cycle}, {what}: {}",
+            answer.body
+        );
         assert!(
             answer.retry_after.is_some(),
             "outage {cycle}, {what}: no Retry-After"
@@ -512,7 +545,11 @@ async fn postgres_outages_get_503_and_lose_nothing() {
             .then_some(states)
     })
     .await;
-    assert_eq!(states.len(), expected.len(), "no export beyond those accepted");
+    assert_eq!(
+        states.len(),
+        expected.len(),
+        "no export beyond those accepted"
+    );
     for (id, want) in &expected {
         let (state, spent, logs, _) = &states[id];
         assert_eq!(state, "succeeded", "{id}");
@@ -520,6 +557,14 @@ async fn postgres_outages_get_503_and_lose_nothing() {
         assert_eq!(*logs as u64, want.rows, "{id}");
     }
 
+    // The long outages outlasted the leases of the exports running then: those were taken over,
+    // and the attempts the outages ended were given back.
+    let taken_over: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE attempts_forgiven > 0")
+            .fetch_one(&h.pool)
+            .await
+            .unwrap();
+    assert!(taken_over >= 1, "no lease ran out during the long outages");
     // One notice per export, after a quiet period.
     eventually(60, "a notice for every export", || async {
         let calls = h.receiver.calls();
@@ -594,7 +639,11 @@ async fn postgres_outages_get_503_and_lose_nothing() {
         .count();
     assert_eq!(again, audit.len(), "no audit event shipped twice");
     let requested = expected.values().filter(|e| e.requested).count();
-    assert_eq!(audit.len(), requested, "one audit event per accepted request");
+    assert_eq!(
+        audit.len(),
+        requested,
+        "one audit event per accepted request"
+    );
     let mut per_export: HashMap<String, usize> = HashMap::new();
     for event in &audit {
         assert_eq!(event["kind"], "export_logs_success", "{event}");
@@ -603,7 +652,12 @@ async fn postgres_outages_get_503_and_lose_nothing() {
             other => other.clone(),
         };
         *per_export
-            .entry(metadata["export_id"].as_str().unwrap_or_default().to_owned())
+            .entry(
+                metadata["export_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
             .or_default() += 1;
     }
     for (id, want) in expected.iter().filter(|(_, e)| e.requested) {
@@ -613,7 +667,8 @@ async fn postgres_outages_get_503_and_lose_nothing() {
     stop.cancel();
     let _ = std::fs::remove_dir_all(&data);
     eprintln!(
-        "{} outages ({OUTAGES:?} s), {} exports, {} requests refused with 503, in {:?}",
+        "{} outages ({OUTAGES:?} s), {} exports ({taken_over} taken over after a lease ran out), \
+         {} requests refused with 503, in {:?}",
         OUTAGES.len(),
         expected.len(),
         refused.len(),
