@@ -134,6 +134,7 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 10] = [
             "audit",
             "schedule",
             "quota",
+            "listen",
         ],
     ),
 ];

@@ -100,8 +100,9 @@ impl JobHandler for ExportJob {
             filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
         };
         let started = std::time::Instant::now();
-        // Each reading of the export has a spool of its own, which only it removes (when it
-        // ends): no other attempt, worker or restart below can share it.
+        // Each reading of the export has a spool directory of its own, removed by that reading
+        // alone when it ends: no other attempt or worker on this machine can remove it from
+        // under a reading still in use.
         let spool_name = format!(
             "{}-{}-{}",
             job.id,

@@ -28,7 +28,12 @@ impl QueueListener {
         tokio::spawn(async move {
             while !shutdown.is_cancelled() {
                 if let Err(e) = wake.listen(&pool, &shutdown).await {
-                    tracing::warn!(error = %e, "queue listener lost its connection; polling until it reconnects");
+                    if crate::db::is_unavailable(&e) {
+                        // Once per outage, not once per reconnect attempt.
+                        crate::db::report_unavailable("listen", &e);
+                    } else {
+                        tracing::warn!(error = %e, "queue listener lost its connection; polling until it reconnects");
+                    }
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(Duration::from_secs(1)) => {}
