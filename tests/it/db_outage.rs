@@ -7,7 +7,7 @@
 //! can stop it without disturbing the suite's shared server.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ impl ThrowawayPostgres {
     }
 
     async fn pg(&self, tool: &str, args: &[&str]) {
-        let binary = Path::new(PG_BIN).join(tool);
+        let binary = pg_bin().join(tool);
         let mut command = if is_root() {
             let mut c = tokio::process::Command::new("runuser");
             c.args(["-u", "postgres", "--"]).arg(&binary);
@@ -132,7 +132,7 @@ impl ThrowawayPostgres {
 
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
-        let binary = Path::new(PG_BIN).join("pg_ctl");
+        let binary = pg_bin().join("pg_ctl");
         let data = self.data();
         let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
         let _ = if is_root() {
@@ -148,7 +148,32 @@ impl Drop for ThrowawayPostgres {
     }
 }
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where `initdb` and `pg_ctl` are: `LOGEXPORT_TEST_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's layout), else `pg_config --bindir`.
+fn pg_bin() -> PathBuf {
+    if let Ok(dir) = std::env::var("LOGEXPORT_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    debian.sort();
+    if let Some((_, bin)) = debian.pop() {
+        return bin;
+    }
+    let output = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("Postgres server binaries (initdb, pg_ctl): set LOGEXPORT_TEST_PG_BIN");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
 
 fn is_root() -> bool {
     std::env::var("USER").is_ok_and(|u| u == "root")
