@@ -271,9 +271,22 @@ impl JobHandler for ExportJob {
             }
         }
     }
+
+    async fn discard(&self, result: &ExportResult) {
+        self.discard_archive(&result.object_key).await;
+    }
 }
 
 impl ExportJob {
+    /// Deletes an archive and its manifest that no job row will point at.
+    async fn discard_archive(&self, key: &str) {
+        for key in [manifest_key(key), key.to_owned()] {
+            if let Err(e) = self.store.delete(&key).await {
+                tracing::warn!(error = %e, key, "could not delete an archive no export records");
+            }
+        }
+    }
+
     /// Signs the archive's manifest and stores it beside the archive (`<key>.manifest.json`).
     async fn store_manifest(
         &self,

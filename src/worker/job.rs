@@ -194,6 +194,10 @@ impl JobContext {
 pub trait JobHandler: Send + Sync + 'static {
     /// Runs one attempt. Must return promptly (cleaning up) once `ctx.stopped()` fires.
     async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError>;
+
+    /// Removes what a successful attempt produced when its outcome could not be recorded
+    /// because another worker holds the job now (which produces its own).
+    async fn discard(&self, _result: &ExportResult) {}
 }
 
 /// A job body that does nothing but succeed; measures the queue itself.

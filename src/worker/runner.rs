@@ -358,7 +358,20 @@ impl AttemptRunner {
         let recorded = self.recorded(|| storage::finish(&self.pool, id, attempt, &finish));
         match recorded.await {
             Ok(true) => tracing::info!(outcome = label, "export finished"),
-            Ok(false) => tracing::warn!("the job was reclaimed elsewhere; outcome not recorded"),
+            Ok(false) => {
+                tracing::warn!("the job was reclaimed elsewhere; outcome not recorded");
+                // Its new holder writes an archive of its own: this one would be an orphan. (Not
+                // when this very outcome was recorded by a try whose answer the outage lost.)
+                if let Finish::Succeeded(result) = &finish {
+                    let recorded_key = storage::get(&self.pool, id)
+                        .await
+                        .map(|row| row.and_then(|r| r.object_key));
+                    if matches!(&recorded_key, Ok(key) if key.as_deref() != Some(result.object_key.as_str()))
+                    {
+                        self.handler.discard(result).await;
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "could not record the outcome; the lease will expire and the job will be retried")
             }
