@@ -54,6 +54,33 @@ pub enum Command {
         #[arg(long)]
         keys_url: Option<String>,
     },
+    /// Check a folder of archives and manifests as one chain, offline (docs/evidence.md).
+    VerifyChain(VerifyChainArgs),
+}
+
+/// `verify-chain` options.
+#[derive(Debug, clap::Args)]
+pub struct VerifyChainArgs {
+    /// The folder holding `<archive>` and `<archive>.manifest.json` pairs.
+    pub dir: PathBuf,
+    /// Trusted public keys: base64url, a JWK, or a JWK set (with signing periods), in a file.
+    #[arg(long, conflicts_with = "keys_url")]
+    pub public_key: Option<PathBuf>,
+    /// The service's JWK set, e.g. https://registry.example/api/v1/exportlogs/signing-keys.
+    #[arg(long)]
+    pub keys_url: Option<String>,
+    /// The signed chain head, e.g. https://registry.example/api/v1/exportlogs/chain?namespace=NS.
+    #[arg(long, conflicts_with = "head_file")]
+    pub head: Option<String>,
+    /// The signed chain head, saved in a file.
+    #[arg(long)]
+    pub head_file: Option<PathBuf>,
+    /// API token for --head.
+    #[arg(long, env = "LOGEXPORT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The time-stamp authority's CA (PEM): every link must carry a valid time-stamp.
+    #[arg(long)]
+    pub tsa_ca: Option<PathBuf>,
 }
 
 /// Token actions.
@@ -133,6 +160,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await;
         }
+        Command::VerifyChain(args) => {
+            let sources = crate::archive::verify_chain::Sources {
+                public_key: args.public_key.as_deref(),
+                keys_url: args.keys_url.as_deref(),
+                head_url: args.head.as_deref(),
+                head_file: args.head_file.as_deref(),
+                token: args.token.as_deref(),
+                tsa_ca: args.tsa_ca.as_deref(),
+            };
+            return crate::archive::verify_chain::command(&args.dir, &sources).await;
+        }
         _ => {}
     }
     let config = Arc::new(Config::load(cli.config.as_deref())?);
@@ -189,7 +227,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api.await.context("API task")??;
             work
         }
-        Command::Demo | Command::Keygen | Command::Verify { .. } => unreachable!("handled above"),
+        Command::Demo | Command::Keygen | Command::Verify { .. } | Command::VerifyChain(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -203,6 +203,12 @@ pub struct ExportConfig {
     pub manifest_signing_key: Secret,
     /// Public keys (base64url or JWK) of earlier signing keys, still served for verification.
     pub manifest_previous_public_keys: Vec<String>,
+    /// RFC 3161 time-stamp authority each manifest is time-stamped by; empty: none.
+    pub timestamp_authority_url: String,
+    /// PEM file of the TSA's CA: tokens are checked against it before they are accepted.
+    pub timestamp_authority_ca: Option<PathBuf>,
+    /// Connect and answer timeout of one request to the TSA.
+    pub timestamp_authority_timeout_seconds: u64,
 }
 
 impl Default for ExportConfig {
@@ -221,6 +227,9 @@ impl Default for ExportConfig {
             spool_max_mib: 2048,
             manifest_signing_key: Secret::default(),
             manifest_previous_public_keys: Vec::new(),
+            timestamp_authority_url: String::new(),
+            timestamp_authority_ca: None,
+            timestamp_authority_timeout_seconds: 10,
         }
     }
 }
@@ -647,6 +656,15 @@ impl Config {
             if let Err(e) = crate::archive::PublicKey::parse(key) {
                 return fail("export.manifest_previous_public_keys", &e.to_string());
             }
+        }
+        let tsa = self.export.timestamp_authority_url.trim();
+        if !tsa.is_empty()
+            && !url::Url::parse(tsa).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return fail(
+                "export.timestamp_authority_url",
+                "must be an http(s) URL of an RFC 3161 time-stamp authority",
+            );
         }
         if self.export.max_range_days == 0 {
             return fail("export.max_range_days", "must be at least 1");

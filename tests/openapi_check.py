@@ -32,6 +32,7 @@ ROUTES = {
     ("get", "/api/v1/exportlogs/{export_id}/download"),
     ("get", "/api/v1/exportlogs/{export_id}/manifest"),
     ("get", "/api/v1/exportlogs/signing-keys"),
+    ("get", "/api/v1/exportlogs/chain"),
     ("get", "/api/v1/user/exportschedules"),
     ("post", "/api/v1/user/exportschedules"),
     ("get", "/api/v1/organization/{orgname}/exportschedules"),
@@ -135,6 +136,7 @@ def main():
     range_q = "starttime=01/01/2000&endtime=12/31/2099"
     check("/api/v1/exportlogs?namespace=ns0&limit=1", "get", 200)
     check("/api/v1/exportlogs/signing-keys", "get", 200, None)
+    check("/api/v1/exportlogs/chain?namespace=ns0", "get", 200)
     check("/api/v1/organization/ns0/logs", "get", 200)
     check("/api/v1/superuser/logs", "get", 200)
     check("/api/v1/repository/ns0/repo0/logs", "get", 200)

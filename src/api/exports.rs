@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::auth::{Access, Caller, Resource};
-use super::schemas::{ErrorBody, ExportList, ExportListParams, ExportPath, SigningKeys};
+use super::schemas::{ErrorBody, ExportList, ExportListParams, ExportPath};
 use super::status::{status_json, visible_row};
 use super::{ApiError, AppState, parse_namespace, query_param};
 use crate::domain::RepositoryName;
@@ -197,7 +197,7 @@ fn open(
 /// own. Token mode: a namespace's admins (and its user, and superusers). Beside Quay: whoever
 /// Quay lets read that namespace's (or repository's) logs, as an organization (Quay's UI
 /// addresses a user's own namespace that way too) or as the caller's own user namespace.
-async fn may_list_all(
+pub(super) async fn may_list_all(
     state: &AppState,
     caller: &Caller,
     namespace: Option<&crate::domain::Namespace>,
@@ -329,22 +329,4 @@ pub async fn manifest(
             state_now.as_str()
         ))
     })
-}
-
-/// `GET /api/v1/exportlogs/signing-keys`: the public keys manifests verify with (a JWK set,
-/// RFC 8037), the current one first. Public: recipients of an archive need no account.
-#[utoipa::path(
-    get,
-    path = "/api/v1/exportlogs/signing-keys",
-    tag = "export status",
-    operation_id = "getSigningKeys",
-    security(()),
-    responses(
-        (status = 200, description = "a JWK set (RFC 8037), the current key first; empty when manifests are unsigned", body = SigningKeys),
-    )
-)]
-pub async fn signing_keys(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({
-        "keys": state.signing_keys.iter().map(|k| k.jwk()).collect::<Vec<_>>(),
-    }))
 }

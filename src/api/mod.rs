@@ -2,6 +2,7 @@
 //! metrics.
 
 pub mod auth;
+mod chain;
 mod error;
 mod exportlogs;
 mod exports;
@@ -155,7 +156,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/exportlogs/{export_id}/download", get(exports::download))
         .route("/exportlogs/{export_id}/manifest", get(exports::manifest))
-        .route("/exportlogs/signing-keys", get(exports::signing_keys))
+        .route("/exportlogs/signing-keys", get(chain::signing_keys))
+        .route("/exportlogs/chain", get(chain::head))
         .route(
             "/user/exportschedules",
             get(schedules::list_user).post(schedules::create_user),

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{exportlogs, exports, health, logs, schedules, status};
+use super::{chain, exportlogs, exports, health, logs, schedules, status};
 
 const DESCRIPTION: &str = "Exports container-registry audit logs from Splunk to object storage. \
 Speaks Project Quay's `logs`, `aggregatelogs` and `exportlogs` API (same paths, parameters, \
@@ -39,7 +39,8 @@ Every error is Quay's `{\"status\", \"error_type\", \"title\", \"detail\", \"err
         status::cancel,
         exports::download,
         exports::manifest,
-        exports::signing_keys,
+        chain::signing_keys,
+        chain::head,
         schedules::create_user,
         schedules::list_user,
         schedules::create_organization,
@@ -126,6 +127,7 @@ mod tests {
             "/api/v1/repository/{namespace}/{repository}/exportlogs",
             "/api/v1/superuser/logs",
             "/api/v1/repository/{namespace}/{repository}/aggregatelogs",
+            "/api/v1/exportlogs/chain",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} is documented");
         }

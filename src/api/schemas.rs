@@ -169,6 +169,21 @@ pub struct Jwk {
     pub key_use: String,
     #[schema(example = "EdDSA")]
     pub alg: String,
+    /// When the key made its first signature (RFC 3339); absent until it has signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_from: Option<String>,
+    /// When the key that replaced it first signed; null while it is the current key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub signing_until: Option<Option<String>>,
+}
+
+/// `GET /api/v1/exportlogs/chain` query.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ChainParams {
+    /// The namespace (user or organization) whose chain head to answer.
+    pub namespace: String,
 }
 
 /// A JWK set, the current key first.

@@ -5,9 +5,14 @@
 //! Canonical form: the manifest without `signature`, as JSON with object keys sorted by their
 //! UTF-16 code units and no insignificant whitespace (RFC 8785 for the values a manifest holds:
 //! strings, integers, booleans, null). Key ids are RFC 7638 JWK thumbprints.
+//!
+//! A chained manifest (version 2) also says which link of its namespace's chain it is and the
+//! SHA-256 of the previous link's canonical bytes, and may carry an RFC 3161 time-stamp token
+//! over its canonical bytes. Neither `signature` nor `timestamp_token` is part of those bytes.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,6 +39,34 @@ pub struct Manifest {
     pub algorithm: Option<String>,
     /// base64url (no padding) of the 64-byte signature over the canonical form.
     pub signature: Option<String>,
+    /// The export's link in its namespace's chain; absent in manifests made before chains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ManifestChain>,
+    /// The schedule and period a scheduled export covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ManifestSchedule>,
+    /// base64 DER of an RFC 3161 TimeStampToken over the SHA-256 of the canonical form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_token: Option<String>,
+}
+
+/// One link of a namespace's chain of manifests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ManifestChain {
+    pub namespace: String,
+    /// 1, 2, 3, … in the order the namespace's exports completed, without gaps.
+    pub sequence: u64,
+    /// Lowercase hex SHA-256 of the previous link's canonical manifest bytes; null for link 1.
+    pub previous_manifest_sha256: Option<String>,
+}
+
+/// The schedule that made an export, and the period it covers (RFC 3339, `[start, end)`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ManifestSchedule {
+    pub id: String,
+    pub period: String,
+    pub period_start: String,
+    pub period_end: String,
 }
 
 /// The export's filter, as requested.
@@ -62,18 +95,30 @@ pub enum ManifestError {
     BadSignature,
     #[error("{0}")]
     BadKey(String),
+    #[error(
+        "the manifest says it was signed at {signed_at}, outside the signing period of key {key_id} ({window})"
+    )]
+    OutsideKeyWindow {
+        key_id: String,
+        signed_at: String,
+        window: String,
+    },
 }
 
 impl Manifest {
-    /// The bytes the signature covers.
+    /// The bytes the signature and the time-stamp cover.
     pub fn canonical(&self) -> Vec<u8> {
         let mut value = serde_json::to_value(self).unwrap_or(Value::Null);
         if let Value::Object(map) = &mut value {
             map.remove("signature");
+            map.remove("timestamp_token");
         }
-        let mut out = Vec::new();
-        write_canonical(&value, &mut out);
-        out
+        canonical_json(&value)
+    }
+
+    /// Lowercase hex SHA-256 of [`Manifest::canonical`]: what the next link names.
+    pub fn canonical_sha256(&self) -> String {
+        hex::encode(Sha256::digest(self.canonical()))
     }
 
     /// Signs with `key` (or marks the manifest unsigned without one).
@@ -102,18 +147,77 @@ impl Manifest {
         else {
             return Err(ManifestError::Unsigned);
         };
-        let key = trusted
-            .iter()
-            .find(|k| &k.key_id == kid)
-            .ok_or_else(|| ManifestError::UnknownKey(kid.clone()))?;
-        let bytes = URL_SAFE_NO_PAD
-            .decode(signature)
-            .map_err(|_| ManifestError::BadSignature)?;
-        let signature = Signature::from_slice(&bytes).map_err(|_| ManifestError::BadSignature)?;
-        key.key
-            .verify(&self.canonical(), &signature)
-            .map_err(|_| ManifestError::BadSignature)
+        verify_signed(trusted, kid, signature, &self.canonical(), &self.created_at)
     }
+}
+
+/// Checks a base64url Ed25519 `signature` by key `kid` over `canonical`, made at `signed_at`
+/// (RFC 3339), against the trusted keys and their signing periods.
+pub(crate) fn verify_signed(
+    trusted: &[PublicKey],
+    kid: &str,
+    signature: &str,
+    canonical: &[u8],
+    signed_at: &str,
+) -> Result<(), ManifestError> {
+    let key = trusted
+        .iter()
+        .find(|k| k.key_id == kid)
+        .ok_or_else(|| ManifestError::UnknownKey(kid.to_owned()))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| ManifestError::BadSignature)?;
+    let signature = Signature::from_slice(&bytes).map_err(|_| ManifestError::BadSignature)?;
+    key.key
+        .verify(canonical, &signature)
+        .map_err(|_| ManifestError::BadSignature)?;
+    if let Some(window) = &key.window {
+        let at = DateTime::parse_from_rfc3339(signed_at).map(|t| t.with_timezone(&Utc));
+        if !at.as_ref().is_ok_and(|at| window.contains(*at)) {
+            return Err(ManifestError::OutsideKeyWindow {
+                key_id: kid.to_owned(),
+                signed_at: signed_at.to_owned(),
+                window: window.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The period a key signed in: from its first signature until its successor's first (open
+/// while it is the current key). Bounds are whole seconds, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyWindow {
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl KeyWindow {
+    /// Whether a signature made at `at` falls in the window.
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        at >= self.from && self.until.is_none_or(|until| at <= until)
+    }
+}
+
+impl std::fmt::Display for KeyWindow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let from = self.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match self.until {
+            Some(until) => write!(
+                f,
+                "{from} to {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            None => write!(f, "since {from}"),
+        }
+    }
+}
+
+/// The canonical bytes of a JSON value: sorted keys, no whitespace.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(value, &mut out);
+    out
 }
 
 /// Writes `value` canonically: sorted keys, no whitespace.
@@ -183,6 +287,11 @@ impl ManifestKey {
         Self { signing, key_id }
     }
 
+    /// The Ed25519 key itself, for what else the service signs (the chain head).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
     /// The seed, base64url: the value for `export.manifest_signing_key`.
     pub fn secret(&self) -> String {
         URL_SAFE_NO_PAD.encode(self.signing.to_bytes())
@@ -193,6 +302,7 @@ impl ManifestKey {
         PublicKey {
             key: self.signing.verifying_key(),
             key_id: self.key_id.clone(),
+            window: None,
         }
     }
 }
@@ -202,14 +312,36 @@ impl ManifestKey {
 pub struct PublicKey {
     key: VerifyingKey,
     pub key_id: String,
+    /// When the key signed, if known (the service's key history); `None`: any time.
+    pub window: Option<KeyWindow>,
 }
 
 impl PublicKey {
-    /// A public key as base64url of its 32 bytes, or as a JWK (`{"kty":"OKP","crv":"Ed25519","x":…}`).
+    /// A public key as base64url of its 32 bytes, or as a JWK (`{"kty":"OKP","crv":"Ed25519","x":…}`,
+    /// with its signing period in `signing_from` / `signing_until` when the service knows it).
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
         let text = text.trim();
+        let mut window = None;
         let x = match serde_json::from_str::<Value>(text) {
             Ok(jwk) if jwk["kty"] == "OKP" && jwk["crv"] == "Ed25519" => {
+                let time = |field: &str| -> Result<Option<DateTime<Utc>>, ManifestError> {
+                    match jwk[field].as_str() {
+                        None => Ok(None),
+                        Some(t) => DateTime::parse_from_rfc3339(t)
+                            .map(|t| Some(t.with_timezone(&Utc)))
+                            .map_err(|_| {
+                                ManifestError::BadKey(format!(
+                                    "{field} must be RFC 3339, not {t:?}"
+                                ))
+                            }),
+                    }
+                };
+                if let Some(from) = time("signing_from")? {
+                    window = Some(KeyWindow {
+                        from,
+                        until: time("signing_until")?,
+                    });
+                }
                 jwk["x"].as_str().unwrap_or_default().to_owned()
             }
             Ok(_) => {
@@ -227,19 +359,37 @@ impl PublicKey {
         Ok(Self {
             key_id: key_id(&key),
             key,
+            window,
         })
     }
 
-    /// The key as a JWK (RFC 8037) with its id.
+    /// The key as a JWK (RFC 8037) with its id, and its signing period when known.
     pub fn jwk(&self) -> Value {
-        json!({
+        let mut jwk = json!({
             "kty": "OKP",
             "crv": "Ed25519",
             "x": URL_SAFE_NO_PAD.encode(self.key.to_bytes()),
             "kid": self.key_id,
             "use": "sig",
             "alg": "EdDSA",
-        })
+        });
+        if let Some(window) = &self.window {
+            let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            jwk["signing_from"] = json!(secs(window.from));
+            jwk["signing_until"] = json!(window.until.map(secs));
+        }
+        jwk
+    }
+
+    /// The key with `window` as its signing period.
+    pub fn with_window(mut self, window: Option<KeyWindow>) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The raw 32 bytes, base64url: the JWK's `x`.
+    pub fn x(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.key.to_bytes())
     }
 
     /// The keys of a JWK set (`{"keys": [...]}`) that are Ed25519 keys.
@@ -298,7 +448,51 @@ mod tests {
             key_id: None,
             algorithm: None,
             signature: None,
+            chain: None,
+            schedule: None,
+            timestamp_token: None,
         }
+    }
+
+    #[test]
+    fn chain_and_timestamp_fields_only_appear_when_set() {
+        let plain = String::from_utf8(manifest().canonical()).unwrap();
+        assert!(!plain.contains("chain") && !plain.contains("schedule"));
+        let mut chained = manifest();
+        chained.chain = Some(ManifestChain {
+            namespace: "acme".into(),
+            sequence: 1,
+            previous_manifest_sha256: None,
+        });
+        chained.timestamp_token = Some("AAAA".into());
+        let text = String::from_utf8(chained.canonical()).unwrap();
+        assert!(text.contains(
+            r#""chain":{"namespace":"acme","previous_manifest_sha256":null,"sequence":1}"#
+        ));
+        assert!(!text.contains("timestamp_token"));
+    }
+
+    #[test]
+    fn a_signature_outside_the_key_window_is_refused() {
+        let key = ManifestKey::generate();
+        let signed = manifest().sign(Some(&key));
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let inside = key.public().with_window(Some(KeyWindow {
+            from: at("2024-02-01T00:00:00Z"),
+            until: Some(at("2024-02-01T00:05:00Z")),
+        }));
+        assert_eq!(signed.verify(std::slice::from_ref(&inside)), Ok(()));
+        let jwk = inside.jwk();
+        assert_eq!(jwk["signing_until"], "2024-02-01T00:05:00Z");
+        assert_eq!(PublicKey::parse(&jwk.to_string()).unwrap(), inside);
+        let rotated = key.public().with_window(Some(KeyWindow {
+            from: at("2024-01-01T00:00:00Z"),
+            until: Some(at("2024-02-01T00:04:59Z")),
+        }));
+        assert!(matches!(
+            signed.verify(&[rotated]),
+            Err(ManifestError::OutsideKeyWindow { .. })
+        ));
     }
 
     #[test]

@@ -14,12 +14,15 @@
 //!   and no column can start with `=`, `+`, `-` or `@` from user input anyway (datetime starts with a
 //!   digit, metadata is a JSON object starting with `{`, names are validated registry names).
 
+pub mod chain;
 mod csv;
 pub mod digest;
 mod json;
 pub mod manifest;
 mod sink;
+pub mod timestamp;
 pub mod verify;
+pub mod verify_chain;
 mod writer;
 
 pub use digest::ResumableSha256;

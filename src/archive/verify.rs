@@ -62,7 +62,7 @@ pub fn verify(archive: &Path, manifest: &Manifest, trusted: &[PublicKey]) -> Vec
 }
 
 /// Size and SHA-256 of a file, read in blocks.
-fn digest_of(path: &Path) -> io::Result<(u64, String)> {
+pub(crate) fn digest_of(path: &Path) -> io::Result<(u64, String)> {
     let mut file = File::open(path)?;
     let mut hash = ResumableSha256::default();
     let mut buf = vec![0u8; 256 * 1024];
@@ -90,7 +90,7 @@ fn open_decompressed(path: &Path, compression: &str) -> io::Result<Box<dyn Read>
 
 /// Logs in the archive: JSON array members but the terminator, NDJSON lines, CSV records but
 /// the header.
-fn count_logs(path: &Path, format: &str, compression: &str) -> io::Result<u64> {
+pub(crate) fn count_logs(path: &Path, format: &str, compression: &str) -> io::Result<u64> {
     let reader = open_decompressed(path, compression)?;
     match format {
         "json" => {

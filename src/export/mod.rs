@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 mod encoders;
+mod finish;
 mod pipeline;
 pub mod slices;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 pub use pipeline::ExportJob;
 
 use crate::archive::ManifestKey;
+use crate::archive::timestamp::TimestampAuthority;
 use crate::config::Config;
 use crate::splunk::SplunkClient;
 use crate::storage::ObjectStore;
@@ -27,6 +29,8 @@ pub struct ExportSettings {
     pub slices: slices::SliceSettings,
     /// Signs each archive's manifest; `None`: manifests say they are unsigned.
     pub manifest_key: Option<Arc<ManifestKey>>,
+    /// Time-stamps each manifest (`export.timestamp_authority_url`); `None`: no time-stamps.
+    pub timestamp: Option<Arc<TimestampAuthority>>,
 }
 
 impl ExportSettings {
@@ -40,6 +44,7 @@ impl ExportSettings {
         };
         Ok(Self {
             manifest_key,
+            timestamp: timestamp_authority(config)?,
             object_prefix: config.export.object_prefix.clone(),
             url_expiry: Duration::from_secs(config.export.url_expiry_seconds),
             chunk_bytes: 1 << 20,
@@ -60,6 +65,33 @@ impl ExportSettings {
             },
         })
     }
+}
+
+/// The TSA from `export.timestamp_authority_url` (and its CA from
+/// `export.timestamp_authority_ca`), when one is configured.
+fn timestamp_authority(config: &Config) -> anyhow::Result<Option<Arc<TimestampAuthority>>> {
+    let url = config.export.timestamp_authority_url.trim();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let ca = match &config.export.timestamp_authority_ca {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "export.timestamp_authority_ca: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            crate::archive::timestamp::load_ca(&pem)
+                .map_err(|e| anyhow::anyhow!("export.timestamp_authority_ca: {e}"))?
+        }
+        None => Vec::new(),
+    };
+    Ok(Some(Arc::new(TimestampAuthority::new(
+        url,
+        ca,
+        Duration::from_secs(config.export.timestamp_authority_timeout_seconds.max(1)),
+    )?)))
 }
 
 /// Builds the export job body from configuration, over an already opened store.

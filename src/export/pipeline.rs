@@ -6,14 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use chrono::{SecondsFormat, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{ExportCheckpoint, another_attempt_follows};
 use super::slices::{SliceProgress, SlicedRows};
 use super::{ExportSettings, encoders};
-use crate::archive::manifest::{ManifestFilters, ManifestRange};
-use crate::archive::{self, ArchiveDetails, ArchiveWriter, Manifest, ResumableSha256};
+use crate::archive::{self, ArchiveDetails, ArchiveWriter, ResumableSha256};
 use crate::domain::{ExportFormat, quay_datetime};
 use crate::metrics::METRICS;
 use crate::queue::{ClaimedJob, ExportResult};
@@ -24,8 +22,8 @@ use crate::worker::{JobContext, JobError, JobHandler};
 /// The export job body.
 pub struct ExportJob {
     splunk: SplunkClient,
-    store: Arc<dyn ObjectStore>,
-    settings: ExportSettings,
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) settings: ExportSettings,
 }
 
 impl ExportJob {
@@ -53,7 +51,7 @@ fn splunk_error(e: SplunkError) -> JobError {
     }
 }
 
-fn storage_error(e: StorageError) -> JobError {
+pub(super) fn storage_error(e: StorageError) -> JobError {
     if e.is_retryable() {
         JobError::Retryable(e.to_string())
     } else {
@@ -79,6 +77,21 @@ struct Streamed {
 impl JobHandler for ExportJob {
     #[tracing::instrument(skip_all, fields(export_id = %job.id, attempt = job.attempt))]
     async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError> {
+        let ext = archive::file_extension(job.format, job.compression);
+        let meta = ObjectMeta {
+            content_type: archive::content_type(job.format, job.compression).to_owned(),
+            filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
+        };
+        // An earlier attempt sealed the archive into its chain: only its finish is left.
+        if let Some((pool, ..)) = ctx.fenced() {
+            let sealed = crate::queue::chain::sealed(pool, job.id)
+                .await
+                .map_err(|e| JobError::Retryable(format!("reading the export's seal: {e}")))?;
+            if let Some(sealed) = sealed {
+                tracing::info!("the archive is sealed already; finishing it");
+                return self.deliver(job, ctx, &meta, sealed).await;
+            }
+        }
         let mut filters = self.splunk.filters(job.range.start, job.range.end);
         filters.namespace = Some(job.namespace.clone());
         filters.repository = job.repository.clone();
@@ -94,11 +107,6 @@ impl JobHandler for ExportJob {
             .build()
             .map_err(|e| JobError::Invalid(format!("cannot build the Splunk search: {e}")))?;
 
-        let ext = archive::file_extension(job.format, job.compression);
-        let meta = ObjectMeta {
-            content_type: archive::content_type(job.format, job.compression).to_owned(),
-            filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
-        };
         let started = std::time::Instant::now();
         // Each reading of the export has a spool directory of its own, removed by that reading
         // alone when it ends: no other attempt or worker on this machine can remove it from
@@ -219,11 +227,6 @@ impl JobHandler for ExportJob {
                 }
                 let size = upload.complete().await.map_err(storage_error)?;
                 // Never longer-lived than the credentials that sign it.
-                let (url, lifetime) = self
-                    .store
-                    .download_link(&key, self.settings.url_expiry)
-                    .await
-                    .map_err(storage_error)?;
                 tracing::info!(
                     logs = streamed.logs,
                     skipped = streamed.skipped,
@@ -233,29 +236,19 @@ impl JobHandler for ExportJob {
                 debug_assert_eq!(size, streamed.bytes);
                 METRICS.export_succeeded(started.elapsed(), streamed.logs, size);
                 let sha256 = streamed.digest.finish_hex();
-                // Side by side: the digest into the object's metadata, the manifest beside it.
-                let ((), manifest) = tokio::try_join!(
-                    async {
-                        self.store
-                            .record_sha256(&key, &meta, &sha256)
-                            .await
-                            .map_err(storage_error)
-                    },
-                    self.store_manifest(job, &key, &meta, &streamed, size, &sha256),
-                )?;
-                tracing::debug!("digest and manifest stored");
-                Ok(ExportResult {
-                    sha256,
-                    manifest,
-                    object_key: key,
-                    download_url: url.to_string(),
-                    url_expires_at: Utc::now()
-                        + chrono::Duration::from_std(lifetime)
-                            .unwrap_or(chrono::Duration::hours(1)),
-                    logs_exported: streamed.logs,
+                self.store
+                    .record_sha256(&key, &meta, &sha256)
+                    .await
+                    .map_err(storage_error)?;
+                let archived = crate::queue::chain::Archived {
+                    object_key: &key,
+                    logs: streamed.logs,
                     logs_skipped: streamed.skipped,
-                    bytes_written: size,
-                })
+                    bytes: size,
+                    sha256: &sha256,
+                };
+                let sealed = self.seal(job, ctx, archived).await?;
+                self.deliver(job, ctx, &meta, sealed).await
             }
             Err(e) if saves.saved && another_attempt_follows(&e, job, ctx) => {
                 // The next attempt continues this upload from the last checkpoint.
@@ -273,6 +266,11 @@ impl JobHandler for ExportJob {
     }
 
     async fn discard(&self, result: &ExportResult) {
+        // A sealed archive is a link of its namespace's chain: whichever attempt finishes the
+        // export delivers it, so it is never discarded.
+        if result.manifest.get("chain").is_some_and(|c| !c.is_null()) {
+            return;
+        }
         self.discard_archive(&result.object_key).await;
     }
 }
@@ -285,62 +283,6 @@ impl ExportJob {
                 tracing::warn!(error = %e, key, "could not delete an archive no export records");
             }
         }
-    }
-
-    /// Signs the archive's manifest and stores it beside the archive (`<key>.manifest.json`).
-    async fn store_manifest(
-        &self,
-        job: &ClaimedJob,
-        key: &str,
-        meta: &ObjectMeta,
-        streamed: &Streamed,
-        size: u64,
-        sha256: &str,
-    ) -> Result<serde_json::Value, JobError> {
-        let manifest = Manifest {
-            version: 1,
-            export_id: job.id.to_string(),
-            namespace: job.namespace.to_string(),
-            repository: job.repository.as_ref().map(ToString::to_string),
-            filters: ManifestFilters {
-                performer: job.performer.as_ref().map(ToString::to_string),
-                kind: job.kinds.clone(),
-            },
-            range: ManifestRange {
-                start: job.range.start.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                end: job.range.end.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-                timezone: job.range.timezone.name().to_owned(),
-            },
-            format: job.format.to_string(),
-            compression: job.compression.to_string(),
-            logs: streamed.logs,
-            bytes: size,
-            sha256: sha256.to_owned(),
-            created_at: Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
-            signed: false,
-            key_id: None,
-            algorithm: None,
-            signature: None,
-        }
-        .sign(self.settings.manifest_key.as_deref());
-        let text = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| JobError::Permanent(format!("cannot write the manifest: {e}")))?;
-        let manifest_meta = ObjectMeta {
-            content_type: "application/json".into(),
-            filename: format!("{}.manifest.json", meta.filename),
-        };
-        let mut upload = self
-            .store
-            .begin_upload(&manifest_key(key), &manifest_meta)
-            .await
-            .map_err(storage_error)?;
-        upload
-            .write(bytes::Bytes::from(text))
-            .await
-            .map_err(storage_error)?;
-        upload.complete().await.map_err(storage_error)?;
-        serde_json::to_value(&manifest)
-            .map_err(|e| JobError::Permanent(format!("cannot record the manifest: {e}")))
     }
 
     async fn stream(

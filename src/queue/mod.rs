@@ -1,5 +1,6 @@
 //! The Postgres export queue: rows, states, and every SQL statement that touches them.
 
+pub mod chain;
 mod listener;
 mod retry_policy;
 pub mod storage;

@@ -478,7 +478,9 @@ pub async fn cancel(pool: &PgPool, id: ExportId) -> sqlx::Result<CancelOutcome> 
          SET state = CASE WHEN state = 'queued' THEN 'cancelled' ELSE state END,
              finished_at = CASE WHEN state = 'queued' THEN now() ELSE finished_at END,
              notify_state = CASE WHEN state = 'queued' THEN 'skipped' ELSE notify_state END,
-             cancel_requested = (state IN ('queued', 'running')) OR cancel_requested,
+             -- A sealed export is a link of its chain already: it finishes.
+             cancel_requested = (state IN ('queued', 'running') AND chain_sequence IS NULL)
+                 OR cancel_requested,
              updated_at = now()
          WHERE id = $1
          RETURNING (SELECT state FROM export_jobs WHERE id = $1)",

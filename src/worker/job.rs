@@ -139,6 +139,14 @@ impl JobContext {
         }
     }
 
+    /// The database, job and attempt this context's writes are fenced on (`None` outside a
+    /// worker, e.g. in benchmarks).
+    pub fn fenced(&self) -> Option<(&PgPool, ExportId, i32)> {
+        self.checkpoints
+            .as_ref()
+            .map(|c| (&c.pool, c.id, c.attempt))
+    }
+
     /// Resolves when the job must stop; select on it around every await that can block.
     pub async fn stopped(&self) {
         self.token.cancelled().await

@@ -243,7 +243,12 @@ impl AttemptRunner {
             ctx.clone(),
         ));
 
-        let result = if job.spent() > job.max_attempts {
+        // A sealed export (a link of its chain) is finished however many attempts it takes.
+        let result = if job.spent() > job.max_attempts
+            && !crate::queue::chain::is_sealed(&self.pool, job.id)
+                .await
+                .unwrap_or(false)
+        {
             Err(JobError::Permanent(format!(
                 "the worker running the last attempt ({}) stopped responding",
                 job.max_attempts
@@ -302,6 +307,23 @@ impl AttemptRunner {
                     "lease lost; this attempt stopped and the job's next holder continues it"
                 );
                 return "lost_lease";
+            }
+            (Err(e), reason)
+                if reason != Some(StopReason::Shutdown)
+                    && crate::queue::chain::is_sealed(&self.pool, id)
+                        .await
+                        .unwrap_or(false) =>
+            {
+                // Sealed into its chain: failing or cancelling it now would leave a gap.
+                let message = format!("finishing the sealed export: {e}");
+                let delay = self.settings.retry.delay(1);
+                tracing::warn!(error = %message, retry_in = ?delay, "will finish later");
+                if let Err(db) =
+                    storage::retry_later(&self.pool, id, attempt, delay, &message).await
+                {
+                    tracing::error!(error = %db, "could not schedule the finish; the lease will expire and another worker will reclaim it");
+                }
+                return "retried";
             }
             (Err(_), Some(StopReason::Shutdown)) => {
                 return match storage::release(&self.pool, id, attempt).await {

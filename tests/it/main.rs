@@ -8,6 +8,7 @@ mod db_outage;
 mod delivery;
 mod emulator;
 mod emulator_costs;
+mod evidence;
 mod export;
 mod export_filters;
 mod export_integrity;
