@@ -450,6 +450,17 @@ async fn concurrent_exports_of_one_namespace_form_one_gap_free_chain() {
         "{out}"
     );
 
+    // LOGEXPORT_KEEP_EVIDENCE_DIR=DIR keeps the folder, the keys, the head and the TSA's CA, to
+    // run docs/evidence.md's openssl recipes on.
+    if let Some(keep) = std::env::var_os("LOGEXPORT_KEEP_EVIDENCE_DIR") {
+        let keep = PathBuf::from(keep);
+        copy_dir(&env.archives, &keep.join("exports"));
+        let keys = reqwest::get(env.keys_url()).await.unwrap().text().await.unwrap();
+        std::fs::write(keep.join("keys.json"), keys).unwrap();
+        std::fs::write(keep.join("head.json"), head.to_string()).unwrap();
+        std::fs::copy(tsa.ca(), keep.join("tsa-ca.pem")).unwrap();
+    }
+
     // The head needs the rights of listing the namespace's exports.
     let stranger = env.app.token("mallory", &[], &[], false).await;
     let response = env
