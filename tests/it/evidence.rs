@@ -310,6 +310,16 @@ impl Env {
             .unwrap()
     }
 
+    async fn manifest_or_none(&self, id: &str) -> Option<Value> {
+        sqlx::query_scalar::<_, Option<Value>>(
+            "SELECT manifest FROM export_jobs WHERE id = $1::uuid",
+        )
+        .bind(id)
+        .fetch_one(&self.app.pool)
+        .await
+        .unwrap()
+    }
+
     fn keys_url(&self) -> String {
         self.app.url("/api/v1/exportlogs/signing-keys")
     }
@@ -455,7 +465,12 @@ async fn concurrent_exports_of_one_namespace_form_one_gap_free_chain() {
     if let Some(keep) = std::env::var_os("LOGEXPORT_KEEP_EVIDENCE_DIR") {
         let keep = PathBuf::from(keep);
         copy_dir(&env.archives, &keep.join("exports"));
-        let keys = reqwest::get(env.keys_url()).await.unwrap().text().await.unwrap();
+        let keys = reqwest::get(env.keys_url())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         std::fs::write(keep.join("keys.json"), keys).unwrap();
         std::fs::write(keep.join("head.json"), head.to_string()).unwrap();
         std::fs::copy(tsa.ca(), keep.join("tsa-ca.pem")).unwrap();
@@ -851,4 +866,53 @@ async fn a_key_rotation_mid_chain_verifies_with_the_key_history() {
             && out.contains("outside the signing period"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn an_export_cut_mid_stream_takes_its_number_only_when_it_completes() {
+    let env = Env::start(|c| {
+        // A cut stream fails the attempt at once; the next attempt resumes from its checkpoint.
+        c.splunk.max_retries = 0;
+        c.worker.max_attempts = 3;
+        // Few slices, so a slice holds more rows than the cut lets through.
+        c.export.slices = 2;
+    })
+    .await;
+    env._emulator.set_faults(logexport::emulator::Faults {
+        cut_once_after: Some(5),
+        ..Default::default()
+    });
+    let cut = env.request(&format!("{ORG}?{JANUARY}")).await;
+    eventually(60, "the first attempt cut", || async {
+        let s = env.status(&cut).await;
+        (s["state"] == "queued" && s["attempts"] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        env.manifest_or_none(&cut).await,
+        None,
+        "no number while it failed"
+    );
+    // Another export of the namespace completes meanwhile (its searches are not cut again).
+    let other = env.request(&format!("{ORG}?{JANUARY}")).await;
+    let other_status = env.succeeded(&other).await;
+    let resumed = env.succeeded(&cut).await;
+    assert_eq!(resumed["attempts"], 2);
+    let mut links = [
+        (
+            other_status["finished_at"].as_str().unwrap().to_owned(),
+            env.manifest(&other).await,
+        ),
+        (
+            resumed["finished_at"].as_str().unwrap().to_owned(),
+            env.manifest(&cut).await,
+        ),
+    ];
+    links.sort_by_key(|(finished, _)| {
+        chrono::DateTime::parse_from_rfc3339(finished).expect("finished_at is RFC 3339")
+    });
+    let sequences = links.map(|(_, m)| m.chain.unwrap().sequence);
+    assert_eq!(sequences, [1, 2], "numbered in completion order");
+    let (ok, out) = verify_chain(&env.archives, &["--keys-url", &env.keys_url()]).await;
+    assert!(ok && links_ok(&out) == 2, "{out}");
 }
