@@ -18,10 +18,11 @@ CREATE UNIQUE INDEX export_jobs_chain_idx ON export_jobs (namespace, chain_seque
     WHERE chain_sequence IS NOT NULL;
 
 -- When each manifest signing key signed: from its first signature until the first signature
--- of the key that replaced it (NULL while it is the current key).
+-- of the key that replaced it (NULL while it is the current key). The first key recorded gets
+-- no start (NULL): it may have signed manifests before this history began.
 CREATE TABLE manifest_signing_keys (
     key_id          text PRIMARY KEY,
     jwk             jsonb NOT NULL,
-    signing_from    timestamptz NOT NULL,
+    signing_from    timestamptz,
     signing_until   timestamptz
 );

@@ -184,30 +184,30 @@ pub(crate) fn verify_signed(
     Ok(())
 }
 
-/// The period a key signed in: from its first signature until its successor's first (open
-/// while it is the current key). Bounds are whole seconds, inclusive.
+/// The period a key signed in: from its first signature (`None`: since before the service kept
+/// a key history) until its successor's first (`None` while it is the current key). Bounds are
+/// whole seconds, inclusive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyWindow {
-    pub from: DateTime<Utc>,
+    pub from: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
 }
 
 impl KeyWindow {
     /// Whether a signature made at `at` falls in the window.
     pub fn contains(&self, at: DateTime<Utc>) -> bool {
-        at >= self.from && self.until.is_none_or(|until| at <= until)
+        self.from.is_none_or(|from| at >= from) && self.until.is_none_or(|until| at <= until)
     }
 }
 
 impl std::fmt::Display for KeyWindow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let from = self.from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let from = self
+            .from
+            .map_or_else(|| "the start of the key history".to_owned(), secs);
         match self.until {
-            Some(until) => write!(
-                f,
-                "{from} to {}",
-                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
+            Some(until) => write!(f, "{from} to {}", secs(until)),
             None => write!(f, "since {from}"),
         }
     }
@@ -336,9 +336,10 @@ impl PublicKey {
                             }),
                     }
                 };
-                if let Some(from) = time("signing_from")? {
+                // A key the history knows has both members (either may be null).
+                if jwk.get("signing_from").is_some() || jwk.get("signing_until").is_some() {
                     window = Some(KeyWindow {
-                        from,
+                        from: time("signing_from")?,
                         until: time("signing_until")?,
                     });
                 }
@@ -375,7 +376,7 @@ impl PublicKey {
         });
         if let Some(window) = &self.window {
             let secs = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            jwk["signing_from"] = json!(secs(window.from));
+            jwk["signing_from"] = json!(window.from.map(secs));
             jwk["signing_until"] = json!(window.until.map(secs));
         }
         jwk
@@ -478,7 +479,7 @@ mod tests {
         let signed = manifest().sign(Some(&key));
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
         let inside = key.public().with_window(Some(KeyWindow {
-            from: at("2024-02-01T00:00:00Z"),
+            from: Some(at("2024-02-01T00:00:00Z")),
             until: Some(at("2024-02-01T00:05:00Z")),
         }));
         assert_eq!(signed.verify(std::slice::from_ref(&inside)), Ok(()));
@@ -486,7 +487,7 @@ mod tests {
         assert_eq!(jwk["signing_until"], "2024-02-01T00:05:00Z");
         assert_eq!(PublicKey::parse(&jwk.to_string()).unwrap(), inside);
         let rotated = key.public().with_window(Some(KeyWindow {
-            from: at("2024-01-01T00:00:00Z"),
+            from: None,
             until: Some(at("2024-02-01T00:04:59Z")),
         }));
         assert!(matches!(

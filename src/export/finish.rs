@@ -13,7 +13,7 @@ use crate::archive::manifest::{ManifestFilters, ManifestRange};
 use crate::queue::chain::{self, Archived, Link, Sealed};
 use crate::queue::{ClaimedJob, ExportResult};
 use crate::storage::{ObjectMeta, manifest_key};
-use crate::worker::{JobContext, JobError, StopReason};
+use crate::worker::{JobContext, JobError};
 
 /// Longest wait between two requests to a TSA that is down.
 const TSA_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -149,9 +149,9 @@ impl ExportJob {
     }
 }
 
-/// Asks the TSA until it answers; each failure is noted in the export's status. Stops only for
-/// shutdown, a lost lease or the attempt's time limit (a later attempt resumes), never for a
-/// cancel: the export is a link of its chain already.
+/// Asks the TSA until it answers; each failure is noted in the export's status. Returns when the
+/// job must stop (shutdown, lost lease, time limit, a cancel that raced the seal): the runner
+/// then retries the sealed export rather than ending it, and the next attempt resumes here.
 async fn stamp(
     tsa: &crate::archive::timestamp::TimestampAuthority,
     manifest: &Manifest,
@@ -161,7 +161,7 @@ async fn stamp(
     let mut delay = Duration::from_millis(500);
     for n in 1u32.. {
         let error = tokio::select! {
-            _ = must_stop(ctx) => return Err(JobError::Stopped),
+            _ = ctx.stopped() => return Err(JobError::Stopped),
             stamped = tsa.stamp(&canonical) => match stamped {
                 Ok(token) => return Ok(token),
                 Err(e) => e,
@@ -178,18 +178,10 @@ async fn stamp(
             tracing::warn!(error = %e, "recording the wait for the TSA failed");
         }
         tokio::select! {
-            _ = must_stop(ctx) => return Err(JobError::Stopped),
+            _ = ctx.stopped() => return Err(JobError::Stopped),
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(TSA_RETRY_MAX);
     }
     unreachable!("the loop returns")
-}
-
-/// Resolves when the job must stop for any reason but a cancel.
-async fn must_stop(ctx: &JobContext) {
-    ctx.stopped().await;
-    if ctx.stop_reason() == Some(StopReason::Cancelled) {
-        std::future::pending::<()>().await;
-    }
 }

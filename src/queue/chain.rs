@@ -229,32 +229,36 @@ pub async fn head(pool: &PgPool, namespace: &str) -> sqlx::Result<(u64, Option<S
 }
 
 /// Records that `key` signed at `at`: its window starts at its first signature, and the first
-/// signature of a new key closes the window of the key it replaces. A signature by a key already
-/// closed (a worker still running the old key during a rolling rotation) widens that key's
-/// window to cover it, so the history never contradicts a signature the service made.
+/// signature of a new key closes the window of the key it replaces. The first key the history
+/// records gets no start: it may have signed manifests before the history began (earlier
+/// exports keep verifying). A signature by a key already closed (a worker still running the
+/// old key during a rolling rotation) widens that key's window to cover it, so the history never
+/// contradicts a signature the service made.
 pub async fn record_key_use(
     conn: &mut sqlx::PgConnection,
     key: &PublicKey,
     at: DateTime<Utc>,
 ) -> sqlx::Result<()> {
     // The common case writes nothing (and locks nothing): the key is current and known.
-    let known: Option<(DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let known: Option<Bounds> = sqlx::query_as(
         "SELECT signing_from, signing_until FROM manifest_signing_keys WHERE key_id = $1",
     )
     .bind(&key.key_id)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some((from, until)) = known
-        && from <= at
+        && from.is_none_or(|f| f <= at)
         && until.is_none_or(|u| u >= at)
     {
         return Ok(());
     }
     let jwk = key.clone().with_window(None).jwk();
     sqlx::query(
-        "INSERT INTO manifest_signing_keys (key_id, jwk, signing_from) VALUES ($1, $2, $3)
+        "INSERT INTO manifest_signing_keys (key_id, jwk, signing_from)
+         SELECT $1, $2, CASE WHEN EXISTS (SELECT 1 FROM manifest_signing_keys) THEN $3 END
          ON CONFLICT (key_id) DO UPDATE
-         SET signing_from = least(manifest_signing_keys.signing_from, $3),
+         SET signing_from = CASE WHEN manifest_signing_keys.signing_from IS NULL THEN NULL
+                                 ELSE least(manifest_signing_keys.signing_from, $3) END,
              signing_until = CASE WHEN manifest_signing_keys.signing_until IS NULL THEN NULL
                                   ELSE greatest(manifest_signing_keys.signing_until, $3) END",
     )
@@ -276,11 +280,21 @@ pub async fn record_key_use(
     Ok(())
 }
 
+/// A key's recorded signing period: its first signature and its successor's first.
+type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// A key's JWK and signing period.
+type KeyRow = (
+    serde_json::Value,
+    Option<DateTime<Utc>>,
+    Option<DateTime<Utc>>,
+);
+
 /// Every key the service has signed with, and when; newest first.
 pub async fn key_history(pool: &PgPool) -> sqlx::Result<Vec<PublicKey>> {
-    let rows: Vec<(serde_json::Value, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT jwk, signing_from, signing_until FROM manifest_signing_keys
-         ORDER BY signing_from DESC",
+         ORDER BY signing_from DESC NULLS LAST",
     )
     .fetch_all(pool)
     .await?;

@@ -852,6 +852,31 @@ async fn a_key_rotation_mid_chain_verifies_with_the_key_history() {
         "{out}"
     );
 
+    // The first key's history starts open: a manifest it signed before chains and key history
+    // existed (version 1, no chain) still verifies with `logexport verify`.
+    assert!(keys[1]["signing_from"].is_null(), "{keys:?}");
+    let first = manifest_file(&env.archives, 1);
+    let mut legacy = read_manifest(&first);
+    legacy.version = 1;
+    legacy.chain = None;
+    legacy.created_at = "2025-06-01T00:00:00Z".into();
+    let legacy_path = env._data.join("legacy.manifest.json");
+    write_manifest(&legacy_path, &legacy.sign(Some(&old)));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_logexport"))
+        .arg("verify")
+        .arg(archive_file(&first))
+        .arg("--manifest")
+        .arg(&legacy_path)
+        .args(["--keys-url", &env.keys_url()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // A manifest the old key signed after it was rotated out is refused.
     let dir = env._data.join("late");
     copy_dir(&env.archives, &dir);
