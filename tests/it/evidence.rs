@@ -737,6 +737,17 @@ async fn verify_chain_names_each_kind_of_break() {
         "{out}"
     );
 
+    let dir = broken("duplicate");
+    let third = manifest_file(&dir, 3);
+    let copy = dir.join("copy.json");
+    std::fs::copy(archive_file(&third), &copy).unwrap();
+    std::fs::copy(&third, dir.join("copy.json.manifest.json")).unwrap();
+    let (ok, out) = verify_chain(&dir, &args).await;
+    assert!(
+        !ok && out.contains("chain broken: duplicate sequence 3"),
+        "{out}"
+    );
+
     let dir = broken("manifest");
     let fourth = manifest_file(&dir, 4);
     let mut m = read_manifest(&fourth);
