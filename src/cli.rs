@@ -1,4 +1,5 @@
-//! The command line: `serve`, `work`, `run`, `migrate`, `token create`, `demo`.
+//! The command line: `serve`, `work`, `run`, `migrate`, `check`, `token`, `demo`, `keygen`,
+//! `verify`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,8 +30,11 @@ pub enum Command {
     Work,
     /// API and workers in one process.
     Run,
-    /// Apply database migrations and exit.
+    /// Create the database when it is missing, apply migrations and exit.
     Migrate,
+    /// Try each configured dependency once (Postgres and migrations, Splunk and its token, the
+    /// bucket, SMTP, Quay, the HEC sink); one line each; non-zero exit when any fails.
+    Check,
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -53,6 +57,10 @@ pub enum Command {
         /// The service's JWK set, e.g. https://registry.example/api/v1/exportlogs/signing-keys.
         #[arg(long)]
         keys_url: Option<String>,
+        /// Check size, SHA-256 and rows even when no signature can be checked (an unsigned
+        /// manifest, the default configuration's, or no key given); says so plainly.
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Check a folder of archives and manifests as one chain, offline (docs/evidence.md).
     VerifyChain(VerifyChainArgs),
@@ -100,6 +108,13 @@ pub enum TokenCommand {
         /// Registry-wide access.
         #[arg(long)]
         superuser: bool,
+    },
+    /// List every token: id, user, rights, created, last used, revoked (never the secret).
+    List,
+    /// Revoke a token by its id (from `token list`); every process refuses it at once.
+    Revoke {
+        /// The token's id.
+        id: uuid::Uuid,
     },
 }
 
@@ -151,12 +166,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             manifest,
             public_key,
             keys_url,
+            allow_unsigned,
         } => {
             return verify(
                 archive,
                 manifest.as_deref(),
                 public_key.as_deref(),
                 keys_url.as_deref(),
+                *allow_unsigned,
             )
             .await;
         }
@@ -174,6 +191,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => {}
     }
     let config = Arc::new(Config::load(cli.config.as_deref())?);
+    match cli.command {
+        Command::Check => return check(&config).await,
+        Command::Migrate => create_database(&config).await?,
+        Command::Serve | Command::Work | Command::Run => {
+            crate::check::warn_in_background(&config);
+        }
+        _ => {}
+    }
     let pool = crate::db::connect(&config.database).await?;
     match cli.command {
         Command::Migrate => {
@@ -207,6 +232,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Token {
+            action: TokenCommand::List,
+        } => {
+            let tokens = crate::api::tokens::list_tokens(&pool).await?;
+            print!("{}", token_table(&tokens));
+            Ok(())
+        }
+        Command::Token {
+            action: TokenCommand::Revoke { id },
+        } => match crate::api::tokens::revoke_token(&pool, id).await? {
+            crate::api::tokens::Revoked::Now => {
+                println!("token {id} revoked");
+                Ok(())
+            }
+            crate::api::tokens::Revoked::Already => {
+                println!("token {id} was already revoked");
+                Ok(())
+            }
+            crate::api::tokens::Revoked::Unknown => {
+                anyhow::bail!("no token has the id {id} (see `logexport token list`)")
+            }
+        },
         Command::Serve => {
             let shutdown = shutdown_on_signals();
             crate::service::serve(pool, config, shutdown).await
@@ -227,10 +274,72 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             api.await.context("API task")??;
             work
         }
-        Command::Demo | Command::Keygen | Command::Verify { .. } | Command::VerifyChain(_) => {
+        Command::Demo
+        | Command::Keygen
+        | Command::Verify { .. }
+        | Command::VerifyChain(_)
+        | Command::Check => {
             unreachable!("handled above")
         }
     }
+}
+
+/// `token list`'s table, one token a line.
+fn token_table(tokens: &[crate::api::tokens::TokenInfo]) -> String {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+        )
+    };
+    let mut out = format!(
+        "{:<36}  {:<16}  {:<20}  {:<20}  {:<20}  RIGHTS\n",
+        "ID", "USER", "CREATED", "LAST USED", "REVOKED"
+    );
+    for t in tokens {
+        out.push_str(&format!(
+            "{:<36}  {:<16}  {:<20}  {:<20}  {:<20}  {}\n",
+            t.id,
+            t.username,
+            time(Some(t.created_at)),
+            time(t.last_used_at),
+            time(t.revoked_at),
+            t.rights()
+        ));
+    }
+    out
+}
+
+/// `logexport check`: one line per dependency; an error when any failed.
+async fn check(config: &Config) -> anyhow::Result<()> {
+    let findings = crate::check::check(config).await;
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let failed = findings.iter().filter(|f| !f.is_ok()).count();
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} dependencies failed the check",
+        findings.len()
+    );
+    Ok(())
+}
+
+/// `migrate` on a database that does not exist yet: creates it, or names the command that does.
+async fn create_database(config: &Config) -> anyhow::Result<()> {
+    let url = config.database.url.expose();
+    if let Err(e) = crate::db::ensure_database(url).await {
+        // No access to the `postgres` database: fine when ours exists already.
+        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
+        if sqlx::ConnectOptions::connect(&options).await.is_ok() {
+            return Ok(());
+        }
+        let command = crate::db::createdb_command(url)
+            .map(|c| format!("; create it with `{c}` and run migrate again"))
+            .unwrap_or_default();
+        anyhow::bail!("cannot create the database ({e:#}){command}");
+    }
+    Ok(())
 }
 
 /// `logexport verify`: one line per kind of mismatch; an error when there is any.
@@ -239,6 +348,7 @@ async fn verify(
     manifest: Option<&std::path::Path>,
     public_key: Option<&std::path::Path>,
     keys_url: Option<&str>,
+    allow_unsigned: bool,
 ) -> anyhow::Result<()> {
     use crate::archive::{Manifest, PublicKey};
     let manifest_path = manifest.map_or_else(
@@ -274,20 +384,46 @@ async fn verify(
         }
         (None, None) => Vec::new(),
     };
-    let findings = crate::archive::verify::verify(archive, &manifest, &trusted);
+    let mut findings = crate::archive::verify::verify(archive, &manifest, &trusted);
+    // Without a signature to check (unsigned manifest, or no key given), --allow-unsigned still
+    // checks everything else; a signature that was checked and failed is never waived.
+    let unchecked_signature = !manifest.signed || trusted.is_empty();
+    if allow_unsigned && unchecked_signature {
+        findings.retain(|f| !f.0.starts_with("signature:"));
+    }
     if findings.is_empty() {
+        let signature = if unchecked_signature {
+            format!(
+                "NO SIGNATURE CHECKED ({}): this shows the archive matches this manifest, not who \
+                 made either",
+                if manifest.signed {
+                    "no trusted key given"
+                } else {
+                    "the manifest is unsigned"
+                }
+            )
+        } else {
+            format!(
+                "signed by key {}",
+                manifest.key_id.as_deref().unwrap_or("?")
+            )
+        };
         println!(
-            "OK: {} holds {} logs, {} bytes, SHA-256 {}, signed by key {}",
+            "OK: {} holds {} logs, {} bytes, SHA-256 {}, {signature}",
             archive.display(),
             manifest.logs,
             manifest.bytes,
             manifest.sha256,
-            manifest.key_id.as_deref().unwrap_or("?")
         );
         return Ok(());
     }
     for finding in &findings {
         println!("MISMATCH {}", finding.0);
+    }
+    if unchecked_signature && !allow_unsigned {
+        println!(
+            "(no signature can be checked here; --allow-unsigned checks size, SHA-256 and rows alone)"
+        );
     }
     anyhow::bail!(
         "{} does not match its manifest ({} problem{})",

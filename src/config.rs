@@ -103,7 +103,8 @@ pub struct ServerConfig {
     /// Base URL clients reach this service at; local-storage download links start with it.
     pub public_url: String,
     pub max_body_bytes: usize,
-    /// Key for signing local-storage download links; a random one per process when empty.
+    /// Key for signing local-storage download links; when empty, one generated once and kept in
+    /// Postgres, shared by every process of the deployment.
     pub signing_key: Secret,
     /// Reverse proxies (addresses or CIDRs) whose `X-Forwarded-For` names the caller's address.
     pub trusted_proxies: Vec<String>,
@@ -412,8 +413,8 @@ impl Default for CallbackConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogsConfig {
-    /// Key for encrypting `next_page` tokens; a random one per process when empty
-    /// (tokens then do not survive a restart or cross replicas).
+    /// Key for encrypting `next_page` tokens; when empty, one generated once and kept in
+    /// Postgres, so tokens survive restarts and cross replicas.
     pub page_token_key: Secret,
     pub page_size: u32,
     pub max_aggregate_days: u32,
@@ -712,6 +713,7 @@ impl Config {
                 return fail("audit.hec_token", "required when audit.sink = \"hec\"");
             }
         }
+        self.validate_addresses()?;
         if !matches!(self.splunk.url_scheme.as_str(), "http" | "https") {
             return fail("splunk.url_scheme", "must be http or https");
         }
@@ -748,6 +750,126 @@ impl Config {
             return fail("schedule.max_catch_up_periods", "must be at least 1");
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// Every URL, CIDR and address key, so a typo stops start-up instead of surfacing later
+    /// (a housekeeping warning, a failed send, an exit after "API listening").
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
+        if let Err(why) = http_url(&self.server.public_url) {
+            return fail("server.public_url", why);
+        }
+        if let Err(why) = secret_url(self.database.url.expose(), &["postgres", "postgresql"]) {
+            return fail("database.url", why);
+        }
+        if let Err(why) = host_name(&self.splunk.host) {
+            return fail("splunk.host", why);
+        }
+        if let Some(endpoint) = self.storage.s3.endpoint_url.as_deref()
+            && !endpoint.is_empty()
+            && let Err(why) = http_url(endpoint)
+        {
+            return fail("storage.s3.endpoint_url", why);
+        }
+        if self.email.transport == "smtp"
+            && let Err(why) = secret_url(self.email.smtp_url.expose(), &["smtp", "smtps"])
+        {
+            return fail(
+                "email.smtp_url",
+                format!(
+                    "{why}; expected smtp://host:port, smtp://host:port?tls=required or \
+                     smtps://host:port"
+                ),
+            );
+        }
+        for entry in &self.callback.allowed_hosts {
+            let entry = entry.trim();
+            let valid = if entry.contains('/') {
+                entry.parse::<ipnet::IpNet>().is_ok()
+            } else {
+                entry.parse::<std::net::IpAddr>().is_ok() || host_name(entry).is_ok()
+            };
+            if !valid {
+                return fail(
+                    "callback.allowed_hosts",
+                    format!(
+                        "{entry:?} is not a host name, an address or a CIDR such as 10.0.0.0/8"
+                    ),
+                );
+            }
+        }
+        if !self.audit.hec_url.is_empty()
+            && let Err(why) = http_url(&self.audit.hec_url)
+        {
+            return fail("audit.hec_url", why);
+        }
+        if !self.auth.quay_url.is_empty()
+            && let Err(why) = http_url(&self.auth.quay_url)
+        {
+            return fail("auth.quay_url", why);
+        }
+        Ok(())
+    }
+}
+
+/// An absolute http(s) URL with a host.
+fn http_url(text: &str) -> Result<(), String> {
+    match url::Url::parse(text) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(())
+        }
+        Ok(_) => Err(format!(
+            "{text:?} is not an http(s) URL with a host, such as https://logs.example.com"
+        )),
+        Err(e) => Err(format!("{text:?} is not a URL ({e})")),
+    }
+}
+
+/// A URL that may carry a password: checked for its scheme and host, never echoed.
+fn secret_url(text: &str, schemes: &[&str]) -> Result<(), String> {
+    match url::Url::parse(text) {
+        Ok(u) if schemes.contains(&u.scheme()) && u.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(())
+        }
+        Ok(u) => Err(format!(
+            "the URL's scheme is {:?} and it {}; expected {}://host",
+            u.scheme(),
+            if u.host_str().is_some_and(|h| !h.is_empty()) {
+                "has a host"
+            } else {
+                "has no host"
+            },
+            schemes[0]
+        )),
+        Err(e) => Err(format!("not a URL ({e})")),
+    }
+}
+
+/// A DNS name or an IP address (no scheme, port or path).
+fn host_name(text: &str) -> Result<(), String> {
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let name = text.strip_suffix('.').unwrap_or(text);
+    if !name.is_empty() && name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not a host name or an address (no scheme, port or path)"
+        ))
     }
 }
 
@@ -801,6 +923,89 @@ mod tests {
             jail.set_env("LOGEXPORT_SPLUNK__BEARER_TOKEN", "123456");
             let config = Config::load(None).expect("valid");
             assert_eq!(config.splunk.bearer_token.expose(), "123456");
+            Ok(())
+        });
+    }
+
+    /// The message `Config::validate` gives for a configuration `change` makes from the defaults.
+    fn refusal(change: impl FnOnce(&mut Config)) -> String {
+        let mut config = Config::default();
+        change(&mut config);
+        config.validate().expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_bad_url_cidr_or_address_is_refused_at_load_naming_the_key() {
+        type Change = Box<dyn FnOnce(&mut Config)>;
+        let cases: Vec<(&str, Change)> = vec![
+            (
+                "storage.s3.endpoint_url",
+                Box::new(|c| c.storage.s3.endpoint_url = Some("htp:/bad".into())),
+            ),
+            (
+                "callback.allowed_hosts",
+                Box::new(|c| c.callback.allowed_hosts = vec!["10.0.0.0/33".into()]),
+            ),
+            (
+                "server.public_url",
+                Box::new(|c| c.server.public_url = "not a url".into()),
+            ),
+            (
+                "email.smtp_url",
+                Box::new(|c| c.email.smtp_url = Secret::new("http://x")),
+            ),
+            (
+                "database.url",
+                Box::new(|c| c.database.url = Secret::new("mysql://u:hunter2@db/x")),
+            ),
+            (
+                "splunk.host",
+                Box::new(|c| c.splunk.host = "https://splunk.example.com:8089".into()),
+            ),
+            (
+                "audit.hec_url",
+                Box::new(|c| c.audit.hec_url = "splunk:8088".into()),
+            ),
+        ];
+        for (key, change) in cases {
+            let message = refusal(change);
+            assert!(
+                message.starts_with(&format!("invalid configuration: {key}: ")),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    #[test]
+    fn good_addresses_pass() {
+        let mut config = Config::default();
+        config.storage.s3.endpoint_url = Some("http://127.0.0.1:3900".into());
+        config.callback.allowed_hosts = vec![
+            "127.0.0.1/32".into(),
+            "::1".into(),
+            "hooks.example.com".into(),
+            "10.1.2.3".into(),
+        ];
+        config.email.smtp_url = Secret::new("smtps://user:pw@mail.example.com:465");
+        config.splunk.host = "splunk-1.internal".into();
+        config.validate().expect("valid");
+        // A transport that does not use SMTP does not need a usable smtp_url.
+        config.email.transport = "none".into();
+        config.email.smtp_url = Secret::new("http://x");
+        config.validate().expect("valid without SMTP");
+    }
+
+    #[test]
+    fn a_bad_address_in_the_environment_stops_loading() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LOGEXPORT_SERVER__PUBLIC_URL", "not a url");
+            let err = Config::load(None).expect_err("refused");
+            assert!(
+                err.to_string()
+                    .starts_with("invalid configuration: server.public_url: "),
+                "{err}"
+            );
             Ok(())
         });
     }

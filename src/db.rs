@@ -25,6 +25,15 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
         .connect_with(options)
         .await
         .map_err(|e| {
+            if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") {
+                return anyhow::anyhow!(
+                    "the database in database.url does not exist ({e}); `logexport migrate` \
+                     creates it{}",
+                    createdb_command(config.url.expose())
+                        .map(|c| format!(", or run `{c}`"))
+                        .unwrap_or_default()
+                );
+            }
             anyhow::anyhow!(
                 "cannot connect to Postgres ({e}); is it running? start it with \
                  `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
@@ -113,6 +122,41 @@ where
             Err(e) => return Err(e),
         }
     }
+}
+
+/// The versions of the embedded migrations not applied (successfully) to the database yet; all
+/// of them when the database was never migrated.
+pub async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            // 42P01: no _sqlx_migrations table, nothing was ever applied.
+            Err(e) if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("42P01") => {
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+    Ok(MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .map(|m| m.version)
+        .filter(|v| !applied.contains(v))
+        .collect())
+}
+
+/// The one command that creates the database named in `url` (for when we may not).
+pub fn createdb_command(url: &str) -> Option<String> {
+    let options: PgConnectOptions = url.parse().ok()?;
+    let name = options.get_database()?;
+    Some(format!(
+        "createdb -h {} -p {} -U {} {name}",
+        options.get_host(),
+        options.get_port(),
+        options.get_username()
+    ))
 }
 
 /// Applies pending migrations.

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod archive;
 pub mod audit;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod notify;
 pub mod queue;
 pub mod schedule;
+pub mod secrets;
 pub mod service;
 pub mod splunk;
 pub mod storage;

@@ -10,7 +10,8 @@ use crate::config::Config;
 use crate::queue::QueueListener;
 use crate::worker::{Housekeeper, Notifier, WorkerPool, WorkerSettings};
 
-/// Runs the HTTP API until shutdown.
+/// Runs the HTTP API until shutdown. Keys left empty in the configuration are the deployment's
+/// stored ones (see [`crate::secrets`]), so links a separate `work` process signs verify here.
 pub async fn serve(
     pool: PgPool,
     config: Arc<Config>,
@@ -19,6 +20,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(config.server.bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on server.bind {}: {e}", config.server.bind))?;
+    let config = Arc::new(crate::secrets::with_stored_secrets(&pool, &config).await?);
     let storage = crate::storage::open(&config).await?;
     let state = AppState::try_new(pool, config)
         .map_err(anyhow::Error::msg)?
@@ -26,7 +28,8 @@ pub async fn serve(
     api::serve(listener, state, shutdown).await
 }
 
-/// Runs export workers, the notifier, housekeeping and the scheduler until shutdown.
+/// Runs export workers, the notifier, housekeeping and the scheduler until shutdown; empty keys
+/// are the deployment's stored ones, as in [`serve`].
 pub async fn work(
     pool: PgPool,
     config: Arc<Config>,
@@ -35,6 +38,7 @@ pub async fn work(
     if config.schedule.enabled {
         crate::schedule::owner::check_service_token(&config.auth).await?;
     }
+    let config = Arc::new(crate::secrets::with_stored_secrets(&pool, &config).await?);
     let storage = crate::storage::open(&config).await?;
     let handler = crate::export::handler(&config, storage.objects.clone())?;
     let mailer = crate::notify::mailer_from_config(&config.email)?;

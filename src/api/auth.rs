@@ -361,10 +361,16 @@ pub async fn create_token(
 }
 
 /// Known tokens for a few seconds, so a busy client costs no database round trip per request
-/// for authentication. A revoked token stops working within [`TokenCache::TTL`].
+/// for authentication. Entries are trusted only while this process listens for revocations
+/// ([`super::tokens::REVOKED_CHANNEL`]): a revocation empties the cache at once, and without a
+/// listening connection every request asks the database.
 #[derive(Debug, Default)]
 pub struct TokenCache {
     entries: Mutex<HashMap<Vec<u8>, (Caller, Instant)>>,
+    /// True while the revocation listener is connected and listening.
+    listening: std::sync::atomic::AtomicBool,
+    /// Bumped on every revocation: a lookup that read the database before one does not cache.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl TokenCache {
@@ -372,7 +378,22 @@ impl TokenCache {
     pub const TTL: Duration = Duration::from_secs(10);
     const MAX_ENTRIES: usize = 10_000;
 
+    /// A cache that listens for revocations on `pool` for as long as it is alive.
+    pub fn start(pool: &PgPool) -> std::sync::Arc<Self> {
+        let cache = std::sync::Arc::new(Self::default());
+        let weak = std::sync::Arc::downgrade(&cache);
+        let pool = pool.clone();
+        // Without a runtime (never in the service) the cache simply stays unused.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(listen_for_revocations(pool, weak));
+        }
+        cache
+    }
+
     fn get(&self, key: &[u8]) -> Option<Caller> {
+        if !self.listening.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
@@ -380,8 +401,15 @@ impl TokenCache {
             .map(|(caller, _)| caller.clone())
     }
 
-    fn put(&self, key: Vec<u8>, caller: Caller) {
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn put(&self, key: Vec<u8>, caller: Caller, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if generation != self.generation() {
+            return;
+        }
         if entries.len() >= Self::MAX_ENTRIES {
             entries.retain(|_, (_, at)| at.elapsed() < Self::TTL);
             if entries.len() >= Self::MAX_ENTRIES {
@@ -390,6 +418,71 @@ impl TokenCache {
         }
         entries.insert(key, (caller, Instant::now()));
     }
+
+    /// Stops trusting entries (`listening` false) or starts again, forgetting every entry.
+    fn set_listening(&self, listening: bool) {
+        self.listening
+            .store(false, std::sync::atomic::Ordering::Release);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        entries.clear();
+        drop(entries);
+        if listening {
+            self.listening
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// Empties `cache` on every revocation; while not connected, the cache is not trusted. Ends
+/// when the cache is dropped.
+async fn listen_for_revocations(pool: PgPool, cache: std::sync::Weak<TokenCache>) {
+    use sqlx::postgres::PgListener;
+    loop {
+        let listener = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(super::tokens::REVOKED_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match listener.await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::debug!(error = %e, "token revocation listener not connected");
+                if cache.upgrade().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match cache.upgrade() {
+            Some(c) => c.set_listening(true),
+            None => return,
+        }
+        loop {
+            let heard = tokio::select! {
+                heard = listener.try_recv() => heard,
+                () = tokio::time::sleep(Duration::from_secs(5)) => {
+                    if cache.upgrade().is_none() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(c) = cache.upgrade() else { return };
+            match heard {
+                // A revocation: forget every token (revocations are rare).
+                Ok(Some(_)) => c.set_listening(true),
+                // The connection dropped and notifications may have been missed: trust nothing
+                // until a new connection listens.
+                Ok(None) | Err(_) => {
+                    c.set_listening(false);
+                    break;
+                }
+            }
+        }
+    }
 }
 
 async fn lookup(state: &AppState, token: &str) -> Result<Option<Caller>, ApiError> {
@@ -397,9 +490,11 @@ async fn lookup(state: &AppState, token: &str) -> Result<Option<Caller>, ApiErro
     if let Some(caller) = state.tokens.get(&key) {
         return Ok(Some(caller));
     }
+    let generation = state.tokens.generation();
     let caller: Option<Caller> = sqlx::query_as::<_, Caller>(
-        "SELECT username, admin_orgs, admin_repos, superuser FROM api_tokens
-         WHERE token_hash = $1 AND revoked_at IS NULL",
+        "UPDATE api_tokens SET last_used_at = now()
+         WHERE token_hash = $1 AND revoked_at IS NULL
+         RETURNING username, admin_orgs, admin_repos, superuser",
     )
     .bind(&key)
     .fetch_optional(&state.pool)
@@ -409,7 +504,7 @@ async fn lookup(state: &AppState, token: &str) -> Result<Option<Caller>, ApiErro
         ..caller
     });
     if let Some(caller) = &caller {
-        state.tokens.put(key, caller.clone());
+        state.tokens.put(key, caller.clone(), generation);
     }
     Ok(caller)
 }

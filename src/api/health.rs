@@ -24,7 +24,7 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: the database answers.
+/// `GET /readyz`: the database answers and every migration this build knows is applied.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -32,17 +32,30 @@ pub async fn healthz() -> &'static str {
     operation_id = "readyz",
     security(()),
     responses(
-        (status = 200, description = "the database answers", content_type = "text/plain", body = String),
-        (status = 503, description = "the database does not answer", content_type = "text/plain", body = String),
+        (status = 200, description = "the database answers and is migrated", content_type = "text/plain", body = String),
+        (status = 503, description = "the database does not answer, or migrations are not applied", content_type = "text/plain", body = String),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    // Answered within a probe's usual timeout, not after the pool's acquire timeout.
-    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    // Answered within a probe's usual timeout, not after the pool's acquire timeout. Ready means
+    // reachable and migrated: a never-migrated database would answer every request with 500.
+    let probe = crate::db::pending_migrations(&state.pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
-        Ok(Ok(_)) => {
+        Ok(Ok(pending)) if pending.is_empty() => {
             crate::db::report_available();
             (StatusCode::OK, "ready\n").into_response()
+        }
+        Ok(Ok(pending)) => {
+            crate::db::report_available();
+            tracing::warn!(
+                pending = pending.len(),
+                "not ready: run `logexport migrate`"
+            );
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database not migrated: run `logexport migrate`\n",
+            )
+                .into_response()
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");

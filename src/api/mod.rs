@@ -13,6 +13,7 @@ pub mod quay_auth;
 mod schedules;
 mod schemas;
 mod status;
+pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,6 +92,7 @@ impl AppState {
             }
         };
         let trusted_proxies = Arc::new(crate::audit::trusted_proxies(&config));
+        let tokens = auth::TokenCache::start(&pool);
         Self {
             quay,
             trusted_proxies,
@@ -102,7 +104,7 @@ impl AppState {
             list_key,
             signing_keys,
             logs,
-            tokens: Arc::default(),
+            tokens,
         }
     }
 
@@ -188,6 +190,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(axum::middleware::from_fn(health::count_responses))
+        .layer(axum::middleware::from_fn(error::with_request_reference))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
                 let request_id = request

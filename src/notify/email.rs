@@ -123,6 +123,14 @@ impl SmtpMailer {
     }
 }
 
+impl SmtpMailer {
+    /// Connects once (TCP, EHLO, STARTTLS or TLS and login as configured) and says NOOP: what
+    /// `logexport check` tries.
+    pub async fn test_connection(&self) -> Result<(), lettre::transport::smtp::Error> {
+        self.transport.test_connection().await.map(|_| ())
+    }
+}
+
 #[async_trait]
 impl Mailer for SmtpMailer {
     #[tracing::instrument(skip_all, fields(export_id = %notice.export_id, transport = "smtp"))]

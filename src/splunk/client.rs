@@ -212,6 +212,23 @@ impl SplunkClient {
         }
     }
 
+    /// `server/info`, with the token: Splunk's version when it answers and accepts the token.
+    pub async fn server_info(&self) -> Result<String, SplunkError> {
+        let resp = self
+            .send(Method::GET, "server/info", |r| {
+                r.query(&[("output_mode", "json")])
+            })
+            .await?;
+        let info: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| SplunkError::Protocol(format!("server/info: {e}")))?;
+        Ok(info["entry"][0]["content"]["version"]
+            .as_str()
+            .unwrap_or("of unknown version")
+            .to_owned())
+    }
+
     /// The full URL of a REST path below `/services/`.
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.inner.base, path.trim_start_matches('/'))

@@ -48,7 +48,8 @@ impl LocalStore {
     }
 
     /// From `storage.local.path`, `server.public_url` and `server.signing_key` (random for this
-    /// process when empty: links then only verify in the process that made them).
+    /// store when empty: links then only verify through this very store; the service fills an
+    /// empty key from Postgres first, see [`crate::secrets`]).
     pub fn from_config(cfg: &Config) -> anyhow::Result<Self> {
         let key = if cfg.server.signing_key.is_empty() {
             rand::random::<[u8; 32]>().to_vec()
