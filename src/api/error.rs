@@ -47,9 +47,12 @@ impl ApiError {
         }
     }
 
-    /// Logs an unexpected failure and hides its details from the client.
+    /// Logs an unexpected failure and hides its details from the client. The reference given
+    /// is the request's `X-Request-Id`, which the request's log span carries too.
     pub fn internal(error: impl std::fmt::Display) -> Self {
-        let reference = uuid::Uuid::new_v4().simple().to_string();
+        let reference = REQUEST_ID
+            .try_with(Clone::clone)
+            .unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
         tracing::error!(%error, reference = %reference, "request failed");
         Self::Internal(reference)
     }
@@ -69,6 +72,28 @@ impl ApiError {
                 .into(),
         )
     }
+}
+
+tokio::task_local! {
+    /// The `X-Request-Id` of the request being handled.
+    static REQUEST_ID: String;
+}
+
+/// Makes the request's `X-Request-Id` the reference of a 500 answered to it.
+pub async fn with_request_reference(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if id.is_empty() {
+        return next.run(request).await;
+    }
+    REQUEST_ID.scope(id, next.run(request)).await
 }
 
 impl From<sqlx::Error> for ApiError {

@@ -19,8 +19,11 @@ use crate::queue::{NewExport, storage};
 
 /// The JSON body: Quay's callback fields plus our extensions. Give `callback_email` or
 /// `callback_url` (or both); the query's `starttime`, `endtime`, `timezone`, `performer` and
-/// `kind` win over the body's.
+/// `kind` win over the body's. Unknown fields are refused (400 naming the field), as for
+/// schedules: a misspelt `"fromat"` must not silently give the default format. Quay's clients
+/// (its React UI's `UseUsageLogs.ts`, the Angular `logs-view.js`) send only the two callbacks.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExportBody {
     /// Where to POST the result (http or https; internal addresses are refused unless allowed
     /// by `callback.allowed_hosts`).

@@ -74,7 +74,9 @@ pub struct Filters {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Notification {
-    /// `pending`, `delivered`, `failed` or `none`.
+    /// `none`: nothing to send yet (the export has not finished); `pending`: due or being
+    /// retried; `delivered`: every channel delivered; `failed`: a channel gave up (see
+    /// `last_error`); `skipped`: never sent (the export was cancelled).
     pub state: String,
     pub email: Option<String>,
     pub callback_url: Option<String>,
@@ -135,7 +137,10 @@ pub struct ExportStatus {
     pub manifest_url: Option<String>,
     pub url_expires_at: Option<DateTime<Utc>>,
     pub object_deleted: bool,
+    /// The last attempt's error (null once an attempt succeeded).
     pub last_error: Option<String>,
+    /// An earlier attempt's error, when a later attempt succeeded.
+    pub previous_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,

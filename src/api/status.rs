@@ -98,7 +98,9 @@ pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
         )),
         "url_expires_at": row.url_expires_at,
         "object_deleted": row.object_deleted_at.is_some(),
-        "last_error": row.last_error,
+        // The requester reads these: operator hints (which key to check) stay in the log.
+        "last_error": row.last_error.as_deref().map(crate::notify::wording::for_requester),
+        "previous_error": row.previous_error.as_deref().map(crate::notify::wording::for_requester),
         "created_at": row.created_at,
         "started_at": row.started_at,
         "finished_at": row.finished_at,

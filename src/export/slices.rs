@@ -742,7 +742,7 @@ impl Readers {
         if let Err(e) = &outcome
             && let Some(started) = started.take()
         {
-            let _ = started.send(Err(clone_error(e)));
+            let _ = started.send(Err(e.clone()));
         }
         if outcome.is_ok() {
             METRICS.incr("logexport_export_slices_total", "read");
@@ -879,25 +879,6 @@ impl Readers {
             // for long.
             let _ = tokio::time::timeout(Duration::from_millis(200), freed).await;
         }
-    }
-}
-
-/// The first slice's failure, for `start` (the original goes to the slice's own outcome).
-fn clone_error(e: &SplunkError) -> SplunkError {
-    match e {
-        SplunkError::Unauthorized { status, message } => SplunkError::Unauthorized {
-            status: *status,
-            message: message.clone(),
-        },
-        SplunkError::BadSearch { message } => SplunkError::BadSearch {
-            message: message.clone(),
-        },
-        SplunkError::Database(message) => SplunkError::Database(message.clone()),
-        other => SplunkError::Http {
-            status: 503,
-            message: other.to_string(),
-            retryable: other.is_retryable(),
-        },
     }
 }
 

@@ -11,6 +11,7 @@ pub mod message;
 pub mod notice;
 pub mod signing;
 pub mod ssrf;
+pub mod wording;
 
 pub use callback::{CallbackSender, USER_AGENT, callback_payload};
 pub use email::{FileMailer, Mailer, NoMailer, SmtpMailer, mailer_from_config};

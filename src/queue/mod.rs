@@ -161,6 +161,8 @@ pub struct ExportRow {
     pub url_expires_at: Option<DateTime<Utc>>,
     pub object_deleted_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// An earlier attempt's error, kept once a later attempt succeeded.
+    pub previous_error: Option<String>,
     pub notify_state: String,
     pub notify_attempts: i32,
     pub notify_run_at: Option<DateTime<Utc>>,

@@ -330,7 +330,13 @@ pub async fn finish(
     let (updated, _woken): (i64, i64) = sqlx::query_as(
         "WITH done AS (
              UPDATE export_jobs
-             SET state = $3, last_error = coalesce($4, last_error), lease_expires_at = NULL,
+             SET state = $3,
+                 last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END,
+                 lease_expires_at = NULL,
+                 -- A success moves an earlier attempt's error aside, and has read every slice.
+                 previous_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE previous_error END,
+                 slices_done = CASE WHEN $3 = 'succeeded' THEN slices_total ELSE slices_done END,
+                 searches_running = 0,
                  finished_at = now(), updated_at = now(), checkpoint = NULL,
                  object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
                  logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),

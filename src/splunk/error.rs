@@ -7,7 +7,7 @@ const MAX_QUOTED: usize = 500;
 
 /// Something went wrong talking to Splunk. [`SplunkError::is_retryable`] says whether trying the
 /// same request again later can succeed; messages never contain the bearer token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SplunkError {
     /// 401/403: the configured token is wrong, expired or lacks the search capability.
     #[error(

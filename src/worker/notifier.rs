@@ -13,6 +13,7 @@ use url::Url;
 use crate::config::Config;
 use crate::domain::{CallbackUrl, EmailAddress, ExportId};
 use crate::metrics::METRICS;
+use crate::notify::wording::for_requester;
 use crate::notify::{CallbackSender, Delivery, Mailer, Notice, Outcome};
 use crate::queue::storage::{self, NotifyResult};
 use crate::queue::{ExportRow, JobState, QueueListener, RetryPolicy};
@@ -246,14 +247,12 @@ pub fn notice(row: &ExportRow, public_url: &str) -> Notice {
             },
         },
         JobState::TimedOut => Outcome::TimedOut,
+        // The requester reads the reason: operator hints stay in the worker's log.
         JobState::Invalid => Outcome::InvalidRequest {
-            reason: row.last_error.clone().unwrap_or_default(),
+            reason: for_requester(row.last_error.as_deref().unwrap_or_default()),
         },
         _ => Outcome::Failed {
-            reason: row
-                .last_error
-                .clone()
-                .unwrap_or_else(|| "the export failed".into()),
+            reason: for_requester(row.last_error.as_deref().unwrap_or("the export failed")),
         },
     };
     Notice {

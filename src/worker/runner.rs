@@ -347,7 +347,7 @@ impl AttemptRunner {
                 return "released";
             }
             (Err(_), Some(StopReason::TimedOut)) => Finish::TimedOut(format!(
-                "the export did not finish within worker.max_work_seconds ({} s)",
+                "the export did not finish within the time one attempt may take ({} s, worker.max_work_seconds)",
                 self.settings.max_work.as_secs()
             )),
             (Err(JobError::Permanent(e)), None) => Finish::Failed(e),
@@ -379,7 +379,12 @@ impl AttemptRunner {
         // Kept until the database takes it: a result lost to an outage would be worked again.
         let recorded = self.recorded(|| storage::finish(&self.pool, id, attempt, &finish));
         match recorded.await {
-            Ok(true) => tracing::info!(outcome = label, "export finished"),
+            Ok(true) => match &finish {
+                Finish::Failed(e) | Finish::TimedOut(e) | Finish::Invalid(e) => {
+                    tracing::warn!(outcome = label, error = %e, "export finished")
+                }
+                _ => tracing::info!(outcome = label, "export finished"),
+            },
             Ok(false) => {
                 tracing::warn!("the job was reclaimed elsewhere; outcome not recorded");
                 // Its new holder writes an archive of its own: this one would be an orphan. (Not
