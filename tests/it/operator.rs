@@ -558,3 +558,41 @@ async fn an_unknown_field_in_an_export_body_is_refused_naming_it() {
         );
     }
 }
+
+#[tokio::test]
+async fn serve_warns_at_start_about_a_dependency_that_fails_the_check() {
+    let deployment = Deployment::new("[email]\nsmtp_url = \"smtp://127.0.0.1:9\"\n").await;
+    let mut serve = Command::new(binary())
+        .arg("--config")
+        .arg(&deployment.config)
+        .arg("serve")
+        .current_dir(&deployment.dir)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // It serves all the same: the check only warns.
+    deployment.ready().await;
+    let mut stderr = serve.stderr.take().unwrap();
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !seen.contains("email.smtp_url") {
+            let n = stderr.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no warning within 20 s:\n{seen}");
+    assert!(seen.contains("dependency check failed"), "{seen}");
+    assert!(seen.contains("email.smtp_url"), "{seen}");
+    assert!(!seen.contains("dependency=\"postgres\""), "{seen}");
+    let _ = serve.kill().await;
+}
