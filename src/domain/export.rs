@@ -40,11 +40,11 @@ impl FromStr for ExportId {
 
 /// A value outside an enum's allowed set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {what} {value:?}: expected one of {allowed}")]
+#[error("invalid {what} {value:?}: expected one of {}", .allowed.join(" "))]
 pub struct ParseEnumError {
     what: &'static str,
     value: String,
-    allowed: &'static str,
+    allowed: &'static [&'static str],
 }
 
 macro_rules! text_enum {
@@ -75,7 +75,7 @@ macro_rules! text_enum {
                     _ => Err(ParseEnumError {
                         what: $what,
                         value: s.chars().take(32).collect(),
-                        allowed: concat!($($text, " "),*),
+                        allowed: &[$($text),*],
                     }),
                 }
             }
@@ -109,5 +109,24 @@ impl ExportFormat {
             Self::Ndjson => "application/x-ndjson",
             Self::Csv => "text/csv; charset=utf-8",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_value_names_the_allowed_ones_without_a_stray_space() {
+        let format = "xml".parse::<ExportFormat>().unwrap_err().to_string();
+        assert_eq!(
+            format,
+            "invalid format \"xml\": expected one of json ndjson csv"
+        );
+        let compression = "lz4".parse::<Compression>().unwrap_err().to_string();
+        assert_eq!(
+            compression,
+            "invalid compression \"lz4\": expected one of none gzip zstd"
+        );
     }
 }

@@ -147,11 +147,14 @@ impl Mailer for SmtpMailer {
                 self.timeout.as_secs() * 3
             )),
             Ok(Ok(response)) => Delivery::Delivered {
+                // A reply without text must not leave a trailing space.
                 receipt: format!(
                     "SMTP {} {}",
                     response.code(),
                     response.first_line().unwrap_or_default()
-                ),
+                )
+                .trim_end()
+                .to_owned(),
             },
             Ok(Err(e)) => classify_smtp_error(&e),
         };

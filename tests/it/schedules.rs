@@ -402,7 +402,7 @@ async fn a_schedule_is_paused_resumed_redirected_and_deleted_and_its_exports_sta
         (status, message.as_str()),
         (
             400,
-            "invalid format \"xml\": expected one of json ndjson csv "
+            "invalid format \"xml\": expected one of json ndjson csv"
         )
     );
     let (status, message) = error_of(
@@ -689,7 +689,7 @@ async fn schedule_requests_are_checked_like_exports_and_a_refusal_stores_nothing
             ACME,
             json!({"period": "daily", "callback_email": cb, "format": "xml"}),
             400,
-            "invalid format \"xml\": expected one of json ndjson csv ",
+            "invalid format \"xml\": expected one of json ndjson csv",
         ),
         (
             &alice,
