@@ -52,7 +52,7 @@ REPOS = {
 
 SESSIONS = {}  # sid -> {"csrf": str, "user": str | None}
 LOCK = threading.Lock()
-STATS = {"user_calls_by_logexport": 0, "repo_calls_by_logexport": 0, "unknown": [], "hooks": []}
+STATS = {"user_calls_by_logexport": 0, "question_calls_by_logexport": 0, "unknown": [], "hooks": []}
 
 
 def repo_admin(ns, repo, user):
@@ -268,6 +268,10 @@ class Handler(BaseHTTPRequestHandler):
         # directly (auth.quay_url), so these counters are logexport's identity/permission calls.
         return "X-Forwarded-For" not in self.headers
 
+    def count_question(self):
+        if self.from_logexport():
+            STATS["question_calls_by_logexport"] += 1
+
     def body_json(self):
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n) if n else b""
@@ -314,6 +318,7 @@ class Handler(BaseHTTPRequestHandler):
         # Quay endpoint it stands for; the fixture's users sign in (every scope), so roles decide.
         m = re.fullmatch(r"/api/v1/organization/([a-z0-9_.-]+)/members", path)
         if m:
+            self.count_question()
             org = m.group(1)
             if ORGS.get(org, {}).get(user) == "admin" or org == user:
                 if org not in ORGS:
@@ -322,6 +327,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(403, "insufficient_scope", "Unauthorized")
         m = re.fullmatch(r"/api/v1/repository/([a-z0-9_.-]+)/([a-z0-9_.-]+)/permissions/user/", path)
         if m:
+            self.count_question()
             if not repo_admin(*m.groups(), user):
                 return self.error(403, "insufficient_scope", "Unauthorized")
             return self.send_json(200, {"permissions": {}})
@@ -334,8 +340,6 @@ class Handler(BaseHTTPRequestHandler):
         m = re.fullmatch(r"/api/v1/repository/([a-z0-9_.-]+)/([a-z0-9_.-]+)", path)
         if m:
             ns, repo = m.groups()
-            if self.from_logexport():
-                STATS["repo_calls_by_logexport"] += 1
             if (ns, repo) not in REPOS:
                 return self.error(404, "not_found", "Not Found")
             # require_repo_read(allow_for_superuser=True): every fixture repository is private.
@@ -411,6 +415,7 @@ class Handler(BaseHTTPRequestHandler):
         body = self.body_json()
         m = re.fullmatch(r"/api/v1/repository/([a-z0-9_.-]+)/([a-z0-9_.-]+)/permissions/user/[a-z0-9_.-]+", path)
         if m:  # logexport's repository-export question: the guard, then the body's schema
+            self.count_question()
             if not self.csrf_ok():
                 return self.error(403, "csrf", "CSRF token was invalid or missing.")
             user, _ = self.current_user()

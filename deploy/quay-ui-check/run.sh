@@ -198,6 +198,6 @@ fi
 say "browser check (headless Chromium, playwright-core)"
 AUTH_MODE=$AUTH_MODE NODE_PATH="$WORK/node/node_modules" BASE="http://127.0.0.1:$PROXY_PORT" SHOTS="$WORK/shots" \
 STANDIN="http://127.0.0.1:$STANDIN_PORT" node "$HERE/check.cjs"
-echo "stand-in: $(curl -s "http://127.0.0.1:$STANDIN_PORT/_standin/stats" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("logexport asked /api/v1/user/ %d times, /api/v1/repository/{ns}/{repo} %d times; %d callback(s) received; endpoints the UI asked for that the stand-in does not serve: %s" % (d["user_calls_by_logexport"], d["repo_calls_by_logexport"], len(d["hooks"]), sorted(set(d["unknown"])) or "none"))')"
+echo "stand-in: $(curl -s "http://127.0.0.1:$STANDIN_PORT/_standin/stats" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("logexport asked /api/v1/user/ %d times and its permission questions (members, permissions) %d times; %d callback(s) received; endpoints the UI asked for that the stand-in does not serve: %s" % (d["user_calls_by_logexport"], d["question_calls_by_logexport"], len(d["hooks"]), sorted(set(d["unknown"])) or "none"))')"
 say "screenshots in $WORK/shots; logs in $WORK/*.log"
 if [[ -n ${KEEP:-} ]]; then echo "KEEP=1: still running; open http://127.0.0.1:$PROXY_PORT (alice / alice-pw, root / root-pw)"; fi

@@ -83,7 +83,15 @@ impl ExportJob {
             },
         )
         .await
-        .map_err(|e| JobError::Retryable(format!("sealing the export into its chain: {e}")))?;
+        .map_err(|e| {
+            let message = format!("sealing the export into its chain: {e}");
+            // The service's own database away is not the job's fault: the attempt is given back.
+            if crate::db::is_unavailable(&e) {
+                JobError::Database(format!("the database could not be reached; {message}"))
+            } else {
+                JobError::Retryable(message)
+            }
+        })?;
         let sealed = sealed.ok_or(JobError::Stopped)?;
         if let Some(chain) = &sealed.manifest.chain {
             tracing::info!(
