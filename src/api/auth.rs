@@ -174,28 +174,22 @@ impl Caller {
                 }
             }
             Resource::Repository(namespace, repository) => {
-                let (namespace, repository) = (namespace.clone(), repository.clone());
-                let what = format!(
-                    "{} repository {namespace}/{repository} (the repo:admin scope)",
-                    match access {
-                        Access::Read => "read the logs of",
-                        Access::Export => "export the logs of",
-                    }
-                );
-                let question = match access {
-                    Access::Read => {
-                        Question::RepositoryAdminRead(namespace.clone(), repository.clone())
-                    }
-                    Access::Export => {
-                        Question::RepositoryAdminExport(namespace.clone(), repository.clone())
-                    }
+                let (verb, question): (_, fn(Namespace, RepositoryName) -> Question) = match access
+                {
+                    Access::Read => ("read", Question::RepositoryAdminRead),
+                    Access::Export => ("export", Question::RepositoryAdminExport),
                 };
-                match ask(question).await? {
+                match ask(question(namespace.clone(), repository.clone())).await? {
                     Answer::Granted => Ok(()),
                     Answer::NotFound => Err(ApiError::NotFound(format!(
                         "no repository {namespace}/{repository}"
                     ))),
-                    answer => Err(refused(answer, what)),
+                    answer => Err(refused(
+                        answer,
+                        format!(
+                            "{verb} the logs of repository {namespace}/{repository} (the repo:admin scope)"
+                        ),
+                    )),
                 }
             }
             Resource::Registry => match ask(Question::AnySuperuser).await? {

@@ -143,16 +143,6 @@ pub struct QuayUser {
     pub super_user: bool,
     #[serde(default)]
     pub global_readonly_super_user: bool,
-    #[serde(default)]
-    pub organizations: Vec<QuayOrganization>,
-}
-
-/// One of the caller's organizations (`user_view.org_view`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct QuayOrganization {
-    pub name: String,
-    #[serde(default)]
-    pub is_org_admin: bool,
 }
 
 /// What Quay answered about a credential.
@@ -272,6 +262,14 @@ impl Question {
         match self {
             Self::UserAdmin | Self::AnySuperuser => Some(("limit", "1")),
             _ => None,
+        }
+    }
+
+    fn method(&self) -> reqwest::Method {
+        match self {
+            Self::Csrf => reqwest::Method::POST,
+            Self::RepositoryAdminExport(..) => reqwest::Method::PUT,
+            _ => reqwest::Method::GET,
         }
     }
 
@@ -405,31 +403,19 @@ impl QuayIdentity {
         };
         self.answers
             .try_get_with((digest, question.clone()), async {
-                let (path, response) = match question {
-                    Question::Csrf => {
-                        let url = self.url(&question.segments());
-                        let request = self.http.post(url);
-                        (
-                            question.path(),
-                            self.send(json_body(request), credential).await?,
-                        )
-                    }
-                    Question::RepositoryAdminExport(..) => {
-                        let url = self.url(&question.segments());
-                        let request = self.http.put(url);
-                        (
-                            question.path(),
-                            self.send(json_body(request), credential).await?,
-                        )
-                    }
-                    _ => {
-                        let mut url = self.url(&question.segments());
-                        if let Some((key, value)) = question.query() {
-                            url.query_pairs_mut().append_pair(key, value);
-                        }
-                        (question.path(), self.get(url, credential).await?)
-                    }
-                };
+                let mut url = self.url(&question.segments());
+                if let Some((key, value)) = question.query() {
+                    url.query_pairs_mut().append_pair(key, value);
+                }
+                let mut request = self.http.request(question.method(), url);
+                if question.refused_body() {
+                    // The empty JSON object Quay's schema validation refuses.
+                    request = request
+                        .header("content-type", "application/json")
+                        .body("{}");
+                }
+                let response = self.send(request, credential).await?;
+                let path = question.path();
                 let status = response.status().as_u16();
                 match (question.refused_body(), status) {
                     // The body was refused: the guards before it passed.
@@ -480,7 +466,7 @@ impl QuayIdentity {
     }
 
     /// Whether `owner` may still export `target`, asked with logexport's own Quay token
-    /// (`auth.quay_service_token`, a global read-only superuser's or a superuser's): `Ok(None)`
+    /// (`auth.quay_service_token`, see [`QuayIdentity::check_service_token`]): `Ok(None)`
     /// yes, `Ok(Some(reason))` no. For scheduled exports, whose owner sends no credential.
     /// Follows quay/quay `endpoints/api/superuser.py` (`user_view`: `super_user`, `enabled`),
     /// `endpoints/api/organization.py` (`org_view.teams[].role`, `OrganizationMember.get`) and
@@ -658,13 +644,6 @@ impl QuayIdentity {
             QuayUnavailable(format!("Quay {why}; try again shortly"))
         })
     }
-}
-
-/// The empty JSON object Quay's schema validation refuses.
-fn json_body(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    request
-        .header("content-type", "application/json")
-        .body("{}")
 }
 
 /// Whether a 404 is Quay's own "not found" (`{"error_type": "not_found", ...}`).
