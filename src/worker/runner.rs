@@ -308,6 +308,16 @@ impl AttemptRunner {
                 );
                 return "lost_lease";
             }
+            // Before the sealed case: an outage is given back whether or not the export was
+            // sealed (a seal whose answer the outage lost is reused by the next attempt).
+            (Err(JobError::Database(e)), None) => {
+                tracing::warn!(error = %e, "the database was unreachable during the attempt; it is given back, not spent");
+                let release = self.recorded(|| storage::release(&self.pool, id, attempt));
+                if let Err(db) = release.await {
+                    tracing::error!(error = %db, "could not give the attempt back; the lease will expire and another worker will reclaim it");
+                }
+                return "released";
+            }
             (Err(e), reason)
                 if reason != Some(StopReason::Shutdown)
                     && crate::queue::chain::is_sealed(&self.pool, id)
@@ -338,14 +348,6 @@ impl AttemptRunner {
                 };
             }
             (Err(_), Some(StopReason::Cancelled)) => Finish::Cancelled,
-            (Err(JobError::Database(e)), None) => {
-                tracing::warn!(error = %e, "the database was unreachable during the attempt; it is given back, not spent");
-                let release = self.recorded(|| storage::release(&self.pool, id, attempt));
-                if let Err(db) = release.await {
-                    tracing::error!(error = %db, "could not give the attempt back; the lease will expire and another worker will reclaim it");
-                }
-                return "released";
-            }
             (Err(_), Some(StopReason::TimedOut)) => Finish::TimedOut(format!(
                 "the export did not finish within the time one attempt may take ({} s, worker.max_work_seconds)",
                 self.settings.max_work.as_secs()
