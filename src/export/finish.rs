@@ -83,15 +83,7 @@ impl ExportJob {
             },
         )
         .await
-        .map_err(|e| {
-            let message = format!("sealing the export into its chain: {e}");
-            // The service's own database away is not the job's fault: the attempt is given back.
-            if crate::db::is_unavailable(&e) {
-                JobError::Database(format!("the database could not be reached; {message}"))
-            } else {
-                JobError::Retryable(message)
-            }
-        })?;
+        .map_err(|e| JobError::database("sealing the export into its chain", &e))?;
         let sealed = sealed.ok_or(JobError::Stopped)?;
         if let Some(chain) = &sealed.manifest.chain {
             tracing::info!(

@@ -14,7 +14,7 @@ use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter, ResumableSha256};
 use crate::domain::{ExportFormat, quay_datetime};
 use crate::metrics::METRICS;
-use crate::queue::{ClaimedJob, ExportResult};
+use crate::queue::{ClaimedJob, ExportResult, chain};
 use crate::splunk::{RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, manifest_key, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
@@ -83,13 +83,27 @@ impl JobHandler for ExportJob {
             filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
         };
         // An earlier attempt sealed the archive into its chain: only its finish is left.
-        if let Some((pool, ..)) = ctx.fenced() {
-            let sealed = crate::queue::chain::sealed(pool, job.id)
+        if let Some((pool, id, attempt)) = ctx.fenced() {
+            let sealed = chain::sealed(pool, id)
                 .await
-                .map_err(|e| JobError::Retryable(format!("reading the export's seal: {e}")))?;
+                .map_err(|e| JobError::database("reading the export's seal", &e))?;
             if let Some(sealed) = sealed {
                 tracing::info!("the archive is sealed already; finishing it");
                 return self.deliver(job, ctx, &meta, sealed).await;
+            }
+            // An earlier attempt completed an archive but lost its seal: no export will name
+            // it, so it goes before this attempt writes its own.
+            let unsealed = chain::unsealed(pool, id)
+                .await
+                .map_err(|e| JobError::database("looking for an unsealed archive", &e))?;
+            if let Some(orphan) = unsealed {
+                tracing::info!(key = %orphan, "deleting the archive an earlier attempt completed but could not seal");
+                for key in [manifest_key(&orphan), orphan.clone()] {
+                    self.store.delete(&key).await.map_err(storage_error)?;
+                }
+                chain::forget_unsealed(pool, id, attempt, &orphan)
+                    .await
+                    .map_err(|e| JobError::database("forgetting the deleted archive", &e))?;
             }
         }
         let mut filters = self.splunk.filters(job.range.start, job.range.end);
@@ -217,7 +231,7 @@ impl JobHandler for ExportJob {
                 );
                 // Completing is final: only while no other worker can take the job over (its
                 // lease may have run out while the database was away).
-                if let Err(e) = ctx.hold_lease().await {
+                if let Err(e) = self.ready_to_complete(ctx, &key).await {
                     if saves.saved {
                         upload.suspend();
                     } else if let Err(abort) = upload.abort().await {
@@ -240,7 +254,7 @@ impl JobHandler for ExportJob {
                     .record_sha256(&key, &meta, &sha256)
                     .await
                     .map_err(storage_error)?;
-                let archived = crate::queue::chain::Archived {
+                let archived = chain::Archived {
                     object_key: &key,
                     logs: streamed.logs,
                     logs_skipped: streamed.skipped,
@@ -276,6 +290,24 @@ impl JobHandler for ExportJob {
 }
 
 impl ExportJob {
+    /// Whether the upload may be completed: the lease holds long enough that no other worker
+    /// can take the job over meanwhile, and the archive's key is on the job's row, so that an
+    /// archive whose seal is lost is found and deleted by the next attempt.
+    async fn ready_to_complete(&self, ctx: &JobContext, key: &str) -> Result<(), JobError> {
+        ctx.hold_lease().await?;
+        let Some((pool, id, attempt)) = ctx.fenced() else {
+            return Ok(());
+        };
+        match chain::completing(pool, id, attempt, key).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JobError::Stopped),
+            Err(e) => Err(JobError::database(
+                "recording the archive about to be completed",
+                &e,
+            )),
+        }
+    }
+
     /// Deletes an archive and its manifest that no job row will point at.
     async fn discard_archive(&self, key: &str) {
         for key in [manifest_key(key), key.to_owned()] {

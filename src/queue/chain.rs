@@ -143,7 +143,7 @@ pub async fn seal(
         "UPDATE export_jobs
          SET chain_sequence = $2, manifest = $3, sha256 = $4, object_key = $5,
              logs_exported = $6, logs_skipped = $7, bytes_written = $8, cancel_requested = false,
-             updated_at = now()
+             unsealed_object_key = NULL, updated_at = now()
          WHERE id = $1",
     )
     .bind(id.0)
@@ -165,6 +165,57 @@ pub async fn seal(
         object_key: archived.object_key.to_owned(),
         logs_skipped: archived.logs_skipped,
     }))
+}
+
+/// Records, before this attempt completes its upload, the key of the archive it is about to
+/// make (fenced): until a seal names it, that archive is an orphan a later attempt deletes.
+/// `Ok(false)` when the job is no longer this attempt's.
+pub async fn completing(
+    pool: &PgPool,
+    id: ExportId,
+    attempt: i32,
+    key: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE export_jobs SET unsealed_object_key = $3, updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The archive an earlier attempt of export `id` completed but never sealed, if one did.
+pub async fn unsealed(pool: &PgPool, id: ExportId) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT unsealed_object_key FROM export_jobs
+         WHERE id = $1 AND chain_sequence IS NULL AND unsealed_object_key IS NOT NULL",
+    )
+    .bind(id.0)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Forgets an unsealed archive once it is deleted (fenced).
+pub async fn forget_unsealed(
+    pool: &PgPool,
+    id: ExportId,
+    attempt: i32,
+    key: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE export_jobs SET unsealed_object_key = NULL, updated_at = now()
+         WHERE id = $1 AND attempt = $2 AND unsealed_object_key = $3",
+    )
+    .bind(id.0)
+    .bind(attempt)
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// The seal an earlier attempt of export `id` made, if one did.

@@ -539,15 +539,17 @@ pub async fn delete_finished_before(pool: &PgPool, before: DateTime<Utc>) -> sql
     Ok(result.rows_affected())
 }
 
-/// Exported objects whose retention has passed and that are not deleted yet.
+/// Exported objects whose retention has passed and that are not deleted yet; with them the
+/// archive an export that ended without success completed but never sealed.
 pub async fn expired_objects(
     pool: &PgPool,
     retention: Duration,
     limit: i64,
 ) -> sqlx::Result<Vec<(Uuid, String)>> {
     sqlx::query_as(
-        "SELECT id, object_key FROM export_jobs
-         WHERE object_key IS NOT NULL AND object_deleted_at IS NULL
+        "SELECT id, coalesce(object_key, unsealed_object_key) FROM export_jobs
+         WHERE coalesce(object_key, unsealed_object_key) IS NOT NULL
+           AND object_deleted_at IS NULL
            AND finished_at < now() - make_interval(secs => $1)
          ORDER BY finished_at LIMIT $2",
     )

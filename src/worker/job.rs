@@ -34,6 +34,20 @@ pub enum JobError {
     Database(String),
 }
 
+impl JobError {
+    /// A step on the service's own database failed: given back when the database could not be
+    /// reached (not the job's fault), otherwise worth another attempt.
+    pub fn database(step: &str, e: &sqlx::Error) -> Self {
+        if crate::db::is_unavailable(e) {
+            Self::Database(format!(
+                "the database could not be reached while {step}: {e}"
+            ))
+        } else {
+            Self::Retryable(format!("{step}: {e}"))
+        }
+    }
+}
+
 /// Why the runner asked a job to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {

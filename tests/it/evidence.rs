@@ -952,3 +952,50 @@ async fn an_export_cut_mid_stream_takes_its_number_only_when_it_completes() {
     let (ok, out) = verify_chain(&env.archives, &["--keys-url", &env.keys_url()]).await;
     assert!(ok && links_ok(&out) == 2, "{out}");
 }
+
+#[tokio::test]
+async fn an_archive_completed_but_never_sealed_is_deleted_by_the_next_attempt() {
+    let mut env = Env::start(|_| {}).await;
+    // The export waits in the queue while its row is made to look like an earlier attempt
+    // completed an archive and lost its seal (the database went away after the upload).
+    env.worker.cancel();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let id = env.request(&format!("{ORG}?{JANUARY}")).await;
+    let orphan = format!("exportedactionlogs/{id}-0123456789abcdef.ndjson");
+    let orphan_file = env.archives.join(orphan.replace('/', "_"));
+    let orphan_manifest = env
+        .archives
+        .join(format!("{}.manifest.json", orphan.replace('/', "_")));
+    std::fs::write(&orphan_file, "{\"an\": \"earlier attempt's archive\"}\n").unwrap();
+    std::fs::write(&orphan_manifest, "{}").unwrap();
+    let marked = sqlx::query(
+        "UPDATE export_jobs SET unsealed_object_key = $2 WHERE id = $1::uuid AND state = 'queued'",
+    )
+    .bind(&id)
+    .bind(&orphan)
+    .execute(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(marked.rows_affected(), 1, "the export was still queued");
+
+    env.restart(|_| {}).await;
+    let status = env.succeeded(&id).await;
+    assert!(!orphan_file.exists(), "the unsealed archive is deleted");
+    assert!(!orphan_manifest.exists(), "and its manifest with it");
+    let files: Vec<String> = std::fs::read_dir(&env.archives)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(&id))
+        .collect();
+    assert_eq!(files.len(), 2, "one archive and its manifest: {files:?}");
+    let (key, left): (String, Option<String>) = sqlx::query_as(
+        "SELECT object_key, unsealed_object_key FROM export_jobs WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .fetch_one(&env.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(left, None, "the seal clears the unsealed key");
+    assert!(files.contains(&key.replace('/', "_")), "{files:?} {key}");
+    assert_eq!(status["attempts"], 1);
+}
