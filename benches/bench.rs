@@ -3,7 +3,8 @@
 //! queue claim throughput and pickup latency, log-listing latency; prints one Markdown table per section.
 //!
 //! Run with `cargo bench --bench logexport-bench -- [--quick] [--sizes N,..] [--formats F,..]
-//! [--skip-e2e] [--skip-http] [--skip-queue] [--skip-reads]`. It builds the release `logexport` and
+//! [--skip-e2e] [--skip-http] [--skip-queue] [--skip-reads]`, or with `-- --month-end` for the
+//! month-end section alone. It builds the release `logexport` and
 //! `splunk-emulator` binaries first (they run as separate processes) and needs Postgres on
 //! 127.0.0.1:5432 (override with `LOGEXPORT_BENCH_DATABASE_URL`, a URL without database name).
 
@@ -15,6 +16,8 @@ mod db;
 mod e2e;
 #[path = "bench/http.rs"]
 mod http;
+#[path = "bench/month_end.rs"]
+mod month_end;
 #[path = "bench/procs.rs"]
 mod procs;
 #[path = "bench/queue.rs"]
@@ -101,6 +104,13 @@ struct Args {
     /// Sizes for the worker's peak memory at Splunk's rate.
     #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 1_000_000, 10_000_000])]
     rss_sizes: Vec<u64>,
+    /// Only the month-end section: many small exports at once over many namespaces, read by
+    /// several worker processes at Splunk's cost (`--rate-per-sec`), and the fairness check.
+    #[arg(long)]
+    month_end: bool,
+    /// Worker processes for the month-end section's 150 small exports.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3, 6])]
+    month_end_workers: Vec<usize>,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -142,6 +152,36 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let databases = db::Databases::from_env();
 
     let mut failures = Vec::new();
+    if args.month_end {
+        let small = |workers| month_end::Load {
+            exports: 150,
+            namespaces: 50,
+            events: 8_000,
+            workers,
+        };
+        let mut loads: Vec<_> = args.month_end_workers.iter().map(|w| small(*w)).collect();
+        loads.push(month_end::Load {
+            exports: 10,
+            namespaces: 5,
+            events: 107_000,
+            workers: 3,
+        });
+        loads.push(month_end::Load {
+            exports: 1,
+            namespaces: 1,
+            events: 50_000,
+            workers: 1,
+        });
+        let section = month_end::MonthEnd {
+            binaries: &binaries,
+            databases: &databases,
+            per_sec: args.rate_per_sec.max(1),
+            loads,
+        };
+        let result = section.run().await;
+        databases.drop_all().await;
+        return result;
+    }
     if args.splunk_rate || args.only_splunk_rate {
         let spec = splunk_rate::RateSpec {
             events_per_sec: args.rate_per_sec.max(1),

@@ -150,6 +150,9 @@ pub struct EmulatorStats {
     pub quota_refused: u64,
     /// The most searches seen running at once.
     pub peak_searches: u64,
+    /// Microseconds searches held a place in the quota, summed over every search that ended:
+    /// with the wall time, how much of the role's quota was in use.
+    pub search_busy_micros: u64,
 }
 
 #[derive(Default)]
@@ -163,6 +166,7 @@ pub(crate) struct Counters {
     quota_refused: AtomicU64,
     running_searches: AtomicU64,
     peak_searches: AtomicU64,
+    search_busy_micros: AtomicU64,
 }
 
 impl Counters {
@@ -188,7 +192,7 @@ pub(crate) struct Shared {
 }
 
 /// One running search counted against `max_concurrent_searches`; freed when dropped.
-pub(crate) struct SearchSlot(Arc<Shared>);
+pub(crate) struct SearchSlot(Arc<Shared>, std::time::Instant);
 
 impl SearchSlot {
     /// Takes a slot, or `None` when the quota is full (the caller answers 503).
@@ -203,7 +207,7 @@ impl SearchSlot {
         match taken {
             Ok(before) => {
                 c.peak_searches.fetch_max(before + 1, Ordering::Relaxed);
-                Some(Self(shared.clone()))
+                Some(Self(shared.clone(), std::time::Instant::now()))
             }
             Err(_) => {
                 Counters::bump(&c.quota_refused);
@@ -215,6 +219,11 @@ impl SearchSlot {
 
 impl Drop for SearchSlot {
     fn drop(&mut self) {
+        let busy = self.1.elapsed().as_micros() as u64;
+        self.0
+            .counters
+            .search_busy_micros
+            .fetch_add(busy, Ordering::Relaxed);
         self.0
             .counters
             .running_searches
@@ -283,6 +292,21 @@ impl RunningEmulator {
 
     /// The events a filter selects, oldest first: indexed events and synthetic ones.
     pub fn events_in(&self, filter: &EventFilter) -> Vec<serde_json::Value> {
+        let plan = Self::plan_of(filter);
+        let ctx = &self.shared.ctx;
+        engine::events(&plan, ctx, &self.shared.store)
+            .map(|e| match e {
+                plan::EventRef::Stored(s) => s.value(),
+                plan::EventRef::Synth(i) => match &ctx.synthetic {
+                    Some(spec) => synthetic::event(spec, i),
+                    None => serde_json::Value::Null,
+                },
+            })
+            .collect()
+    }
+
+    /// The search selecting what `filter` describes, oldest first.
+    fn plan_of(filter: &EventFilter) -> plan::Plan {
         let eq = |field: &str, v: &Option<String>| {
             v.as_ref().map(|v| Term::Field {
                 field: field.into(),
@@ -290,7 +314,7 @@ impl RunningEmulator {
                 value: Pattern::new(v.as_str(), true),
             })
         };
-        let f = Filter {
+        let filter = Filter {
             terms: [
                 eq("index", &filter.index),
                 eq("account", &filter.namespace),
@@ -302,24 +326,20 @@ impl RunningEmulator {
             earliest: filter.earliest.map(|t| t.timestamp_micros()),
             latest: filter.latest.map(|t| t.timestamp_micros()),
         };
-        let plan = plan::Plan {
-            filter: f,
+        plan::Plan {
+            filter,
             desc: false,
             limit: None,
             row_ops: Vec::new(),
             rest: Vec::new(),
             max_results: None,
-        };
-        let ctx = &self.shared.ctx;
-        engine::events(&plan, ctx, &self.shared.store)
-            .map(|e| match e {
-                plan::EventRef::Stored(s) => s.value(),
-                plan::EventRef::Synth(i) => match &ctx.synthetic {
-                    Some(spec) => synthetic::event(spec, i),
-                    None => serde_json::Value::Null,
-                },
-            })
-            .collect()
+        }
+    }
+
+    /// How many events a filter selects (the ground truth an export's row count must equal).
+    pub fn count_in(&self, filter: &EventFilter) -> u64 {
+        let plan = Self::plan_of(filter);
+        engine::events(&plan, &self.shared.ctx, &self.shared.store).count() as u64
     }
 
     /// A snapshot of the request counters.
@@ -335,6 +355,7 @@ impl RunningEmulator {
             events_streamed: get(&c.events_streamed),
             quota_refused: get(&c.quota_refused),
             peak_searches: get(&c.peak_searches),
+            search_busy_micros: get(&c.search_busy_micros),
         }
     }
 

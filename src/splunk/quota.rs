@@ -1,8 +1,11 @@
 //! The Splunk search quota, shared by every process: a Splunk role runs at most `srchJobsQuota`
 //! searches at once (3 by default) and answers more with 503, and every worker and the listing
-//! endpoints use the one Splunk user. So each search first takes a permit here: a row in
-//! `splunk_searches`, counted under an advisory lock, leased and renewed while the search runs,
-//! deleted when it ends. A process that dies leaves a lease that expires.
+//! endpoints use the one Splunk user. So each search first takes a permit here: one of the
+//! numbered places in `splunk_search_slots`, taken in one statement that skips places another
+//! process is taking at that moment, leased and renewed while the search runs, freed when it
+//! ends. Freeing a place notifies every process (`NOTIFY logexport_search_freed`), so a waiter
+//! anywhere takes it at once instead of finding it at its next look. A process that dies leaves a
+//! lease that expires.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +22,12 @@ use crate::metrics::METRICS;
 
 /// How long a permit lives without renewal; a crashed holder frees its slot after this.
 const LEASE: Duration = Duration::from_secs(15);
-/// The first wait for a busy quota; doubles up to half a second.
+/// The first wait for a busy quota; doubles up to [`LAST_PAUSE`]. Waiters are woken when a place
+/// is freed; these looks only cover a notification that was lost (the listener reconnecting).
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
-/// Any constant: the advisory lock that serialises counting and taking permits.
-const LOCK_KEY: i64 = 0x6c6f_6765_7870_7131; // "logexpq1"
+const LAST_PAUSE: Duration = Duration::from_millis(500);
+/// The channel a freed place is announced on.
+const FREED_CHANNEL: &str = "logexport_search_freed";
 
 /// The cluster-wide limit on concurrent Splunk searches.
 #[derive(Debug, Clone)]
@@ -35,11 +40,21 @@ struct QuotaInner {
     pool: PgPool,
     limit: u32,
     holder: String,
-    /// Woken when one of this process's permits is freed, so its own waiters need not poll.
-    freed: Notify,
+    /// Woken when a place is freed, in this process or (through the listener) in another.
+    freed: Arc<Notify>,
+    /// The places exist and the listener runs, once the first permit is asked for.
+    ready: tokio::sync::OnceCell<JoinHandle<()>>,
 }
 
-/// One running search's share of the quota; freed when dropped.
+impl Drop for QuotaInner {
+    fn drop(&mut self) {
+        if let Some(listener) = self.ready.get() {
+            listener.abort();
+        }
+    }
+}
+
+/// One running search's place in the quota; freed when dropped.
 #[derive(Debug)]
 pub struct SearchPermit {
     id: Uuid,
@@ -60,7 +75,8 @@ impl SearchQuota {
                 pool,
                 limit: limit.max(1),
                 holder,
-                freed: Notify::new(),
+                freed: Arc::new(Notify::new()),
+                ready: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -73,7 +89,7 @@ impl SearchQuota {
         acquire_timeout: Duration,
     ) -> Result<Self, SplunkError> {
         let pool = PgPoolOptions::new()
-            .max_connections(2)
+            .max_connections(4)
             .acquire_timeout(acquire_timeout)
             .connect_lazy(database_url)
             .map_err(|e| {
@@ -92,7 +108,7 @@ impl SearchQuota {
     /// Searches holding a permit now, across every process.
     pub async fn running(&self) -> Result<i64, SplunkError> {
         sqlx::query_scalar(
-            "SELECT count(*) FROM splunk_searches WHERE lease_expires_at > clock_timestamp()",
+            "SELECT count(*) FROM splunk_search_slots WHERE lease_expires_at > clock_timestamp()",
         )
         .fetch_one(&self.inner.pool)
         .await
@@ -108,8 +124,9 @@ impl SearchQuota {
     ) -> Result<SearchPermit, SplunkError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = FIRST_PAUSE;
+        self.ready().await?;
         loop {
-            // Listening before looking: a permit freed meanwhile in this process wakes us.
+            // Listening before looking: a place freed meanwhile wakes us.
             let freed = self.inner.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
@@ -140,49 +157,89 @@ impl SearchQuota {
             }
             let jitter = rand::thread_rng().gen_range(0..=pause.as_millis() as u64 / 2);
             let sleep = (pause + Duration::from_millis(jitter)).min(deadline - now);
-            // Another process's permits are only seen by looking again; this process's own are
-            // taken over as soon as they are freed (a slice reader handing on to the next).
             tokio::select! {
-                () = tokio::time::sleep(sleep) => pause = (pause * 2).min(Duration::from_millis(500)),
+                () = tokio::time::sleep(sleep) => pause = (pause * 2).min(LAST_PAUSE),
                 () = freed => {}
             }
         }
     }
 
+    /// Makes sure the places below the limit exist and the listener for freed places runs.
+    async fn ready(&self) -> Result<(), SplunkError> {
+        let inner = &self.inner;
+        inner
+            .ready
+            .get_or_try_init(|| async {
+                sqlx::query(
+                    "INSERT INTO splunk_search_slots (slot) SELECT generate_series(0, $1 - 1)
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(inner.limit as i32)
+                .execute(&inner.pool)
+                .await
+                .map_err(database_error)?;
+                Ok::<_, SplunkError>(tokio::spawn(listen(
+                    inner.pool.clone(),
+                    Arc::downgrade(&inner.freed),
+                )))
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the first free place below the limit, if there is one: one statement, which skips
+    /// the places other processes are taking at this moment rather than waiting for them.
     async fn try_take(&self, purpose: &str) -> Result<Option<Uuid>, SplunkError> {
         let inner = &self.inner;
-        let mut tx = inner.pool.begin().await.map_err(database_error)?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(LOCK_KEY)
-            .execute(&mut *tx)
-            .await
-            .map_err(database_error)?;
-        sqlx::query("DELETE FROM splunk_searches WHERE lease_expires_at <= clock_timestamp()")
-            .execute(&mut *tx)
-            .await
-            .map_err(database_error)?;
-        let running: i64 = sqlx::query_scalar("SELECT count(*) FROM splunk_searches")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(database_error)?;
-        if running >= i64::from(inner.limit) {
-            tx.commit().await.map_err(database_error)?;
-            return Ok(None);
-        }
         let id = Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO splunk_searches (id, holder, purpose, lease_expires_at)
-             VALUES ($1, $2, $3, clock_timestamp() + make_interval(secs => $4))",
+        let taken: Option<i32> = sqlx::query_scalar(
+            "UPDATE splunk_search_slots
+             SET permit = $1, holder = $2, purpose = $3, acquired_at = clock_timestamp(),
+                 lease_expires_at = clock_timestamp() + make_interval(secs => $4)
+             WHERE slot = (
+                 SELECT slot FROM splunk_search_slots
+                 WHERE slot < $5
+                   AND (lease_expires_at IS NULL OR lease_expires_at <= clock_timestamp())
+                 ORDER BY slot
+                 LIMIT 1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING slot",
         )
         .bind(id)
         .bind(&inner.holder)
         .bind(purpose)
         .bind(LEASE.as_secs_f64())
-        .execute(&mut *tx)
+        .bind(inner.limit as i32)
+        .fetch_optional(&inner.pool)
         .await
         .map_err(database_error)?;
-        tx.commit().await.map_err(database_error)?;
-        Ok(Some(id))
+        Ok(taken.map(|_| id))
+    }
+}
+
+/// Wakes this process's waiters whenever any process frees a place; reconnects after a failure
+/// (meanwhile the waiters look again on their own).
+async fn listen(pool: PgPool, freed: std::sync::Weak<Notify>) {
+    loop {
+        let listener = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(FREED_CHANNEL).await?;
+            loop {
+                listener.recv().await?;
+                let Some(freed) = freed.upgrade() else {
+                    return Ok(());
+                };
+                freed.notify_waiters();
+            }
+        };
+        let ended: sqlx::Result<()> = listener.await;
+        match ended {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "listening for freed Splunk search places failed; reconnecting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 
@@ -191,8 +248,9 @@ async fn renew(pool: PgPool, id: Uuid) {
     loop {
         tokio::time::sleep(LEASE / 3).await;
         let renewed = sqlx::query(
-            "UPDATE splunk_searches SET lease_expires_at = clock_timestamp() + make_interval(secs => $2)
-             WHERE id = $1",
+            "UPDATE splunk_search_slots
+             SET lease_expires_at = clock_timestamp() + make_interval(secs => $2)
+             WHERE permit = $1",
         )
         .bind(id)
         .bind(LEASE.as_secs_f64())
@@ -212,10 +270,21 @@ impl Drop for SearchPermit {
         // Freed in the background: a drop cannot wait. Should it fail, the lease expires.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                match sqlx::query("DELETE FROM splunk_searches WHERE id = $1")
-                    .bind(id)
-                    .execute(&quota.pool)
-                    .await
+                // Freed and announced in one statement: every process's waiters look at once.
+                let freed = sqlx::query(
+                    "WITH freed AS (
+                         UPDATE splunk_search_slots
+                         SET permit = NULL, holder = NULL, purpose = NULL, acquired_at = NULL,
+                             lease_expires_at = NULL
+                         WHERE permit = $1
+                         RETURNING slot)
+                     SELECT pg_notify($2, '') FROM freed",
+                )
+                .bind(id)
+                .bind(FREED_CHANNEL)
+                .execute(&quota.pool)
+                .await;
+                match freed
                 {
                     Ok(_) => quota.freed.notify_waiters(),
                     Err(e) => tracing::warn!(error = %e, "freeing a Splunk search permit failed; its lease will expire"),

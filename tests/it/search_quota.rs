@@ -50,17 +50,25 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
 
     // A holder that died leaves a lease that expires; its slot is then taken over.
     drop(third);
-    sqlx::query(
-        "INSERT INTO splunk_searches (id, holder, purpose, lease_expires_at)
-         VALUES (gen_random_uuid(), 'dead:1', 'export', now() - interval '1 second')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     eventually(5, "dropped permit freed", || async {
         (a.running().await.unwrap() == 1).then_some(())
     })
     .await;
+    let dead = sqlx::query(
+        "UPDATE splunk_search_slots
+         SET permit = gen_random_uuid(), holder = 'dead:1', purpose = 'export',
+             lease_expires_at = now() - interval '1 second'
+         WHERE permit IS NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(dead.rows_affected(), 1, "the freed place");
+    assert_eq!(
+        a.running().await.unwrap(),
+        1,
+        "an expired lease is not running"
+    );
     a.acquire("test", Duration::from_millis(500))
         .await
         .expect("the expired lease does not count");
@@ -245,8 +253,8 @@ async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     .await;
     let (url, pool) = test_db().await;
     sqlx::query(
-        "INSERT INTO splunk_searches (id, holder, purpose, lease_expires_at)
-         VALUES (gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
+        "INSERT INTO splunk_search_slots (slot, permit, holder, purpose, lease_expires_at)
+         VALUES (0, gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
     )
     .execute(&pool)
     .await

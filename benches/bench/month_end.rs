@@ -1,0 +1,372 @@
+//! Month-end (`--month-end`): many small exports requested at once over many namespaces, read
+//! by K `logexport work` processes from a Splunk that costs what a default role costs (the
+//! emulator at 50,000 events/s per search, 3 searches at once). Splunk's limit is what the role
+//! can read: total events / (3 × 50,000/s); efficiency is that limit over the wall time from the
+//! first request to the last success. Every export's row count is checked against the events
+//! its filter selects.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use logexport::domain::{DateRange, ExportId, ExportScope, Namespace};
+use logexport::emulator::{
+    self, EmulatorOptions, EventFilter, Faults, RunningEmulator, SyntheticSpec,
+};
+use logexport::queue::{ExportRow, JobState, NewExport, storage};
+use sqlx::PgPool;
+
+use crate::db::Databases;
+use crate::e2e::worker_env;
+use crate::procs::{Binaries, Worker};
+use crate::table::{Table, quantile, thousands, verdict};
+use crate::targets::{FormatSpec, S3Env, Target};
+
+const TOKEN: &str = "month-end-bench";
+const START: &str = "2024-01-01T00:00:00Z";
+const END: &str = "2024-01-31T00:00:00Z";
+
+/// One load: `exports` exports of `events` events each, spread over `namespaces`, read by
+/// `workers` processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub exports: usize,
+    pub namespaces: usize,
+    pub events: u64,
+    pub workers: usize,
+}
+
+/// What one load measured.
+struct Measured {
+    wall: f64,
+    limit: f64,
+    median: f64,
+    p95: f64,
+    searches: u64,
+    quota_busy: f64,
+}
+
+pub struct MonthEnd<'a> {
+    pub binaries: &'a Binaries,
+    pub databases: &'a Databases,
+    pub per_sec: u64,
+    pub loads: Vec<Load>,
+}
+
+impl MonthEnd<'_> {
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let scratch =
+            std::env::temp_dir().join(format!("logexport-month-end-{}", std::process::id()));
+        let archives = scratch.join("archives");
+        std::fs::create_dir_all(&archives).context("creating the scratch directory")?;
+        let s3 = S3Env::from_env();
+        let target = match &s3 {
+            Some(s3) => Target::S3(s3),
+            None => Target::Local(&archives),
+        };
+        let mut table = Table::new(
+            format!(
+                "Month-end: many exports at once ({}/s per search, Splunk quota 3 searches; JSON to {})",
+                thousands(self.per_sec),
+                target.name()
+            ),
+            &[
+                "load",
+                "worker processes",
+                "wall s",
+                "Splunk's limit s",
+                "efficiency",
+                "quota in use",
+                "searches / export",
+                "enqueue → success median / p95 s",
+            ],
+        );
+        let mut failed = None;
+        for (n, load) in self.loads.iter().enumerate() {
+            match self.load(*load, &target, &scratch, n).await {
+                Ok(m) => table.row(vec![
+                    format!(
+                        "{} × {} events, {} namespaces",
+                        load.exports,
+                        thousands(load.events),
+                        load.namespaces
+                    ),
+                    load.workers.to_string(),
+                    format!("{:.2}", m.wall),
+                    format!("{:.2}", m.limit),
+                    format!("{:.3}", m.limit / m.wall),
+                    format!("{:.0} %", 100.0 * m.quota_busy / (3.0 * m.wall)),
+                    format!("{:.1}", m.searches as f64 / load.exports as f64),
+                    format!("{:.2} / {:.2}", m.median, m.p95),
+                ]),
+                Err(e) => {
+                    failed = Some(e.context(format!("{load:?}")));
+                    break;
+                }
+            }
+        }
+        table.note(
+            "efficiency = Splunk's limit / wall time, the limit being total events / (3 × the rate); \
+             quota in use = seconds searches held a place in the emulator's quota / (3 × wall)",
+        );
+        table.print();
+        if failed.is_none() {
+            match self.fairness(&target, &scratch).await {
+                Ok(line) => println!("{line}\n"),
+                Err(e) => failed = Some(e.context("fairness")),
+            }
+        }
+        if failed.is_none() && std::env::var_os("LOGEXPORT_BENCH_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&scratch);
+        } else {
+            eprintln!("logs kept in {}", scratch.display());
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Runs one load from a fresh database and emulator.
+    async fn load(
+        &self,
+        load: Load,
+        target: &Target<'_>,
+        scratch: &Path,
+        n: usize,
+    ) -> anyhow::Result<Measured> {
+        let per_namespace = load.exports.div_ceil(load.namespaces).max(1);
+        let total = load.events * (load.namespaces * per_namespace) as u64;
+        let emu = self.emulator(total, load.namespaces).await?;
+        let (db_url, pool) = self.databases.fresh("month_end", 8).await?;
+        let (start, end): (DateTime<Utc>, DateTime<Utc>) = (START.parse()?, END.parse()?);
+        let window = (end - start) / per_namespace as i32;
+        // Export e: namespace e mod M, the (e / M)-th window of its range.
+        let requests: Vec<(String, DateTime<Utc>, DateTime<Utc>)> = (0..load.exports)
+            .map(|e| {
+                let w = (e / load.namespaces) as i32;
+                (
+                    format!("ns{}", e % load.namespaces),
+                    start + window * w,
+                    start + window * (w + 1),
+                )
+            })
+            .collect();
+        let expected: Vec<u64> = requests
+            .iter()
+            .map(|(ns, lo, hi)| {
+                emu.count_in(&EventFilter {
+                    namespace: Some(ns.clone()),
+                    earliest: Some(*lo),
+                    latest: Some(*hi),
+                    ..EventFilter::default()
+                })
+            })
+            .collect();
+        let events: u64 = expected.iter().sum();
+
+        let mut workers = self.workers(&db_url, &emu, target, scratch, load.workers, n)?;
+        let before = emu.stats();
+        let mut ids = Vec::with_capacity(requests.len());
+        for (ns, lo, hi) in &requests {
+            ids.push(storage::enqueue(&pool, &export(ns, *lo, *hi)?).await?);
+        }
+        let outcome = wait_for(&pool, &ids, Duration::from_secs(600), &mut workers).await;
+        let after = emu.stats();
+        for worker in workers {
+            worker.stop().await;
+        }
+        emu.shutdown().await;
+        let rows = outcome?;
+        let mut waits = Vec::new();
+        let first = rows
+            .iter()
+            .map(|r| r.created_at)
+            .min()
+            .context("no exports")?;
+        let mut last = first;
+        for ((row, want), id) in rows.iter().zip(&expected).zip(&ids) {
+            anyhow::ensure!(
+                row.logs_exported as u64 == *want,
+                "export {id} has {} rows, its filter selects {want}",
+                row.logs_exported
+            );
+            let finished = row.finished_at.context("no finished_at")?;
+            waits.push((finished - row.created_at).num_milliseconds() as f64 / 1e3);
+            last = last.max(finished);
+        }
+        waits.sort_by(f64::total_cmp);
+        let wall = (last - first).num_milliseconds() as f64 / 1e3;
+        Ok(Measured {
+            wall,
+            limit: events as f64 / (3.0 * self.per_sec as f64),
+            median: quantile(&waits, 0.5).unwrap_or(0.0),
+            p95: quantile(&waits, 0.95).unwrap_or(0.0),
+            searches: after.export_requests - before.export_requests,
+            quota_busy: (after.search_busy_micros - before.search_busy_micros) as f64 / 1e6,
+        })
+    }
+
+    /// One namespace with 100 queued exports, then one export of another namespace: how long
+    /// the second namespace's export waits to start.
+    async fn fairness(&self, target: &Target<'_>, scratch: &Path) -> anyhow::Result<String> {
+        let emu = self.emulator(200_000, 2).await?;
+        let (db_url, pool) = self.databases.fresh("month_end", 8).await?;
+        let mut workers = self.workers(&db_url, &emu, target, scratch, 3, 99)?;
+        let (start, end): (DateTime<Utc>, DateTime<Utc>) = (START.parse()?, END.parse()?);
+        let day = chrono::Duration::days(1);
+        let mut busy = Vec::new();
+        for d in 0..100 {
+            let lo = start + day * (d % 30);
+            busy.push(storage::enqueue(&pool, &export("ns0", lo, lo + day)?).await?);
+        }
+        let lone = storage::enqueue(&pool, &export("ns1", start, end)?).await?;
+        let rows = wait_for(&pool, &[lone], Duration::from_secs(300), &mut workers).await;
+        let still_queued = busy.len() - started(&pool, &busy).await?;
+        for worker in workers {
+            worker.stop().await;
+        }
+        emu.shutdown().await;
+        let row = rows?.remove(0);
+        let started = row.started_at.context("no started_at")?;
+        let waited = (started - row.created_at).num_milliseconds() as f64 / 1e3;
+        Ok(format!(
+            "Fairness: 100 exports of ns0 queued first, then 1 of ns1 (3 worker processes): ns1's export started {waited:.2} s after its request, with {still_queued} of ns0's still waiting — {}",
+            verdict(waited < 5.0)
+        ))
+    }
+
+    async fn emulator(&self, events: u64, namespaces: usize) -> anyhow::Result<RunningEmulator> {
+        emulator::spawn(EmulatorOptions {
+            token: Some(TOKEN.into()),
+            synthetic: Some(SyntheticSpec {
+                count: events,
+                start: START.parse()?,
+                end: END.parse()?,
+                namespaces: namespaces as u32,
+                skew: 0.0,
+            }),
+            faults: Faults {
+                search_events_per_sec: Some(self.per_sec),
+                max_concurrent_searches: Some(3),
+                ..Faults::default()
+            },
+            ..EmulatorOptions::default()
+        })
+        .await
+    }
+
+    /// `count` worker processes with the product's defaults, the role's 3 searches as the
+    /// cluster-wide quota.
+    fn workers(
+        &self,
+        db_url: &str,
+        emu: &RunningEmulator,
+        target: &Target<'_>,
+        scratch: &Path,
+        count: usize,
+        n: usize,
+    ) -> anyhow::Result<Vec<Worker>> {
+        let mut env: Vec<(String, String)> = worker_env(db_url, emu.addr().port(), TOKEN)
+            .into_iter()
+            .filter(|(k, _)| k != "LOGEXPORT_WORKER__CONCURRENCY")
+            .collect();
+        env.push((
+            "LOGEXPORT_SPLUNK__MAX_CONCURRENT_SEARCHES".into(),
+            "3".into(),
+        ));
+        let mut config = logexport::config::Config::default();
+        target.configure(&mut env, &mut config);
+        (0..count)
+            .map(|w| {
+                Worker::start(
+                    &self.binaries.logexport,
+                    &env,
+                    scratch,
+                    &scratch.join(format!("worker-{n}-{w}.log")),
+                )
+            })
+            .collect()
+    }
+}
+
+fn export(namespace: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> anyhow::Result<NewExport> {
+    let json = FormatSpec::parse("json")?;
+    Ok(NewExport {
+        scope: ExportScope::Organization,
+        namespace: Namespace::parse(namespace)?,
+        repository: None,
+        requested_by: "bench".into(),
+        range: DateRange {
+            start,
+            end,
+            timezone: chrono_tz::Tz::UTC,
+        },
+        format: json.format,
+        compression: json.compression,
+        callback_url: None,
+        callback_email: None,
+        idempotency_key: None,
+        max_attempts: 1,
+        performer: None,
+        kinds: Vec::new(),
+    })
+}
+
+/// Waits until every export in `ids` succeeded (one query per look, so the bench's polling
+/// costs the database little); any other end, or a worker exiting, fails.
+async fn wait_for(
+    pool: &PgPool,
+    ids: &[ExportId],
+    limit: Duration,
+    workers: &mut [Worker],
+) -> anyhow::Result<Vec<ExportRow>> {
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    let deadline = Instant::now() + limit;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (succeeded, ended): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE state = 'succeeded'),
+                    count(*) FILTER (WHERE state NOT IN ('queued', 'running', 'succeeded'))
+             FROM export_jobs WHERE id = ANY($1)",
+        )
+        .bind(&uuids)
+        .fetch_one(pool)
+        .await?;
+        if ended > 0 || succeeded as usize == ids.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the exports did not finish within {limit:?}"
+        );
+        anyhow::ensure!(
+            workers.iter_mut().all(Worker::is_running),
+            "a worker exited"
+        );
+    }
+    let mut rows = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row = storage::get(pool, *id)
+            .await?
+            .context("an export row disappeared")?;
+        anyhow::ensure!(
+            row.state() == JobState::Succeeded,
+            "export {id} ended {} ({})",
+            row.state().as_str(),
+            row.last_error.clone().unwrap_or_default()
+        );
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// How many of `ids` have started.
+async fn started(pool: &PgPool, ids: &[ExportId]) -> anyhow::Result<usize> {
+    let uuids: Vec<uuid::Uuid> = ids.iter().map(|id| id.0).collect();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM export_jobs WHERE id = ANY($1) AND started_at IS NOT NULL",
+    )
+    .bind(&uuids)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as usize)
+}
