@@ -196,6 +196,9 @@ pub struct ExportConfig {
     /// Once every slice is being read, an idle search splits the busiest one when at least this
     /// many of its rows are still to come; 0: never split.
     pub split_min_rows: u64,
+    /// The newest rows read by one search before an export's range is sliced, so the plan fits
+    /// the export's size (a small export is read by one or two searches); 0: slice by time only.
+    pub probe_rows: u64,
     /// Where slices read ahead wait for their turn (default: the system temp dir).
     pub spool_dir: Option<PathBuf>,
     /// Read-ahead slices on disk per export before their readers wait, in MiB.
@@ -224,6 +227,7 @@ impl Default for ExportConfig {
             stale_upload_seconds: 86400,
             slices: 48,
             split_min_rows: 20_000,
+            probe_rows: 5_000,
             spool_dir: None,
             spool_max_mib: 2048,
             manifest_signing_key: Secret::default(),

@@ -16,8 +16,13 @@ use crate::worker::{JobContext, JobError, StopReason};
 pub struct ExportCheckpoint {
     /// The object being written.
     pub key: String,
-    /// The plan's slice count (the plan is recomputed from it and the export's range).
+    /// The plan's slice count (the plan is recomputed from it, the export's range and
+    /// `probed_until`).
     pub slices: usize,
+    /// Where the rows the first search read before the plan was made end (see
+    /// [`super::slices::Resume::probed_until`]); absent in a plan sliced by time only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed_until: Option<chrono::DateTime<chrono::Utc>>,
     /// Slices, newest first, whose every row is in the upload.
     pub slices_done: usize,
     pub logs: u64,
@@ -45,6 +50,7 @@ impl ExportCheckpoint {
     pub fn resume(&self) -> Resume {
         Resume {
             slices: self.slices,
+            probed_until: self.probed_until,
             slices_done: self.slices_done,
         }
     }

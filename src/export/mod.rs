@@ -55,6 +55,7 @@ impl ExportSettings {
                 },
                 slices: config.export.slices.max(1) as usize,
                 split_min_rows: config.export.split_min_rows,
+                probe_rows: config.export.probe_rows,
                 spool_dir: config
                     .export
                     .spool_dir

@@ -209,6 +209,7 @@ impl JobHandler for ExportJob {
         let mut saves = Checkpoints {
             key: key.clone(),
             slices: rows.slice_count(),
+            probed_until: rows.probed_until(),
             saved: base.bytes > 0,
             base,
         };
@@ -447,6 +448,7 @@ impl ExportJob {
 struct Checkpoints {
     key: String,
     slices: usize,
+    probed_until: Option<chrono::DateTime<chrono::Utc>>,
     /// Whether a checkpoint of this upload is on record (this attempt's or an earlier one's).
     saved: bool,
     /// The counts the attempt starts from (an earlier attempt's checkpoint, else zero).
@@ -468,6 +470,7 @@ impl Checkpoints {
         let checkpoint = ExportCheckpoint {
             key: self.key.clone(),
             slices: self.slices,
+            probed_until: self.probed_until,
             slices_done,
             logs: so_far.logs,
             skipped: so_far.skipped,

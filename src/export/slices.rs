@@ -44,6 +44,8 @@ pub struct SliceSettings {
     pub slice_attempts: u32,
     /// A running piece is split only with at least this many rows to come; 0: never.
     pub split_min_rows: u64,
+    /// Rows the first search reads before the plan is made (see [`Probe`]); 0: plan by time.
+    pub probe_rows: u64,
 }
 
 /// Cuts `[start, end)` into at most `count` contiguous slices of equal length (whole seconds
@@ -121,7 +123,132 @@ pub struct Slice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resume {
     pub slices: usize,
+    /// Set when the plan began with a probe's rows: they are the first slice, `[probed_until,
+    /// end)`, and the other slices cut `[start, probed_until)`.
+    pub probed_until: Option<DateTime<Utc>>,
     pub slices_done: usize,
+}
+
+/// The plan of `count` slices over `[start, end)`: by time alone, or after a probe, its rows
+/// as the first slice and the rest of the range cut into the others.
+pub fn plan_after(
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    count: usize,
+    probed_until: Option<DateTime<Utc>>,
+) -> Vec<Slice> {
+    match probed_until {
+        None => plan(start, end, count),
+        Some(until) if until <= start => vec![Slice { start, end }],
+        Some(until) => std::iter::once(Slice { start: until, end })
+            .chain(plan(start, until, count.saturating_sub(1)))
+            .collect(),
+    }
+}
+
+/// Rows a slice planned after a probe is meant to hold: a search of about 0.3 s at an indexer's
+/// 50,000 events/s, long next to what starting one costs, short enough to re-read after a cut.
+const ROWS_PER_SLICE: u64 = 15_000;
+
+/// The newest rows of an export's range, read by one search before the range is sliced: an
+/// export no bigger than the probe is read by that one search, and a bigger one's plan fits the
+/// number of rows the probe's rate predicts instead of the range's length alone (a small export
+/// over ten days would otherwise be read by forty searches of a few hundred rows each, and at
+/// month-end those searches' start-up costs would use most of Splunk's quota).
+struct Probe {
+    path: PathBuf,
+    bytes: u64,
+    /// The rows kept are every row in `[until, end)`; `until == start` when the range held no
+    /// more than the probe read.
+    until: DateTime<Utc>,
+    rows: u64,
+}
+
+impl Probe {
+    /// Reads up to about `rows` of the newest rows to `path`, keeping whole seconds: rows of the
+    /// oldest second read may be incomplete, so they are left to the slices after.
+    async fn read(
+        splunk: &SplunkClient,
+        filters: &SearchFilters,
+        rows: u64,
+        path: PathBuf,
+    ) -> Result<Self, SplunkError> {
+        let query = query_for(filters, filters.start, filters.end)?;
+        let mut stream = splunk.export_holding(&query, None).await?;
+        let file = tokio::fs::File::create(&path).await.map_err(spool_error)?;
+        let mut out = BufWriter::with_capacity(64 * 1024, file);
+        let mut batch = RowBatch::with_capacity(256, 256 * 1024);
+        let (mut bytes, mut kept) = (0u64, 0u64);
+        // Where the second being read began in the file: (second, bytes, rows) before it.
+        let mut second: Option<(i64, u64, u64)> = None;
+        let complete = loop {
+            batch.clear();
+            let more = stream.next_batch(&mut batch, 256).await?;
+            for row in batch.iter() {
+                let at = row_time(row).map_or(i64::MIN, |t| t.timestamp());
+                if second.is_none_or(|(s, ..)| s != at) {
+                    second = Some((at, bytes, kept));
+                }
+                out.write_all(row).await.map_err(spool_error)?;
+                out.write_all(b"\n").await.map_err(spool_error)?;
+                bytes += row.len() as u64 + 1;
+                kept += 1;
+            }
+            if !more {
+                break true;
+            }
+            if kept >= rows {
+                break false;
+            }
+        };
+        out.flush().await.map_err(spool_error)?;
+        drop(out);
+        let until = match (complete, second) {
+            (true, _) => filters.start,
+            (false, Some((at, before_bytes, before_rows))) if at != i64::MIN => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(spool_error)?;
+                file.set_len(before_bytes).map_err(spool_error)?;
+                (bytes, kept) = (before_bytes, before_rows);
+                DateTime::from_timestamp(at + 1, 0)
+                    .unwrap_or(filters.end)
+                    .clamp(filters.start, filters.end)
+            }
+            // A row without a time: nothing can be kept from the probe.
+            (false, _) => {
+                tokio::fs::write(&path, b"").await.map_err(spool_error)?;
+                (bytes, kept) = (0, 0);
+                filters.end
+            }
+        };
+        tracing::debug!(rows = kept, complete, until = %until, "probe read");
+        Ok(Self {
+            path,
+            bytes,
+            until,
+            rows: kept,
+        })
+    }
+
+    /// Slices for the rest of the range, `[start, until)`: as many as the rows the probe's rate
+    /// predicts there warrant, at most what the range's length allows.
+    fn slices_after(&self, filters: &SearchFilters, settings: &SliceSettings) -> usize {
+        if self.until <= filters.start {
+            return 1;
+        }
+        let mut rest = filters.clone();
+        rest.end = self.until;
+        let by_time = slice_count(&rest, settings);
+        let seen = (filters.end - self.until).num_milliseconds();
+        let left = (self.until - filters.start).num_milliseconds();
+        if self.rows == 0 || seen <= 0 {
+            return 1 + by_time;
+        }
+        let predicted = (self.rows as f64 * left as f64 / seen as f64) as u64;
+        1 + (predicted.div_ceil(ROWS_PER_SLICE) as usize).clamp(1, by_time)
+    }
 }
 
 /// How often an idle reader looks again for a piece to split while one has no rate yet.
@@ -301,6 +428,8 @@ pub struct SlicedRows {
     handed_on: usize,
     /// Set when the last batch ended exactly at the end of a slice: slices handed on by then.
     boundary: Option<usize>,
+    /// See [`Resume::probed_until`].
+    probed_until: Option<DateTime<Utc>>,
     spool: Arc<Spool>,
     progress: Arc<SliceProgress>,
     _readers: JoinSet<()>,
@@ -364,13 +493,6 @@ impl SlicedRows {
         name: &str,
         resume: Option<Resume>,
     ) -> Result<Self, SplunkError> {
-        let count = resume.map_or_else(|| slice_count(filters, settings), |r| r.slices);
-        let slices = plan(filters.start, filters.end, count);
-        let skip = resume.map_or(0, |r| r.slices_done).min(slices.len());
-        // Every slice's search must build before anything runs.
-        for s in &slices[skip..] {
-            query_for(filters, s.start, s.end)?;
-        }
         let dir = settings.spool_dir.join(name);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
             SplunkError::Config(format!(
@@ -378,8 +500,36 @@ impl SlicedRows {
                 dir.display()
             ))
         })?;
+        let dir_guard = SpoolDir(dir.clone());
+        let probe = match resume {
+            None if settings.probe_rows > 0 => {
+                let path = spool_path(&dir, 0, None);
+                match Probe::read(splunk, filters, settings.probe_rows, path).await {
+                    Ok(probe) => Some(probe),
+                    // The probe only shapes the plan: a cut stream or a busy Splunk leaves the
+                    // plan to time, whose readers retry slice by slice.
+                    Err(e) if e.is_retryable() || e.is_database() => {
+                        tracing::warn!(error = %e, "the first search before planning failed; slicing by time");
+                        None
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            _ => None,
+        };
+        let (count, probed_until) = match (&probe, resume) {
+            (Some(p), _) => (p.slices_after(filters, settings), Some(p.until)),
+            (None, Some(r)) => (r.slices, r.probed_until),
+            (None, None) => (slice_count(filters, settings), None),
+        };
+        let slices = plan_after(filters.start, filters.end, count, probed_until);
+        let skip = resume.map_or(0, |r| r.slices_done).min(slices.len());
+        // Every slice's search must build before anything runs.
+        for s in &slices[skip..] {
+            query_for(filters, s.start, s.end)?;
+        }
         let spool = Arc::new(Spool {
-            bytes: AtomicU64::new(0),
+            bytes: AtomicU64::new(probe.as_ref().map_or(0, |p| p.bytes)),
             max: settings.spool_max_bytes,
             freed: Notify::new(),
             head: AtomicUsize::new(0),
@@ -389,7 +539,18 @@ impl SlicedRows {
         progress.done.store(skip, Ordering::Relaxed);
         let mut queue = VecDeque::new();
         let mut extra = 0;
-        let parts = pieces(&slices[skip..], settings.parallel)
+        // The probe's rows are the first slice, read already.
+        let mut probed = probe.map(|p| Spooled {
+            path: p.path,
+            bytes: p.bytes,
+        });
+        let mut bounds_of = pieces(&slices[skip..], settings.parallel);
+        if probed.is_some()
+            && let Some(first) = bounds_of.first_mut()
+        {
+            first.truncate(1);
+        }
+        let parts = bounds_of
             .into_iter()
             .enumerate()
             .map(|(index, bounds)| {
@@ -404,12 +565,17 @@ impl SlicedRows {
                             spool_path(&dir, index, Some(extra - 1))
                         };
                         let (piece, tx) = Piece::new(b.start, b.end, path);
-                        queue.push_back(Unread {
-                            slice: index,
-                            piece: piece.clone(),
-                            tx,
-                            started: None,
-                        });
+                        match probed.take() {
+                            Some(spooled) => {
+                                let _ = tx.send(Ok(spooled));
+                            }
+                            None => queue.push_back(Unread {
+                                slice: index,
+                                piece: piece.clone(),
+                                tx,
+                                started: None,
+                            }),
+                        }
                         piece
                     })
                     .collect();
@@ -421,7 +587,10 @@ impl SlicedRows {
             .collect();
         let (started_tx, started) = oneshot::channel();
         let mut started_tx = Some(started_tx);
-        if let Some(first) = queue.front_mut() {
+        // After a probe Splunk has accepted the export's search already.
+        if probed_until.is_none()
+            && let Some(first) = queue.front_mut()
+        {
             first.started = started_tx.take();
         }
         let plan = Arc::new(Plan {
@@ -442,7 +611,6 @@ impl SlicedRows {
             // Searches this export may run at once; a quota answer lowers it (never below one).
             lanes: Arc::new(AtomicUsize::new(lanes)),
         };
-        let dir = SpoolDir(dir);
         let mut readers = JoinSet::new();
         for _ in 0..lanes {
             readers.spawn(shared.clone().lane());
@@ -465,10 +633,11 @@ impl SlicedRows {
             slices: slices.len(),
             handed_on: skip,
             boundary: None,
+            probed_until,
             spool,
             progress,
             _readers: readers,
-            _dir: dir,
+            _dir: dir_guard,
         })
     }
 
@@ -485,6 +654,11 @@ impl SlicedRows {
     /// The plan's slice count.
     pub fn slice_count(&self) -> usize {
         self.slices
+    }
+
+    /// Where the probe's rows end, when the plan began with a probe (a checkpoint records it).
+    pub fn probed_until(&self) -> Option<DateTime<Utc>> {
+        self.probed_until
     }
 
     /// Slices handed on so far, when the last batch ended exactly where a slice ends: the

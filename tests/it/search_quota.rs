@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use logexport::config::StorageKind;
+use logexport::config::{Config, StorageKind};
 use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
 use logexport::splunk::{SearchQuota, SplunkError};
 use serde_json::Value;
@@ -191,6 +191,8 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
     config.splunk.max_concurrent_searches = 3;
     config.splunk.max_retries = 3;
     config.worker.max_attempts = 1;
+    // Sliced by time, so the export asks for three searches from the start.
+    config.export.probe_rows = 0;
     config.storage.kind = StorageKind::S3;
     config.storage.s3 = garage_s3_config();
     config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
@@ -305,4 +307,119 @@ async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     );
     assert!((1.0..=3.0).contains(&over_budget), "{metrics}");
     let _ = std::fs::remove_dir_all(&archives);
+}
+
+/// Runs one export of ns0 over 2024-01-01..10 with `config` adjusted; returns its status and
+/// the process's metrics.
+async fn export_ns0(
+    splunk: &emulator::RunningEmulator,
+    adjust: impl FnOnce(&mut Config),
+) -> (Value, String) {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    use_emulator(&mut config, splunk, "quota-token");
+    config.splunk.max_concurrent_searches = 3;
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    adjust(&mut config);
+    let stop = CancellationToken::new();
+    spawn_export_worker(pool.clone(), &config, &stop).await;
+    let app = spawn_app_with(pool, config).await;
+    let token = app.token("admin", &["ns0"], &[], false).await;
+    let r = app
+        .post_export(
+            &token,
+            "/api/v1/organization/ns0/exportlogs?starttime=01/01/2024&endtime=01/10/2024",
+            r#"{"callback_email": "ops@example.com"}"#,
+        )
+        .await;
+    let id = r.json::<Value>().await.unwrap()["export_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = eventually(120, "export finished", || async {
+        let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
+        (s["state"] != "queued" && s["state"] != "running").then_some(s)
+    })
+    .await;
+    let metrics = app.metrics().await;
+    stop.cancel();
+    (status, metrics)
+}
+
+#[tokio::test]
+async fn the_first_search_sizes_the_plan_small_exports_are_one_search() {
+    // 4,000 events in ns0 over nine days: fewer than the probe reads, so one search.
+    let small = splunk(4_000, 1, 3).await;
+    let (status, _) = export_ns0(&small, |_| {}).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["logs_exported"], 4_000, "{status}");
+    assert_eq!(
+        small.stats().export_requests,
+        1,
+        "one search for a small export"
+    );
+
+    // 60,000 events: the probe reads the newest 5,000 (whole seconds), and the rest (~55,000 by
+    // the probe's rate) is cut into 4 slices of about 15,000 rows rather than 40 by time.
+    let big = splunk(60_000, 1, 3).await;
+    let (status, _) = export_ns0(&big, |_| {}).await;
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["logs_exported"], 60_000, "{status}");
+    assert_eq!(
+        big.stats().export_requests,
+        5,
+        "the probe and one search per slice planned after it"
+    );
+    assert!(
+        big.stats().events_streamed < 60_000 + 5_000,
+        "the probe's rows are kept"
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_after_a_probe_resumes_with_the_same_plan() {
+    // Every search's first stream is cut after 6,000 rows, and a cut fails the attempt: the
+    // probe (5,000 rows) is not cut, a slice after it is, and the next attempt continues from
+    // the checkpoint, whose plan must be the probe's (the same slices, the same bounds), or
+    // rows would be lost or doubled.
+    let splunk = splunk_with(
+        60_000,
+        1,
+        Faults {
+            search_events_per_sec: Some(40_000),
+            max_concurrent_searches: Some(3),
+            cut_once_after: Some(6_000),
+            ..Faults::default()
+        },
+    )
+    .await;
+    // Local storage: every slice boundary is a checkpoint (S3 needs 5 MiB parts).
+    let archives = std::env::temp_dir().join(format!("logexport-probe-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&archives).unwrap();
+    let (status, metrics) = export_ns0(&splunk, |c| {
+        c.splunk.max_retries = 0;
+        c.worker.max_attempts = 3;
+        c.worker.backoff_base_seconds = 0;
+        c.export.split_min_rows = 0;
+        c.storage.kind = StorageKind::Local;
+        c.storage.local.path = archives.clone();
+        c.server.signing_key = logexport::config::Secret::new("local-links");
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&archives);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["logs_exported"], 60_000, "{status}");
+    assert!(
+        status["attempts"].as_i64() >= Some(2),
+        "a cut failed an attempt: {status}"
+    );
+    assert!(
+        crate::helpers::metric(
+            &metrics,
+            r#"logexport_export_checkpoints_total{outcome="resumed"}"#
+        ) >= 1.0,
+        "continued from the checkpoint after the probe: {metrics}"
+    );
 }
