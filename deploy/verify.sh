@@ -318,7 +318,9 @@ http {
 CONF
 nginx -t -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf"
 nginx -p "$NGINX_DIR" -c "$NGINX_DIR/nginx.conf"
-for _ in $(seq 1 20); do curl -s -o /dev/null "http://127.0.0.1:$proxy_port/" && break; sleep 0.2; done
+for port in "$quay_port" "$logexport_port" "$proxy_port"; do
+    for _ in $(seq 1 50); do curl -fs -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+done
 routes_ok=1
 expect() { # BACKEND METHOD PATH
     local got
