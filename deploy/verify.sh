@@ -136,7 +136,7 @@ echo "built logexport:local and logexport-offline/{postgres,s3,smtp}"
 step "compose stack up (2 workers)"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 STACK_UP=1
-compose up -d --scale worker=2 2>&1 | grep -v '^\(Creating\|Starting\)' || true
+compose up -d --scale worker=2 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "docker-compose up failed"; }
 container() { compose ps -q "$1" | head -n1; }
 healthy=""
 for _ in $(seq 1 90); do
