@@ -134,6 +134,8 @@ echo "built logexport:local and logexport-offline/{postgres,s3,smtp}"
 
 # ---------------------------------------------------------------------------------------------
 step "compose stack up (2 workers)"
+# The plain file (registry images) must parse too, with this docker-compose.
+docker-compose -p "$PROJECT" -f deploy/compose.yaml config -q
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 STACK_UP=1
 compose up -d --scale worker=2 >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "docker-compose up failed"; }
@@ -263,6 +265,12 @@ done
 [ "$bad" = 0 ] || die "a service did not stop gracefully on SIGTERM"
 "$DOCKER" logs "$(container api)" 2>&1 | grep -q "shutdown signal received" \
     || die "the api did not log its shutdown"
+for w in $(compose ps -q worker); do
+    [ "$w" = "$victim" ] && continue
+    "$DOCKER" logs "$w" 2>&1 | grep -q "worker stopped" || die "worker ${w:0:12} did not drain and stop"
+done
+"$DOCKER" logs "$(container splunk)" 2>&1 | grep -q "splunk-emulator stopped" \
+    || die "the emulator did not log its stop"
 compose down -v --remove-orphans >/dev/null 2>&1
 STACK_UP=""
 
