@@ -69,8 +69,8 @@ step "splunk-sdk fidelity test"
 SPLUNK_EMULATOR_BIN="$ROOT/target/debug/splunk-emulator" python3 tests/sdk_fidelity.py
 
 step "deploy files: image, Compose stack, export through it, manifests (deploy/verify.sh)"
-# Reuses the debug binaries built above (no release build in CI); about 3 minutes with the base
-# image and the stand-in images cached, 5 on a fresh machine.
+# Reuses the debug binaries built above (no release build in CI): about 1 minute with the base
+# image and the stand-in images cached, 4 on a fresh machine (Docker installed from Debian).
 deploy/verify.sh
 
 step "all tests passed"

@@ -71,6 +71,7 @@ cleanup() {
     [ "$rc" = 0 ] || echo "verify.sh: failed after $((SECONDS - START))s" >&2
 }
 trap cleanup EXIT
+trap 'echo "verify.sh: line $LINENO: \"$BASH_COMMAND\" failed" >&2' ERR
 
 # ---------------------------------------------------------------------------------------------
 step "tools"
@@ -105,8 +106,10 @@ fi
 step "images"
 if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     if [ ! -s "$BASE_TAR" ]; then
-        mirror="$(sed -n 's/^URIs: *\([^ ]*debian\)$/\1/p; s/^deb \(http[^ ]*debian\) bookworm .*/\1/p' \
-            /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | head -n1)"
+        # The machine's own Debian mirror (deb822 .sources or one-line .list files).
+        mirror="$({ cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
+            /etc/apt/sources.list.d/*.list 2>/dev/null || true; } |
+            sed -n 's/^URIs: *\([^ ]*debian\)$/\1/p; s/^deb \(http[^ ]*debian\) bookworm .*/\1/p' | head -n1)"
         echo "debootstrap bookworm from ${mirror:=http://deb.debian.org/debian} (about a minute, once)"
         rootfs="$WORK/rootfs"
         debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
