@@ -831,7 +831,7 @@ impl Config {
 }
 
 impl Config {
-    /// Every TLS client's CA file, keyed by its setting.
+    /// Every CA file, keyed by its setting: the TLS clients' and the time-stamp tokens' one.
     pub fn ca_files(&self) -> Vec<(&'static str, &Path)> {
         [
             ("database.ssl_ca_path", &self.database.ssl_ca_path),
