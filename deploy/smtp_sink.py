@@ -2,7 +2,7 @@
 """A real SMTP server for tests: accepts mail and writes each message to a directory.
 
 Usage: smtp_sink.py --port N --dir DIR [--host 127.0.0.1] [--reject-rcpt-suffix @bad.example]
-                    [--auth USER:PASSWORD]
+                    [--auth USER:PASSWORD] [--tls-cert PEM --tls-key PEM --tls starttls|implicit]
 
 Each accepted message is written as DIR/<unix-ms>-<n>.eml: an `X-Envelope-From:` and an
 `X-Envelope-To:` line (the SMTP envelope, which the headers alone do not show) followed by the
@@ -10,7 +10,8 @@ message exactly as received. Files appear atomically (written to a temporary nam
 so a test polling the directory never reads half a message. Recipients ending with
 --reject-rcpt-suffix are answered `550 5.1.1 mailbox unavailable`. With --auth, clients must log
 in (PLAIN or LOGIN, allowed without TLS since this is a local test server) with exactly those
-credentials. Prints "ready" once listening.
+credentials. With --tls starttls the server offers STARTTLS and refuses mail before it; with
+--tls implicit it speaks TLS from the first byte (smtps). Prints "ready" once listening.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import itertools
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 import warnings
@@ -79,7 +81,20 @@ def main():
     parser.add_argument("--dir", required=True)
     parser.add_argument("--reject-rcpt-suffix", default=None)
     parser.add_argument("--auth", default=None, metavar="USER:PASSWORD")
+    parser.add_argument("--tls-cert", default=None, metavar="PEM")
+    parser.add_argument("--tls-key", default=None, metavar="PEM")
+    parser.add_argument("--tls", choices=["starttls", "implicit"], default=None)
     args = parser.parse_args()
+    if bool(args.tls) != bool(args.tls_cert and args.tls_key):
+        parser.error("--tls needs --tls-cert and --tls-key (and they need --tls)")
+    tls = {}
+    if args.tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        if args.tls == "starttls":
+            tls = dict(tls_context=context, require_starttls=True)
+        else:
+            tls = dict(ssl_context=context)
     auth = {}
     if args.auth:
         # Plain-text AUTH is intended here: a loopback-only test server.
@@ -101,6 +116,7 @@ def main():
         decode_data=False,
         enable_SMTPUTF8=True,
         **auth,
+        **tls,
     )
     controller.start()
     print("ready", flush=True)

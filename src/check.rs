@@ -81,6 +81,20 @@ pub async fn check(config: &Config) -> Vec<Finding> {
     .collect()
 }
 
+/// Tries one dependency by its name in [`Finding::dependency`] (`postgres`, `splunk`, `storage`,
+/// `smtp`, `quay`, `hec`); `None` when the configuration does not use it or the name is unknown.
+pub async fn dependency(config: &Config, name: &str) -> Option<Finding> {
+    match name {
+        "postgres" => Some(postgres(config).await),
+        "splunk" => Some(splunk(config).await),
+        "storage" => Some(storage(config).await),
+        "smtp" => email(config).await,
+        "quay" => quay(config).await,
+        "hec" => audit(config).await,
+        _ => None,
+    }
+}
+
 /// Runs [`check`] in the background and logs a warning per failed dependency (start of `run`,
 /// `serve` and `work`: a dependency that is down now may be up by the first export).
 pub fn warn_in_background(config: &Config) {
@@ -104,18 +118,30 @@ pub fn warn_in_background(config: &Config) {
 async fn postgres(config: &Config) -> Finding {
     const NAME: &str = "postgres";
     let url = config.database.url.expose();
-    let options: sqlx::postgres::PgConnectOptions = match url.parse() {
+    let options = match crate::db::connect_options(&config.database) {
         Ok(options) => options,
-        Err(_) => return Finding::failed(NAME, "database.url", "not a Postgres URL"),
+        Err(e) => {
+            let key = match config.database.ssl_ca_path {
+                Some(_) if url.parse::<sqlx::postgres::PgConnectOptions>().is_ok() => {
+                    "database.ssl_ca_path"
+                }
+                _ => "database.url",
+            };
+            return Finding::failed(NAME, key, format!("{e:#}"));
+        }
     };
     let database = options.get_database().unwrap_or("postgres").to_owned();
     let pool = match PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(TIMEOUT)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
     {
         Ok(pool) => pool,
+        Err(e) if crate::http_client::is_certificate_error(&e) => {
+            let detail = crate::db::connect_error(&options, &e).unwrap_or_else(|| e.to_string());
+            return Finding::failed(NAME, "database.ssl_ca_path", detail);
+        }
         Err(e) => {
             let missing = e.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000");
             let detail = if missing {
@@ -172,6 +198,11 @@ async fn splunk(config: &Config) -> Finding {
             "splunk.bearer_token",
             format!("Splunk refused the token (HTTP {status})"),
         ),
+        Ok(Err(e)) if crate::http_client::mentions_certificate(&e.to_string()) => Finding::failed(
+            NAME,
+            "splunk.ssl_ca_path",
+            format!("{}:{}: {e}", config.splunk.host, config.splunk.port),
+        ),
         Ok(Err(e)) => Finding::failed(NAME, "splunk.host", e.to_string()),
         Err(_) => Finding::failed(
             NAME,
@@ -226,6 +257,19 @@ async fn storage(config: &Config) -> Finding {
     };
     match tokio::time::timeout(TIMEOUT, probe).await {
         Ok(Ok(())) => Finding::ok(NAME, format!("{place}: wrote and deleted a probe object")),
+        Ok(Err(e)) if crate::http_client::mentions_certificate(&e) => Finding::failed(
+            NAME,
+            "storage.s3.ssl_ca_path",
+            format!(
+                "{place} at {}: {e}",
+                config
+                    .storage
+                    .s3
+                    .endpoint_url
+                    .as_deref()
+                    .unwrap_or("AWS S3")
+            ),
+        ),
         Ok(Err(e)) => Finding::failed(NAME, key_name, format!("{place}: {e}")),
         Err(_) => Finding::failed(
             NAME,
@@ -265,6 +309,14 @@ async fn email(config: &Config) -> Option<Finding> {
     Some(
         match tokio::time::timeout(TIMEOUT, mailer.test_connection()).await {
             Ok(Ok(())) => Finding::ok(NAME, format!("{server} answers EHLO")),
+            Ok(Err(e)) if crate::http_client::is_certificate_error(&e) => Finding::failed(
+                NAME,
+                "email.ssl_ca_path",
+                format!(
+                    "{server}: {e}; {}",
+                    crate::http_client::certificate_hint("email.ssl_ca_path")
+                ),
+            ),
             Ok(Err(e)) => Finding::failed(NAME, "email.smtp_url", format!("{server}: {e}")),
             Err(_) => Finding::failed(
                 NAME,
@@ -292,6 +344,16 @@ async fn quay(config: &Config) -> Option<Finding> {
         Err(e) => return Some(Finding::failed(NAME, "auth.ssl_ca_path", e)),
     };
     Some(match client.get(&auth.quay_url).send().await {
+        Err(e) if crate::http_client::is_certificate_error(&e) => Finding::failed(
+            NAME,
+            "auth.ssl_ca_path",
+            format!(
+                "{}: {}; {}",
+                auth.quay_url,
+                error_chain(&e),
+                crate::http_client::certificate_hint("auth.ssl_ca_path")
+            ),
+        ),
         Ok(r) if r.status().is_server_error() => Finding::failed(
             NAME,
             "auth.quay_url",
@@ -337,6 +399,16 @@ async fn audit(config: &Config) -> Option<Finding> {
         .send()
         .await;
     Some(match answer {
+        Err(e) if crate::http_client::is_certificate_error(&e) => Finding::failed(
+            NAME,
+            "audit.ssl_ca_path",
+            format!(
+                "{}: {}; {}",
+                audit.hec_url,
+                error_chain(&e),
+                crate::http_client::certificate_hint("audit.ssl_ca_path")
+            ),
+        ),
         Ok(r) if matches!(r.status().as_u16(), 401 | 403) => Finding::failed(
             NAME,
             "audit.hec_token",

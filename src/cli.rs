@@ -328,9 +328,9 @@ async fn check(config: &Config) -> anyhow::Result<()> {
 /// `migrate` on a database that does not exist yet: creates it, or names the command that does.
 async fn create_database(config: &Config) -> anyhow::Result<()> {
     let url = config.database.url.expose();
-    if let Err(e) = crate::db::ensure_database(url).await {
+    let options = crate::db::connect_options(&config.database)?;
+    if let Err(e) = crate::db::ensure_database_at(options.clone()).await {
         // No access to the `postgres` database: fine when ours exists already.
-        let options: sqlx::postgres::PgConnectOptions = url.parse()?;
         if sqlx::ConnectOptions::connect(&options).await.is_ok() {
             return Ok(());
         }

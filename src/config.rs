@@ -130,6 +130,9 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long a query waits for a connection before Postgres counts as unreachable (503).
     pub acquire_timeout_seconds: u64,
+    /// PEM file of the CA that signed Postgres' certificate (else the system's roots); used with
+    /// `sslmode=verify-ca` or `verify-full` in the URL (`sslrootcert=` in the URL works too).
+    pub ssl_ca_path: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
@@ -138,6 +141,7 @@ impl Default for DatabaseConfig {
             url: Secret::new("postgres://postgres@127.0.0.1:5432/logexport"),
             max_connections: 10,
             acquire_timeout_seconds: 10,
+            ssl_ca_path: None,
         }
     }
 }
@@ -340,6 +344,9 @@ pub struct S3Config {
     pub part_size_mib: u64,
     /// `when_required` or `when_supported`.
     pub checksum: String,
+    /// PEM file of the CA that signed an `https://` endpoint's certificate, trusted besides the
+    /// system's roots.
+    pub ssl_ca_path: Option<PathBuf>,
 }
 
 impl Default for S3Config {
@@ -353,6 +360,7 @@ impl Default for S3Config {
             secret_access_key: Secret::default(),
             part_size_mib: 8,
             checksum: "when_required".into(),
+            ssl_ca_path: None,
         }
     }
 }
@@ -371,6 +379,9 @@ pub struct EmailConfig {
     pub file_dir: PathBuf,
     pub timeout_seconds: u64,
     pub max_attempts: u32,
+    /// PEM file of the CA that signed the SMTP server's certificate (STARTTLS or `smtps://`),
+    /// trusted besides the system's roots.
+    pub ssl_ca_path: Option<PathBuf>,
 }
 
 impl Default for EmailConfig {
@@ -383,6 +394,7 @@ impl Default for EmailConfig {
             file_dir: PathBuf::from("exported-mail"),
             timeout_seconds: 30,
             max_attempts: 8,
+            ssl_ca_path: None,
         }
     }
 }
@@ -398,6 +410,8 @@ pub struct CallbackConfig {
     pub allowed_hosts: Vec<String>,
     pub backoff_base_seconds: u64,
     pub backoff_max_seconds: u64,
+    /// PEM file of a CA trusted for `https://` callback receivers besides the system's roots.
+    pub ssl_ca_path: Option<PathBuf>,
 }
 
 impl Default for CallbackConfig {
@@ -409,6 +423,7 @@ impl Default for CallbackConfig {
             allowed_hosts: Vec::new(),
             backoff_base_seconds: 5,
             backoff_max_seconds: 600,
+            ssl_ca_path: None,
         }
     }
 }
@@ -718,6 +733,7 @@ impl Config {
             }
         }
         self.validate_addresses()?;
+        self.validate_ca_files()?;
         if !matches!(self.splunk.url_scheme.as_str(), "http" | "https") {
             return fail("splunk.url_scheme", "must be http or https");
         }
@@ -813,6 +829,36 @@ impl Config {
             && let Err(why) = http_url(&self.auth.quay_url)
         {
             return fail("auth.quay_url", why);
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Every CA file, keyed by its setting: the TLS clients' and the time-stamp tokens' one.
+    pub fn ca_files(&self) -> Vec<(&'static str, &Path)> {
+        [
+            ("database.ssl_ca_path", &self.database.ssl_ca_path),
+            ("splunk.ssl_ca_path", &self.splunk.ssl_ca_path),
+            ("storage.s3.ssl_ca_path", &self.storage.s3.ssl_ca_path),
+            ("email.ssl_ca_path", &self.email.ssl_ca_path),
+            ("callback.ssl_ca_path", &self.callback.ssl_ca_path),
+            ("auth.ssl_ca_path", &self.auth.ssl_ca_path),
+            ("audit.ssl_ca_path", &self.audit.ssl_ca_path),
+            (
+                "export.timestamp_authority_ca",
+                &self.export.timestamp_authority_ca,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, path)| path.as_deref().map(|p| (key, p)))
+        .collect()
+    }
+
+    /// A CA file that is missing or holds no certificate stops start-up, not the first export.
+    fn validate_ca_files(&self) -> Result<(), ConfigError> {
+        for (key, path) in self.ca_files() {
+            crate::http_client::read_ca(path, key).map_err(ConfigError)?;
         }
         Ok(())
     }

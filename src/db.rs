@@ -12,19 +12,52 @@ use crate::config::DatabaseConfig;
 /// The embedded migrations under `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Connects to Postgres with the configured pool size.
-pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+/// The connection settings of `database.url`, trusting `database.ssl_ca_path` when set.
+pub fn connect_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
     let options: PgConnectOptions = config
         .url
         .expose()
         .parse()
         .context("database.url is not a valid Postgres URL")?;
+    Ok(match &config.ssl_ca_path {
+        Some(path) => {
+            // Checked here too, so a file removed after start-up is named, not a TLS failure.
+            crate::http_client::read_ca(path, "database.ssl_ca_path")
+                .map_err(anyhow::Error::msg)?;
+            options.ssl_root_cert(path)
+        }
+        None => options,
+    })
+}
+
+/// Why a connection to Postgres failed, naming `database.ssl_ca_path` when its certificate
+/// was refused.
+pub fn connect_error(options: &PgConnectOptions, error: &sqlx::Error) -> Option<String> {
+    crate::http_client::is_certificate_error(error).then(|| {
+        format!(
+            "Postgres at {}:{}: {error}; {}",
+            options.get_host(),
+            options.get_port(),
+            crate::http_client::certificate_hint(
+                "database.ssl_ca_path (or sslrootcert= in database.url)"
+            )
+        )
+    })
+}
+
+/// Connects to Postgres with the configured pool size.
+pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let options = connect_options(config)?;
+    let tls_error = |e: &sqlx::Error| connect_error(&options, e);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(acquire_timeout(config))
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
         .map_err(|e| {
+            if let Some(message) = tls_error(&e) {
+                return anyhow::anyhow!(message);
+            }
             if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("3D000") {
                 return anyhow::anyhow!(
                     "the database in database.url does not exist ({e}); `logexport migrate` \
@@ -169,12 +202,19 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Creates the database named in `url` when it does not exist yet (for the demo and tests).
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let options: PgConnectOptions = url.parse().context("invalid Postgres URL")?;
+    ensure_database_at(url.parse().context("invalid Postgres URL")?).await
+}
+
+/// [`ensure_database`] for connection settings already made (e.g. by [`connect_options`]).
+pub async fn ensure_database_at(options: PgConnectOptions) -> anyhow::Result<()> {
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
     let admin = options.clone().database("postgres");
     let mut conn = sqlx::ConnectOptions::connect(&admin).await.map_err(|e| {
+        if let Some(message) = connect_error(&admin, &e) {
+            return anyhow::anyhow!(message);
+        }
         anyhow::anyhow!(
             "cannot connect to Postgres ({e}); start it with \
              `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"

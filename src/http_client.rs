@@ -1,5 +1,6 @@
-//! The HTTPS client settings shared by every upstream (Splunk, Quay, HEC): rustls, no
-//! redirects, our user agent, and the operator's TLS choices.
+//! The TLS settings shared by every upstream client (Splunk, Quay, HEC, callbacks, S3, SMTP,
+//! Postgres): the operator's CA file, read once and checked, and the words for a certificate the
+//! client refused, naming the key that would fix it.
 
 use std::path::Path;
 
@@ -10,24 +11,118 @@ pub fn builder(
     ca_path: Option<&Path>,
     key: &str,
 ) -> Result<reqwest::ClientBuilder, String> {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("logexport/", env!("CARGO_PKG_VERSION")));
-    if !verify_ssl {
-        builder = builder.danger_accept_invalid_certs(true);
-    }
+    let builder = trust(builder, ca_path, key)?;
+    Ok(if verify_ssl {
+        builder
+    } else {
+        builder.danger_accept_invalid_certs(true)
+    })
+}
+
+/// Adds `ca_path`'s certificates (when given) to what `builder` trusts.
+pub fn trust(
+    mut builder: reqwest::ClientBuilder,
+    ca_path: Option<&Path>,
+    key: &str,
+) -> Result<reqwest::ClientBuilder, String> {
     if let Some(path) = ca_path {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("{key} {} cannot be read: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{key} {} holds no PEM certificate: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{key} {} holds no PEM certificate", path.display()));
-        }
-        for cert in certs {
+        for cert in read_ca(path, key)? {
+            let cert = reqwest::Certificate::from_der(&cert).map_err(|e| {
+                format!(
+                    "{key}: {} holds an unusable certificate: {e}",
+                    path.display()
+                )
+            })?;
             builder = builder.add_root_certificate(cert);
         }
     }
     Ok(builder)
+}
+
+/// The certificates (DER) of the PEM file at `path`; an unreadable file, or one without a
+/// certificate, is an error naming `key`.
+pub fn read_ca(path: &Path, key: &str) -> Result<Vec<Vec<u8>>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("{key}: {} cannot be read: {e}", path.display()))?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .map(|cert| cert.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{key}: {} is not a PEM file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The PEM text of `path` after [`read_ca`] found certificates in it.
+pub fn read_ca_pem(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+    read_ca(path, key)?;
+    std::fs::read(path).map_err(|e| format!("{key}: {} cannot be read: {e}", path.display()))
+}
+
+/// True when `error`, or anything in its chain, says the server's certificate was refused.
+///
+/// rustls' words are matched in the text: `std::io::Error` hides its inner error from
+/// `source()`, and every client wraps rustls' error in one.
+pub fn is_certificate_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if mentions_certificate(&e.to_string()) {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// True when an error's text is rustls refusing the peer's certificate.
+pub fn mentions_certificate(text: &str) -> bool {
+    text.contains("invalid peer certificate") || text.contains("certificate verify failed")
+}
+
+/// What to do about a refused certificate: names the CA key of the client that refused it.
+pub fn certificate_hint(key: &str) -> String {
+    format!(
+        "the server's TLS certificate is not trusted: set {key} to the PEM file of the CA that \
+         signed it (or fix the server's certificate); nothing was sent unencrypted"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_ca_file_names_the_key() {
+        let err = read_ca(Path::new("/nonexistent/ca.pem"), "email.ssl_ca_path").unwrap_err();
+        assert!(
+            err.starts_with("email.ssl_ca_path: /nonexistent/ca.pem"),
+            "{err}"
+        );
+        let dir = std::env::temp_dir().join(format!("ca-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = read_ca(&empty, "callback.ssl_ca_path").unwrap_err();
+        assert!(
+            err.contains("callback.ssl_ca_path") && err.contains("no PEM certificate"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rustls_refusals_are_recognised() {
+        assert!(mentions_certificate(
+            "error sending request: client error (Connect): invalid peer certificate: UnknownIssuer"
+        ));
+        assert!(!mentions_certificate("connection refused"));
+    }
 }

@@ -640,7 +640,16 @@ impl QuayIdentity {
             } else {
                 "failed to answer"
             };
-            tracing::warn!(error = %e, "Quay identity lookup failed");
+            if crate::http_client::is_certificate_error(&e) {
+                // The operator's fix, in the log: the caller only learns that Quay is unavailable.
+                tracing::warn!(
+                    error = %e,
+                    hint = %crate::http_client::certificate_hint("auth.ssl_ca_path"),
+                    "Quay identity lookup failed"
+                );
+            } else {
+                tracing::warn!(error = %e, "Quay identity lookup failed");
+            }
             QuayUnavailable(format!("Quay {why}; try again shortly"))
         })
     }

@@ -202,7 +202,17 @@ impl Shipper {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("HEC unreachable: {e}"))?;
+            .map_err(|e| {
+                if crate::http_client::is_certificate_error(&e) {
+                    format!(
+                        "HEC {}: {e}; {}",
+                        self.url,
+                        crate::http_client::certificate_hint("audit.ssl_ca_path")
+                    )
+                } else {
+                    format!("HEC unreachable: {e}")
+                }
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());

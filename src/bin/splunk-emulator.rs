@@ -120,7 +120,13 @@ async fn main() -> anyhow::Result<()> {
     let running = emulator::spawn(opts).await?;
     // One line on stdout so scripts can wait for readiness and learn the port.
     println!("splunk-emulator listening on {}", running.base_url());
-    tokio::signal::ctrl_c().await?;
+    // SIGTERM too: as a container's PID 1 (`docker stop`, Kubernetes) that is the signal sent.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
     running.shutdown().await;
+    eprintln!("splunk-emulator stopped");
     Ok(())
 }

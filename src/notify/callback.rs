@@ -81,7 +81,13 @@ impl CallbackSender {
         };
         let allow = Arc::new(AllowList::new(&cfg.allowed_hosts));
         let timeout = Duration::from_secs(cfg.timeout_seconds.max(1));
-        let client = reqwest::Client::builder()
+        let builder = crate::http_client::trust(
+            reqwest::Client::builder(),
+            cfg.ssl_ca_path.as_deref(),
+            "callback.ssl_ca_path",
+        )
+        .map_err(anyhow::Error::msg)?;
+        let client = builder
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
@@ -167,7 +173,18 @@ impl CallbackSender {
         if e.is_builder() {
             return Delivery::give_up(format!("callback request could not be built: {e}"));
         }
-        // Connection refused/reset, TLS failures and the like: the receiver may come back.
+        let host = e
+            .url()
+            .map(|u| u.authority().to_owned())
+            .unwrap_or_default();
+        if crate::http_client::is_certificate_error(e) {
+            return Delivery::retry(format!(
+                "callback receiver {host}: {}; {}",
+                chain(e),
+                crate::http_client::certificate_hint("callback.ssl_ca_path")
+            ));
+        }
+        // Connection refused/reset and the like: the receiver may come back.
         Delivery::retry(format!("callback receiver unreachable: {}", chain(e)))
     }
 }

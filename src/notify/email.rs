@@ -97,6 +97,8 @@ pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     composer: Composer,
     timeout: Duration,
+    /// `host:port`, for error messages (the URL itself may hold a password).
+    server: String,
 }
 
 impl SmtpMailer {
@@ -105,13 +107,22 @@ impl SmtpMailer {
         let composer = Composer::new(cfg)?;
         let timeout = Duration::from_secs(cfg.timeout_seconds.max(1));
         // lettre's URL errors never echo the URL, so the password cannot leak through them.
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(cfg.smtp_url.expose())
+        let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(cfg.smtp_url.expose())
             .map_err(|e| {
                 anyhow::anyhow!(
                     "email.smtp_url: expected smtp://host:port, smtp://host:port?tls=required \
                      or smtps://host:port ({e})"
                 )
-            })?
+            })?;
+        let url = url::Url::parse(cfg.smtp_url.expose())
+            .map_err(|_| anyhow::anyhow!("email.smtp_url: not a URL"))?;
+        let host = url.host_str().unwrap_or_default().to_owned();
+        let server = format!("{host}:{}", url.port().unwrap_or(25));
+        let builder = match &cfg.ssl_ca_path {
+            Some(path) => trust_ca(builder, &url, &host, path)?,
+            None => builder,
+        };
+        let transport = builder
             .timeout(Some(timeout))
             .pool_config(PoolConfig::new().max_size(4))
             .build();
@@ -119,8 +130,45 @@ impl SmtpMailer {
             transport,
             composer,
             timeout,
+            server,
         })
     }
+
+    /// `host:port` of the SMTP server.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+/// The TLS mode `url` asks for (as lettre reads it), trusting `path`'s CA besides the system's.
+fn trust_ca(
+    builder: lettre::transport::smtp::AsyncSmtpTransportBuilder,
+    url: &url::Url,
+    host: &str,
+    path: &std::path::Path,
+) -> anyhow::Result<lettre::transport::smtp::AsyncSmtpTransportBuilder> {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    const KEY: &str = "email.ssl_ca_path";
+    let mut params = TlsParameters::builder(host.to_owned());
+    for der in crate::http_client::read_ca(path, KEY).map_err(anyhow::Error::msg)? {
+        let cert = Certificate::from_der(der)
+            .map_err(|e| anyhow::anyhow!("{KEY}: {}: {e}", path.display()))?;
+        params = params.add_root_certificate(cert);
+    }
+    let params = params
+        .build_rustls()
+        .map_err(|e| anyhow::anyhow!("{KEY}: {}: {e}", path.display()))?;
+    let tls = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    Ok(match (url.scheme(), tls.as_deref()) {
+        ("smtps", _) => builder.tls(Tls::Wrapper(params)),
+        (_, Some("required")) => builder.tls(Tls::Required(params)),
+        (_, Some("opportunistic")) => builder.tls(Tls::Opportunistic(params)),
+        // Plain SMTP: the CA has nothing to verify.
+        _ => builder,
+    })
 }
 
 impl SmtpMailer {
@@ -156,7 +204,7 @@ impl Mailer for SmtpMailer {
                 .trim_end()
                 .to_owned(),
             },
-            Ok(Err(e)) => classify_smtp_error(&e),
+            Ok(Err(e)) => classify_smtp_error(&self.server, &e),
         };
         match &delivery {
             Delivery::Delivered { receipt } => tracing::info!(%receipt, "export e-mail sent"),
@@ -168,8 +216,15 @@ impl Mailer for SmtpMailer {
 
 /// Permanent rejections (5xx) are final, except authentication failures, which are our own
 /// configuration and may be fixed before the last retry; everything else is transient.
-fn classify_smtp_error(e: &lettre::transport::smtp::Error) -> Delivery {
-    let reason = format!("SMTP server: {e}");
+fn classify_smtp_error(server: &str, e: &lettre::transport::smtp::Error) -> Delivery {
+    if crate::http_client::is_certificate_error(e) {
+        // Retried: the operator may fix the CA file or the server's certificate meanwhile.
+        return Delivery::retry(format!(
+            "SMTP server {server}: {e}; {}",
+            crate::http_client::certificate_hint("email.ssl_ca_path")
+        ));
+    }
+    let reason = format!("SMTP server {server}: {e}");
     let auth = e
         .status()
         .is_some_and(|code| matches!(code.to_string().as_str(), "530" | "534" | "535" | "538"));

@@ -117,6 +117,10 @@ impl SplunkError {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
+        if crate::http_client::mentions_certificate(&message) {
+            message.push_str("; ");
+            message.push_str(&crate::http_client::certificate_hint("splunk.ssl_ca_path"));
+        }
         Self::Connection { message }
     }
 }

@@ -95,6 +95,9 @@ impl S3Store {
                 "storage.s3.access_key_id / secret_access_key: set both, or neither to use the AWS default credential chain"
             ),
         }
+        if let Some(path) = &cfg.ssl_ca_path {
+            loader = loader.http_client(https_client_trusting(path)?);
+        }
         let shared = loader.load().await;
         let credentials = shared.credentials_provider();
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
@@ -149,6 +152,25 @@ impl S3Store {
     }
 }
 
+/// The SDK's own HTTPS client (rustls with aws-lc-rs), trusting `path`'s CA besides the system's.
+fn https_client_trusting(
+    path: &std::path::Path,
+) -> anyhow::Result<aws_smithy_runtime_api::client::http::SharedHttpClient> {
+    use aws_smithy_http_client::tls;
+    const KEY: &str = "storage.s3.ssl_ca_path";
+    let pem = crate::http_client::read_ca_pem(path, KEY).map_err(anyhow::Error::msg)?;
+    let context = tls::TlsContext::builder()
+        .with_trust_store(tls::TrustStore::default().with_pem_certificate(pem))
+        .build()
+        .map_err(|e| anyhow::anyhow!("{KEY}: {}: {e}", path.display()))?;
+    Ok(aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(context)
+        .build_https())
+}
+
 /// Maps an SDK error to a [`StorageError`]: transport failures, timeouts, throttling and 5xx are
 /// retryable; everything else (403, 404, bad request, missing credentials) is permanent.
 pub(super) fn sdk_error<E>(system: &str, operation: &'static str, err: SdkError<E>) -> StorageError
@@ -166,7 +188,14 @@ where
         _ => false,
     };
     // The error context names the S3 error code and message; it carries no credentials.
-    let message = DisplayErrorContext(&err).to_string();
+    let mut message = DisplayErrorContext(&err).to_string();
+    if crate::http_client::mentions_certificate(&message) {
+        // First, so that the length limit on messages never cuts it off.
+        message = format!(
+            "{}: {message}",
+            crate::http_client::certificate_hint("storage.s3.ssl_ca_path")
+        );
+    }
     if retryable {
         StorageError::retryable(system, operation, message)
     } else {

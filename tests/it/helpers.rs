@@ -265,6 +265,7 @@ pub fn garage_s3_config() -> logexport::config::S3Config {
         secret_access_key: Secret::new(var("LOGEXPORT_TEST_S3_SECRET_KEY")),
         part_size_mib: 5,
         checksum: "when_required".into(),
+        ssl_ca_path: None,
     }
 }
 

@@ -29,3 +29,4 @@ mod schedules;
 mod search_quota;
 mod splunk;
 mod storage;
+mod tls;
