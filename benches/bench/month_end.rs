@@ -345,16 +345,26 @@ async fn wait_for(
     }
     let mut rows = Vec::with_capacity(ids.len());
     for id in ids {
-        let row = storage::get(pool, *id)
-            .await?
-            .context("an export row disappeared")?;
-        anyhow::ensure!(
-            row.state() == JobState::Succeeded,
-            "export {id} ended {} ({})",
+        rows.push(
+            storage::get(pool, *id)
+                .await?
+                .context("an export row disappeared")?,
+        );
+    }
+    // The export that ended otherwise, not one still running beside it.
+    let failed = rows.iter().find(|r| {
+        !matches!(
+            r.state(),
+            JobState::Queued | JobState::Running | JobState::Succeeded
+        )
+    });
+    if let Some(row) = failed {
+        anyhow::bail!(
+            "export {} ended {} ({})",
+            row.id,
             row.state().as_str(),
             row.last_error.clone().unwrap_or_default()
         );
-        rows.push(row);
     }
     Ok(rows)
 }
