@@ -352,7 +352,7 @@ async fn export_ns0(
 async fn the_first_search_sizes_the_plan_small_exports_are_one_search() {
     // 4,000 events in ns0 over nine days: fewer than the probe reads, so one search.
     let small = splunk(4_000, 1, 3).await;
-    let (status, _) = export_ns0(&small, |_| {}).await;
+    let (status, _) = export_ns0(&small, |c| c.export.probe_rows = 5_000).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["logs_exported"], 4_000, "{status}");
     assert_eq!(
@@ -364,7 +364,7 @@ async fn the_first_search_sizes_the_plan_small_exports_are_one_search() {
     // 60,000 events: the probe reads the newest 5,000 (whole seconds), and the rest (~55,000 by
     // the probe's rate) is cut into 4 slices of about 15,000 rows rather than 40 by time.
     let big = splunk(60_000, 1, 3).await;
-    let (status, _) = export_ns0(&big, |_| {}).await;
+    let (status, _) = export_ns0(&big, |c| c.export.probe_rows = 5_000).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["logs_exported"], 60_000, "{status}");
     assert_eq!(
@@ -403,6 +403,7 @@ async fn an_attempt_after_a_probe_resumes_with_the_same_plan() {
         c.worker.max_attempts = 3;
         c.worker.backoff_base_seconds = 0;
         c.export.split_min_rows = 0;
+        c.export.probe_rows = 5_000;
         c.storage.kind = StorageKind::Local;
         c.storage.local.path = archives.clone();
         c.server.signing_key = logexport::config::Secret::new("local-links");
