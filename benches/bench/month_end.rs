@@ -273,6 +273,8 @@ impl MonthEnd<'_> {
             "LOGEXPORT_SPLUNK__MAX_CONCURRENT_SEARCHES".into(),
             "3".into(),
         ));
+        // The first search sizes the plan (off by default for now; see docs/configuration.md).
+        env.push(("LOGEXPORT_EXPORT__PROBE_ROWS".into(), "5000".into()));
         let mut config = logexport::config::Config::default();
         target.configure(&mut env, &mut config);
         (0..count)
