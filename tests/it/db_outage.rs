@@ -346,6 +346,12 @@ async fn spawn_worker_process(config: &Config, stop: &CancellationToken) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_outages_get_503_and_lose_nothing() {
     logexport::telemetry::install_crypto_provider();
+    if let Ok(filter) = std::env::var("LOGEXPORT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .try_init();
+    }
     let started = std::time::Instant::now();
     let postgres = ThrowawayPostgres::start().await;
     let url = postgres.url("logexport_outage");
@@ -558,18 +564,30 @@ async fn postgres_outages_get_503_and_lose_nothing() {
     }
 
     // Every export succeeds, on its first counted attempt, with exact rows.
-    let states = eventually(120, "every export finished", || async {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let states = loop {
         let states = h.states().await;
-        expected
-            .keys()
-            .all(|id| {
-                states
-                    .get(id)
-                    .is_some_and(|(state, ..)| state != "queued" && state != "running")
-            })
-            .then_some(states)
-    })
-    .await;
+        let finished = expected.keys().all(|id| {
+            states
+                .get(id)
+                .is_some_and(|(state, ..)| state != "queued" && state != "running")
+        });
+        if finished {
+            break states;
+        }
+        if tokio::time::Instant::now() > deadline {
+            // What the exports still open left on their rows, to tell where they stopped.
+            let open: Vec<Value> = sqlx::query_scalar(
+                "SELECT to_jsonb(j) - 'manifest' FROM export_jobs j
+                 WHERE state IN ('queued', 'running')",
+            )
+            .fetch_all(&h.pool)
+            .await
+            .unwrap();
+            panic!("exports still open after 120 s: {open:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         states.len(),
         expected.len(),
