@@ -111,6 +111,9 @@ struct Args {
     /// Worker processes for the month-end section's 150 small exports.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3, 6])]
     month_end_workers: Vec<usize>,
+    /// `export.probe_rows` settings the month-end loads run with, side by side.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 5_000])]
+    month_end_probe_rows: Vec<u64>,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -153,25 +156,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut failures = Vec::new();
     if args.month_end {
-        let small = |workers| month_end::Load {
-            exports: 150,
-            namespaces: 50,
-            events: 8_000,
-            workers,
-        };
-        let mut loads: Vec<_> = args.month_end_workers.iter().map(|w| small(*w)).collect();
-        loads.push(month_end::Load {
-            exports: 10,
-            namespaces: 5,
-            events: 107_000,
-            workers: 3,
-        });
-        loads.push(month_end::Load {
-            exports: 1,
-            namespaces: 1,
-            events: 50_000,
-            workers: 1,
-        });
+        let mut loads = Vec::new();
+        for &probe_rows in &args.month_end_probe_rows {
+            for &workers in &args.month_end_workers {
+                loads.push(month_end::Load {
+                    exports: 150,
+                    namespaces: 50,
+                    events: 8_000,
+                    workers,
+                    probe_rows,
+                });
+            }
+            loads.push(month_end::Load {
+                exports: 10,
+                namespaces: 5,
+                events: 107_000,
+                workers: 3,
+                probe_rows,
+            });
+            loads.push(month_end::Load {
+                exports: 1,
+                namespaces: 1,
+                events: 50_000,
+                workers: 1,
+                probe_rows,
+            });
+        }
         let section = month_end::MonthEnd {
             binaries: &binaries,
             databases: &databases,

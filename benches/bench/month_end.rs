@@ -35,6 +35,8 @@ pub struct Load {
     pub namespaces: usize,
     pub events: u64,
     pub workers: usize,
+    /// `export.probe_rows` for the workers.
+    pub probe_rows: u64,
 }
 
 /// What one load measured.
@@ -73,6 +75,7 @@ impl MonthEnd<'_> {
             ),
             &[
                 "load",
+                "export.probe_rows",
                 "worker processes",
                 "wall s",
                 "Splunk's limit s",
@@ -92,6 +95,7 @@ impl MonthEnd<'_> {
                         thousands(load.events),
                         load.namespaces
                     ),
+                    load.probe_rows.to_string(),
                     load.workers.to_string(),
                     format!("{:.2}", m.wall),
                     format!("{:.2}", m.limit),
@@ -163,7 +167,7 @@ impl MonthEnd<'_> {
             .collect();
         let events: u64 = expected.iter().sum();
 
-        let mut workers = self.workers(&db_url, &emu, target, scratch, load.workers, n)?;
+        let mut workers = self.workers(&db_url, &emu, target, scratch, &load, n)?;
         let before = emu.stats();
         let mut ids = Vec::with_capacity(requests.len());
         for (ns, lo, hi) in &requests {
@@ -210,7 +214,14 @@ impl MonthEnd<'_> {
     async fn fairness(&self, target: &Target<'_>, scratch: &Path) -> anyhow::Result<String> {
         let emu = self.emulator(200_000, 2).await?;
         let (db_url, pool) = self.databases.fresh("month_end", 8).await?;
-        let mut workers = self.workers(&db_url, &emu, target, scratch, 3, 99)?;
+        let three = Load {
+            exports: 101,
+            namespaces: 2,
+            events: 0,
+            workers: 3,
+            probe_rows: 0,
+        };
+        let mut workers = self.workers(&db_url, &emu, target, scratch, &three, 99)?;
         let (start, end): (DateTime<Utc>, DateTime<Utc>) = (START.parse()?, END.parse()?);
         let day = chrono::Duration::days(1);
         let mut busy = Vec::new();
@@ -254,15 +265,15 @@ impl MonthEnd<'_> {
         .await
     }
 
-    /// `count` worker processes with the product's defaults, the role's 3 searches as the
-    /// cluster-wide quota.
+    /// `load.workers` worker processes with the product's defaults, the role's 3 searches as the
+    /// cluster-wide quota, and `load.probe_rows`.
     fn workers(
         &self,
         db_url: &str,
         emu: &RunningEmulator,
         target: &Target<'_>,
         scratch: &Path,
-        count: usize,
+        load: &Load,
         n: usize,
     ) -> anyhow::Result<Vec<Worker>> {
         let mut env: Vec<(String, String)> = worker_env(db_url, emu.addr().port(), TOKEN)
@@ -273,11 +284,13 @@ impl MonthEnd<'_> {
             "LOGEXPORT_SPLUNK__MAX_CONCURRENT_SEARCHES".into(),
             "3".into(),
         ));
-        // The first search sizes the plan (off by default for now; see docs/configuration.md).
-        env.push(("LOGEXPORT_EXPORT__PROBE_ROWS".into(), "5000".into()));
+        env.push((
+            "LOGEXPORT_EXPORT__PROBE_ROWS".into(),
+            load.probe_rows.to_string(),
+        ));
         let mut config = logexport::config::Config::default();
         target.configure(&mut env, &mut config);
-        (0..count)
+        (0..load.workers)
             .map(|w| {
                 Worker::start(
                     &self.binaries.logexport,
