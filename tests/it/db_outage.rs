@@ -387,6 +387,9 @@ async fn postgres_outages_get_503_and_lose_nothing() {
     config.database.max_connections = 10;
     use_emulator(&mut config, &emulator, SPLUNK_TOKEN);
     config.splunk.max_concurrent_searches = 12;
+    // Sliced by time: the emulator sends 60 KB/s per stream to keep exports in flight through
+    // the outages, and a small export read as one stream (the probe) would finish ~3x later.
+    config.export.probe_rows = 0;
     config.worker.lease_seconds = LEASE;
     config.worker.concurrency = 3;
     config.worker.max_attempts = 3;
