@@ -215,6 +215,8 @@ pub struct ExportConfig {
     pub timestamp_authority_url: String,
     /// PEM file of the TSA's CA: tokens are checked against it before they are accepted.
     pub timestamp_authority_ca: Option<PathBuf>,
+    /// A private CA (PEM) trusted besides the system's for the TSA's HTTPS connection.
+    pub timestamp_authority_ssl_ca_path: Option<PathBuf>,
     /// Connect and answer timeout of one request to the TSA.
     pub timestamp_authority_timeout_seconds: u64,
 }
@@ -238,6 +240,7 @@ impl Default for ExportConfig {
             manifest_previous_public_keys: Vec::new(),
             timestamp_authority_url: String::new(),
             timestamp_authority_ca: None,
+            timestamp_authority_ssl_ca_path: None,
             timestamp_authority_timeout_seconds: 10,
         }
     }
@@ -848,6 +851,10 @@ impl Config {
             (
                 "export.timestamp_authority_ca",
                 &self.export.timestamp_authority_ca,
+            ),
+            (
+                "export.timestamp_authority_ssl_ca_path",
+                &self.export.timestamp_authority_ssl_ca_path,
             ),
         ]
         .into_iter()

@@ -66,9 +66,21 @@ pub struct TimestampAuthority {
 
 impl TimestampAuthority {
     /// A client for `url`, checking tokens against `ca` (none: tokens are only checked for
-    /// their message imprint).
-    pub fn new(url: &str, ca: Vec<Certificate>, timeout: Duration) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
+    /// their message imprint), trusting `ssl_ca_path`'s certificates besides the system's for
+    /// HTTPS.
+    pub fn new(
+        url: &str,
+        ca: Vec<Certificate>,
+        ssl_ca_path: Option<&std::path::Path>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let builder = crate::http_client::trust(
+            reqwest::Client::builder(),
+            ssl_ca_path,
+            "export.timestamp_authority_ssl_ca_path",
+        )
+        .map_err(anyhow::Error::msg)?;
+        let client = builder
             .connect_timeout(timeout)
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -104,7 +116,19 @@ impl TimestampAuthority {
             .body(request)
             .send()
             .await
-            .map_err(|e| TimestampError::Unreachable(format!("{}: {e}", self.url)))?;
+            .map_err(|e| {
+                let hint = if crate::http_client::is_certificate_error(&e) {
+                    format!(
+                        "; {}",
+                        crate::http_client::certificate_hint(
+                            "export.timestamp_authority_ssl_ca_path"
+                        )
+                    )
+                } else {
+                    String::new()
+                };
+                TimestampError::Unreachable(format!("{}: {e}{hint}", self.url))
+            })?;
         let status = response.status();
         let body = response
             .bytes()

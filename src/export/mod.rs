@@ -91,6 +91,7 @@ fn timestamp_authority(config: &Config) -> anyhow::Result<Option<Arc<TimestampAu
     Ok(Some(Arc::new(TimestampAuthority::new(
         url,
         ca,
+        config.export.timestamp_authority_ssl_ca_path.as_deref(),
         Duration::from_secs(config.export.timestamp_authority_timeout_seconds.max(1)),
     )?)))
 }

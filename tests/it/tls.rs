@@ -406,6 +406,47 @@ async fn callbacks_to_https_receivers_verify_the_certificate_against_the_configu
     );
 }
 
+#[tokio::test]
+async fn the_time_stamp_authority_over_https_verifies_its_certificate_against_the_configured_ca() {
+    use logexport::archive::timestamp::TimestampAuthority;
+    let pki = Pki::new();
+    // Any HTTP server behind the TLS front: what is tested is whether the request gets there.
+    let backend = Receiver::start(Vec::new()).await;
+    let front = TlsFront::start(&pki, SocketAddr::from(([127, 0, 0, 1], backend.port))).await;
+    let url = format!("{}/tsa", front.url());
+    let tsa = |ca: Option<PathBuf>| {
+        TimestampAuthority::new(&url, Vec::new(), ca.as_deref(), Duration::from_secs(5)).unwrap()
+    };
+
+    // Trusted: the request reaches the TSA (which answers no token: not a TLS failure).
+    let answered = tsa(Some(pki.ca())).stamp(b"manifest").await.unwrap_err();
+    assert!(
+        !answered
+            .to_string()
+            .contains("timestamp_authority_ssl_ca_path"),
+        "{answered}"
+    );
+    assert_eq!(
+        backend.calls().len(),
+        1,
+        "the request went through: {answered}"
+    );
+
+    for ca in [Some(pki.wrong_ca()), None] {
+        let refused = tsa(ca).stamp(b"manifest").await.unwrap_err().to_string();
+        assert!(
+            refused.contains(&format!("localhost:{}", front.port))
+                && refused.contains("export.timestamp_authority_ssl_ca_path"),
+            "{refused}"
+        );
+    }
+    assert_eq!(
+        backend.calls().len(),
+        1,
+        "a refused certificate still sent the request"
+    );
+}
+
 // ---- Configuration -------------------------------------------------------------------------
 
 #[test]
