@@ -232,11 +232,13 @@ impl Probe {
         })
     }
 
-    /// Slices for the rest of the range, `[start, until)`: as many as the rows the probe's rate
-    /// predicts there warrant, at most what the range's length allows.
-    fn slices_after(&self, filters: &SearchFilters, settings: &SliceSettings) -> usize {
+    /// Slices for the whole plan (the probe's included): as many for the rest of the range,
+    /// `[start, until)`, as the rows the probe's rate predicts there warrant, at most what the
+    /// range's length allows; and whether that bound was not reached, so the slices are sized
+    /// by their rows (no tail pieces needed: see [`pieces`]).
+    fn slices_after(&self, filters: &SearchFilters, settings: &SliceSettings) -> (usize, bool) {
         if self.until <= filters.start {
-            return 1;
+            return (1, true);
         }
         let mut rest = filters.clone();
         rest.end = self.until;
@@ -244,10 +246,11 @@ impl Probe {
         let seen = (filters.end - self.until).num_milliseconds();
         let left = (self.until - filters.start).num_milliseconds();
         if self.rows == 0 || seen <= 0 {
-            return 1 + by_time;
+            return (1 + by_time, false);
         }
         let predicted = (self.rows as f64 * left as f64 / seen as f64) as u64;
-        1 + (predicted.div_ceil(ROWS_PER_SLICE) as usize).clamp(1, by_time)
+        let wanted = predicted.div_ceil(ROWS_PER_SLICE).max(1) as usize;
+        (1 + wanted.min(by_time), wanted <= by_time)
     }
 }
 
@@ -517,10 +520,13 @@ impl SlicedRows {
             }
             _ => None,
         };
-        let (count, probed_until) = match (&probe, resume) {
-            (Some(p), _) => (p.slices_after(filters, settings), Some(p.until)),
-            (None, Some(r)) => (r.slices, r.probed_until),
-            (None, None) => (slice_count(filters, settings), None),
+        let (count, probed_until, sized_by_rows) = match (&probe, resume) {
+            (Some(p), _) => {
+                let (count, sized) = p.slices_after(filters, settings);
+                (count, Some(p.until), sized)
+            }
+            (None, Some(r)) => (r.slices, r.probed_until, false),
+            (None, None) => (slice_count(filters, settings), None, false),
         };
         let slices = plan_after(filters.start, filters.end, count, probed_until);
         let skip = resume.map_or(0, |r| r.slices_done).min(slices.len());
@@ -544,7 +550,13 @@ impl SlicedRows {
             path: p.path,
             bytes: p.bytes,
         });
-        let mut bounds_of = pieces(&slices[skip..], settings.parallel);
+        // Slices the probe sized hold about `ROWS_PER_SLICE` rows each: tail pieces would only
+        // add searches (and at month-end other exports keep the quota busy meanwhile).
+        let mut bounds_of = if sized_by_rows {
+            slices[skip..].iter().map(|s| vec![*s]).collect()
+        } else {
+            pieces(&slices[skip..], settings.parallel)
+        };
         if probed.is_some()
             && let Some(first) = bounds_of.first_mut()
         {
