@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use logexport::domain::{DateRange, ExportId, ExportScope, Namespace};
+use logexport::domain::{ExportId, Namespace};
 use logexport::emulator::{
     self, EmulatorOptions, EventFilter, Faults, RunningEmulator, SyntheticSpec,
 };
@@ -18,7 +18,7 @@ use logexport::queue::{ExportRow, JobState, NewExport, storage};
 use sqlx::PgPool;
 
 use crate::db::Databases;
-use crate::e2e::worker_env;
+use crate::e2e::{org_export, worker_env};
 use crate::procs::{Binaries, Worker};
 use crate::table::{Table, quantile, thousands, verdict};
 use crate::targets::{FormatSpec, S3Env, Target};
@@ -304,26 +304,9 @@ impl MonthEnd<'_> {
 }
 
 fn export(namespace: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> anyhow::Result<NewExport> {
-    let json = FormatSpec::parse("json")?;
-    Ok(NewExport {
-        scope: ExportScope::Organization,
-        namespace: Namespace::parse(namespace)?,
-        repository: None,
-        requested_by: "bench".into(),
-        range: DateRange {
-            start,
-            end,
-            timezone: chrono_tz::Tz::UTC,
-        },
-        format: json.format,
-        compression: json.compression,
-        callback_url: None,
-        callback_email: None,
-        idempotency_key: None,
-        max_attempts: 1,
-        performer: None,
-        kinds: Vec::new(),
-    })
+    let mut export = org_export(start, end, FormatSpec::parse("json")?)?;
+    export.namespace = Namespace::parse(namespace)?;
+    Ok(export)
 }
 
 /// Waits until every export in `ids` succeeded (one query per look, so the bench's polling

@@ -185,35 +185,11 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
     // Splunk allows one search (other users hold the rest of the role's quota); this export is
     // configured for three, and must still finish in its first attempt.
     let splunk = splunk(20_000, 1, 1).await;
-    let (url, pool) = test_db().await;
-    let mut config = test_config(&url);
-    use_emulator(&mut config, &splunk, "quota-token");
-    config.splunk.max_concurrent_searches = 3;
-    config.splunk.max_retries = 3;
-    config.worker.max_attempts = 1;
-    // Sliced by time, so the export asks for three searches from the start.
-    config.export.probe_rows = 0;
-    config.storage.kind = StorageKind::S3;
-    config.storage.s3 = garage_s3_config();
-    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
-    let stop = CancellationToken::new();
-    spawn_export_worker(pool.clone(), &config, &stop).await;
-    let app = spawn_app_with(pool, config).await;
-    let token = app.token("admin", &["ns0"], &[], false).await;
-    let r = app
-        .post_export(
-            &token,
-            "/api/v1/organization/ns0/exportlogs?starttime=01/01/2024&endtime=01/10/2024",
-            r#"{"callback_email": "ops@example.com"}"#,
-        )
-        .await;
-    let id = r.json::<Value>().await.unwrap()["export_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let status = eventually(120, "export finished", || async {
-        let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
-        (s["state"] != "queued" && s["state"] != "running").then_some(s)
+    let (status, metrics) = export_ns0(&splunk, |c| {
+        c.splunk.max_retries = 3;
+        c.worker.max_attempts = 1;
+        // Sliced by time, so the export asks for three searches from the start.
+        c.export.probe_rows = 0;
     })
     .await;
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -223,7 +199,6 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
         splunk.stats().quota_refused > 0,
         "Splunk did refuse searches"
     );
-    let metrics = app.metrics().await;
     assert!(
         crate::helpers::metric(
             &metrics,
@@ -231,7 +206,6 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
         ) >= 1.0,
         "{metrics}"
     );
-    stop.cancel();
 }
 
 #[tokio::test]
