@@ -114,6 +114,10 @@ struct Args {
     /// `export.probe_rows` settings the month-end loads run with, side by side.
     #[arg(long, value_delimiter = ',', default_values_t = [0u64, 5_000])]
     month_end_probe_rows: Vec<u64>,
+    /// Which month-end loads run: `small` (150 × 8,000 events), `large` (10 × 107,000),
+    /// `single` (1 × 50,000), and `fairness` (100 exports of one namespace, then one of another).
+    #[arg(long, value_delimiter = ',', default_values_t = ["small".to_string(), "large".into(), "single".into(), "fairness".into()])]
+    month_end_loads: Vec<String>,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -157,36 +161,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     if args.month_end {
         let mut loads = Vec::new();
+        let wanted = |name: &str| args.month_end_loads.iter().any(|l| l == name);
         for &probe_rows in &args.month_end_probe_rows {
             for &workers in &args.month_end_workers {
+                if wanted("small") {
+                    loads.push(month_end::Load {
+                        exports: 150,
+                        namespaces: 50,
+                        events: 8_000,
+                        workers,
+                        probe_rows,
+                    });
+                }
+            }
+            if wanted("large") {
                 loads.push(month_end::Load {
-                    exports: 150,
-                    namespaces: 50,
-                    events: 8_000,
-                    workers,
+                    exports: 10,
+                    namespaces: 5,
+                    events: 107_000,
+                    workers: 3,
                     probe_rows,
                 });
             }
-            loads.push(month_end::Load {
-                exports: 10,
-                namespaces: 5,
-                events: 107_000,
-                workers: 3,
-                probe_rows,
-            });
-            loads.push(month_end::Load {
-                exports: 1,
-                namespaces: 1,
-                events: 50_000,
-                workers: 1,
-                probe_rows,
-            });
+            if wanted("single") {
+                loads.push(month_end::Load {
+                    exports: 1,
+                    namespaces: 1,
+                    events: 50_000,
+                    workers: 1,
+                    probe_rows,
+                });
+            }
         }
         let section = month_end::MonthEnd {
             binaries: &binaries,
             databases: &databases,
             per_sec: args.rate_per_sec.max(1),
             loads,
+            fairness: wanted("fairness"),
         };
         let result = section.run().await;
         databases.drop_all().await;

@@ -47,6 +47,54 @@ struct Measured {
     p95: f64,
     searches: u64,
     quota_busy: f64,
+    idle: Idle,
+}
+
+/// Where the role's quota sat idle during a load, in seconds of the whole quota (idle places ×
+/// seconds / quota): before it first filled, between then and the last moment it was full, and
+/// after. With the seconds it was in use / quota, they add up to the wall time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Idle {
+    start: f64,
+    between: f64,
+    end: f64,
+}
+
+impl Idle {
+    /// The idle quota over `[t0, t1]` given when each search held a place (`quota` places).
+    fn of(spans: &[(Instant, Instant)], t0: Instant, t1: Instant, quota: usize) -> Self {
+        let at = |t: Instant| t.clamp(t0, t1).duration_since(t0).as_secs_f64();
+        let mut edges: Vec<(f64, i64)> = spans
+            .iter()
+            .flat_map(|(a, b)| [(at(*a), 1), (at(*b), -1)])
+            .collect();
+        // Ends before starts at the same instant: a place handed over is not counted twice.
+        edges.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+        let wall = at(t1);
+        let full = quota as i64;
+        // (from, to, idle places) for every stretch of constant use.
+        let mut stretches = Vec::new();
+        let (mut level, mut since) = (0i64, 0.0);
+        for (t, step) in edges {
+            stretches.push((since, t, (full - level).max(0)));
+            level += step;
+            since = t;
+        }
+        stretches.push((since, wall, (full - level).max(0)));
+        let filled = |s: &&(f64, f64, i64)| s.2 == 0 && s.1 > s.0;
+        let first_full = stretches.iter().find(filled).map(|s| s.0);
+        let last_full = stretches.iter().rev().find(filled).map(|s| s.1);
+        let mut idle = Self::default();
+        for (from, to, places) in stretches {
+            let seconds = (to - from) * places as f64 / quota as f64;
+            match (first_full, last_full) {
+                (Some(first), _) if to <= first => idle.start += seconds,
+                (_, Some(last)) if from >= last => idle.end += seconds,
+                _ => idle.between += seconds,
+            }
+        }
+        idle
+    }
 }
 
 pub struct MonthEnd<'a> {
@@ -54,6 +102,8 @@ pub struct MonthEnd<'a> {
     pub databases: &'a Databases,
     pub per_sec: u64,
     pub loads: Vec<Load>,
+    /// Whether the fairness check runs after the loads.
+    pub fairness: bool,
 }
 
 impl MonthEnd<'_> {
@@ -81,6 +131,7 @@ impl MonthEnd<'_> {
                 "Splunk's limit s",
                 "efficiency",
                 "quota in use",
+                "quota idle s: start / between / end",
                 "searches / export",
                 "enqueue → success median / p95 s",
             ],
@@ -101,6 +152,10 @@ impl MonthEnd<'_> {
                     format!("{:.2}", m.limit),
                     format!("{:.3}", m.limit / m.wall),
                     format!("{:.0} %", 100.0 * m.quota_busy / (3.0 * m.wall)),
+                    format!(
+                        "{:.2} / {:.2} / {:.2}",
+                        m.idle.start, m.idle.between, m.idle.end
+                    ),
                     format!("{:.1}", m.searches as f64 / load.exports as f64),
                     format!("{:.2} / {:.2}", m.median, m.p95),
                 ]),
@@ -112,10 +167,12 @@ impl MonthEnd<'_> {
         }
         table.note(
             "efficiency = Splunk's limit / wall time, the limit being total events / (3 × the rate); \
-             quota in use = seconds searches held a place in the emulator's quota / (3 × wall)",
+             quota in use = seconds searches held a place in the emulator's quota / (3 × wall); \
+             quota idle = idle places × seconds / 3, before the quota first filled, until it was \
+             last full, and after",
         );
         table.print();
-        if failed.is_none() {
+        if failed.is_none() && self.fairness {
             match self.fairness(&target, &scratch).await {
                 Ok(line) => println!("{line}\n"),
                 Err(e) => failed = Some(e.context("fairness")),
@@ -169,12 +226,14 @@ impl MonthEnd<'_> {
 
         let mut workers = self.workers(&db_url, &emu, target, scratch, &load, n)?;
         let before = emu.stats();
+        let t0 = Instant::now();
         let mut ids = Vec::with_capacity(requests.len());
         for (ns, lo, hi) in &requests {
             ids.push(storage::enqueue(&pool, &export(ns, *lo, *hi)?).await?);
         }
         let outcome = wait_for(&pool, &ids, Duration::from_secs(600), &mut workers).await;
         let after = emu.stats();
+        let spans = emu.search_spans(t0);
         for worker in workers {
             worker.stop().await;
         }
@@ -199,6 +258,7 @@ impl MonthEnd<'_> {
         }
         waits.sort_by(f64::total_cmp);
         let wall = (last - first).num_milliseconds() as f64 / 1e3;
+        let idle = Idle::of(&spans, t0, t0 + Duration::from_secs_f64(wall), 3);
         Ok(Measured {
             wall,
             limit: events as f64 / (3.0 * self.per_sec as f64),
@@ -206,6 +266,7 @@ impl MonthEnd<'_> {
             p95: quantile(&waits, 0.95).unwrap_or(0.0),
             searches: after.export_requests - before.export_requests,
             quota_busy: (after.search_busy_micros - before.search_busy_micros) as f64 / 1e6,
+            idle,
         })
     }
 

@@ -167,6 +167,8 @@ pub(crate) struct Counters {
     running_searches: AtomicU64,
     peak_searches: AtomicU64,
     search_busy_micros: AtomicU64,
+    /// When each search that ended held its place in the quota (see [`RunningEmulator::search_spans`]).
+    search_spans: Mutex<Vec<(std::time::Instant, std::time::Instant)>>,
 }
 
 impl Counters {
@@ -219,11 +221,18 @@ impl SearchSlot {
 
 impl Drop for SearchSlot {
     fn drop(&mut self) {
-        let busy = self.1.elapsed().as_micros() as u64;
+        let ended = std::time::Instant::now();
+        let busy = (ended - self.1).as_micros() as u64;
         self.0
             .counters
             .search_busy_micros
             .fetch_add(busy, Ordering::Relaxed);
+        self.0
+            .counters
+            .search_spans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((self.1, ended));
         self.0
             .counters
             .running_searches
@@ -357,6 +366,23 @@ impl RunningEmulator {
             peak_searches: get(&c.peak_searches),
             search_busy_micros: get(&c.search_busy_micros),
         }
+    }
+
+    /// When each search that ended since `since` held its place in the quota, from its start to
+    /// its end, in start order: where the role's quota sat idle.
+    pub fn search_spans(
+        &self,
+        since: std::time::Instant,
+    ) -> Vec<(std::time::Instant, std::time::Instant)> {
+        let spans = self.shared.counters.search_spans.lock();
+        let mut spans: Vec<_> = spans
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(start, _)| *start >= since)
+            .copied()
+            .collect();
+        spans.sort();
+        spans
     }
 
     /// Stops listening (later connections are refused) and ends open connections.
