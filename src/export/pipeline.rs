@@ -230,6 +230,7 @@ impl JobHandler for ExportJob {
                     logs = streamed.logs,
                     "every row encoded; completing the upload"
                 );
+                ctx.reading_done();
                 // Completing is final: only while no other worker can take the job over (its
                 // lease may have run out while the database was away).
                 if let Err(e) = self.ready_to_complete(ctx, &key).await {

@@ -158,6 +158,8 @@ const ROWS_PER_SLICE: u64 = 15_000;
 struct Probe {
     path: PathBuf,
     bytes: u64,
+    /// The probe's place in the search quota once its search ended by itself, for a reader.
+    permit: Option<SearchPermit>,
     /// The rows kept are every row in `[until, end)`; `until == start` when the range held no
     /// more than the probe read.
     until: DateTime<Utc>,
@@ -165,15 +167,18 @@ struct Probe {
 }
 
 impl Probe {
-    /// Reads up to about `rows` of the newest rows to `path`, keeping whole seconds: rows of the
-    /// oldest second read may be incomplete, so they are left to the slices after.
+    /// Reads up to `rows` of the newest rows to `path`, keeping whole seconds: rows of the
+    /// oldest second read may be incomplete, so they are left to the slices after. The search
+    /// itself stops at `rows` (`| head`): Splunk ends it and frees its place in the role's
+    /// quota, which the first reader then takes over. (A search cut off by closing its stream
+    /// holds that place until Splunk notices, so the next search would be refused meanwhile.)
     async fn read(
         splunk: &SplunkClient,
         filters: &SearchFilters,
         rows: u64,
         path: PathBuf,
     ) -> Result<Self, SplunkError> {
-        let query = query_for(filters, filters.start, filters.end)?;
+        let query = query_for(filters, filters.start, filters.end)?.head(rows);
         let mut stream = splunk.export_holding(&query, None).await?;
         let file = tokio::fs::File::create(&path).await.map_err(spool_error)?;
         let mut out = BufWriter::with_capacity(64 * 1024, file);
@@ -181,7 +186,7 @@ impl Probe {
         let (mut bytes, mut kept) = (0u64, 0u64);
         // Where the second being read began in the file: (second, bytes, rows) before it.
         let mut second: Option<(i64, u64, u64)> = None;
-        let complete = loop {
+        loop {
             batch.clear();
             let more = stream.next_batch(&mut batch, 256).await?;
             for row in batch.iter() {
@@ -195,12 +200,12 @@ impl Probe {
                 kept += 1;
             }
             if !more {
-                break true;
+                break;
             }
-            if kept >= rows {
-                break false;
-            }
-        };
+        }
+        // Fewer rows than asked for: the range held no more.
+        let complete = kept < rows;
+        let permit = stream.take_permit();
         out.flush().await.map_err(spool_error)?;
         drop(out);
         let until = match (complete, second) {
@@ -227,6 +232,7 @@ impl Probe {
         Ok(Self {
             path,
             bytes,
+            permit,
             until,
             rows: kept,
         })
@@ -504,7 +510,7 @@ impl SlicedRows {
             ))
         })?;
         let dir_guard = SpoolDir(dir.clone());
-        let probe = match resume {
+        let mut probe = match resume {
             None if settings.probe_rows > 0 => {
                 let path = spool_path(&dir, 0, None);
                 match Probe::read(splunk, filters, settings.probe_rows, path).await {
@@ -545,7 +551,9 @@ impl SlicedRows {
         progress.done.store(skip, Ordering::Relaxed);
         let mut queue = VecDeque::new();
         let mut extra = 0;
-        // The probe's rows are the first slice, read already.
+        // The probe's rows are the first slice, read already; its place in the quota goes to
+        // the first reader.
+        let mut probe_permit = probe.as_mut().and_then(|p| p.permit.take());
         let mut probed = probe.map(|p| Spooled {
             path: p.path,
             bytes: p.bytes,
@@ -625,7 +633,7 @@ impl SlicedRows {
         };
         let mut readers = JoinSet::new();
         for _ in 0..lanes {
-            readers.spawn(shared.clone().lane());
+            readers.spawn(shared.clone().lane(probe_permit.take()));
         }
         // With every slice finished by an earlier attempt there is no first search to wait for.
         drop(started_tx);
@@ -837,9 +845,8 @@ impl Readers {
     /// One reader: takes the pieces in archive order, one search at a time; once every piece
     /// has been taken, helps the busiest one by splitting it. Ends early (one search fewer for
     /// this export, never none) when Splunk says its search quota is full.
-    async fn lane(self) {
-        // A finished search's quota permit, kept for this reader's next search.
-        let mut permit = None;
+    async fn lane(self, mut permit: Option<SearchPermit>) {
+        // `permit`: a finished search's quota permit, kept for this reader's next search.
         loop {
             let next = self
                 .queue

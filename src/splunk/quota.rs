@@ -6,14 +6,22 @@
 //! ends. Freeing a place notifies every process (`NOTIFY logexport_search_freed`), so a waiter
 //! anywhere takes it at once instead of finding it at its next look. A process that dies leaves a
 //! lease that expires.
+//!
+//! A place freed while a search of the same process waits goes straight to that waiter (the
+//! oldest first), without a round trip: at month-end every process has searches waiting, and
+//! each trip through Postgres leaves the place idle while Splunk could be reading. So that other
+//! processes get their turn, a place passes on this way at most [`LOCAL_PASSES`] times before it
+//! goes back to Postgres.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -28,6 +36,9 @@ const FIRST_PAUSE: Duration = Duration::from_millis(25);
 const LAST_PAUSE: Duration = Duration::from_millis(500);
 /// The channel a freed place is announced on.
 const FREED_CHANNEL: &str = "logexport_search_freed";
+/// Times a place passes from one search to a waiting one of the same process before it is
+/// freed through Postgres for every process (see the module's documentation).
+const LOCAL_PASSES: u32 = 4;
 
 /// The cluster-wide limit on concurrent Splunk searches.
 #[derive(Debug, Clone)]
@@ -44,6 +55,36 @@ struct QuotaInner {
     freed: Arc<Notify>,
     /// The places exist and the listener runs, once the first permit is asked for.
     ready: tokio::sync::OnceCell<JoinHandle<()>>,
+    /// This process's waiters, oldest first: a place freed here is handed to the first.
+    waiters: Mutex<VecDeque<(u64, oneshot::Sender<SearchPermit>)>>,
+    next_waiter: AtomicU64,
+}
+
+impl QuotaInner {
+    /// The oldest waiter still in line, taken out of it.
+    fn first_waiter(&self) -> Option<oneshot::Sender<SearchPermit>> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((_, tx)) = waiters.pop_front() {
+            if !tx.is_closed() {
+                return Some(tx);
+            }
+        }
+        None
+    }
+}
+
+/// A waiter's place in this process's line; leaving (a permit taken, or the wait given up)
+/// takes it out.
+struct InLine<'a> {
+    inner: &'a QuotaInner,
+    ticket: u64,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        waiters.retain(|(ticket, _)| *ticket != self.ticket);
+    }
 }
 
 impl Drop for QuotaInner {
@@ -54,12 +95,16 @@ impl Drop for QuotaInner {
     }
 }
 
-/// One running search's place in the quota; freed when dropped.
+/// One running search's place in the quota; when dropped, handed to a waiter of this process or
+/// freed.
 #[derive(Debug)]
 pub struct SearchPermit {
     id: Uuid,
     quota: Arc<QuotaInner>,
-    renew: JoinHandle<()>,
+    /// Renews the place's lease; `None` once the place has moved on.
+    renew: Option<JoinHandle<()>>,
+    /// Times the place passed between this process's searches since it was taken.
+    passes: u32,
 }
 
 impl SearchQuota {
@@ -77,6 +122,8 @@ impl SearchQuota {
                 holder,
                 freed: Arc::new(Notify::new()),
                 ready: tokio::sync::OnceCell::new(),
+                waiters: Mutex::default(),
+                next_waiter: AtomicU64::new(0),
             }),
         }
     }
@@ -125,17 +172,33 @@ impl SearchQuota {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = FIRST_PAUSE;
         self.ready().await?;
+        let inner = &*self.inner;
+        // In line before looking: a place this process frees meanwhile comes here.
+        let (tx, mut handed) = oneshot::channel();
+        let ticket = inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back((ticket, tx));
+        let _in_line = InLine { inner, ticket };
         loop {
             // Listening before looking: a place freed meanwhile wakes us.
-            let freed = self.inner.freed.notified();
+            let freed = inner.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
+            if let Ok(permit) = handed.try_recv() {
+                return Ok(permit);
+            }
             if let Some(id) = self.try_take(purpose).await? {
                 METRICS.searches_running.inc();
+                // A place handed over meanwhile moves on to the next waiter (its drop does).
+                drop(handed.try_recv());
                 return Ok(SearchPermit {
                     id,
                     quota: self.inner.clone(),
-                    renew: tokio::spawn(renew(self.inner.pool.clone(), id)),
+                    renew: Some(tokio::spawn(renew(inner.pool.clone(), id))),
+                    passes: 0,
                 });
             }
             if pause == FIRST_PAUSE {
@@ -149,7 +212,7 @@ impl SearchQuota {
                     message: format!(
                         "all {} Splunk searches allowed at once (splunk.max_concurrent_searches) \
                          stayed busy for {} s",
-                        self.inner.limit,
+                        inner.limit,
                         wait.as_secs()
                     ),
                     retryable: true,
@@ -160,6 +223,9 @@ impl SearchQuota {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => pause = (pause * 2).min(LAST_PAUSE),
                 () = freed => {}
+                permit = &mut handed => if let Ok(permit) = permit {
+                    return Ok(permit);
+                },
             }
         }
     }
@@ -264,8 +330,24 @@ async fn renew(pool: PgPool, id: Uuid) {
 
 impl Drop for SearchPermit {
     fn drop(&mut self) {
+        let Some(renew) = self.renew.take() else {
+            return;
+        };
+        if self.passes < LOCAL_PASSES
+            && let Some(waiter) = self.quota.first_waiter()
+        {
+            let next = SearchPermit {
+                id: self.id,
+                quota: self.quota.clone(),
+                renew: Some(renew),
+                passes: self.passes + 1,
+            };
+            // A waiter that gave up meanwhile drops it again: the next one gets it, or Postgres.
+            let _ = waiter.send(next);
+            return;
+        }
         METRICS.searches_running.dec();
-        self.renew.abort();
+        renew.abort();
         let (quota, id) = (self.quota.clone(), self.id);
         // Freed in the background: a drop cannot wait. Should it fail, the lease expires.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

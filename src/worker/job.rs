@@ -67,6 +67,18 @@ pub struct JobContext {
     slices: Arc<[AtomicU64; 3]>,
     checkpoints: Option<CheckpointStore>,
     lease: Option<Arc<LeaseClock>>,
+    /// Run once when the job no longer reads from Splunk (see [`JobContext::reading_done`]).
+    reading_done: Arc<ReadingDone>,
+}
+
+/// What the runner does when a job stops reading from Splunk.
+#[derive(Default)]
+struct ReadingDone(Mutex<Option<Box<dyn FnOnce() + Send>>>);
+
+impl std::fmt::Debug for ReadingDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadingDone")
+    }
 }
 
 /// What the worker knows of its lease: until when no other worker can hold the job.
@@ -107,6 +119,31 @@ impl JobContext {
             enough,
         }));
         self
+    }
+
+    /// The same context, running `done` once the job says it no longer reads from Splunk.
+    pub fn on_reading_done(self, done: impl FnOnce() + Send + 'static) -> Self {
+        *self
+            .reading_done
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(done));
+        self
+    }
+
+    /// Says the job has read everything it needs from Splunk and only finishes now (completing
+    /// the upload, sealing, the manifest): the worker may start another export meanwhile, whose
+    /// reading overlaps this one's finish.
+    pub fn reading_done(&self) {
+        let done = self
+            .reading_done
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(done) = done {
+            done();
+        }
     }
 
     /// Records a renewal: no other worker can hold the job before `until`.

@@ -101,6 +101,9 @@ impl WorkerPool {
         let listener_stop = CancellationToken::new();
         let listener = QueueListener::spawn(self.pool.clone(), listener_stop.clone());
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        // Exports past their reading (finishing: completing the upload, sealing) give their slot
+        // to the next export and hold one of these instead: as many again at most.
+        let finishing = Arc::new(Semaphore::new(self.settings.concurrency));
         let tracker = TaskTracker::new();
         let hard_stop = CancellationToken::new();
         tracing::info!(worker_id = %self.settings.worker_id, concurrency = self.settings.concurrency, "worker started");
@@ -108,10 +111,11 @@ impl WorkerPool {
         // A few claimers in parallel: one claim is several round trips, so a single claimer
         // would cap the process at 1/latency jobs per second however many slots are free.
         let claimers = self.settings.concurrency.clamp(1, 4);
-        futures::future::join_all(
-            (0..claimers)
-                .map(|_| self.claim_loop(&listener, &slots, &tracker, &shutdown, &hard_stop)),
-        )
+        futures::future::join_all((0..claimers).map(|_| {
+            self.claim_loop(
+                &listener, &slots, &finishing, &tracker, &shutdown, &hard_stop,
+            )
+        }))
         .await;
 
         tracker.close();
@@ -141,6 +145,7 @@ impl WorkerPool {
         &self,
         listener: &QueueListener,
         slots: &Arc<Semaphore>,
+        finishing: &Arc<Semaphore>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
         hard_stop: &CancellationToken,
@@ -170,6 +175,7 @@ impl WorkerPool {
             }
             match claim {
                 Ok(Some(job)) => {
+                    let held = Arc::new(Mutex::new(vec![permit]));
                     let attempt = AttemptRunner {
                         pool: self.pool.clone(),
                         settings: self.settings.clone(),
@@ -177,12 +183,17 @@ impl WorkerPool {
                         running: self.running.clone(),
                         lease_until: self.settings.lease_deadline(asked),
                         hard_stop: hard_stop.clone(),
+                        slot: SlotHandOver {
+                            held: held.clone(),
+                            finishing: finishing.clone(),
+                        },
                     };
                     let span = tracing::info_span!("export_job", export_id = %job.id, attempt = job.attempt, namespace = %job.namespace);
                     tracker.spawn(
                         async move {
                             attempt.run(job).await;
-                            drop(permit);
+                            // Freed now, whatever clones of the hand-over outlive the attempt.
+                            held.lock().unwrap_or_else(|p| p.into_inner()).clear();
                         }
                         .instrument(span),
                     );
@@ -213,6 +224,25 @@ impl WorkerPool {
     }
 }
 
+/// An attempt's slot in the process; once the export stops reading from Splunk it is given to
+/// the next export for a place among the finishing ones, when one is free (see
+/// [`JobContext::reading_done`]).
+#[derive(Clone)]
+struct SlotHandOver {
+    held: Arc<Mutex<Vec<tokio::sync::OwnedSemaphorePermit>>>,
+    finishing: Arc<Semaphore>,
+}
+
+impl SlotHandOver {
+    fn hand_over(&self) {
+        if let Ok(finishing) = self.finishing.clone().try_acquire_owned() {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            // The slot goes back to the claimers; the place among the finishing ones is kept.
+            *held = vec![finishing];
+        }
+    }
+}
+
 /// Runs one claimed attempt and records its outcome.
 struct AttemptRunner {
     pool: PgPool,
@@ -223,13 +253,16 @@ struct AttemptRunner {
     lease_until: Instant,
     /// Set once the shutdown grace is over: outcomes no longer wait for the database.
     hard_stop: CancellationToken,
+    slot: SlotHandOver,
 }
 
 impl AttemptRunner {
     async fn run(self, job: ClaimedJob) {
         // An irreversible step (completing the upload) waits for a third of a lease in hand.
+        let slot = self.slot.clone();
         let ctx = JobContext::with_checkpoints(self.pool.clone(), job.id, job.attempt)
-            .with_lease(self.lease_until, self.settings.lease / 3);
+            .with_lease(self.lease_until, self.settings.lease / 3)
+            .on_reading_done(move || slot.hand_over());
         if let Ok(mut running) = self.running.lock() {
             running.insert(job.id, ctx.clone());
         }
