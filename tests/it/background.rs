@@ -266,9 +266,12 @@ async fn a_panicking_audit_batch_is_shipped_again_once_and_the_next_event_is_shi
         .unwrap()
         .expect("the HEC sink")
         .with_before_post(Arc::new(move |ids: &[Uuid]| {
-            let mut seen = seen.lock().unwrap();
-            seen.push((ids.to_vec(), Instant::now()));
-            if seen.len() == 1 {
+            let first = {
+                let mut seen = seen.lock().unwrap();
+                seen.push((ids.to_vec(), Instant::now()));
+                seen.len() == 1
+            };
+            if first {
                 panic!("the audit batch broke");
             }
         }));
