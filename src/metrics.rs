@@ -55,6 +55,20 @@ struct Request {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+/// The kinds of background work whose panics are counted (exported as 0 from the start).
+pub const BACKGROUND_KINDS: [&str; 5] = [
+    "export",
+    "notification",
+    "audit_shipping",
+    "schedule_tick",
+    "housekeeping",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Notification {
     channel: String,
     outcome: String,
@@ -152,6 +166,7 @@ pub struct Metrics {
     export_bytes: Counter,
     export_rate: Histogram,
     notification_duration: Family<Notification, Histogram>,
+    background_panics: Family<Kind, Counter>,
     /// Splunk searches this process runs now (export slices and listings).
     pub searches_running: Gauge,
     queue_jobs: Family<State, Gauge>,
@@ -243,6 +258,18 @@ impl Metrics {
             "Time of one notification delivery attempt, by channel and outcome.",
             notification_duration.clone(),
         );
+        let background_panics = Family::<Kind, Counter>::default();
+        for kind in BACKGROUND_KINDS {
+            let _zero = background_panics.get_or_create(&Kind {
+                kind: kind.to_owned(),
+            });
+        }
+        registry.register(
+            "logexport_background_panics",
+            "Units of background work (an export attempt, a notification delivery, an audit \
+             batch, a scheduler tick, a housekeeping pass) that panicked; their loops went on.",
+            background_panics.clone(),
+        );
         let searches_running = Gauge::default();
         registry.register(
             "logexport_splunk_searches_running",
@@ -291,6 +318,7 @@ impl Metrics {
             export_bytes,
             export_rate,
             notification_duration,
+            background_panics,
             searches_running,
             queue_jobs,
             oldest_queued,
@@ -370,6 +398,15 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// A unit of background work of `kind` panicked.
+    pub fn background_panic(&self, kind: &str) {
+        self.background_panics
+            .get_or_create(&Kind {
+                kind: kind.to_owned(),
+            })
+            .inc();
     }
 
     /// Renders everything as OpenMetrics text, with the database figures read at scrape time.

@@ -51,7 +51,7 @@ fn estimated_seconds_left(row: &ExportRow) -> Option<i64> {
 /// The status document for one export; `public_url` roots its `download_url`.
 pub fn status_json(row: &ExportRow, public_url: &str) -> serde_json::Value {
     let state = row.state();
-    let range = row.range();
+    let range = row.labelled_range();
     let link_valid = row.object_deleted_at.is_none()
         && row.url_expires_at.is_some_and(|t| t > chrono::Utc::now());
     json!({

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::{AuditSink, Config};
 
-pub use shipper::Shipper;
+pub use shipper::{BeforePost, Shipper};
 
 /// One audit event, before it is shaped for the sink.
 #[derive(Debug, Clone)]

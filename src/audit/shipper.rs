@@ -4,7 +4,7 @@
 //! lock, outlives an outage of the database: events HEC accepted meanwhile are deleted by the
 //! shipper that sent them once the database is back, never sent again by another.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,18 +16,19 @@ use uuid::Uuid;
 use crate::config::{AuditSink, Config, Secret};
 use crate::metrics::METRICS;
 use crate::queue::RetryPolicy;
+use crate::worker::{WorkKind, contain};
 
 const BATCH: i64 = 100;
+
+/// A test seam, called with a batch's event ids just before the batch is sent, inside the
+/// batch's unit of work: a test makes it panic to show that the batch is retried later, neither
+/// lost nor sent twice. Not set outside tests.
+pub type BeforePost = Arc<dyn Fn(&[Uuid]) + Send + Sync>;
 
 /// The outbox's delivery loop.
 pub struct Shipper {
     pool: PgPool,
-    http: reqwest::Client,
-    url: String,
-    token: Secret,
-    index: String,
-    sourcetype: String,
-    host: String,
+    hec: Hec,
     retry: RetryPolicy,
     poll: Duration,
     /// Longer than a delivery can take.
@@ -61,12 +62,15 @@ impl Shipper {
         };
         Ok(Some(Self {
             pool,
-            http,
-            url: audit.hec_url.clone(),
-            token: audit.hec_token.clone(),
-            index: audit.index.clone(),
-            sourcetype: audit.sourcetype.clone(),
-            host,
+            hec: Hec {
+                http,
+                url: audit.hec_url.clone(),
+                token: audit.hec_token.clone(),
+                index: audit.index.clone(),
+                sourcetype: audit.sourcetype.clone(),
+                host,
+                before_post: None,
+            },
             retry: RetryPolicy {
                 base: Duration::from_secs(audit.backoff_base_seconds.max(1)),
                 max: Duration::from_secs(audit.backoff_max_seconds.max(1)),
@@ -77,27 +81,42 @@ impl Shipper {
         }))
     }
 
+    /// Installs the [`BeforePost`] test seam.
+    pub fn with_before_post(mut self, hook: BeforePost) -> Self {
+        self.hec.before_post = Some(hook);
+        self
+    }
+
     /// Ships until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        tracing::info!(url = %self.url, "audit events go to Splunk HEC");
+        tracing::info!(url = %self.hec.url, "audit events go to Splunk HEC");
+        let this = Arc::new(self);
         loop {
-            let more = match self.ship_once().await {
-                Ok(shipped) => shipped == BATCH as usize,
-                Err(e) if crate::db::is_unavailable(&e) => {
+            let shipper = this.clone();
+            let shipped = contain(
+                WorkKind::AuditShipping,
+                async move { shipper.ship_once().await },
+            );
+            let more = match shipped.await {
+                Ok(Ok(shipped)) => shipped == BATCH as usize,
+                Ok(Err(e)) if crate::db::is_unavailable(&e) => {
                     crate::db::report_unavailable("audit", &e);
                     false
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "audit outbox: shipping failed");
                     false
                 }
+                // Outside the post (whose panic is a failed attempt, see `ship_once`): the
+                // batch's lease runs out and it is shipped again.
+                Err(_) => false,
             };
             if more {
                 continue;
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.poll) => {}
+                _ = tokio::time::sleep(this.poll) => {}
             }
         }
     }
@@ -126,20 +145,18 @@ impl Shipper {
         }
         rows.sort_by_key(|(id, _, _, created_at)| (*created_at, *id));
         let ids: Vec<Uuid> = rows.iter().map(|(id, _, _, _)| *id).collect();
-        let mut body = Vec::new();
-        for (_, event, _, _) in &rows {
-            let mut envelope = json!({
-                "event": event,
-                "time": event["datetime"],
-                "host": self.host,
-                "sourcetype": self.sourcetype,
-            });
-            if !self.index.is_empty() {
-                envelope["index"] = Value::from(self.index.as_str());
-            }
-            serde_json::to_writer(&mut body, &envelope).expect("JSON to memory");
-        }
-        match self.post(body).await {
+        let attempts = rows.iter().map(|(_, _, a, _)| *a).max().unwrap_or(0) as u32 + 1;
+        let events: Vec<Value> = rows.into_iter().map(|(_, event, _, _)| event).collect();
+        // A unit of its own: a panic before HEC answered is a failed attempt of the batch,
+        // retried with the backoff below like a refused post.
+        let hec = self.hec.clone();
+        let batch = ids.clone();
+        let posted = contain(WorkKind::AuditShipping, async move {
+            hec.ship(&batch, &events).await
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match posted {
             Ok(()) => {
                 for _ in &ids {
                     METRICS.incr("logexport_audit_events_total", "delivered");
@@ -152,7 +169,6 @@ impl Shipper {
                 Ok(ids.len())
             }
             Err(error) => {
-                let attempts = rows.iter().map(|(_, _, a, _)| *a).max().unwrap_or(0) as u32 + 1;
                 let delay = self.retry.delay(attempts);
                 tracing::warn!(%error, events = ids.len(), attempts, retry_in = ?delay,
                     "audit events not delivered to Splunk HEC; kept for a retry");
@@ -191,6 +207,41 @@ impl Shipper {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|id| !ids.contains(id));
         Ok(())
+    }
+}
+
+/// Splunk HTTP Event Collector, as the shipper posts to it.
+#[derive(Clone)]
+struct Hec {
+    http: reqwest::Client,
+    url: String,
+    token: Secret,
+    index: String,
+    sourcetype: String,
+    host: String,
+    before_post: Option<BeforePost>,
+}
+
+impl Hec {
+    /// Sends one batch of events (with their `ids`) in Splunk's envelope.
+    async fn ship(&self, ids: &[Uuid], events: &[Value]) -> Result<(), String> {
+        if let Some(hook) = &self.before_post {
+            hook(ids);
+        }
+        let mut body = Vec::new();
+        for event in events {
+            let mut envelope = json!({
+                "event": event,
+                "time": event["datetime"],
+                "host": self.host,
+                "sourcetype": self.sourcetype,
+            });
+            if !self.index.is_empty() {
+                envelope["index"] = Value::from(self.index.as_str());
+            }
+            serde_json::to_writer(&mut body, &envelope).expect("JSON to memory");
+        }
+        self.post(body).await
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<(), String> {

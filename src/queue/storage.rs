@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, ClaimedJob, ExportRow, Finish, JobState, NewExport};
-use crate::domain::{ExportId, Namespace, Performer, RepositoryName};
+use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, Claim, ExportRow, Finish, JobState, NewExport};
+use crate::domain::{ExportId, Performer, RepositoryName};
 
 const SELECT_ROW: &str = "SELECT * FROM export_jobs";
 
@@ -145,12 +145,13 @@ async fn notify(tx: &mut Transaction<'_, Postgres>, channel: &str) -> sqlx::Resu
 
 /// Claims the next runnable job (due and queued, or running with an expired lease) in a short
 /// transaction, respecting the per-namespace limit, and starts a new attempt with a fresh lease.
+/// A claimed row whose request no longer parses is returned as such, for the runner to end.
 pub async fn claim_next(
     pool: &PgPool,
     worker_id: &str,
     lease: Duration,
     per_namespace_limit: u32,
-) -> sqlx::Result<Option<ClaimedJob>> {
+) -> sqlx::Result<Option<Claim>> {
     let mut skipped: Vec<String> = Vec::new();
     for _ in 0..16 {
         let mut tx = pool.begin().await?;
@@ -225,45 +226,9 @@ pub async fn claim_next(
             continue;
         };
         tx.commit().await?;
-        return Ok(Some(claimed(row)));
+        return Ok(Some(Claim::from(&row)));
     }
     Ok(None)
-}
-
-fn claimed(row: ExportRow) -> ClaimedJob {
-    ClaimedJob {
-        id: ExportId(row.id),
-        attempt: row.attempt,
-        attempts_forgiven: row.attempts_forgiven,
-        max_attempts: row.max_attempts,
-        scope: row
-            .scope
-            .parse()
-            .unwrap_or(crate::domain::ExportScope::Organization),
-        // Stored values were validated at enqueue; re-parsing guards against manual edits.
-        namespace: Namespace::parse(&row.namespace)
-            .unwrap_or_else(|_| Namespace::parse("invalid-namespace").expect("valid literal")),
-        repository: row
-            .repository
-            .as_deref()
-            .and_then(|r| RepositoryName::parse(r).ok()),
-        requested_by: row.requested_by.clone(),
-        range: row.range(),
-        format: row
-            .format
-            .parse()
-            .unwrap_or(crate::domain::ExportFormat::Json),
-        compression: row
-            .compression
-            .parse()
-            .unwrap_or(crate::domain::Compression::None),
-        performer: row
-            .performer
-            .as_deref()
-            .and_then(|p| Performer::parse(p).ok()),
-        kinds: row.kinds.clone(),
-        checkpoint: row.checkpoint.clone(),
-    }
 }
 
 /// A running attempt's progress, as the heartbeat records it.

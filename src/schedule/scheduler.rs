@@ -23,9 +23,11 @@ use crate::config::Config;
 use crate::domain::{ExportId, Namespace, RepositoryName};
 use crate::metrics::METRICS;
 use crate::queue::storage as queue;
+use crate::worker::{WorkKind, contain};
 
 /// A test hook run with a schedule's transaction still open, its runs and exports written: a test
-/// can stop the scheduler there to show that a crash before the commit leaves nothing behind.
+/// can stop the scheduler there to show that a crash before the commit leaves nothing behind, or
+/// panic there to show that the next tick still runs.
 pub type BeforeCommit = Arc<dyn Fn(Uuid) -> BoxFuture<'static, ()> + Send + Sync>;
 
 /// Turns closed periods into exports; any number may run against one database.
@@ -84,17 +86,26 @@ impl Scheduler {
     /// Runs until shutdown, ticking with the wall clock.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
-            match self.tick(Utc::now()).await {
-                Ok(report) if report != TickReport::default() => {
+            let scheduler = self.clone();
+            let tick = contain(WorkKind::ScheduleTick, async move {
+                scheduler.tick(Utc::now()).await
+            });
+            match tick.await {
+                Ok(Ok(report)) if report != TickReport::default() => {
                     tracing::info!(?report, "scheduler tick")
                 }
-                Ok(_) => {}
-                Err(e) if crate::db::is_unavailable(&e) => {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) if crate::db::is_unavailable(&e) => {
                     // Each period is enqueued with its run row or not at all: the next tick
                     // after the outage does what this one could not.
                     crate::db::report_unavailable("schedule", &e)
                 }
-                Err(e) => tracing::warn!(error = %e, "scheduler tick failed; retrying next tick"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "scheduler tick failed; retrying next tick")
+                }
+                // Logged and counted by `contain`. The panicking turn's transaction rolled back
+                // with its task: the next tick does what this one could not.
+                Err(_) => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use super::contained::{WorkKind, contain};
 use crate::config::Config;
 use crate::queue::storage;
 use crate::storage::{ObjectStore, manifest_key};
@@ -79,11 +80,16 @@ impl Housekeeper {
         }
     }
 
-    /// Runs until shutdown.
+    /// Runs until shutdown; a pass that panics is logged and counted, and the next one runs.
     pub async fn run(self, shutdown: CancellationToken) {
         let interval = Duration::from_secs(self.config.worker.housekeeping_interval_seconds.max(1));
+        let this = Arc::new(self);
         loop {
-            self.run_once().await;
+            let housekeeper = this.clone();
+            let _logged = contain(WorkKind::Housekeeping, async move {
+                housekeeper.run_once().await
+            })
+            .await;
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}

@@ -1,10 +1,12 @@
 //! The worker pool: claims jobs, runs them under a lease, and records how they ended.
 
+mod contained;
 mod housekeeping;
 mod job;
 mod notifier;
 mod runner;
 
+pub use contained::{Contained, UnitError, WorkKind, contain};
 pub use housekeeping::Housekeeper;
 pub use job::{JobContext, JobError, JobHandler, NoopHandler, StopReason};
 pub use notifier::{Notifier, notice};

@@ -2,14 +2,17 @@
 //! channel through `notify`, and records the result with its own backoff — never re-running
 //! the export.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use url::Url;
 
+use super::contained::{WorkKind, contain};
 use crate::config::Config;
 use crate::domain::{CallbackUrl, EmailAddress, ExportId};
 use crate::metrics::METRICS;
@@ -82,13 +85,22 @@ impl Notifier {
             let woken = listener.notify_due.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            match self.deliver_next().await {
-                Ok(true) => continue,
-                Ok(false) => crate::db::report_available(),
-                Err(e) if crate::db::is_unavailable(&e) => {
+            let this = self.clone();
+            match contain(
+                WorkKind::Notification,
+                async move { this.deliver_next().await },
+            )
+            .await
+            {
+                Ok(Ok(true)) => continue,
+                Ok(Ok(false)) => crate::db::report_available(),
+                Ok(Err(e)) if crate::db::is_unavailable(&e) => {
                     crate::db::report_unavailable("notify", &e)
                 }
-                Err(e) => tracing::warn!(error = %e, "claiming a notification failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "claiming a notification failed"),
+                // Outside a channel's send (whose panic is a failed attempt, see `send`): the
+                // claim counted the attempt, and its lease running out retries the notification.
+                Err(_) => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -105,9 +117,7 @@ impl Notifier {
         };
         let span =
             tracing::info_span!("notify", export_id = %row.id, attempt = row.notify_attempts);
-        let _enter = span.enter();
-        drop(_enter);
-        self.deliver(row).await?;
+        self.deliver(row).instrument(span).await?;
         Ok(true)
     }
 
@@ -122,7 +132,10 @@ impl Notifier {
         if let (false, Some(address)) = (email_done, row.callback_email.as_deref()) {
             let started = std::time::Instant::now();
             let delivery = match EmailAddress::parse(address) {
-                Ok(to) => self.mailer.send(&to, &notice).await,
+                Ok(to) => {
+                    let (mailer, notice) = (self.mailer.clone(), notice.clone());
+                    send(async move { mailer.send(&to, &notice).await }).await
+                }
                 Err(e) => Delivery::give_up(e.to_string()),
             };
             hint = hint.max(retry_after(&delivery));
@@ -139,7 +152,10 @@ impl Notifier {
         if let (false, Some(url)) = (callback_done, row.callback_url.as_deref()) {
             let started = std::time::Instant::now();
             let delivery = match CallbackUrl::from_stored(url) {
-                Ok(url) => self.callbacks.send(&url, &notice).await,
+                Ok(url) => {
+                    let (callbacks, notice) = (self.callbacks.clone(), notice.clone());
+                    send(async move { callbacks.send(&url, &notice).await }).await
+                }
                 Err(e) => Delivery::give_up(e.to_string()),
             };
             hint = hint.max(retry_after(&delivery));
@@ -225,6 +241,15 @@ impl Notifier {
     }
 }
 
+/// One channel's delivery attempt as a unit of its own: a panic in it is that channel's failed
+/// attempt, retried with the notifier's backoff and counted against its attempts like any
+/// transient failure, while a channel already delivered is not sent again.
+async fn send(delivery: impl Future<Output = Delivery> + Send + 'static) -> Delivery {
+    contain(WorkKind::Notification, delivery)
+        .await
+        .unwrap_or_else(|e| Delivery::retry(e.to_string()))
+}
+
 fn retry_after(delivery: &Delivery) -> Option<Duration> {
     match delivery {
         Delivery::Retry { retry_after, .. } => *retry_after,
@@ -259,7 +284,7 @@ pub fn notice(row: &ExportRow, public_url: &str) -> Notice {
         export_id: ExportId(row.id),
         namespace: row.namespace.clone(),
         repository: row.repository.clone(),
-        range: row.range(),
+        range: row.labelled_range(),
         outcome,
         download_url: (row.state() == JobState::Succeeded)
             .then(|| crate::notify::download_url(public_url, row.id)),

@@ -10,12 +10,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::contained::{UnitError, WorkKind, contain};
 use super::job::{JobContext, JobError, JobHandler, StopReason};
 use crate::config::WorkerConfig;
 use crate::db;
 use crate::domain::ExportId;
 use crate::metrics::METRICS;
-use crate::queue::{ClaimedJob, ExportResult, Finish, QueueListener, RetryPolicy, storage};
+use crate::queue::{
+    Claim, ClaimedJob, ExportResult, Finish, QueueListener, RetryPolicy, UnreadableColumn, storage,
+};
 
 /// The worker's tunables, derived from `[worker]`.
 #[derive(Debug, Clone)]
@@ -174,7 +177,7 @@ impl WorkerPool {
                 db::report_available();
             }
             match claim {
-                Ok(Some(job)) => {
+                Ok(Some(claim)) => {
                     let held = Arc::new(Mutex::new(vec![permit]));
                     let attempt = AttemptRunner {
                         pool: self.pool.clone(),
@@ -188,10 +191,13 @@ impl WorkerPool {
                             finishing: finishing.clone(),
                         },
                     };
-                    let span = tracing::info_span!("export_job", export_id = %job.id, attempt = job.attempt, namespace = %job.namespace);
+                    let span = tracing::info_span!("export_job", export_id = %claim.id, attempt = claim.attempt, namespace = tracing::field::Empty);
+                    if let Ok(job) = &claim.job {
+                        span.record("namespace", tracing::field::display(&job.namespace));
+                    }
                     tracker.spawn(
                         async move {
-                            attempt.run(job).await;
+                            attempt.run(claim).await;
                             // Freed now, whatever clones of the hand-over outlive the attempt.
                             held.lock().unwrap_or_else(|p| p.into_inner()).clear();
                         }
@@ -257,7 +263,11 @@ struct AttemptRunner {
 }
 
 impl AttemptRunner {
-    async fn run(self, job: ClaimedJob) {
+    async fn run(self, claim: Claim) {
+        let job = match claim.job {
+            Ok(job) => job,
+            Err(unreadable) => return self.refuse(claim.id, claim.attempt, unreadable).await,
+        };
         // An irreversible step (completing the upload) waits for a third of a lease in hand.
         let slot = self.slot.clone();
         let ctx = JobContext::with_checkpoints(self.pool.clone(), job.id, job.attempt)
@@ -297,29 +307,40 @@ impl AttemptRunner {
         }
     }
 
+    /// Ends a claimed job whose stored request does not parse as invalid, without running it:
+    /// the fenced finish names the column and schedules the export's one notice.
+    async fn refuse(self, id: ExportId, attempt: i32, unreadable: UnreadableColumn) {
+        METRICS.job_started();
+        let started = Instant::now();
+        let column = unreadable.column;
+        let message = format!("{:#}", anyhow::Error::new(unreadable));
+        tracing::warn!(column, error = %message, "the stored export does not parse; it is not run");
+        let outcome = self.finish(id, attempt, &Finish::Invalid(message)).await;
+        METRICS.job_finished(outcome, started.elapsed());
+    }
+
     async fn run_body(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError> {
         let handler = self.handler.clone();
         let (job_copy, ctx_copy) = (job.clone(), ctx.clone());
-        // Its own task, so a panic is caught and counted as a failed attempt.
-        let mut body =
-            tokio::spawn(async move { handler.run(&job_copy, &ctx_copy).await }.in_current_span());
-        let joined = tokio::select! {
-            joined = &mut body => joined,
+        let mut body = contain(WorkKind::Export, async move {
+            handler.run(&job_copy, &ctx_copy).await
+        });
+        let ended = tokio::select! {
+            ended = &mut body => ended,
             _ = tokio::time::sleep(self.settings.max_work) => {
                 ctx.stop(StopReason::TimedOut);
                 match tokio::time::timeout(Duration::from_secs(30), &mut body).await {
-                    Ok(joined) => joined,
-                    Err(_) => {
-                        body.abort();
-                        return Err(JobError::Stopped);
-                    }
+                    Ok(ended) => ended,
+                    // Dropping the body aborts its task.
+                    Err(_) => return Err(JobError::Stopped),
                 }
             }
         };
-        match joined {
+        match ended {
             Ok(result) => result,
-            Err(e) if e.is_panic() => Err(JobError::Retryable("the export job panicked".into())),
-            Err(_) => Err(JobError::Stopped),
+            // A panic is a failed attempt, retried like any other.
+            Err(e @ UnitError::Panicked { .. }) => Err(JobError::Retryable(e.to_string())),
+            Err(UnitError::Cancelled { .. }) => Err(JobError::Stopped),
         }
     }
 
@@ -404,7 +425,12 @@ impl AttemptRunner {
                 Finish::Failed(format!("{message} (gave up after {spent} attempts)"))
             }
         };
-        let label = match &finish {
+        self.finish(id, attempt, &finish).await
+    }
+
+    /// Records the attempt's terminal outcome (fenced) and returns its metrics label.
+    async fn finish(&self, id: ExportId, attempt: i32, finish: &Finish) -> &'static str {
+        let label = match finish {
             Finish::Succeeded(_) => "succeeded",
             Finish::Failed(_) => "failed",
             Finish::TimedOut(_) => "timed_out",
@@ -412,9 +438,9 @@ impl AttemptRunner {
             Finish::Cancelled => "cancelled",
         };
         // Kept until the database takes it: a result lost to an outage would be worked again.
-        let recorded = self.recorded(|| storage::finish(&self.pool, id, attempt, &finish));
+        let recorded = self.recorded(|| storage::finish(&self.pool, id, attempt, finish));
         match recorded.await {
-            Ok(true) => match &finish {
+            Ok(true) => match finish {
                 Finish::Failed(e) | Finish::TimedOut(e) | Finish::Invalid(e) => {
                     tracing::warn!(outcome = label, error = %e, "export finished")
                 }
@@ -424,7 +450,7 @@ impl AttemptRunner {
                 tracing::warn!("the job was reclaimed elsewhere; outcome not recorded");
                 // Its new holder writes an archive of its own: this one would be an orphan. (Not
                 // when this very outcome was recorded by a try whose answer the outage lost.)
-                if let Finish::Succeeded(result) = &finish {
+                if let Finish::Succeeded(result) = finish {
                     let recorded_key = storage::get(&self.pool, id)
                         .await
                         .map(|row| row.and_then(|r| r.object_key));

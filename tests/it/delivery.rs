@@ -7,6 +7,7 @@ use logexport::emulator::Faults;
 use serde_json::{Value, json};
 
 use crate::export::ExportEnv;
+use crate::helpers::{finished_export, test_config, test_db};
 use crate::notify::harness::{Receiver, Reply, SmtpSink, free_port};
 
 const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
@@ -295,4 +296,72 @@ async fn mail_is_delivered_after_the_smtp_server_comes_back() {
     assert_eq!(sink.messages().len(), 1);
     stop.cancel();
     notifier.await.unwrap();
+}
+
+/// Log output kept in memory, for a test to read.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn every_log_line_of_a_delivery_carries_its_export_id() {
+    use tracing::instrument::WithSubscriber;
+
+    let sink = SmtpSink::start(free_port(), &[]).await;
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.email.transport = "smtp".into();
+    config.email.smtp_url = Secret::new(format!("smtp://127.0.0.1:{}", sink.port));
+    let id = finished_export(&pool, "acme", "admin@example.com").await;
+    let mailer = logexport::notify::mailer_from_config(&config.email).unwrap();
+    let notifier = logexport::worker::Notifier::new(pool.clone(), &config, mailer).unwrap();
+
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let delivered = notifier.deliver_next().with_subscriber(subscriber).await;
+    assert!(delivered.unwrap(), "a notification was due");
+    assert_eq!(sink.messages().len(), 1);
+
+    let text = logs.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("logexport::worker::notifier"))
+        .collect();
+    // The channel's line and the notification's.
+    assert!(lines.len() >= 2, "{text}");
+    assert!(
+        lines.iter().any(|l| l.contains("notification delivered")),
+        "{text}"
+    );
+    for line in lines {
+        assert!(line.contains(&format!("export_id={id}")), "{line}");
+    }
 }

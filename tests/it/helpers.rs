@@ -324,3 +324,48 @@ pub async fn spawn_export_worker(
         .run(stop.clone()),
     );
 }
+
+/// Enqueues an export of `namespace` notifying `email` and ends it as a worker would (failed,
+/// after its one attempt), so that its one notification is due. No other export may be queued.
+pub async fn finished_export(
+    pool: &PgPool,
+    namespace: &str,
+    email: &str,
+) -> logexport::domain::ExportId {
+    use logexport::domain::{
+        Compression, DateRange, EmailAddress, ExportFormat, ExportScope, Namespace,
+    };
+    use logexport::queue::{Finish, NewExport, storage};
+    let export = NewExport {
+        scope: ExportScope::Organization,
+        namespace: Namespace::parse(namespace).expect("namespace"),
+        repository: None,
+        requested_by: "alice".into(),
+        range: DateRange::from_request(
+            Some("01/01/2024"),
+            Some("01/31/2024"),
+            None,
+            chrono::Utc::now(),
+            366,
+        )
+        .expect("range"),
+        format: ExportFormat::Json,
+        compression: Compression::None,
+        callback_url: None,
+        callback_email: Some(EmailAddress::parse(email).expect("email")),
+        idempotency_key: None,
+        max_attempts: 1,
+        performer: None,
+        kinds: Vec::new(),
+    };
+    let id = storage::enqueue(pool, &export).await.expect("enqueue");
+    let claim = storage::claim_next(pool, "helper", std::time::Duration::from_secs(60), 100)
+        .await
+        .expect("claim")
+        .expect("the export just queued");
+    assert_eq!(claim.id, id, "no other export may be queued");
+    let failed = Finish::Failed("Splunk answered HTTP 503".into());
+    let finished = storage::finish(pool, id, claim.attempt, &failed).await;
+    assert!(finished.expect("finish"));
+    id
+}

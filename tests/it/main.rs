@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api;
+mod background;
 mod db_outage;
 mod delivery;
 mod docs_examples;
@@ -30,3 +31,4 @@ mod search_quota;
 mod splunk;
 mod storage;
 mod tls;
+mod typed_rows;

@@ -54,15 +54,22 @@ async fn the_scrape_parses_and_the_alerts_and_dashboard_name_served_metrics() {
     })
     .await;
 
-    let scrape = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert!(
-        scrape.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text"),
-    );
+    // The worker counts the attempt just after the commit that sends the callback: wait for it.
+    let scrape = eventually(10, "the finished attempt counted", || async {
+        let scrape = app.client.get(app.url("/metrics")).send().await.unwrap();
+        assert!(
+            scrape.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text"),
+        );
+        let text = scrape.text().await.unwrap();
+        text.contains("logexport_jobs_finished_total{outcome=\"succeeded\"} 1")
+            .then_some(text)
+    })
+    .await;
     let file = dir.join("scrape.txt");
-    std::fs::write(&file, scrape.text().await.unwrap()).unwrap();
+    std::fs::write(&file, scrape).unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let output = std::process::Command::new("python3")
         .arg(format!("{root}/tests/metrics_check.py"))
@@ -83,6 +90,7 @@ async fn the_scrape_parses_and_the_alerts_and_dashboard_name_served_metrics() {
             "logexport_queue_jobs",
             "logexport_queue_oldest_queued_seconds",
             "logexport_splunk_searches_running",
+            "logexport_background_panics",
         ])
         .output()
         .expect("python3 runs (deploy/test.sh installs prometheus-client and PyYAML)");

@@ -491,7 +491,7 @@ async fn hostile_names_never_reach_quay() {
     assert_eq!(env.app.job_count().await, 0);
 }
 
-async fn hec_emulator() -> RunningEmulator {
+pub(crate) async fn hec_emulator() -> RunningEmulator {
     emulator::spawn(EmulatorOptions {
         token: Some(SPLUNK_TOKEN.into()),
         ..EmulatorOptions::default()
@@ -500,7 +500,7 @@ async fn hec_emulator() -> RunningEmulator {
     .expect("emulator")
 }
 
-fn audit_to(config: &mut Config, emu: &RunningEmulator) {
+pub(crate) fn audit_to(config: &mut Config, emu: &RunningEmulator) {
     config.splunk.host = "127.0.0.1".into();
     config.splunk.port = emu.addr().port();
     config.splunk.url_scheme = "http".into();
