@@ -16,6 +16,92 @@ use super::Caller;
 /// The channel a revocation is announced on; every API process drops its cached tokens on it.
 pub const REVOKED_CHANNEL: &str = "api_token_revoked";
 
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Creates a token and stores only its hash; the token is returned once.
+pub async fn create_token(
+    pool: &PgPool,
+    username: &str,
+    admin_orgs: &[String],
+    admin_repos: &[String],
+    superuser: bool,
+) -> anyhow::Result<String> {
+    let mut raw = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut raw);
+    let token = format!(
+        "lxp_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    sqlx::query(
+        "INSERT INTO api_tokens (id, token_hash, username, admin_orgs, admin_repos, superuser)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(hash(&token))
+    .bind(username)
+    .bind(admin_orgs)
+    .bind(admin_repos)
+    .bind(superuser)
+    .execute(pool)
+    .await?;
+    Ok(token)
+}
+
+/// The caller `token` belongs to, if it is a live token: from `cache` when it knows the token,
+/// else from the database (which records the use). Superusers reach every namespace when
+/// `superuser_full_access` (`auth.superusers_full_access`).
+pub async fn lookup(
+    pool: &PgPool,
+    cache: &TokenCache,
+    token: &str,
+    superuser_full_access: bool,
+) -> sqlx::Result<Option<Caller>> {
+    let key = hash(token);
+    if let Some(caller) = cache.get(&key) {
+        return Ok(Some(caller));
+    }
+    let generation = cache.generation();
+    let caller: Option<Caller> = sqlx::query_as::<_, Caller>(
+        "UPDATE api_tokens SET last_used_at = now()
+         WHERE token_hash = $1 AND revoked_at IS NULL
+         RETURNING username, admin_orgs, admin_repos, superuser",
+    )
+    .bind(&key)
+    .fetch_optional(pool)
+    .await?
+    .map(|caller| Caller {
+        superuser_full_access,
+        ..caller
+    });
+    if let Some(caller) = &caller {
+        cache.put(key, caller.clone(), generation);
+    }
+    Ok(caller)
+}
+
+/// The rights of `username` as the union of their live tokens; `None` when none is left. Read
+/// into a [`Caller`] the way [`lookup`] reads one (for a schedule's owner, who sends no token).
+pub async fn caller_from_tokens(
+    conn: &mut PgConnection,
+    username: &str,
+) -> sqlx::Result<Option<Caller>> {
+    sqlx::query_as(
+        "SELECT $1::text AS username,
+                ARRAY(SELECT DISTINCT o FROM api_tokens t, unnest(t.admin_orgs) o
+                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY o) AS admin_orgs,
+                ARRAY(SELECT DISTINCT r FROM api_tokens t, unnest(t.admin_repos) r
+                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY r) AS admin_repos,
+                EXISTS(SELECT 1 FROM api_tokens
+                       WHERE username = $1 AND revoked_at IS NULL AND superuser) AS superuser
+         WHERE EXISTS(SELECT 1 FROM api_tokens WHERE username = $1 AND revoked_at IS NULL)",
+    )
+    .bind(username)
+    .fetch_optional(conn)
+    .await
+}
+
 /// One token as the operator sees it; the secret itself is never stored, let alone shown.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct TokenInfo {
@@ -97,39 +183,6 @@ pub async fn revoke_token(pool: &PgPool, id: uuid::Uuid) -> Result<Revoked, sqlx
     }
     tx.commit().await?;
     Ok(outcome)
-}
-
-fn hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
-/// Creates a token and stores only its hash; the token is returned once.
-pub async fn create_token(
-    pool: &PgPool,
-    username: &str,
-    admin_orgs: &[String],
-    admin_repos: &[String],
-    superuser: bool,
-) -> anyhow::Result<String> {
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    let token = format!(
-        "lxp_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
-    );
-    sqlx::query(
-        "INSERT INTO api_tokens (id, token_hash, username, admin_orgs, admin_repos, superuser)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(uuid::Uuid::new_v4())
-    .bind(hash(&token))
-    .bind(username)
-    .bind(admin_orgs)
-    .bind(admin_repos)
-    .bind(superuser)
-    .execute(pool)
-    .await?;
-    Ok(token)
 }
 
 /// Known tokens for a few seconds, so a busy client costs no database round trip per request
@@ -255,57 +308,4 @@ async fn listen_for_revocations(pool: PgPool, cache: std::sync::Weak<TokenCache>
             }
         }
     }
-}
-
-/// The caller `token` belongs to, if it is a live token: from `cache` when it knows the token,
-/// else from the database (which records the use). Superusers reach every namespace when
-/// `superuser_full_access` (`auth.superusers_full_access`).
-pub async fn lookup(
-    pool: &PgPool,
-    cache: &TokenCache,
-    token: &str,
-    superuser_full_access: bool,
-) -> sqlx::Result<Option<Caller>> {
-    let key = hash(token);
-    if let Some(caller) = cache.get(&key) {
-        return Ok(Some(caller));
-    }
-    let generation = cache.generation();
-    let caller: Option<Caller> = sqlx::query_as::<_, Caller>(
-        "UPDATE api_tokens SET last_used_at = now()
-         WHERE token_hash = $1 AND revoked_at IS NULL
-         RETURNING username, admin_orgs, admin_repos, superuser",
-    )
-    .bind(&key)
-    .fetch_optional(pool)
-    .await?
-    .map(|caller| Caller {
-        superuser_full_access,
-        ..caller
-    });
-    if let Some(caller) = &caller {
-        cache.put(key, caller.clone(), generation);
-    }
-    Ok(caller)
-}
-
-/// The rights of `username` as the union of their live tokens; `None` when none is left. Read
-/// into a [`Caller`] the way [`lookup`] reads one (for a schedule's owner, who sends no token).
-pub async fn caller_from_tokens(
-    conn: &mut PgConnection,
-    username: &str,
-) -> sqlx::Result<Option<Caller>> {
-    sqlx::query_as(
-        "SELECT $1::text AS username,
-                ARRAY(SELECT DISTINCT o FROM api_tokens t, unnest(t.admin_orgs) o
-                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY o) AS admin_orgs,
-                ARRAY(SELECT DISTINCT r FROM api_tokens t, unnest(t.admin_repos) r
-                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY r) AS admin_repos,
-                EXISTS(SELECT 1 FROM api_tokens
-                       WHERE username = $1 AND revoked_at IS NULL AND superuser) AS superuser
-         WHERE EXISTS(SELECT 1 FROM api_tokens WHERE username = $1 AND revoked_at IS NULL)",
-    )
-    .bind(username)
-    .fetch_optional(conn)
-    .await
 }
