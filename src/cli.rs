@@ -227,7 +227,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::domain::RepositoryName::parse(name).context("--admin-repo")?;
             }
             let token =
-                crate::api::auth::create_token(&pool, &user, &admin_orgs, &admin_repos, superuser)
+                crate::access::create_token(&pool, &user, &admin_orgs, &admin_repos, superuser)
                     .await?;
             println!("{token}");
             Ok(())
@@ -235,22 +235,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token {
             action: TokenCommand::List,
         } => {
-            let tokens = crate::api::tokens::list_tokens(&pool).await?;
+            let tokens = crate::access::tokens::list_tokens(&pool).await?;
             print!("{}", token_table(&tokens));
             Ok(())
         }
         Command::Token {
             action: TokenCommand::Revoke { id },
-        } => match crate::api::tokens::revoke_token(&pool, id).await? {
-            crate::api::tokens::Revoked::Now => {
+        } => match crate::access::tokens::revoke_token(&pool, id).await? {
+            crate::access::tokens::Revoked::Now => {
                 println!("token {id} revoked");
                 Ok(())
             }
-            crate::api::tokens::Revoked::Already => {
+            crate::access::tokens::Revoked::Already => {
                 println!("token {id} was already revoked");
                 Ok(())
             }
-            crate::api::tokens::Revoked::Unknown => {
+            crate::access::tokens::Revoked::Unknown => {
                 anyhow::bail!("no token has the id {id} (see `logexport token list`)")
             }
         },
@@ -285,7 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `token list`'s table, one token a line.
-fn token_table(tokens: &[crate::api::tokens::TokenInfo]) -> String {
+fn token_table(tokens: &[crate::access::tokens::TokenInfo]) -> String {
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or_else(
             || "-".to_owned(),

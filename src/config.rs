@@ -715,7 +715,7 @@ impl Config {
             }
         }
         for proxy in &self.server.trusted_proxies {
-            if crate::notify::ssrf::parse_net(proxy).is_none() {
+            if crate::domain::parse_net(proxy).is_none() {
                 return fail(
                     "server.trusted_proxies",
                     &format!("{proxy:?} is not an address or CIDR"),

@@ -145,8 +145,7 @@ async fn drive(
     spec: &SyntheticSpec,
     output: &Path,
 ) -> anyhow::Result<Summary> {
-    let token =
-        crate::api::auth::create_token(pool, "demo-admin", &[ORG.into()], &[], false).await?;
+    let token = crate::access::create_token(pool, "demo-admin", &[ORG.into()], &[], false).await?;
     let client = reqwest::Client::new();
     let url = format!(
         "http://{api}/api/v1/organization/{ORG}/exportlogs?starttime=01/01/2024&endtime=01/07/2024"

@@ -2,12 +2,15 @@
 //!
 //! Data flows `api` → `queue` → `worker` → `export` (the job) which reads `splunk`, encodes with
 //! `archive`, writes to `storage` and hands the outcome to `notify`. `logs` is the read side;
-//! `schedule` turns each closed period of a schedule into one export on the queue.
+//! `schedule` turns each closed period of a schedule into one export on the queue. `access` is
+//! the permission model both `api` and `schedule` ask. Imports point down the layers that the
+//! README's "Code layout" lists (checked by `tests/it/layers.rs`).
 //! `emulator` is the local Splunk stand-in used by tests, the demo and the benchmarks.
 
 // The status document is one `json!` literal with more fields than the macro's default depth.
 #![recursion_limit = "256"]
 
+pub mod access;
 pub mod api;
 pub mod archive;
 pub mod audit;

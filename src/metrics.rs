@@ -411,30 +411,27 @@ impl Metrics {
 
     /// Renders everything as OpenMetrics text, with the database figures read at scrape time.
     pub fn render(&self, scrape: &Scrape) -> String {
-        for state in crate::queue::JobState::ALL {
-            let n = scrape
-                .queue_depth
-                .iter()
-                .find(|(s, _)| s == state.as_str())
-                .map_or(0, |(_, n)| *n);
+        for (state, n) in &scrape.queue_depth {
             self.queue_jobs
                 .get_or_create(&State {
-                    state: state.as_str().to_owned(),
+                    state: state.clone(),
                 })
-                .set(n);
+                .set(*n);
         }
         self.oldest_queued.set(scrape.oldest_queued_seconds);
-        let stats = &scrape.schedules;
-        for (state, n) in [("active", stats.active), ("paused", stats.paused)] {
+        let schedules = [
+            ("active", scrape.schedules_active),
+            ("paused", scrape.schedules_paused),
+        ];
+        for (state, n) in schedules {
             self.schedules
                 .get_or_create(&State {
                     state: state.to_owned(),
                 })
                 .set(n);
         }
-        self.schedule_lag.set(stats.max_lag_seconds);
-        self.schedule_last_run
-            .set(stats.last_run_at.map_or(0, |t| t.timestamp()));
+        self.schedule_lag.set(scrape.schedule_max_lag_seconds);
+        self.schedule_last_run.set(scrape.schedule_last_run);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String");
@@ -442,12 +439,18 @@ impl Metrics {
     }
 }
 
-/// What `/metrics` reads from the database at scrape time.
+/// What `/metrics` reads from the database at scrape time, as plain numbers.
 #[derive(Debug, Default)]
 pub struct Scrape {
+    /// Exports per queue state; name every state (0 when none), so one that emptied reads 0.
     pub queue_depth: Vec<(String, i64)>,
     pub oldest_queued_seconds: f64,
-    pub schedules: crate::schedule::storage::ScheduleStats,
+    pub schedules_active: i64,
+    pub schedules_paused: i64,
+    /// Seconds the most overdue active schedule is late.
+    pub schedule_max_lag_seconds: f64,
+    /// Unix time any schedule last ran; 0 when none has.
+    pub schedule_last_run: i64,
 }
 
 /// The OpenMetrics text format's content type.
@@ -468,7 +471,10 @@ mod tests {
             Duration::from_millis(3),
         );
         metrics.export_succeeded(Duration::from_secs(2), 100_000, 1_000);
-        let text = metrics.render(&Scrape::default());
+        let text = metrics.render(&Scrape {
+            queue_depth: vec![("queued".into(), 0)],
+            ..Scrape::default()
+        });
         assert!(text.contains("logexport_export_slices_total{outcome=\"split\"} 1"));
         assert!(text.contains("logexport_http_responses_total{status=\"200\"} 1"));
         assert!(text.contains(

@@ -314,7 +314,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(200, user_view(user))
         if user is None:
             return self.error(401, "invalid_token", "Requires authentication")
-        # logexport's permission questions (src/api/quay_auth.rs `Question`), each guarded as the
+        # logexport's permission questions (src/access/quay.rs `Question`), each guarded as the
         # Quay endpoint it stands for; the fixture's users sign in (every scope), so roles decide.
         m = re.fullmatch(r"/api/v1/organization/([a-z0-9_.-]+)/members", path)
         if m:

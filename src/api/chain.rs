@@ -7,9 +7,9 @@ use axum::extract::{RawQuery, State};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use super::auth::Caller;
 use super::schemas::{ChainParams, ErrorBody, SigningKeys};
 use super::{ApiError, AppState, parse_namespace, query_param};
+use crate::access::Caller;
 use crate::archive::ManifestKey;
 use crate::archive::chain::ChainHead;
 use crate::queue::chain;

@@ -4,6 +4,8 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::access::Refusal;
+
 /// An error answered to an API client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -102,6 +104,17 @@ impl From<sqlx::Error> for ApiError {
             return Self::database_unavailable(&e);
         }
         Self::internal(format!("database: {e}"))
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Forbidden(why) => Self::Forbidden(why),
+            Refusal::NotFound(what) => Self::NotFound(what),
+            Refusal::CredentialRefused => Self::CredentialRefused,
+            Refusal::QuayUnavailable(e) => Self::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -6,11 +6,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
 
-use super::auth::{Access, Caller, Resource};
+use super::auth::{check_not_forged, checked_repository};
 use super::schemas::{
     ErrorBody, ExportQueued, FilterParams, IdempotencyKey, OrgPath, RangeParams, RepoPath,
 };
 use super::{ApiError, AppState};
+use crate::access::{Access, Caller, Resource};
 use crate::domain::{
     CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportScope, LogFilter,
     Namespace, RepositoryName,
@@ -76,7 +77,7 @@ pub async fn user(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ExportQueued>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let target = user_target(&state, &caller, Access::Export).await?;
     create(state, caller, ip, target, query, headers, body).await
 }
@@ -107,7 +108,7 @@ pub async fn organization(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ExportQueued>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let target = organization_target(&state, &caller, &orgname, Access::Export).await?;
     create(state, caller, ip, target, query, headers, body).await
 }
@@ -138,7 +139,7 @@ pub async fn repository(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<ExportQueued>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let target =
         repository_target(&state, &caller, &namespace, &repository, Access::Export).await?;
     create(state, caller, ip, target, query, headers, body).await
@@ -151,7 +152,9 @@ pub(super) async fn user_target(
     caller: &Caller,
     access: Access,
 ) -> Result<Target, ApiError> {
-    caller.authorize(state, Resource::User, access).await?;
+    caller
+        .authorize(state.quay.as_deref(), Resource::User, access)
+        .await?;
     let namespace = Namespace::parse(&caller.username).map_err(|e| {
         ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
     })?;
@@ -171,7 +174,11 @@ pub(super) async fn organization_target(
 ) -> Result<Target, ApiError> {
     let namespace = parse_namespace(orgname)?;
     caller
-        .authorize(state, Resource::Organization(&namespace), access)
+        .authorize(
+            state.quay.as_deref(),
+            Resource::Organization(&namespace),
+            access,
+        )
         .await?;
     Ok(Target {
         scope: ExportScope::Organization,
@@ -188,9 +195,8 @@ pub(super) async fn repository_target(
     repository: &str,
     access: Access,
 ) -> Result<Target, ApiError> {
-    let (namespace, repository) = caller
-        .checked_repository(state, namespace, repository, access)
-        .await?;
+    let (namespace, repository) =
+        checked_repository(caller, state, namespace, repository, access).await?;
     Ok(Target {
         scope: ExportScope::Repository,
         namespace,
@@ -302,7 +308,7 @@ pub(super) async fn parse_callback_url(
 ) -> Result<Option<CallbackUrl>, ApiError> {
     match value.filter(|s| !s.is_empty()) {
         Some(u) => Ok(Some(
-            CallbackUrl::parse_and_resolve(u, &state.allow)
+            crate::notify::ssrf::parse_and_resolve(u, &state.allow)
                 .await
                 .map_err(|e| ApiError::InvalidRequest(e.to_string()))?,
         )),

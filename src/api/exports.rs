@@ -13,10 +13,10 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::auth::{Access, Caller, Resource};
 use super::schemas::{ErrorBody, ExportList, ExportListParams, ExportPath};
 use super::status::{status_json, visible_row};
 use super::{ApiError, AppState, parse_namespace, query_param};
+use crate::access::{Access, Caller, Refusal, Resource};
 use crate::domain::RepositoryName;
 use crate::logs::page_token::TOKEN_LIFETIME;
 use crate::queue::JobState;
@@ -213,17 +213,21 @@ pub(super) async fn may_list_all(
         Some(repository) => Resource::Repository(namespace, repository),
         None => Resource::Organization(namespace),
     };
-    let mut outcome = caller.authorize(state, resource, Access::Read).await;
-    if matches!(outcome, Err(ApiError::Forbidden(_)))
+    let mut outcome = caller
+        .authorize(state.quay.as_deref(), resource, Access::Read)
+        .await;
+    if matches!(outcome, Err(Refusal::Forbidden(_)))
         && repository.is_none()
         && caller.known_username() == Some(namespace.as_str())
     {
-        outcome = caller.authorize(state, Resource::User, Access::Read).await;
+        outcome = caller
+            .authorize(state.quay.as_deref(), Resource::User, Access::Read)
+            .await;
     }
     match outcome {
         Ok(()) => Ok(true),
-        Err(ApiError::Forbidden(_) | ApiError::NotFound(_)) => Ok(false),
-        Err(e) => Err(e),
+        Err(Refusal::Forbidden(_) | Refusal::NotFound(_)) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 

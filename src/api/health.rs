@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use crate::metrics::METRICS;
-use crate::queue::storage;
+use crate::queue::{JobState, storage};
 
 /// `GET /healthz`: the process answers.
 #[utoipa::path(
@@ -109,12 +109,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         )
     };
     let scrape = match tokio::time::timeout(READY_TIMEOUT, read).await {
-        Ok(Ok((queue_depth, oldest_queued_seconds, schedules))) => crate::metrics::Scrape {
-            queue_depth,
+        Ok(Ok((counts, oldest_queued_seconds, schedules))) => crate::metrics::Scrape {
+            queue_depth: queue_depth(&counts),
             oldest_queued_seconds,
-            schedules,
+            schedules_active: schedules.active,
+            schedules_paused: schedules.paused,
+            schedule_max_lag_seconds: schedules.max_lag_seconds,
+            schedule_last_run: schedules.last_run_at.map_or(0, |t| t.timestamp()),
         },
-        _ => crate::metrics::Scrape::default(),
+        _ => crate::metrics::Scrape {
+            queue_depth: queue_depth(&[]),
+            ..crate::metrics::Scrape::default()
+        },
     };
     (
         [(
@@ -124,6 +130,21 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         METRICS.render(&scrape),
     )
         .into_response()
+}
+
+/// Every queue state with its count from `counts` (0 when absent), so a state that emptied
+/// reads 0 and not its last value.
+fn queue_depth(counts: &[(String, i64)]) -> Vec<(String, i64)> {
+    JobState::ALL
+        .iter()
+        .map(|state| {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map_or(0, |(_, n)| *n);
+            (state.as_str().to_owned(), n)
+        })
+        .collect()
 }
 
 /// Counts responses by status, and times them under the matched route's template (an

@@ -6,12 +6,13 @@ use axum::extract::{Path, RawQuery, State};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::auth::{Access, Caller, Resource};
+use super::auth::checked_repository;
 use super::schemas::{
     AggregateFilterParams, AggregatePage, ErrorBody, FilterParams, LogsPage, OrgPath, PageParams,
     RangeParams, RepoPath,
 };
 use super::{ApiError, AppState, all_params, parse_namespace, query_param};
+use crate::access::{Access, Caller, Resource};
 use crate::domain::{DateRange, LogFilter, Namespace, RepositoryName, quay_datetime};
 use crate::logs::{LogQuery, LogsError};
 
@@ -46,7 +47,7 @@ enum Listing {
 
 async fn user_target(state: &AppState, caller: &Caller) -> Result<Target, ApiError> {
     caller
-        .authorize(state, Resource::User, Access::Read)
+        .authorize(state.quay.as_deref(), Resource::User, Access::Read)
         .await?;
     let namespace = Namespace::parse(&caller.username).map_err(|e| {
         ApiError::InvalidRequest(format!("your user name is not a valid namespace: {e}"))
@@ -61,7 +62,11 @@ async fn user_target(state: &AppState, caller: &Caller) -> Result<Target, ApiErr
 async fn org_target(state: &AppState, caller: &Caller, orgname: &str) -> Result<Target, ApiError> {
     let namespace = parse_namespace(orgname)?;
     caller
-        .authorize(state, Resource::Organization(&namespace), Access::Read)
+        .authorize(
+            state.quay.as_deref(),
+            Resource::Organization(&namespace),
+            Access::Read,
+        )
         .await?;
     Ok(Target {
         superuser: false,
@@ -76,9 +81,8 @@ async fn repo_target(
     namespace: &str,
     repository: &str,
 ) -> Result<Target, ApiError> {
-    let (namespace, repository) = caller
-        .checked_repository(state, namespace, repository, Access::Read)
-        .await?;
+    let (namespace, repository) =
+        checked_repository(caller, state, namespace, repository, Access::Read).await?;
     Ok(Target {
         superuser: false,
         namespace: Some(namespace),
@@ -88,7 +92,7 @@ async fn repo_target(
 
 async fn superuser_target(state: &AppState, caller: &Caller) -> Result<Target, ApiError> {
     caller
-        .authorize(state, Resource::Registry, Access::Read)
+        .authorize(state.quay.as_deref(), Resource::Registry, Access::Read)
         .await?;
     Ok(Target {
         superuser: true,

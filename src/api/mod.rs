@@ -3,17 +3,16 @@
 
 pub mod auth;
 mod chain;
+mod download;
 mod error;
 mod exportlogs;
 mod exports;
 mod health;
 mod logs;
 mod openapi;
-pub mod quay_auth;
 mod schedules;
 mod schemas;
 mod status;
-pub mod tokens;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,15 +24,18 @@ use sqlx::PgPool;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub use download::{DownloadQuery, download_router, serve_download};
 pub use error::ApiError;
 pub use exportlogs::{all_params, parse_namespace, query_param, read_body};
 pub use openapi::ApiDoc;
 pub use schemas::DownloadLinkParams;
 pub use status::status_json;
 
+use crate::access::QuayIdentity;
+use crate::access::tokens::TokenCache;
 use crate::config::{AuthMode, Config};
-use crate::notify::ssrf::AllowList;
-use crate::storage::{LocalStore, ObjectStore, Storage, download_router};
+use crate::domain::AllowList;
+use crate::storage::{LocalStore, ObjectStore, Storage};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -52,9 +54,9 @@ pub struct AppState {
     /// The logs/aggregatelogs read side; `None` when the `[splunk]` section is unusable.
     pub logs: Option<Arc<crate::logs::LogsService>>,
     /// Recently seen API tokens.
-    pub tokens: Arc<auth::TokenCache>,
+    pub tokens: Arc<TokenCache>,
     /// Quay mode: the Quay instance that vouches for callers.
-    pub quay: Option<Arc<quay_auth::QuayIdentity>>,
+    pub quay: Option<Arc<QuayIdentity>>,
     /// `server.trusted_proxies`, parsed.
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
 }
@@ -76,11 +78,7 @@ impl AppState {
         Ok(Self::assemble(pool, config, quay))
     }
 
-    fn assemble(
-        pool: PgPool,
-        config: Arc<Config>,
-        quay: Option<Arc<quay_auth::QuayIdentity>>,
-    ) -> Self {
+    fn assemble(pool: PgPool, config: Arc<Config>, quay: Option<Arc<QuayIdentity>>) -> Self {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
         let list_key = crate::logs::TokenKey::from_secret(&config.logs.page_token_key);
         let signing_keys = Arc::new(signing_keys(&config));
@@ -92,7 +90,7 @@ impl AppState {
             }
         };
         let trusted_proxies = Arc::new(crate::audit::trusted_proxies(&config));
-        let tokens = auth::TokenCache::start(&pool);
+        let tokens = TokenCache::start(&pool);
         Self {
             quay,
             trusted_proxies,
@@ -117,10 +115,10 @@ impl AppState {
 }
 
 /// Quay mode's client for identity and permission lookups (`None` in tokens mode).
-fn quay_identity(config: &Config) -> Result<Option<Arc<quay_auth::QuayIdentity>>, String> {
+fn quay_identity(config: &Config) -> Result<Option<Arc<QuayIdentity>>, String> {
     match config.auth.mode {
         AuthMode::Tokens => Ok(None),
-        AuthMode::Quay => quay_auth::QuayIdentity::new(&config.auth).map(|q| Some(Arc::new(q))),
+        AuthMode::Quay => QuayIdentity::new(&config.auth).map(|q| Some(Arc::new(q))),
     }
 }
 

@@ -54,7 +54,7 @@ Every error is Quay's `{\"status\", \"error_type\", \"title\", \"detail\", \"err
         health::healthz,
         health::readyz,
         health::metrics,
-        crate::storage::serve_download,
+        super::download::serve_download,
     ),
     security(("bearer" = [])),
     modifiers(&BearerAuth),

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::auth::{Access, Caller};
+use super::auth::check_not_forged;
 use super::exportlogs::{
     OneOrMany, Target, organization_target, parse_callback_url, parse_compression, parse_email,
     parse_filter, parse_format, parse_json, read_body, repository_target, require_callback,
@@ -22,6 +22,7 @@ use super::schemas::{
     ScheduleList, SchedulePath,
 };
 use super::{ApiError, AppState};
+use crate::access::{Access, Caller};
 use crate::domain::parse_timezone;
 use crate::schedule::storage::{self, Changes};
 use crate::schedule::{Grid, MAX_DELAY_MINUTES, NewSchedule, Period, ScheduleRow};
@@ -86,7 +87,7 @@ pub async fn create_user(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<ScheduleCreated>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let target = user_target(&state, &caller, Access::Export).await?;
     create(state, caller, target, query, body).await
 }
@@ -116,7 +117,7 @@ pub async fn create_organization(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<ScheduleCreated>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let target = organization_target(&state, &caller, &orgname, Access::Export).await?;
     create(state, caller, target, query, body).await
 }
@@ -146,7 +147,7 @@ pub async fn create_repository(
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Json<ScheduleCreated>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let target =
         repository_target(&state, &caller, &namespace, &repository, Access::Export).await?;
     create(state, caller, target, query, body).await
@@ -348,7 +349,7 @@ async fn visible_schedule(
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
     let visible = caller
         .may_access_stored(
-            state,
+            state.quay.as_deref(),
             &row.scope,
             &row.namespace,
             row.repository.as_deref(),
@@ -409,7 +410,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let row = visible_schedule(&state, &caller, &id, Access::Export).await?;
     let config = &state.config;
     let bytes = read_body(body, config.server.max_body_bytes).await?;
@@ -471,7 +472,7 @@ pub async fn delete(
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<ScheduleDeleted>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let row = visible_schedule(&state, &caller, &id, Access::Export).await?;
     if !storage::delete(&state.pool, row.id).await? {
         return Err(ApiError::NotFound(format!("no export schedule {id:?}")));

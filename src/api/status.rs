@@ -4,9 +4,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde_json::json;
 
-use super::auth::{Access, Caller};
+use super::auth::check_not_forged;
 use super::schemas::{CancelAccepted, ErrorBody, ExportPath, ExportStatus};
 use super::{ApiError, AppState};
+use crate::access::{Access, Caller};
 use crate::domain::ExportId;
 use crate::notify::download_url;
 use crate::queue::storage::{self, CancelOutcome};
@@ -23,7 +24,7 @@ pub(super) async fn visible_row(
     let row = storage::get(&state.pool, id).await?.ok_or_else(not_found)?;
     let visible = caller
         .may_access_stored(
-            state,
+            state.quay.as_deref(),
             &row.scope,
             &row.namespace,
             row.repository.as_deref(),
@@ -163,7 +164,7 @@ pub async fn cancel(
     headers: axum::http::HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<CancelAccepted>, ApiError> {
-    caller.check_not_forged(&state, &headers)?;
+    check_not_forged(&caller, &state, &headers)?;
     let row = visible_row(&state, &caller, &id, Access::Export).await?;
     let export_id = ExportId(row.id);
     let outcome = storage::cancel(&state.pool, export_id).await?;

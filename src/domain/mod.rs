@@ -7,6 +7,7 @@ mod export;
 mod log_entry;
 mod log_filter;
 mod names;
+mod net;
 
 pub use callback_url::{CallbackUrl, CallbackUrlError};
 pub use date_range::{DateRange, DateRangeError, RangeBound, day_start, parse_timezone};
@@ -17,3 +18,4 @@ pub use log_entry::{
 };
 pub use log_filter::{LogFilter, LogFilterError};
 pub use names::{InvalidName, Namespace, Performer, RepositoryName};
+pub use net::{AllowList, SsrfError, parse_net};

@@ -13,9 +13,10 @@ use url::Host;
 
 use super::notice::{Delivery, Notice, Outcome};
 use super::signing::SigningKey;
-use super::ssrf::{AllowList, GuardedResolver, SsrfError};
+use super::ssrf::GuardedResolver;
 use crate::config::CallbackConfig;
 use crate::domain::CallbackUrl;
+use crate::domain::{AllowList, SsrfError};
 
 /// The `User-Agent` of every callback request.
 pub const USER_AGENT: &str = concat!("logexport/", env!("CARGO_PKG_VERSION"));

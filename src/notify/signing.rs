@@ -1,7 +1,10 @@
 //! Standard Webhooks signatures (<https://www.standardwebhooks.com/>) for callback requests.
 //!
 //! The receiver checks `webhook-signature` = `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`
-//! with any Standard Webhooks library, so the byte layout here must match the reference exactly.
+//! with any Standard Webhooks library, so the byte layout here must match the reference exactly;
+//! the tests hold it to the spec authors' own crate, `standardwebhooks`. That crate does not sign
+//! here (README, "Code layout"): it refuses a body that is not UTF-8, and its check refuses a
+//! timestamp more than five minutes from the clock.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -140,7 +143,37 @@ mod tests {
         assert!(!format!("{:?}", SigningKey::parse(SECRET).unwrap()).contains("MfKQ"));
     }
 
+    /// The spec authors' own library signs every UTF-8 body byte for byte as we do, from a
+    /// `whsec_` secret and from raw bytes, and, as a receiver, accepts what we send.
+    #[test]
+    fn the_standard_webhooks_crate_agrees() {
+        let now = chrono::Utc::now().timestamp();
+        let theirs = standardwebhooks::Webhook::new(SECRET).unwrap();
+        let ours = sign(SECRET, ID, now, BODY).unwrap();
+        assert_eq!(theirs.sign(ID, now, BODY).unwrap(), ours);
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("webhook-id", ID.parse().unwrap());
+        headers.insert("webhook-timestamp", now.to_string().parse().unwrap());
+        headers.insert("webhook-signature", ours.parse().unwrap());
+        theirs.verify(BODY, &headers).unwrap();
+        let raw = standardwebhooks::Webhook::from_bytes(b"plain shared secret".to_vec()).unwrap();
+        assert_eq!(
+            raw.sign(ID, TS, BODY).unwrap(),
+            sign("plain shared secret", ID, TS, BODY).unwrap()
+        );
+    }
+
     proptest! {
+        #[test]
+        fn the_standard_webhooks_crate_signs_any_text_as_we_do(key in proptest::collection::vec(any::<u8>(), 1..64), id in "[a-z0-9_]{1,30}", ts in 0i64..4_000_000_000, body in ".{0,200}") {
+            let secret = format!("whsec_{}", STANDARD.encode(&key));
+            let theirs = standardwebhooks::Webhook::new(&secret).unwrap();
+            prop_assert_eq!(
+                theirs.sign(&id, ts, body.as_bytes()).unwrap(),
+                sign(&secret, &id, ts, body.as_bytes()).unwrap()
+            );
+        }
+
         #[test]
         fn sign_then_verify_round_trips(secret in ".{1,40}", id in "[a-z0-9_]{1,30}", ts in 0i64..4_000_000_000, body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let key = SigningKey::parse(&secret);

@@ -3,8 +3,8 @@
 
 use sqlx::PgConnection;
 
-use crate::api::auth::Caller;
-use crate::api::quay_auth::{OwnerTarget, QuayIdentity, ServiceCheckError};
+use crate::access::quay::{OwnerTarget, ServiceCheckError};
+use crate::access::{Caller, QuayIdentity, tokens};
 use crate::config::{AuthConfig, AuthMode};
 use crate::domain::{ExportScope, Namespace, RepositoryName};
 
@@ -51,7 +51,7 @@ pub async fn may_still_export(
             .await
             .map_err(anyhow::Error::new);
     }
-    let Some(caller) = caller_from_tokens(conn, owner).await? else {
+    let Some(caller) = tokens::caller_from_tokens(conn, owner).await? else {
         return Ok(Some(format!("{owner} has no API token any more")));
     };
     let caller = Caller {
@@ -113,24 +113,6 @@ pub fn refusal(caller: &Caller, target: Target<'_>) -> Option<String> {
             })
         }
     }
-}
-
-/// The owner's rights as the union of their live tokens; `None` when none is left. Read into a
-/// [`Caller`] the way the API's token lookup reads one.
-async fn caller_from_tokens(conn: &mut PgConnection, owner: &str) -> sqlx::Result<Option<Caller>> {
-    sqlx::query_as(
-        "SELECT $1::text AS username,
-                ARRAY(SELECT DISTINCT o FROM api_tokens t, unnest(t.admin_orgs) o
-                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY o) AS admin_orgs,
-                ARRAY(SELECT DISTINCT r FROM api_tokens t, unnest(t.admin_repos) r
-                      WHERE t.username = $1 AND t.revoked_at IS NULL ORDER BY r) AS admin_repos,
-                EXISTS(SELECT 1 FROM api_tokens
-                       WHERE username = $1 AND revoked_at IS NULL AND superuser) AS superuser
-         WHERE EXISTS(SELECT 1 FROM api_tokens WHERE username = $1 AND revoked_at IS NULL)",
-    )
-    .bind(owner)
-    .fetch_optional(conn)
-    .await
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::owner::{self, Target};
 use super::{ScheduleRow, storage};
-use crate::api::quay_auth::ServiceCheckError;
+use crate::access::quay::ServiceCheckError;
 use crate::config::Config;
 use crate::domain::{ExportId, Namespace, RepositoryName};
 use crate::metrics::METRICS;
@@ -39,7 +39,7 @@ pub struct Scheduler {
     max_attempts: u32,
     auth: crate::config::AuthConfig,
     /// Quay mode: where the owners' rights are re-checked.
-    quay: Option<Arc<crate::api::quay_auth::QuayIdentity>>,
+    quay: Option<Arc<crate::access::QuayIdentity>>,
     before_commit: Option<BeforeCommit>,
 }
 
@@ -70,7 +70,7 @@ impl Scheduler {
             max_attempts: config.worker.max_attempts,
             auth: config.auth.clone(),
             quay: (config.auth.mode == crate::config::AuthMode::Quay)
-                .then(|| crate::api::quay_auth::QuayIdentity::new(&config.auth).ok())
+                .then(|| crate::access::QuayIdentity::new(&config.auth).ok())
                 .flatten()
                 .map(Arc::new),
             before_commit: None,

@@ -1,5 +1,5 @@
 //! The storage error: which store, which operation, retryable or not. Never carries credentials
-//! or signed URLs.
+//! or signed URLs. And why a local-storage download link was refused.
 
 use std::fmt;
 
@@ -74,6 +74,20 @@ impl StorageError {
     pub fn operation(&self) -> &'static str {
         self.operation
     }
+}
+
+/// Why a download link was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DownloadError {
+    /// The signature does not match the file and expiry (403).
+    #[error("the download link is invalid")]
+    Tampered,
+    /// The link was valid but has expired (410).
+    #[error("the download link has expired")]
+    Expired,
+    /// The archive does not exist (any more) (404).
+    #[error("the exported file does not exist")]
+    NotFound,
 }
 
 #[cfg(test)]

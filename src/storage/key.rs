@@ -20,7 +20,7 @@ impl ObjectMeta {
 }
 
 /// `attachment; filename="<name>"` with anything but `[A-Za-z0-9._-]` replaced by `_`.
-pub(super) fn content_disposition(filename: &str) -> String {
+pub fn content_disposition(filename: &str) -> String {
     let safe: String = filename
         .chars()
         .map(|c| {

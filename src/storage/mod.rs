@@ -7,9 +7,7 @@
 mod error;
 mod key;
 mod local;
-mod local_download;
 mod s3;
-mod s3_upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +16,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use url::Url;
 
-pub use error::StorageError;
-pub use key::{ObjectMeta, manifest_key, object_key};
+pub use error::{DownloadError, StorageError};
+pub use key::{ObjectMeta, content_disposition, manifest_key, object_key};
 pub use local::LocalStore;
-/// The OpenAPI description of [`serve_download`].
-#[doc(hidden)]
-pub use local_download::__path_serve_download;
-pub use local_download::{DownloadError, DownloadQuery, download_router, serve_download};
 pub use s3::S3Store;
 
 use crate::config::{Config, StorageKind};
@@ -139,8 +133,8 @@ pub trait Upload: Send {
 pub struct Storage {
     /// The store archives are written to.
     pub objects: Arc<dyn ObjectStore>,
-    /// Set when `storage.kind = "local"`: mount [`download_router`] with it, so links verify
-    /// with the same signing key that made them.
+    /// Set when `storage.kind = "local"`: mount `api::download_router` with it, so links
+    /// verify with the same signing key that made them.
     pub local: Option<Arc<LocalStore>>,
 }
 

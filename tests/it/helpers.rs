@@ -110,7 +110,7 @@ impl TestApp {
     ) -> String {
         let orgs: Vec<String> = orgs.iter().map(|s| s.to_string()).collect();
         let repos: Vec<String> = repos.iter().map(|s| s.to_string()).collect();
-        logexport::api::auth::create_token(&self.pool, user, &orgs, &repos, superuser)
+        logexport::access::create_token(&self.pool, user, &orgs, &repos, superuser)
             .await
             .expect("create token")
     }

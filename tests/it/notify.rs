@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use logexport::config::{CallbackConfig, EmailConfig, Secret};
+use logexport::domain::AllowList;
 use logexport::domain::{CallbackUrl, EmailAddress};
-use logexport::notify::ssrf::{AllowList, GuardedResolver};
+use logexport::notify::ssrf::GuardedResolver;
 use logexport::notify::{
     CallbackSender, Delivery, FileMailer, Mailer, Outcome, SmtpMailer, callback_payload,
     mailer_from_config, signing,

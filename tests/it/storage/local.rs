@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use logexport::api::download_router;
 use logexport::domain::ExportId;
-use logexport::storage::{DownloadError, LocalStore, ObjectStore, download_router, object_key};
+use logexport::storage::{DownloadError, LocalStore, ObjectStore, object_key};
 use sha2::Sha256;
 
 use super::{MIB, http, meta, random_bytes, upload};

@@ -1,4 +1,5 @@
-//! `GET /exportedlogs/{file}`: serves local-storage archives behind signed, expiring links.
+//! `GET /exportedlogs/{file}`: serves local-storage archives behind signed, expiring links
+//! (the links are signed and checked by [`LocalStore`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,37 +13,21 @@ use axum::routing::get;
 use serde::Deserialize;
 use tokio_util::io::ReaderStream;
 
-use super::LocalStore;
 use crate::archive::content_type_for_file_name;
+use crate::storage::{DownloadError, LocalStore, content_disposition};
 
-/// Why a download link was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DownloadError {
-    /// The signature does not match the file and expiry (403).
-    #[error("the download link is invalid")]
-    Tampered,
-    /// The link was valid but has expired (410).
-    #[error("the download link has expired")]
-    Expired,
-    /// The archive does not exist (any more) (404).
-    #[error("the exported file does not exist")]
-    NotFound,
-}
-
-impl DownloadError {
-    /// The HTTP status this refusal is answered with.
-    pub fn status(self) -> StatusCode {
-        match self {
-            DownloadError::Tampered => StatusCode::FORBIDDEN,
-            DownloadError::Expired => StatusCode::GONE,
-            DownloadError::NotFound => StatusCode::NOT_FOUND,
-        }
+/// The HTTP status a refused link is answered with.
+fn status(error: DownloadError) -> StatusCode {
+    match error {
+        DownloadError::Tampered => StatusCode::FORBIDDEN,
+        DownloadError::Expired => StatusCode::GONE,
+        DownloadError::NotFound => StatusCode::NOT_FOUND,
     }
 }
 
 impl IntoResponse for DownloadError {
     fn into_response(self) -> Response {
-        (self.status(), self.to_string()).into_response()
+        (status(self), self.to_string()).into_response()
     }
 }
 
@@ -63,7 +48,7 @@ pub struct DownloadQuery {
     security(()),
     params(
         ("file" = String, Path, description = "the archive's file name"),
-        crate::api::DownloadLinkParams,
+        super::DownloadLinkParams,
     ),
     responses(
         (status = 200, description = "the archive", content_type = "application/octet-stream", body = Vec<u8>),
@@ -96,10 +81,7 @@ pub async fn serve_download(
             content_type_for_file_name(&file).to_owned(),
         ),
         (header::CONTENT_LENGTH, length.to_string()),
-        (
-            header::CONTENT_DISPOSITION,
-            super::key::content_disposition(&file),
-        ),
+        (header::CONTENT_DISPOSITION, content_disposition(&file)),
         (header::CACHE_CONTROL, "private, no-store".to_owned()),
     ];
     Ok((headers, Body::from_stream(ReaderStream::new(opened))).into_response())

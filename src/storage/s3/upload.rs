@@ -9,8 +9,8 @@ use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPa
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use super::s3::{MIN_PART_SIZE, S3Inner, sdk_error};
-use super::{ObjectMeta, StorageError, Upload, UploadCheckpoint, UploadedPart};
+use super::client::{MIN_PART_SIZE, S3Inner, sdk_error};
+use crate::storage::{ObjectMeta, StorageError, Upload, UploadCheckpoint, UploadedPart};
 
 /// Parts uploading at once: one sending while the next fills keeps the pipeline busy, and memory
 /// stays bounded at about (this + 2) parts (the one filling and one spare buffer).
