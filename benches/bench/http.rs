@@ -30,7 +30,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (_, pool) = databases.fresh("http", concurrency.min(32) as u32).await?;
     let orgs: Vec<String> = (0..ORGS).map(|i| format!("benchorg{i}")).collect();
-    let token = api::auth::create_token(&pool, "bench", &orgs, &[], false).await?;
+    let token = logexport::access::create_token(&pool, "bench", &orgs, &[], false).await?;
     let state = AppState::new(pool.clone(), Arc::new(Config::default()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

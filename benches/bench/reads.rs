@@ -37,7 +37,8 @@ pub async fn run(databases: &Databases) -> anyhow::Result<()> {
     config.splunk.url_scheme = "http".into();
     config.splunk.bearer_token = Secret::new("bench-token");
     config.logs.page_token_key = Secret::new("bench-page-token-key");
-    let token = api::auth::create_token(&pool, "bench", &["ns0".into()], &[], false).await?;
+    let token =
+        logexport::access::create_token(&pool, "bench", &["ns0".into()], &[], false).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("bind")?;

@@ -13,10 +13,6 @@ use crate::access::{Access, Caller, Resource, tokens};
 use crate::config::AuthMode;
 use crate::domain::{Namespace, RepositoryName};
 
-/// Token creation is in [`crate::access::tokens`]; named here too for the callers that look for it
-/// beside the API (the benches).
-pub use crate::access::create_token;
-
 /// Parses a repository path and checks `caller`'s `access` to it: 400 for a bad name, 403
 /// when the right is missing.
 pub async fn checked_repository(

@@ -160,7 +160,7 @@ pub fn trusted_proxies(config: &Config) -> Vec<ipnet::IpNet> {
         .server
         .trusted_proxies
         .iter()
-        .filter_map(|p| crate::notify::ssrf::parse_net(p))
+        .filter_map(|p| crate::domain::parse_net(p))
         .collect()
 }
 

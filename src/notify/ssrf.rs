@@ -7,10 +7,6 @@ use std::sync::Arc;
 
 use crate::domain::{AllowList, CallbackUrl, CallbackUrlError, SsrfError};
 
-/// Address parsing is `domain::net`; named here too for the callers that look for it beside the
-/// guard (audit's `server.trusted_proxies`).
-pub use crate::domain::parse_net;
-
 /// Parses a callback URL and resolves its host, refusing internal answers: the request-time
 /// check. Delivery checks again ([`GuardedResolver`]), in case DNS changed since.
 pub async fn parse_and_resolve(

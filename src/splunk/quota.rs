@@ -38,7 +38,7 @@ const LAST_PAUSE: Duration = Duration::from_millis(500);
 const FREED_CHANNEL: &str = "logexport_search_freed";
 /// Times a place passes from one search to a waiting one of the same process before it is
 /// freed through Postgres for every process (see the module's documentation).
-const LOCAL_PASSES: u32 = 4;
+pub const LOCAL_PASSES: u32 = 4;
 
 /// The cluster-wide limit on concurrent Splunk searches.
 #[derive(Debug, Clone)]
@@ -150,6 +150,15 @@ impl SearchQuota {
     /// The limit.
     pub fn limit(&self) -> u32 {
         self.inner.limit
+    }
+
+    /// Searches of this process waiting for a place now.
+    pub fn waiting(&self) -> usize {
+        self.inner
+            .waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Searches holding a permit now, across every process.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use logexport::config::{Config, StorageKind};
 use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
-use logexport::splunk::{SearchQuota, SplunkError};
+use logexport::splunk::{LOCAL_PASSES, SearchQuota, SplunkError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,76 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
     a.acquire("test", Duration::from_millis(500))
         .await
         .expect("the expired lease does not count");
+}
+
+#[tokio::test]
+async fn a_freed_place_goes_to_a_waiter_of_the_same_process_a_few_times_then_through_postgres() {
+    let (_url, pool) = test_db().await;
+    // Two quotas over the same database stand for two processes; one place.
+    let (here, there) = (
+        SearchQuota::new(pool.clone(), 1),
+        SearchQuota::new(pool.clone(), 1),
+    );
+    let place = || async {
+        sqlx::query_as::<_, (Option<uuid::Uuid>, Option<String>)>(
+            "SELECT permit, purpose FROM splunk_search_slots WHERE slot = 0",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let mut permit = here.acquire("first", Duration::from_secs(1)).await.unwrap();
+    let (taken, _) = place().await;
+    assert!(taken.is_some());
+    // The other process waits all along: it gets the place once it goes back to Postgres.
+    let elsewhere = tokio::spawn({
+        let there = there.clone();
+        async move { there.acquire("elsewhere", Duration::from_secs(20)).await }
+    });
+    eventually(5, "the other process waits", || async {
+        (there.waiting() == 1).then_some(())
+    })
+    .await;
+    for pass in 1..=LOCAL_PASSES {
+        let waiter = tokio::spawn({
+            let here = here.clone();
+            async move { here.acquire("local", Duration::from_secs(10)).await }
+        });
+        eventually(5, "the local search waits", || async {
+            (here.waiting() == 1).then_some(())
+        })
+        .await;
+        drop(permit);
+        permit = waiter.await.unwrap().expect("handed over");
+        assert_eq!(
+            place().await,
+            (taken, Some("first".to_string())),
+            "pass {pass}: handed to the local waiter without freeing the place"
+        );
+        assert!(!elsewhere.is_finished(), "pass {pass}");
+    }
+    // Passed on LOCAL_PASSES times: now it is freed through Postgres for every process, and
+    // the waiters here and elsewhere race for it.
+    let local = tokio::spawn({
+        let here = here.clone();
+        async move { here.acquire("local", Duration::from_secs(20)).await }
+    });
+    eventually(5, "the local search waits", || async {
+        (here.waiting() == 1).then_some(())
+    })
+    .await;
+    drop(permit);
+    let (id, purpose) = eventually(5, "the place taken again", || async {
+        let (id, purpose) = place().await;
+        (id.is_some() && id != taken).then_some((id, purpose))
+    })
+    .await;
+    assert!(
+        matches!(purpose.as_deref(), Some("local" | "elsewhere")),
+        "freed and taken again, not handed over: {id:?} {purpose:?}"
+    );
+    local.abort();
+    elsewhere.abort();
 }
 
 /// `count` synthetic events over 2024-01-01..11 in `namespaces` namespaces, read at 40,000
@@ -349,6 +419,11 @@ async fn the_first_search_sizes_the_plan_small_exports_are_one_search() {
     assert!(
         big.stats().events_streamed < 60_000 + 5_000,
         "the probe's rows are kept"
+    );
+    assert_eq!(
+        big.stats().quota_refused,
+        0,
+        "the probe's search ends by itself, so its place is free for the slice after it"
     );
 }
 
