@@ -272,3 +272,29 @@ impl JobHandler for NoopHandler {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::JobContext;
+
+    #[test]
+    fn reading_done_hands_the_slot_over_once_whichever_clone_says_it() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let ctx = JobContext::new().on_reading_done({
+            let calls = calls.clone();
+            move || {
+                calls.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let clone = ctx.clone();
+        ctx.reading_done();
+        clone.reading_done();
+        ctx.reading_done();
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        // A context without a hand-over (benchmarks, tests) ignores it.
+        JobContext::new().reading_done();
+    }
+}
