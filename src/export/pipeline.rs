@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
 use super::checkpoint::{ExportCheckpoint, another_attempt_follows};
-use super::slices::{SliceProgress, SlicedRows};
+use super::slices::{SliceError, SliceProgress, SlicedRows};
 use super::{ExportSettings, encoders};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter, ResumableSha256};
 use crate::domain::{ExportFormat, quay_datetime};
@@ -48,6 +48,14 @@ fn splunk_error(e: SplunkError) -> JobError {
         JobError::Retryable(e.to_string())
     } else {
         JobError::Permanent(e.to_string())
+    }
+}
+
+/// A failure reading the slices, blamed on the party that failed: Splunk, or the spool disk.
+fn slice_error(e: SliceError) -> JobError {
+    match e {
+        SliceError::Splunk(e) => splunk_error(e),
+        spool @ SliceError::Spool(_) => JobError::Retryable(spool.to_string()),
     }
 }
 
@@ -141,7 +149,7 @@ impl JobHandler for ExportJob {
                 &self.settings.slices,
                 &spool_name,
                 checkpoint.as_ref().map(ExportCheckpoint::resume),
-            ) => rows.map_err(splunk_error)?,
+            ) => rows.map_err(slice_error)?,
         };
         let mut resumed = None;
         if let Some(at) = &checkpoint {
@@ -171,7 +179,7 @@ impl JobHandler for ExportJob {
                         None,
                     )
                     .await
-                    .map_err(splunk_error)?;
+                    .map_err(slice_error)?;
                 }
             }
         }
@@ -352,7 +360,7 @@ impl ExportJob {
                 more = rows
                     .next_batch(&mut batch, BATCH_ROWS)
                     .await
-                    .map_err(splunk_error)?;
+                    .map_err(slice_error)?;
                 if batch.is_empty() {
                     continue;
                 }

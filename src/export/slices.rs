@@ -177,7 +177,7 @@ impl Probe {
         filters: &SearchFilters,
         rows: u64,
         path: PathBuf,
-    ) -> Result<Self, SplunkError> {
+    ) -> Result<Self, SliceError> {
         let query = query_for(filters, filters.start, filters.end)?.head(rows);
         let mut stream = splunk.export_holding(&query, None).await?;
         let file = tokio::fs::File::create(&path).await.map_err(spool_error)?;
@@ -273,7 +273,7 @@ const DATABASE_WAIT: Duration = Duration::from_secs(1);
 const ROOM_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a piece's reader sends how it ended.
-type PieceOutcome = oneshot::Sender<Result<Spooled, SplunkError>>;
+type PieceOutcome = oneshot::Sender<Result<Spooled, SliceError>>;
 
 /// A piece read completely: its rows in a spool file.
 struct Spooled {
@@ -302,7 +302,7 @@ struct Piece {
     path: PathBuf,
     state: Mutex<PieceState>,
     /// The reader's outcome; the consumer takes it when the piece is next in line.
-    outcome: Mutex<Option<oneshot::Receiver<Result<Spooled, SplunkError>>>>,
+    outcome: Mutex<Option<oneshot::Receiver<Result<Spooled, SliceError>>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -488,7 +488,7 @@ struct Unread {
     slice: usize,
     piece: Arc<Piece>,
     tx: PieceOutcome,
-    started: Option<oneshot::Sender<Result<(), SplunkError>>>,
+    started: Option<oneshot::Sender<Result<(), SliceError>>>,
 }
 
 impl SlicedRows {
@@ -501,11 +501,11 @@ impl SlicedRows {
         settings: &SliceSettings,
         name: &str,
         resume: Option<Resume>,
-    ) -> Result<Self, SplunkError> {
+    ) -> Result<Self, SliceError> {
         let dir = settings.spool_dir.join(name);
         tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-            SplunkError::Config(format!(
-                "the export spool directory {} cannot be created (export.spool_dir): {e}",
+            SliceError::Spool(format!(
+                "the directory {} cannot be created: {e}",
                 dir.display()
             ))
         })?;
@@ -694,7 +694,7 @@ impl SlicedRows {
         &mut self,
         batch: &mut RowBatch,
         max: usize,
-    ) -> Result<bool, SplunkError> {
+    ) -> Result<bool, SliceError> {
         self.boundary = None;
         let more = self.fill(batch, max).await?;
         // A full batch that took a slice's last row ends at that slice's end too.
@@ -730,7 +730,7 @@ impl SlicedRows {
         self.spool.freed.notify_waiters();
     }
 
-    async fn fill(&mut self, batch: &mut RowBatch, max: usize) -> Result<bool, SplunkError> {
+    async fn fill(&mut self, batch: &mut RowBatch, max: usize) -> Result<bool, SliceError> {
         while batch.len() < max {
             let Some((reader, _)) = self.current.as_mut() else {
                 let Some(slice) = self.plan.slices.get(self.slice) else {
@@ -747,12 +747,14 @@ impl SlicedRows {
                     .take();
                 let spooled = match outcome {
                     Some(rx) => rx.await.map_err(|_| {
-                        SplunkError::Protocol("a slice reader stopped without an outcome".into())
+                        SliceError::from(SplunkError::Protocol(
+                            "a slice reader stopped without an outcome".into(),
+                        ))
                     })??,
                     None => {
-                        return Err(SplunkError::Protocol(
+                        return Err(SliceError::from(SplunkError::Protocol(
                             "a slice piece was handed on twice".into(),
-                        ));
+                        )));
                     }
                 };
                 let file = tokio::fs::File::open(&spooled.path)
@@ -814,9 +816,38 @@ fn spool_path(dir: &Path, slice: usize, extra: Option<usize>) -> PathBuf {
     }
 }
 
-fn spool_error(e: std::io::Error) -> SplunkError {
-    SplunkError::Connection {
-        message: format!("the export spool on local disk failed: {e}"),
+fn spool_error(e: std::io::Error) -> SliceError {
+    SliceError::Spool(e.to_string())
+}
+
+/// How reading an export's slices failed: Splunk, or the spool on this machine's disk — each
+/// named as the party that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SliceError {
+    #[error(transparent)]
+    Splunk(#[from] SplunkError),
+    /// Writing or reading the export's spool files (`export.spool_dir`) failed.
+    #[error("the export spool on local disk failed (export.spool_dir): {0}")]
+    Spool(String),
+}
+
+impl SliceError {
+    /// Worth another try: a Splunk answer that is, or a disk that may have room again.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Splunk(e) => e.is_retryable(),
+            Self::Spool(_) => true,
+        }
+    }
+
+    /// The service's own database (the search quota) could not be reached.
+    pub fn is_database(&self) -> bool {
+        matches!(self, Self::Splunk(e) if e.is_database())
+    }
+
+    /// Splunk said its search quota is full.
+    pub fn is_quota(&self) -> bool {
+        matches!(self, Self::Splunk(e) if e.is_quota())
     }
 }
 
@@ -896,7 +927,7 @@ impl Readers {
         slice: usize,
         piece: &Arc<Piece>,
         tx: PieceOutcome,
-        mut started: Option<oneshot::Sender<Result<(), SplunkError>>>,
+        mut started: Option<oneshot::Sender<Result<(), SliceError>>>,
         permit: &mut Option<SearchPermit>,
     ) -> bool {
         self.progress.running.fetch_add(1, Ordering::Relaxed);
@@ -948,10 +979,10 @@ impl Readers {
         &self,
         slice: usize,
         piece: &Arc<Piece>,
-        started: &mut Option<oneshot::Sender<Result<(), SplunkError>>>,
+        started: &mut Option<oneshot::Sender<Result<(), SliceError>>>,
         refused_for_quota: &mut bool,
         permit: &mut Option<SearchPermit>,
-    ) -> Result<Spooled, SplunkError> {
+    ) -> Result<Spooled, SliceError> {
         // A new attempt starts over: from the piece's end, down to its current cut.
         let search_start = {
             let mut state = piece.state();
@@ -1024,7 +1055,7 @@ impl Readers {
                 }
             }
             out.flush().await.map_err(spool_error)?;
-            Ok::<_, SplunkError>(())
+            Ok::<_, SliceError>(())
         }
         .await;
         if let Err(e) = result {

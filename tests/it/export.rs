@@ -664,6 +664,36 @@ async fn splunk_rejecting_the_token_fails_the_export_at_once() {
 }
 
 #[tokio::test]
+async fn a_spool_disk_failure_is_reported_as_the_disk_not_as_splunk() {
+    // The spool directory cannot be created: its parent is a file.
+    let blocker = std::env::temp_dir().join(format!("logexport-it-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let spool = blocker.join("spool");
+    let env = ExportEnv::start(&dataset(), |c| {
+        c.export.spool_dir = Some(spool.clone());
+        c.worker.max_attempts = 1;
+    })
+    .await;
+    let id = env
+        .request(
+            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+            json!({"callback_email": "a@example.com"}),
+        )
+        .await;
+    let status = env.finished(&id).await;
+    let _ = std::fs::remove_file(&blocker);
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(error.contains("spool on local disk"), "{error}");
+    assert!(!error.contains("Splunk"), "Splunk is not to blame: {error}");
+    assert_eq!(
+        env.emulator.stats().export_requests,
+        0,
+        "nothing was asked of Splunk"
+    );
+}
+
+#[tokio::test]
 async fn transient_503s_are_retried_and_the_export_is_complete() {
     let env = ExportEnv::start(&dataset(), |_| {}).await;
     env.emulator.set_faults(Faults {
