@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use logexport::domain::{
-    Compression, DateRange, EmailAddress, ExportFormat, ExportId, ExportScope, Namespace,
-};
+use logexport::domain::{EmailAddress, ExportId};
 use logexport::metrics::{METRICS, Scrape};
 use logexport::notify::{Delivery, Mailer, Notice};
 use logexport::queue::{ClaimedJob, ExportResult, NewExport, QueueListener, storage};
@@ -24,7 +22,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, finished_export, metric, spawn_app, test_config, test_db};
+use crate::helpers::{
+    eventually, finished_export, metric, org_export, spawn_app, test_config, test_db,
+};
 use crate::quay_auth::{audit_to, hec_emulator};
 
 /// Longer than any retry below can take (backoff at most 1 s, polls of 100–200 ms): a duplicate
@@ -41,28 +41,7 @@ fn panics(kind: &str) -> f64 {
 }
 
 fn export_of(namespace: &str) -> NewExport {
-    NewExport {
-        scope: ExportScope::Organization,
-        namespace: Namespace::parse(namespace).unwrap(),
-        repository: None,
-        requested_by: "alice".into(),
-        range: DateRange::from_request(
-            Some("01/01/2024"),
-            Some("01/02/2024"),
-            None,
-            Utc::now(),
-            366,
-        )
-        .unwrap(),
-        format: ExportFormat::Json,
-        compression: Compression::None,
-        callback_url: None,
-        callback_email: Some(EmailAddress::parse("admin@example.com").unwrap()),
-        idempotency_key: None,
-        max_attempts: 3,
-        performer: None,
-        kinds: Vec::new(),
-    }
+    org_export(namespace, "01/02/2024")
 }
 
 /// An export body that panics on the first attempt it is given, and succeeds on every other.

@@ -325,25 +325,20 @@ pub async fn spawn_export_worker(
     );
 }
 
-/// Enqueues an export of `namespace` notifying `email` and ends it as a worker would (failed,
-/// after its one attempt), so that its one notification is due. No other export may be queued.
-pub async fn finished_export(
-    pool: &PgPool,
-    namespace: &str,
-    email: &str,
-) -> logexport::domain::ExportId {
+/// An organization export of `namespace` from 2024-01-01 to `last_day` (`MM/DD/YYYY`), as JSON,
+/// requested by alice, notifying admin@example.com, with 3 attempts.
+pub fn org_export(namespace: &str, last_day: &str) -> logexport::queue::NewExport {
     use logexport::domain::{
         Compression, DateRange, EmailAddress, ExportFormat, ExportScope, Namespace,
     };
-    use logexport::queue::{Finish, NewExport, storage};
-    let export = NewExport {
+    logexport::queue::NewExport {
         scope: ExportScope::Organization,
         namespace: Namespace::parse(namespace).expect("namespace"),
         repository: None,
         requested_by: "alice".into(),
         range: DateRange::from_request(
             Some("01/01/2024"),
-            Some("01/31/2024"),
+            Some(last_day),
             None,
             chrono::Utc::now(),
             366,
@@ -352,11 +347,27 @@ pub async fn finished_export(
         format: ExportFormat::Json,
         compression: Compression::None,
         callback_url: None,
-        callback_email: Some(EmailAddress::parse(email).expect("email")),
+        callback_email: Some(EmailAddress::parse("admin@example.com").expect("email")),
         idempotency_key: None,
-        max_attempts: 1,
+        max_attempts: 3,
         performer: None,
         kinds: Vec::new(),
+    }
+}
+
+/// Enqueues an export of `namespace` notifying `email` and ends it as a worker would (failed,
+/// after its one attempt), so that its one notification is due. No other export may be queued.
+pub async fn finished_export(
+    pool: &PgPool,
+    namespace: &str,
+    email: &str,
+) -> logexport::domain::ExportId {
+    use logexport::domain::EmailAddress;
+    use logexport::queue::{Finish, NewExport, storage};
+    let export = NewExport {
+        callback_email: Some(EmailAddress::parse(email).expect("email")),
+        max_attempts: 1,
+        ..org_export(namespace, "01/31/2024")
     };
     let id = storage::enqueue(pool, &export).await.expect("enqueue");
     let claim = storage::claim_next(pool, "helper", std::time::Duration::from_secs(60), 100)

@@ -6,40 +6,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
 use logexport::config::Config;
-use logexport::domain::{
-    Compression, DateRange, EmailAddress, ExportFormat, ExportId, ExportScope, Namespace,
-};
+use logexport::domain::ExportId;
 use logexport::queue::{ClaimedJob, ExportResult, Finish, NewExport, storage};
 use logexport::worker::{JobContext, JobError, JobHandler, WorkerPool, WorkerSettings};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{eventually, test_config, test_db};
+use crate::helpers::{eventually, org_export, test_config, test_db};
 
 fn new_export(namespace: &str, max_attempts: u32) -> NewExport {
     NewExport {
-        scope: ExportScope::Organization,
-        namespace: Namespace::parse(namespace).unwrap(),
-        repository: None,
-        requested_by: "alice".into(),
-        range: DateRange::from_request(
-            Some("01/01/2024"),
-            Some("01/02/2024"),
-            None,
-            Utc::now(),
-            366,
-        )
-        .unwrap(),
-        format: ExportFormat::Json,
-        compression: Compression::None,
-        callback_url: None,
-        callback_email: Some(EmailAddress::parse("admin@example.com").unwrap()),
-        idempotency_key: None,
         max_attempts,
-        performer: None,
-        kinds: Vec::new(),
+        ..org_export(namespace, "01/02/2024")
     }
 }
 

@@ -3,12 +3,8 @@
 //! archive — instead of running with a default (a repository export widened to its namespace, a
 //! performer filter dropped, another format).
 
-use chrono::Utc;
 use logexport::config::StorageKind;
-use logexport::domain::{
-    Compression, DateRange, EmailAddress, ExportFormat, ExportId, ExportScope, Namespace,
-    Performer, RepositoryName,
-};
+use logexport::domain::{ExportId, ExportScope, Performer, RepositoryName};
 use logexport::emulator::{self, EmulatorOptions};
 use logexport::queue::{NewExport, storage};
 use serde_json::{Value, json};
@@ -16,8 +12,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    eventually, garage_s3_config, spawn_app_with, spawn_export_worker, test_config, test_db,
-    use_emulator,
+    eventually, garage_s3_config, org_export, spawn_app_with, spawn_export_worker, test_config,
+    test_db, use_emulator,
 };
 
 const TOKEN: &str = "splunk-test-token";
@@ -26,25 +22,9 @@ const TOKEN: &str = "splunk-test-token";
 fn web_export() -> NewExport {
     NewExport {
         scope: ExportScope::Repository,
-        namespace: Namespace::parse("acme").unwrap(),
         repository: Some(RepositoryName::parse("web").unwrap()),
-        requested_by: "alice".into(),
-        range: DateRange::from_request(
-            Some("01/01/2024"),
-            Some("01/31/2024"),
-            None,
-            Utc::now(),
-            366,
-        )
-        .unwrap(),
-        format: ExportFormat::Json,
-        compression: Compression::None,
-        callback_url: None,
-        callback_email: Some(EmailAddress::parse("admin@example.com").unwrap()),
-        idempotency_key: None,
-        max_attempts: 3,
         performer: Some(Performer::parse("user1").unwrap()),
-        kinds: Vec::new(),
+        ..org_export("acme", "01/31/2024")
     }
 }
 
