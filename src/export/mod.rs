@@ -1,6 +1,7 @@
 //! The export job: Splunk → archive → storage; the notifier then delivers the outcome.
 
 pub mod checkpoint;
+mod encode;
 mod encoders;
 mod finish;
 mod pipeline;

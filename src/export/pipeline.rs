@@ -1,21 +1,22 @@
-//! One export attempt, streamed end to end: rows are mapped and encoded as they arrive from
-//! Splunk, and full chunks go to the upload while the next ones are read. Memory is bounded by
+//! One export attempt, streamed end to end: the slices' readers map and encode rows as they
+//! arrive from Splunk, the archive appends and compresses the encoded lines in order, and full
+//! chunks go to the upload while the next ones are read. Memory is bounded by
 //! a chunk plus the upload's parts in flight, whatever the export's size.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
 
+use super::ExportSettings;
 use super::checkpoint::{ExportCheckpoint, another_attempt_follows};
-use super::slices::{SliceError, SliceProgress, SlicedRows};
-use super::{ExportSettings, encoders};
+use super::encode::RowEncoder;
+use super::slices::{Chunk, SliceError, SliceProgress, SlicedRows};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter, ResumableSha256};
-use crate::domain::{ExportFormat, quay_datetime};
+use crate::domain::quay_datetime;
 use crate::metrics::METRICS;
 use crate::queue::{ClaimedJob, ExportResult, chain};
-use crate::splunk::{RowBatch, SkipReason, SplunkClient, SplunkError, map_row_text};
+use crate::splunk::{SplunkClient, SplunkError};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, manifest_key, object_key};
 use crate::worker::{JobContext, JobError, JobHandler};
 
@@ -56,6 +57,7 @@ fn slice_error(e: SliceError) -> JobError {
     match e {
         SliceError::Splunk(e) => splunk_error(e),
         spool @ SliceError::Spool(_) => JobError::Retryable(spool.to_string()),
+        encoding @ SliceError::Encoding(_) => JobError::Retryable(encoding.to_string()),
     }
 }
 
@@ -130,6 +132,7 @@ impl JobHandler for ExportJob {
             .map_err(|e| JobError::Invalid(format!("cannot build the Splunk search: {e}")))?;
 
         let started = std::time::Instant::now();
+        let encoder = RowEncoder::new(job.format, &job.kinds);
         // Each reading of the export has a spool directory of its own, removed by that reading
         // alone when it ends: no other attempt or worker on this machine can remove it from
         // under a reading still in use.
@@ -149,6 +152,7 @@ impl JobHandler for ExportJob {
                 &self.settings.slices,
                 &spool_name,
                 checkpoint.as_ref().map(ExportCheckpoint::resume),
+                encoder.clone(),
             ) => rows.map_err(slice_error)?,
         };
         let mut resumed = None;
@@ -177,6 +181,7 @@ impl JobHandler for ExportJob {
                         &self.settings.slices,
                         &spool_name,
                         None,
+                        encoder,
                     )
                     .await
                     .map_err(slice_error)?;
@@ -223,14 +228,7 @@ impl JobHandler for ExportJob {
         };
 
         match self
-            .stream(
-                &mut rows,
-                writer,
-                upload.as_mut(),
-                ctx,
-                &mut saves,
-                &job.kinds,
-            )
+            .stream(&mut rows, writer, upload.as_mut(), ctx, &mut saves)
             .await
         {
             Ok(streamed) => {
@@ -334,73 +332,29 @@ impl ExportJob {
         upload: &mut dyn Upload,
         ctx: &JobContext,
         saves: &mut Checkpoints,
-        kinds: &[String],
     ) -> Result<Streamed, JobError> {
         let base = std::mem::take(&mut saves.base);
-        let format = writer.format();
-        let kinds: Arc<[String]> = kinds.into();
-        let span = tracing::Span::current();
         let slices = rows.progress();
         report_slices(ctx, &slices);
-        // Two stages run side by side, so Splunk's stream is read while the upload writes: the
-        // reader fills batches and hands each to the encoder threads, and the appender takes
-        // the encoded batches oldest first (the archive keeps Splunk's row order), appends
-        // them and uploads full chunks. The queue between them bounds the batches in flight.
-        let (queued, mut encoding) = mpsc::channel::<(Encoding, Option<usize>)>(*ENCODE_TASKS);
-        // The buffers of appended batches go back to the reader: after the first few batches
-        // an export allocates nothing per batch, so its memory is the same at 100k logs as at 10M.
-        let (spare_tx, mut spare) = mpsc::unbounded_channel::<Buffers>();
-        let read = async move {
-            let mut more = true;
-            while more {
-                let Buffers { mut batch, out } =
-                    spare.try_recv().unwrap_or_else(|_| Buffers::new());
-                // Rows are copied into the batch, so the stream's chunks are freed by the thread
-                // that read them.
-                more = rows
-                    .next_batch(&mut batch, BATCH_ROWS)
-                    .await
-                    .map_err(slice_error)?;
-                if batch.is_empty() {
-                    continue;
-                }
-                let first = rows.rows_read() - batch.len() as u64 + 1;
-                let boundary = rows.boundary();
-                let (span, kinds) = (span.clone(), kinds.clone());
-                let done = encoders::spawn(move || {
-                    span.in_scope(|| encode_batch(format, &kinds, batch, out, first))
-                });
-                if queued.send((done, boundary)).await.is_err() {
-                    // The appender stopped on an error, which is the attempt's outcome.
-                    break;
-                }
-            }
-            Ok::<_, JobError>(())
-        };
         let mut bytes = base.bytes;
         let mut digest = base.digest;
+        let mut skipped = base.skipped;
+        // The readers encode what they read; here the encoded lines are appended (and
+        // compressed) in the archive's order, and full chunks go to the upload while the
+        // readers read on.
         let append = async {
-            let mut skipped = base.skipped;
-            while let Some((done, boundary)) = encoding.recv().await {
-                let encoded = done.await.map_err(|_| {
-                    JobError::Retryable(
-                        "encoding a batch of logs failed (the encoder panicked)".into(),
-                    )
-                })??;
-                for reason in encoded
-                    .skip_reasons
-                    .iter()
-                    .take(10usize.saturating_sub(skipped as usize))
-                {
-                    tracing::warn!(?reason, "skipped an event that cannot be mapped");
-                }
-                skipped += encoded.skipped;
+            let mut chunk = Chunk::default();
+            loop {
+                chunk.clear();
+                let more = rows
+                    .next_chunk(&mut chunk, CHUNK_BYTES)
+                    .await
+                    .map_err(slice_error)?;
+                skipped += chunk.skipped;
                 writer
-                    .append_encoded(&encoded.bytes, encoded.logs)
+                    .append_encoded(&chunk.bytes, chunk.logs)
                     .map_err(encode_error)?;
-                // The reader may be done already; then the buffers are simply freed.
-                let _ = spare_tx.send(encoded.buffers());
-                if let Some(slices_done) = boundary {
+                if let Some(slices_done) = rows.boundary() {
                     // The archive so far holds exactly the first `slices_done` slices.
                     let piece = writer.end_member().map_err(encode_error)?;
                     bytes += piece.len() as u64;
@@ -413,14 +367,16 @@ impl ExportJob {
                         digest: digest.clone(),
                     };
                     saves.save(ctx, upload, slices_done, so_far).await?;
-                } else if let Some(chunk) = writer.take_bytes(self.settings.chunk_bytes) {
-                    bytes += chunk.len() as u64;
-                    digest.update(&chunk);
-                    upload.write(chunk).await.map_err(storage_error)?;
+                } else if let Some(full) = writer.take_bytes(self.settings.chunk_bytes) {
+                    bytes += full.len() as u64;
+                    digest.update(&full);
+                    upload.write(full).await.map_err(storage_error)?;
                 }
                 ctx.report_progress(writer.logs_written(), bytes);
+                if !more {
+                    return Ok::<_, JobError>(());
+                }
             }
-            Ok::<_, JobError>(skipped)
         };
         // The slices' progress goes to the heartbeat while slices are read ahead of the archive.
         let report = async {
@@ -429,10 +385,10 @@ impl ExportJob {
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
         };
-        let skipped = tokio::select! {
+        tokio::select! {
             biased;
             _ = ctx.stopped() => return Err(JobError::Stopped),
-            both = async { tokio::try_join!(read, append) } => both?.1,
+            appended = append => appended?,
             never = report => match never {},
         };
         let logs = writer.logs_written();
@@ -508,96 +464,6 @@ fn report_slices(ctx: &JobContext, slices: &SliceProgress) {
     ctx.report_slices(get(&slices.total), get(&slices.done), get(&slices.running));
 }
 
-/// Rows mapped and encoded as one job: enough that handing a batch over costs nothing in
-/// comparison, few enough that the batches in flight hold a few MiB.
-const BATCH_ROWS: usize = 1024;
-
-/// Batches queued for the appender per export: two more than there are encoder threads, so a
-/// thread that finishes a batch finds the next one waiting while the stream reads on.
-static ENCODE_TASKS: LazyLock<usize> = LazyLock::new(|| *encoders::THREADS + 2);
-
-/// A batch on the encoder threads; yields its archive bytes.
-type Encoding = oneshot::Receiver<Result<Encoded, JobError>>;
-
-/// A batch's row list and output buffer, handed back and forth between the stream and the
-/// encoder threads.
-struct Buffers {
-    batch: RowBatch,
-    out: Vec<u8>,
-}
-
-impl Buffers {
-    fn new() -> Self {
-        Self {
-            batch: RowBatch::with_capacity(BATCH_ROWS, BATCH_ROWS * 1024),
-            out: Vec::with_capacity(BATCH_ROWS * 512),
-        }
-    }
-}
-
-/// One batch of rows as archive bytes.
-struct Encoded {
-    bytes: Vec<u8>,
-    logs: u64,
-    skipped: u64,
-    /// The first few reasons, for the log.
-    skip_reasons: Vec<SkipReason>,
-    /// The batch's rows, kept for reuse.
-    batch: RowBatch,
-}
-
-impl Encoded {
-    /// The batch's buffers, emptied, for the next batch.
-    fn buffers(mut self) -> Buffers {
-        self.bytes.clear();
-        self.batch.clear();
-        Buffers {
-            batch: self.batch,
-            out: self.bytes,
-        }
-    }
-}
-
-/// Maps and encodes the rows of `batch` (row numbers from `first`) into `out`; runs on an encoder
-/// thread. The batch travels back with the result.
-fn encode_batch(
-    format: ExportFormat,
-    kinds: &[String],
-    batch: RowBatch,
-    out: Vec<u8>,
-    first: u64,
-) -> Result<Encoded, JobError> {
-    let mut encoded = Encoded {
-        bytes: out,
-        logs: 0,
-        skipped: 0,
-        skip_reasons: Vec::new(),
-        batch,
-    };
-    for (n, row) in (first..).zip(encoded.batch.iter()) {
-        let mut kept = false;
-        match map_row_text(row, |log| {
-            // Several kinds are searched as exclusions of the other known kinds, so an unknown
-            // kind can come back: only the asked-for kinds go into the archive.
-            kept = kinds.is_empty() || kinds.iter().any(|k| *k == log.kind);
-            if kept {
-                ArchiveWriter::encode_log(format, &log, &mut encoded.bytes);
-            }
-        }) {
-            Ok(()) => encoded.logs += u64::from(kept),
-            // Only a line Splunk broke can hold a row that is not a JSON object.
-            Err(SkipReason::Malformed) => {
-                return Err(splunk_error(SplunkError::Protocol(format!(
-                    "export row {n} is not a JSON object"
-                ))));
-            }
-            Err(reason) => {
-                encoded.skipped += 1;
-                if encoded.skip_reasons.len() < 10 {
-                    encoded.skip_reasons.push(reason);
-                }
-            }
-        }
-    }
-    Ok(encoded)
-}
+/// Encoded bytes taken from the spool at a time: the archive appends and compresses them in one
+/// go, and a few of them make an upload chunk.
+const CHUNK_BYTES: usize = 256 * 1024;

@@ -129,6 +129,15 @@ impl RowBatch {
         self.ends.clear();
     }
 
+    /// Keeps the first `rows` rows.
+    pub(crate) fn truncate(&mut self, rows: usize) {
+        if rows < self.ends.len() {
+            let end = rows.checked_sub(1).map_or(0, |last| self.ends[last]);
+            self.text.truncate(end);
+            self.ends.truncate(rows);
+        }
+    }
+
     /// Each row's JSON text, in order.
     pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
         self.ends.iter().scan(0, |start, &end| {
