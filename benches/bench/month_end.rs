@@ -225,6 +225,9 @@ impl MonthEnd<'_> {
         let events: u64 = expected.iter().sum();
 
         let mut workers = self.workers(&db_url, &emu, target, scratch, &load, n)?;
+        // A running service's workers are up before month-end comes: process start-up is not
+        // an export's cost.
+        wait_until_started(scratch, n, load.workers).await?;
         let before = emu.stats();
         let t0 = Instant::now();
         let mut ids = Vec::with_capacity(requests.len());
@@ -362,6 +365,28 @@ impl MonthEnd<'_> {
             })
             .collect()
     }
+}
+
+/// Waits until each of the `workers` processes of load `n` logged that its loop runs, and a
+/// little longer for its LISTEN connection.
+async fn wait_until_started(scratch: &Path, n: usize, workers: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for w in 0..workers {
+        let log = scratch.join(format!("worker-{n}-{w}.log"));
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("worker started")
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "worker {w} did not start; see {}",
+                log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Ok(())
 }
 
 fn export(namespace: &str, start: DateTime<Utc>, end: DateTime<Utc>) -> anyhow::Result<NewExport> {
