@@ -338,6 +338,7 @@ async fn quay(config: &Config) -> Option<Finding> {
         auth.ssl_ca_path.as_deref(),
         "auth.ssl_ca_path",
     )
+    .map_err(|e| e.to_string())
     .and_then(|b| b.timeout(TIMEOUT).build().map_err(|e| e.to_string()))
     {
         Ok(client) => client,
@@ -382,6 +383,7 @@ async fn audit(config: &Config) -> Option<Finding> {
         audit.ssl_ca_path.as_deref(),
         "audit.ssl_ca_path",
     )
+    .map_err(|e| e.to_string())
     .and_then(|b| b.timeout(TIMEOUT).build().map_err(|e| e.to_string()))
     {
         Ok(client) => client,

@@ -865,7 +865,7 @@ impl Config {
     /// A CA file that is missing or holds no certificate stops start-up, not the first export.
     fn validate_ca_files(&self) -> Result<(), ConfigError> {
         for (key, path) in self.ca_files() {
-            crate::http_client::read_ca(path, key).map_err(ConfigError)?;
+            crate::http_client::read_ca(path, key).map_err(|e| ConfigError(e.to_string()))?;
         }
         Ok(())
     }

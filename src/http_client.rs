@@ -2,7 +2,39 @@
 //! Postgres): the operator's CA file, read once and checked, and the words for a certificate the
 //! client refused, naming the key that would fix it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A CA file (`*.ssl_ca_path`) that cannot be used; `key` names the setting that points at it.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    /// The file cannot be read.
+    #[error("{key}: {} cannot be read: {source}", path.display())]
+    Unreadable {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is no PEM file.
+    #[error("{key}: {} is not a PEM file: {source}", path.display())]
+    NotPem {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no certificate.
+    #[error("{key}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    Empty { key: String, path: PathBuf },
+    /// A certificate in the file is not one the TLS library accepts.
+    #[error("{key}: {} holds an unusable certificate: {source}", path.display())]
+    Unusable {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: reqwest::Error,
+    },
+}
 
 /// A client builder that trusts `ca_path`'s certificates besides the system's, or any
 /// certificate when `verify_ssl` is off. `key` names the setting in error messages.
@@ -10,7 +42,7 @@ pub fn builder(
     verify_ssl: bool,
     ca_path: Option<&Path>,
     key: &str,
-) -> Result<reqwest::ClientBuilder, String> {
+) -> Result<reqwest::ClientBuilder, CaFileError> {
     let builder = reqwest::Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
@@ -28,15 +60,15 @@ pub fn trust(
     mut builder: reqwest::ClientBuilder,
     ca_path: Option<&Path>,
     key: &str,
-) -> Result<reqwest::ClientBuilder, String> {
+) -> Result<reqwest::ClientBuilder, CaFileError> {
     if let Some(path) = ca_path {
         for cert in read_ca(path, key)? {
-            let cert = reqwest::Certificate::from_der(&cert).map_err(|e| {
-                format!(
-                    "{key}: {} holds an unusable certificate: {e}",
-                    path.display()
-                )
-            })?;
+            let cert =
+                reqwest::Certificate::from_der(&cert).map_err(|source| CaFileError::Unusable {
+                    key: key.to_owned(),
+                    path: path.to_owned(),
+                    source,
+                })?;
             builder = builder.add_root_certificate(cert);
         }
     }
@@ -45,26 +77,37 @@ pub fn trust(
 
 /// The certificates (DER) of the PEM file at `path`; an unreadable file, or one without a
 /// certificate, is an error naming `key`.
-pub fn read_ca(path: &Path, key: &str) -> Result<Vec<Vec<u8>>, String> {
-    let pem = std::fs::read(path)
-        .map_err(|e| format!("{key}: {} cannot be read: {e}", path.display()))?;
+pub fn read_ca(path: &Path, key: &str) -> Result<Vec<Vec<u8>>, CaFileError> {
+    let pem = read(path, key)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .map(|cert| cert.map(|c| c.to_vec()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{key}: {} is not a PEM file: {e}", path.display()))?;
+        .map_err(|source| CaFileError::NotPem {
+            key: key.to_owned(),
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key}: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            path.display()
-        ));
+        return Err(CaFileError::Empty {
+            key: key.to_owned(),
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
 
 /// The PEM text of `path` after [`read_ca`] found certificates in it.
-pub fn read_ca_pem(path: &Path, key: &str) -> Result<Vec<u8>, String> {
+pub fn read_ca_pem(path: &Path, key: &str) -> Result<Vec<u8>, CaFileError> {
     read_ca(path, key)?;
-    std::fs::read(path).map_err(|e| format!("{key}: {} cannot be read: {e}", path.display()))
+    read(path, key)
+}
+
+fn read(path: &Path, key: &str) -> Result<Vec<u8>, CaFileError> {
+    std::fs::read(path).map_err(|source| CaFileError::Unreadable {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// True when `error`, or anything in its chain, says the server's certificate was refused.
@@ -102,6 +145,12 @@ mod tests {
     #[test]
     fn a_missing_or_empty_ca_file_names_the_key() {
         let err = read_ca(Path::new("/nonexistent/ca.pem"), "email.ssl_ca_path").unwrap_err();
+        assert!(matches!(err, CaFileError::Unreadable { .. }), "{err:?}");
+        assert!(
+            std::error::Error::source(&err).is_some(),
+            "keeps the I/O error"
+        );
+        let err = err.to_string();
         assert!(
             err.starts_with("email.ssl_ca_path: /nonexistent/ca.pem"),
             "{err}"
@@ -111,6 +160,8 @@ mod tests {
         let empty = dir.join("empty.pem");
         std::fs::write(&empty, "not a certificate\n").unwrap();
         let err = read_ca(&empty, "callback.ssl_ca_path").unwrap_err();
+        assert!(matches!(err, CaFileError::Empty { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(
             err.contains("callback.ssl_ca_path") && err.contains("no PEM certificate"),
             "{err}"

@@ -76,7 +76,21 @@ struct Notification {
 
 /// Counters by outcome, under their `…_total` names, with their help and the outcomes known in
 /// advance (exported as 0 from the start, so `rate()` and alerts see them before the first event).
-const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 10] = [
+const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 11] = [
+    (
+        "logexport_export_attempt_failures_total",
+        "Failed export attempts, by the party that failed.",
+        &[
+            "splunk",
+            "storage",
+            "spool",
+            "encoding",
+            "notification",
+            "database",
+            "request",
+            "worker",
+        ],
+    ),
     (
         "logexport_jobs_finished_total",
         "Job attempts ended, by outcome.",

@@ -10,5 +10,5 @@ pub mod quay;
 pub mod tokens;
 
 pub use caller::{Access, Caller, Refusal, Resource};
-pub use quay::QuayIdentity;
+pub use quay::{QuayClientError, QuayIdentity};
 pub use tokens::create_token;

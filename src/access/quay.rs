@@ -325,11 +325,24 @@ impl std::fmt::Debug for QuayIdentity {
     }
 }
 
+/// Why the client for Quay cannot be built from `[auth]`.
+#[derive(Debug, thiserror::Error)]
+pub enum QuayClientError {
+    /// `auth.quay_url` does not parse.
+    #[error("auth.quay_url is not a URL: {0}")]
+    Url(#[source] url::ParseError),
+    /// `auth.ssl_ca_path` cannot be used.
+    #[error(transparent)]
+    CaFile(#[from] crate::http_client::CaFileError),
+    /// The TLS library refused the client's settings.
+    #[error("cannot build the HTTP client for Quay: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
 impl QuayIdentity {
     /// A client for `auth.quay_url` with the `[auth]` settings.
-    pub fn new(config: &AuthConfig) -> Result<Self, String> {
-        let mut base = url::Url::parse(&config.quay_url)
-            .map_err(|e| format!("auth.quay_url is not a URL: {e}"))?;
+    pub fn new(config: &AuthConfig) -> Result<Self, QuayClientError> {
+        let mut base = url::Url::parse(&config.quay_url).map_err(QuayClientError::Url)?;
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
@@ -344,7 +357,7 @@ impl QuayIdentity {
         .connect_timeout(timeout)
         .timeout(timeout)
         .build()
-        .map_err(|e| format!("cannot build the HTTP client for Quay: {e}"))?;
+        .map_err(QuayClientError::Client)?;
         let ttl = Duration::from_secs(config.cache_seconds);
         let max = config.cache_max_entries;
         Ok(Self {

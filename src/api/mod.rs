@@ -31,8 +31,8 @@ pub use openapi::ApiDoc;
 pub use schemas::DownloadLinkParams;
 pub use status::status_json;
 
-use crate::access::QuayIdentity;
 use crate::access::tokens::TokenCache;
+use crate::access::{QuayClientError, QuayIdentity};
 use crate::config::{AuthMode, Config};
 use crate::domain::AllowList;
 use crate::storage::{LocalStore, ObjectStore, Storage};
@@ -73,7 +73,7 @@ impl AppState {
     }
 
     /// State for the given pool and configuration; fails when quay mode's client cannot be built.
-    pub fn try_new(pool: PgPool, config: Arc<Config>) -> Result<Self, String> {
+    pub fn try_new(pool: PgPool, config: Arc<Config>) -> Result<Self, QuayClientError> {
         let quay = quay_identity(&config)?;
         Ok(Self::assemble(pool, config, quay))
     }
@@ -115,7 +115,7 @@ impl AppState {
 }
 
 /// Quay mode's client for identity and permission lookups (`None` in tokens mode).
-fn quay_identity(config: &Config) -> Result<Option<Arc<QuayIdentity>>, String> {
+fn quay_identity(config: &Config) -> Result<Option<Arc<QuayIdentity>>, QuayClientError> {
     match config.auth.mode {
         AuthMode::Tokens => Ok(None),
         AuthMode::Quay => QuayIdentity::new(&config.auth).map(|q| Some(Arc::new(q))),

@@ -113,7 +113,7 @@ impl ExportJob {
             manifest.timestamp_token = Some(stamp(tsa, &manifest, ctx).await?);
         }
         let text = serde_json::to_vec_pretty(&manifest)
-            .map_err(|e| JobError::Permanent(format!("cannot write the manifest: {e}")))?;
+            .map_err(|e| JobError::Permanent(format!("cannot write the manifest: {e}").into()))?;
         let manifest_meta = ObjectMeta {
             content_type: "application/json".into(),
             filename: format!("{}.manifest.json", meta.filename),
@@ -136,8 +136,9 @@ impl ExportJob {
         tracing::debug!(export_id = %job.id, "manifest stored");
         Ok(ExportResult {
             sha256: manifest.sha256.clone(),
-            manifest: serde_json::to_value(&manifest)
-                .map_err(|e| JobError::Permanent(format!("cannot record the manifest: {e}")))?,
+            manifest: serde_json::to_value(&manifest).map_err(|e| {
+                JobError::Permanent(format!("cannot record the manifest: {e}").into())
+            })?,
             object_key,
             download_url: url.to_string(),
             url_expires_at: Utc::now()

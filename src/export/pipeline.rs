@@ -18,7 +18,7 @@ use crate::metrics::METRICS;
 use crate::queue::{ClaimedJob, ExportResult, chain};
 use crate::splunk::{SplunkClient, SplunkError};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, manifest_key, object_key};
-use crate::worker::{JobContext, JobError, JobHandler};
+use crate::worker::{Cause, JobContext, JobError, JobHandler, Party};
 
 /// The export job body.
 pub struct ExportJob {
@@ -42,35 +42,47 @@ impl ExportJob {
     }
 }
 
+/// A Splunk failure; a failure of the search quota's database names the database.
 fn splunk_error(e: SplunkError) -> JobError {
+    let party = match e {
+        SplunkError::Database { .. } => Party::Database,
+        _ => Party::Splunk,
+    };
     if e.is_database() {
-        JobError::Database(e.to_string())
+        JobError::Database(Cause::of(party, e))
     } else if e.is_retryable() {
-        JobError::Retryable(e.to_string())
+        JobError::Retryable(Cause::of(party, e))
     } else {
-        JobError::Permanent(e.to_string())
+        JobError::Permanent(Cause::of(party, e))
     }
 }
 
-/// A failure reading the slices, blamed on the party that failed: Splunk, or the spool disk.
+/// A failure reading the slices, blamed on the party that failed: Splunk, the spool disk, or
+/// the encoding of what was read.
 fn slice_error(e: SliceError) -> JobError {
     match e {
         SliceError::Splunk(e) => splunk_error(e),
-        spool @ SliceError::Spool(_) => JobError::Retryable(spool.to_string()),
-        encoding @ SliceError::Encoding(_) => JobError::Retryable(encoding.to_string()),
+        spool @ SliceError::Spool(_) => JobError::Retryable(Cause::of(Party::Spool, spool)),
+        encoding @ SliceError::Encoding(_) => {
+            JobError::Retryable(Cause::of(Party::Encoding, encoding))
+        }
     }
 }
 
 pub(super) fn storage_error(e: StorageError) -> JobError {
     if e.is_retryable() {
-        JobError::Retryable(e.to_string())
+        JobError::Retryable(Cause::of(Party::Storage, e))
     } else {
-        JobError::Permanent(e.to_string())
+        JobError::Permanent(Cause::of(Party::Storage, e))
     }
 }
 
 fn encode_error(e: std::io::Error) -> JobError {
-    JobError::Retryable(format!("encoding the archive failed: {e}"))
+    JobError::Retryable(Cause::with_context(
+        Party::Encoding,
+        "encoding the archive failed",
+        e,
+    ))
 }
 
 /// Counts from a completed stream (or where an earlier attempt's checkpoint left them).
@@ -444,7 +456,7 @@ impl Checkpoints {
             upload: at,
         };
         let value = serde_json::to_value(&checkpoint)
-            .map_err(|e| JobError::Permanent(format!("cannot record a checkpoint: {e}")))?;
+            .map_err(|e| JobError::Permanent(format!("cannot record a checkpoint: {e}").into()))?;
         match ctx.save_checkpoint(&value).await {
             Ok(recorded) => {
                 if recorded {

@@ -7,7 +7,6 @@
 //! does not depend on the HTTP layer.
 
 mod aggregate;
-pub mod bench;
 pub mod kinds;
 mod lookup;
 pub mod page_token;
@@ -183,9 +182,10 @@ fn unavailable(e: &SplunkError) -> LogsError {
         SplunkError::Connection { .. } => "connection",
         SplunkError::SearchTimeout { .. } => "timeout",
         SplunkError::Http { .. } => "http",
+        SplunkError::Busy { .. } => "busy",
         SplunkError::SearchFailed { .. } | SplunkError::BadSearch { .. } => "search_failed",
         SplunkError::Config(_) => "not_configured",
-        SplunkError::Database(_) => "database",
+        SplunkError::Database { .. } => "database",
         _ => "protocol",
     };
     LogsError::Unavailable {

@@ -114,7 +114,7 @@ impl SplunkClient {
             config.ssl_ca_path.as_deref(),
             "splunk.ssl_ca_path",
         )
-        .map_err(SplunkError::Config)?
+        .map_err(|e| SplunkError::Config(e.to_string()))?
         .connect_timeout(Duration::from_secs(config.connect_timeout_seconds.max(1)))
         // A read timeout bounds silence, not the whole response: exports stream for hours.
         .read_timeout(Duration::from_secs(config.read_timeout_seconds.max(1)))

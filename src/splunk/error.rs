@@ -1,5 +1,7 @@
 //! Errors from talking to Splunk, classified as retryable or permanent, quoting Splunk's own words.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 /// Longest slice of a Splunk error body quoted in an error message.
@@ -49,12 +51,23 @@ pub enum SplunkError {
     /// The `[splunk]` configuration cannot be used.
     #[error("invalid Splunk configuration: {0}")]
     Config(String),
-    /// The service's own database, which keeps the cluster-wide search quota, could not be
-    /// reached: nothing was asked of Splunk.
+    /// Every search the service lets run at once (`splunk.max_concurrent_searches`) stayed busy
+    /// for the whole wait: nothing was asked of Splunk.
     #[error(
-        "the service's database (Postgres) is unreachable, so no Splunk search could start: {0}"
+        "all {limit} Splunk searches allowed at once (splunk.max_concurrent_searches) stayed busy for {seconds} s"
     )]
-    Database(String),
+    Busy { limit: u32, seconds: u64 },
+    /// The service's own database, which keeps the cluster-wide search quota, could not be
+    /// reached (`unreachable`) or refused the quota's statement: nothing was asked of Splunk.
+    #[error(
+        "the service's database (Postgres) {}, so no Splunk search could start: {source}",
+        if *unreachable { "is unreachable" } else { "failed keeping the Splunk search quota" }
+    )]
+    Database {
+        unreachable: bool,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
 }
 
 impl SplunkError {
@@ -65,7 +78,8 @@ impl SplunkError {
             Self::Connection { .. }
             | Self::StreamCut { .. }
             | Self::SearchTimeout { .. }
-            | Self::Database(_) => true,
+            | Self::Busy { .. }
+            | Self::Database { .. } => true,
             Self::Unauthorized { .. }
             | Self::BadSearch { .. }
             | Self::LineTooLong { .. }
@@ -126,9 +140,17 @@ impl SplunkError {
 }
 
 impl SplunkError {
-    /// Whether the service's own database, not Splunk, failed.
+    /// Whether the service's own database, not Splunk, could not be reached: waiting for it
+    /// spends nothing. (A statement it refused is [`SplunkError::Database`] too, but retried
+    /// like any failure.)
     pub fn is_database(&self) -> bool {
-        matches!(self, Self::Database(_))
+        matches!(
+            self,
+            Self::Database {
+                unreachable: true,
+                ..
+            }
+        )
     }
 
     /// Whether Splunk refused the search for its concurrency quota (the role's `srchJobsQuota`).

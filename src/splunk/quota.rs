@@ -172,7 +172,7 @@ impl SearchQuota {
     }
 
     /// Waits for a free slot (up to `wait`) and takes it; past `wait` the answer is the retryable
-    /// quota error Splunk itself would give.
+    /// [`SplunkError::Busy`], which asked Splunk nothing.
     pub async fn acquire(
         &self,
         purpose: &str,
@@ -216,15 +216,9 @@ impl SearchQuota {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 METRICS.incr("logexport_splunk_quota_waits_total", "gave_up");
-                return Err(SplunkError::Http {
-                    status: 503,
-                    message: format!(
-                        "all {} Splunk searches allowed at once (splunk.max_concurrent_searches) \
-                         stayed busy for {} s",
-                        inner.limit,
-                        wait.as_secs()
-                    ),
-                    retryable: true,
+                return Err(SplunkError::Busy {
+                    limit: inner.limit,
+                    seconds: wait.as_secs(),
                 });
             }
             let jitter = rand::thread_rng().gen_range(0..=pause.as_millis() as u64 / 2);
@@ -385,14 +379,51 @@ impl Drop for SearchPermit {
     }
 }
 
+/// A failure of the quota's own database, never reported as Splunk's: an outage waits for
+/// Postgres, any other failure is retried like one of Splunk's.
 fn database_error(e: sqlx::Error) -> SplunkError {
-    if crate::db::is_unavailable(&e) {
+    let unreachable = crate::db::is_unavailable(&e);
+    if unreachable {
         crate::db::report_unavailable("quota", &e);
-        return SplunkError::Database(e.to_string());
     }
-    SplunkError::Http {
-        status: 503,
-        message: format!("the Splunk search quota could not be read from Postgres: {e}"),
-        retryable: true,
+    SplunkError::Database {
+        unreachable,
+        source: Arc::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_error;
+
+    #[test]
+    fn a_refused_statement_names_the_database_not_splunk() {
+        let e = database_error(sqlx::Error::ColumnNotFound("slot".into()));
+        let text = e.to_string();
+        assert!(
+            text.starts_with(
+                "the service's database (Postgres) failed keeping the Splunk search quota"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("503") && !text.contains("answered"),
+            "{text}"
+        );
+        assert!(e.is_retryable(), "retried like any failure");
+        assert!(!e.is_database(), "not an outage: an attempt is spent on it");
+        assert!(!e.is_quota());
+        assert!(std::error::Error::source(&e).is_some(), "keeps its cause");
+    }
+
+    #[test]
+    fn an_outage_names_the_unreachable_database() {
+        let e = database_error(sqlx::Error::PoolTimedOut);
+        assert!(e.is_database() && e.is_retryable());
+        assert!(
+            e.to_string()
+                .starts_with("the service's database (Postgres) is unreachable"),
+            "{e}"
+        );
     }
 }

@@ -13,16 +13,17 @@ use sqlx::PgPool;
 use crate::domain::ExportId;
 use crate::queue::{ClaimedJob, ExportResult, storage};
 
-/// How a job attempt failed.
+/// How a job attempt failed. Its [`Cause`] names the party that failed, which the export's
+/// status, the log line and `logexport_export_attempt_failures_total` carry.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JobError {
     /// Worth another attempt (Splunk 5xx/quota/connection, storage 5xx, a cut stream).
-    #[error("{0}")]
-    Retryable(String),
+    #[error(transparent)]
+    Retryable(Cause),
     /// Will fail the same way again (Splunk rejected the token, a bad search).
-    #[error("{0}")]
-    Permanent(String),
-    /// The request itself cannot be served.
+    #[error(transparent)]
+    Permanent(Cause),
+    /// The request itself cannot be served (the party is the request).
     #[error("{0}")]
     Invalid(String),
     /// The job stopped because its token was cancelled; the runner knows why.
@@ -30,8 +31,8 @@ pub enum JobError {
     Stopped,
     /// The service's own database could not be reached: not the job's fault, so the attempt is
     /// given back rather than spent.
-    #[error("{0}")]
-    Database(String),
+    #[error(transparent)]
+    Database(Cause),
 }
 
 impl JobError {
@@ -39,12 +40,143 @@ impl JobError {
     /// reached (not the job's fault), otherwise worth another attempt.
     pub fn database(step: &str, e: &sqlx::Error) -> Self {
         if crate::db::is_unavailable(e) {
-            Self::Database(format!(
-                "the database could not be reached while {step}: {e}"
+            Self::Database(Cause::new(
+                Party::Database,
+                format!("the database could not be reached while {step}: {e}"),
             ))
         } else {
-            Self::Retryable(format!("{step}: {e}"))
+            Self::Retryable(Cause::new(Party::Database, format!("{step}: {e}")))
         }
+    }
+
+    /// The party that failed (`None` for a job that was stopped).
+    pub fn party(&self) -> Option<Party> {
+        match self {
+            Self::Retryable(c) | Self::Permanent(c) | Self::Database(c) => Some(c.party),
+            Self::Invalid(_) => Some(Party::Request),
+            Self::Stopped => None,
+        }
+    }
+
+    /// Counts the failed attempt by the party that failed and logs which party it was.
+    pub fn observe(&self) {
+        if let Some(party) = self.party() {
+            crate::metrics::METRICS.incr("logexport_export_attempt_failures_total", party.label());
+            tracing::info!(party = party.label(), error = %self, "the attempt failed in {party}");
+        }
+    }
+}
+
+/// Who failed an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// Splunk, where the logs are read.
+    Splunk,
+    /// The archive store (S3 or the local directory).
+    Storage,
+    /// The export spool on local disk (`export.spool_dir`).
+    Spool,
+    /// Encoding the archive.
+    Encoding,
+    /// E-mail or callback delivery.
+    Notification,
+    /// The service's own database (Postgres).
+    Database,
+    /// The export request itself.
+    Request,
+    /// The worker's own code: a panic, a worker that stopped responding, an unexpected value.
+    Worker,
+}
+
+impl Party {
+    /// Every party, in the order of its metric labels.
+    pub const ALL: [Party; 8] = [
+        Self::Splunk,
+        Self::Storage,
+        Self::Spool,
+        Self::Encoding,
+        Self::Notification,
+        Self::Database,
+        Self::Request,
+        Self::Worker,
+    ];
+
+    /// Its metric label and log field.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Splunk => "splunk",
+            Self::Storage => "storage",
+            Self::Spool => "spool",
+            Self::Encoding => "encoding",
+            Self::Notification => "notification",
+            Self::Database => "database",
+            Self::Request => "request",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why an attempt failed: the party, its words (the export's status text), and the typed error
+/// it came from when there is one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Cause {
+    /// Who failed.
+    pub party: Party,
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// A cause with only a message.
+    pub fn new(party: Party, message: impl Into<String>) -> Self {
+        Self {
+            party,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A cause that keeps `error`, in its own words.
+    pub fn of(party: Party, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            party,
+            message: error.to_string(),
+            source: Some(Arc::new(error)),
+        }
+    }
+
+    /// A cause that keeps `error`, its words after `context`.
+    pub fn with_context(
+        party: Party,
+        context: &str,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            party,
+            message: format!("{context}: {error}"),
+            source: Some(Arc::new(error)),
+        }
+    }
+}
+
+/// A bare message names no outside party: the worker's own code failed.
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self::new(Party::Worker, message)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        Self::new(Party::Worker, message)
     }
 }
 
@@ -278,7 +410,45 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use super::JobContext;
+    use super::{Cause, JobContext, JobError, Party};
+
+    #[test]
+    fn an_error_keeps_its_party_its_words_and_its_cause() {
+        let io = std::io::Error::other("disk full");
+        let e = JobError::Retryable(Cause::with_context(
+            Party::Encoding,
+            "encoding the archive failed",
+            io,
+        ));
+        assert_eq!(e.to_string(), "encoding the archive failed: disk full");
+        assert_eq!(e.party(), Some(Party::Encoding));
+        let cause = std::error::Error::source(&e).expect("the I/O error is kept");
+        assert_eq!(cause.to_string(), "disk full");
+        // A bare message is the worker's own; an invalid request is the request's.
+        assert_eq!(
+            JobError::Retryable("the export job panicked".into()).party(),
+            Some(Party::Worker)
+        );
+        assert_eq!(
+            JobError::Invalid("no such format".into()).party(),
+            Some(Party::Request)
+        );
+        assert_eq!(JobError::Stopped.party(), None);
+        let labels: Vec<&str> = Party::ALL.iter().map(|p| p.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "splunk",
+                "storage",
+                "spool",
+                "encoding",
+                "notification",
+                "database",
+                "request",
+                "worker"
+            ]
+        );
+    }
 
     #[test]
     fn reading_done_hands_the_slot_over_once_whichever_clone_says_it() {

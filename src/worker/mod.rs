@@ -8,6 +8,6 @@ mod runner;
 
 pub use contained::{Contained, UnitError, WorkKind, contain};
 pub use housekeeping::Housekeeper;
-pub use job::{JobContext, JobError, JobHandler, NoopHandler, StopReason};
+pub use job::{Cause, JobContext, JobError, JobHandler, NoopHandler, Party, StopReason};
 pub use notifier::{Notifier, notice};
 pub use runner::{WorkerPool, WorkerSettings};

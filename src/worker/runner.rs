@@ -292,14 +292,20 @@ impl AttemptRunner {
                 .await
                 .unwrap_or(false)
         {
-            Err(JobError::Permanent(format!(
-                "the worker running the last attempt ({}) stopped responding",
-                job.max_attempts
-            )))
+            Err(JobError::Permanent(
+                format!(
+                    "the worker running the last attempt ({}) stopped responding",
+                    job.max_attempts
+                )
+                .into(),
+            ))
         } else {
             self.run_body(&job, &ctx).await
         };
         heartbeat.abort();
+        if let Err(e) = &result {
+            e.observe();
+        }
         let outcome = self.record(&job, &ctx, result).await;
         METRICS.job_finished(outcome, started.elapsed());
         if let Ok(mut running) = self.running.lock() {
@@ -339,7 +345,7 @@ impl AttemptRunner {
         match ended {
             Ok(result) => result,
             // A panic is a failed attempt, retried like any other.
-            Err(e @ UnitError::Panicked { .. }) => Err(JobError::Retryable(e.to_string())),
+            Err(e @ UnitError::Panicked { .. }) => Err(JobError::Retryable(e.to_string().into())),
             Err(UnitError::Cancelled { .. }) => Err(JobError::Stopped),
         }
     }
@@ -406,7 +412,7 @@ impl AttemptRunner {
                 "the export did not finish within the time one attempt may take ({} s, worker.max_work_seconds)",
                 self.settings.max_work.as_secs()
             )),
-            (Err(JobError::Permanent(e)), None) => Finish::Failed(e),
+            (Err(JobError::Permanent(e)), None) => Finish::Failed(e.to_string()),
             (Err(JobError::Invalid(e)), None) => Finish::Invalid(e),
             (Err(e @ (JobError::Retryable(_) | JobError::Stopped)), None) => {
                 let message = e.to_string();

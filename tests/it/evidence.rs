@@ -11,14 +11,15 @@ use logexport::archive::ManifestKey;
 use logexport::archive::manifest::Manifest;
 use logexport::config::{Config, Secret, StorageKind};
 use logexport::domain::ExportId;
-use logexport::emulator::{self, EmulatorOptions, RunningEmulator};
+use logexport::emulator::RunningEmulator;
 use logexport::queue::chain::{self, Archived};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::export::{JANUARY, dataset};
 use crate::helpers::{
-    TestApp, eventually, spawn_app_with, spawn_export_worker, test_config, test_db, use_emulator,
+    TempDir, TestApp, emulator_with_events, eventually, spawn_app_with, spawn_export_worker,
+    test_config, test_db, use_emulator,
 };
 
 const TOKEN: &str = "splunk-test-token";
@@ -200,35 +201,23 @@ struct Env {
     admin: String,
     worker: CancellationToken,
     _emulator: RunningEmulator,
-    _data: PathBuf,
+    data: TempDir,
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         self.worker.cancel();
-        let _ = std::fs::remove_dir_all(&self.archives);
-        let _ = std::fs::remove_dir_all(&self._data);
     }
 }
 
 impl Env {
     async fn start(adjust: impl FnOnce(&mut Config)) -> Self {
-        let data = std::env::temp_dir().join(format!("logexport-ev-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&data).unwrap();
-        let file = data.join("events.ndjson");
-        let lines: Vec<String> = dataset().iter().map(Value::to_string).collect();
-        std::fs::write(&file, lines.join("\n")).unwrap();
-        let emulator = emulator::spawn(EmulatorOptions {
-            token: Some(TOKEN.into()),
-            data_files: vec![file],
-            ..EmulatorOptions::default()
-        })
-        .await
-        .expect("emulator");
+        let data = TempDir::new("logexport-ev");
+        let emulator = emulator_with_events(&data.0, TOKEN, &dataset()).await;
         let (url, pool) = test_db().await;
         let mut config = test_config(&url);
         use_emulator(&mut config, &emulator, TOKEN);
-        let archives = data.join("archives");
+        let archives = data.0.join("archives");
         std::fs::create_dir_all(&archives).unwrap();
         config.storage.kind = StorageKind::Local;
         config.storage.local.path = archives.clone();
@@ -247,7 +236,7 @@ impl Env {
             admin,
             worker,
             _emulator: emulator,
-            _data: data,
+            data,
         }
     }
 
@@ -262,13 +251,13 @@ impl Env {
     }
 
     async fn request(&self, path: &str) -> String {
-        let response = self
-            .app
-            .post_export(&self.admin, path, r#"{"callback_email": "a@example.com"}"#)
-            .await;
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.unwrap();
-        body["export_id"].as_str().unwrap().to_owned()
+        self.app
+            .request_export(
+                &self.admin,
+                path,
+                &json!({"callback_email": "a@example.com"}),
+            )
+            .await
     }
 
     async fn status(&self, id: &str) -> Value {
@@ -281,24 +270,9 @@ impl Env {
     }
 
     async fn succeeded(&self, id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let status = self.status(id).await;
-            if let Some(state) = status["state"].as_str()
-                && matches!(
-                    state,
-                    "succeeded" | "failed" | "timed_out" | "invalid" | "cancelled"
-                )
-            {
-                assert_eq!(state, "succeeded", "{status}");
-                return status;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "export {id} did not finish in 60 s: {status}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        let status = self.app.finished(&self.admin, id).await;
+        assert_eq!(status["state"], "succeeded", "{status}");
+        status
     }
 
     async fn manifest(&self, id: &str) -> Manifest {
@@ -698,8 +672,8 @@ async fn verify_chain_names_each_kind_of_break() {
         let id = env.request(&format!("{path}?{JANUARY}")).await;
         env.succeeded(&id).await;
     }
-    let work = env._data.join("work");
-    let keys = env._data.join("keys.json");
+    let work = env.data.0.join("work");
+    let keys = env.data.0.join("keys.json");
     let keys_json: Value = reqwest::get(env.keys_url())
         .await
         .unwrap()
@@ -707,7 +681,7 @@ async fn verify_chain_names_each_kind_of_break() {
         .await
         .unwrap();
     std::fs::write(&keys, keys_json.to_string()).unwrap();
-    let head_file = env._data.join("head.json");
+    let head_file = env.data.0.join("head.json");
     std::fs::write(&head_file, env.head("acme").await.to_string()).unwrap();
     let ca = tsa.ca();
     let args = [
@@ -871,7 +845,7 @@ async fn a_key_rotation_mid_chain_verifies_with_the_key_history() {
     legacy.version = 1;
     legacy.chain = None;
     legacy.created_at = "2025-06-01T00:00:00Z".into();
-    let legacy_path = env._data.join("legacy.manifest.json");
+    let legacy_path = env.data.0.join("legacy.manifest.json");
     write_manifest(&legacy_path, &legacy.sign(Some(&old)));
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_logexport"))
         .arg("verify")
@@ -889,7 +863,7 @@ async fn a_key_rotation_mid_chain_verifies_with_the_key_history() {
     );
 
     // A manifest the old key signed after it was rotated out is refused.
-    let dir = env._data.join("late");
+    let dir = env.data.0.join("late");
     copy_dir(&env.archives, &dir);
     let fourth = manifest_file(&dir, 4);
     let mut m = read_manifest(&fourth);

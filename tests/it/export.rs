@@ -5,15 +5,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use logexport::config::{Config, Secret, StorageKind};
-use logexport::emulator::{self, EmulatorOptions, EventFilter, Faults, RunningEmulator};
+use logexport::emulator::{EventFilter, Faults, RunningEmulator};
 use logexport::storage::ObjectStore;
-use logexport::worker::{WorkerPool, WorkerSettings};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    TestApp, assert_newest_first, eventually, garage_s3_config, spawn_app_with, test_config,
-    test_db, use_emulator,
+    TempDir, TestApp, assert_newest_first, emulator_with_events, garage_s3_config, spawn_app_with,
+    spawn_export_worker, test_config, test_db, use_emulator,
 };
 
 const TOKEN: &str = "splunk-test-token";
@@ -77,25 +76,7 @@ pub struct ExportEnv {
     pub prefix: String,
     pub admin: String,
     worker_stop: CancellationToken,
-    _data: tempfile_dir::TempDir,
-}
-
-mod tempfile_dir {
-    /// A directory removed on drop.
-    pub struct TempDir(pub std::path::PathBuf);
-    impl TempDir {
-        pub fn new() -> Self {
-            let dir = std::env::temp_dir()
-                .join(format!("logexport-it-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    _data: TempDir,
 }
 
 impl Drop for ExportEnv {
@@ -107,18 +88,8 @@ impl Drop for ExportEnv {
 impl ExportEnv {
     /// Starts the emulator with `events`, the API and one worker process, storing in Garage.
     pub async fn start(events: &[Value], adjust: impl FnOnce(&mut Config)) -> Self {
-        let data = tempfile_dir::TempDir::new();
-        let file = data.0.join("events.ndjson");
-        let lines: Vec<String> = events.iter().map(Value::to_string).collect();
-        std::fs::write(&file, lines.join("\n")).unwrap();
-        let emulator = emulator::spawn(EmulatorOptions {
-            token: Some(TOKEN.into()),
-            data_files: vec![file],
-            ..EmulatorOptions::default()
-        })
-        .await
-        .expect("emulator");
-
+        let data = TempDir::new("logexport-it");
+        let emulator = emulator_with_events(&data.0, TOKEN, events).await;
         let (url, pool) = test_db().await;
         let mut config = test_config(&url);
         use_emulator(&mut config, &emulator, TOKEN);
@@ -128,34 +99,19 @@ impl ExportEnv {
         let prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
         config.export.object_prefix = prefix.clone();
         adjust(&mut config);
-        Self::start_with(pool, config, emulator, data, prefix).await
-    }
 
-    async fn start_with(
-        pool: sqlx::PgPool,
-        config: Config,
-        emulator: RunningEmulator,
-        data: tempfile_dir::TempDir,
-        prefix: String,
-    ) -> Self {
-        let storage = logexport::storage::open(&config).await.expect("storage");
-        let handler =
-            logexport::export::handler(&config, storage.objects.clone()).expect("handler");
+        let store = logexport::storage::open(&config)
+            .await
+            .expect("storage")
+            .objects;
         let worker_stop = CancellationToken::new();
-        tokio::spawn(
-            WorkerPool::new(
-                pool.clone(),
-                WorkerSettings::from_config(&config.worker),
-                handler,
-            )
-            .run(worker_stop.clone()),
-        );
+        spawn_export_worker(pool.clone(), &config, &worker_stop).await;
         let app = spawn_app_with(pool, config).await;
         let admin = app.token("alice", &["acme"], &[], false).await;
         Self {
             app,
             emulator,
-            store: storage.objects,
+            store,
             prefix,
             admin,
             worker_stop,
@@ -174,13 +130,7 @@ impl ExportEnv {
 
     /// Requests an export and returns its id.
     pub async fn request(&self, path: &str, body: Value) -> String {
-        let response = self
-            .app
-            .post_export(&self.admin, path, &body.to_string())
-            .await;
-        assert_eq!(response.status(), 200, "{:?}", response.text().await);
-        let body: Value = response.json().await.unwrap();
-        body["export_id"].as_str().unwrap().to_owned()
+        self.app.request_export(&self.admin, path, &body).await
     }
 
     /// Polls the export's status document until `done` holds for it, and returns it.
@@ -191,28 +141,14 @@ impl ExportEnv {
         what: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        eventually(secs, what, || async {
-            let status: Value = self
-                .app
-                .export_status(&self.admin, id)
-                .await
-                .json()
-                .await
-                .ok()?;
-            done(&status).then_some(status)
-        })
-        .await
+        self.app
+            .status_until(&self.admin, id, secs, what, done)
+            .await
     }
 
     /// Waits until the export reaches a terminal state and returns its status document.
     pub async fn finished(&self, id: &str) -> Value {
-        self.status_until(id, 60, "export finished", |status| {
-            matches!(
-                status["state"].as_str(),
-                Some("succeeded" | "failed" | "timed_out" | "invalid" | "cancelled")
-            )
-        })
-        .await
+        self.app.finished(&self.admin, id).await
     }
 
     /// The ground truth for a namespace/repository over January 2024.
@@ -691,6 +627,16 @@ async fn a_spool_disk_failure_is_reported_as_the_disk_not_as_splunk() {
         0,
         "nothing was asked of Splunk"
     );
+    // The metric names the party too.
+    let metrics = env.app.metrics().await;
+    let failures = |party: &str| {
+        crate::helpers::metric(
+            &metrics,
+            &format!("logexport_export_attempt_failures_total{{outcome=\"{party}\"}}"),
+        )
+    };
+    assert_eq!(failures("spool"), 1.0, "{metrics}");
+    assert_eq!(failures("splunk"), 0.0);
 }
 
 #[tokio::test]

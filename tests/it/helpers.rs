@@ -9,6 +9,103 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio_util::sync::CancellationToken;
 
+/// A directory of its own under the system's temporary directory, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh, empty directory whose name starts with `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The Splunk emulator serving `events` (written as NDJSON into `dir`) to `token`.
+pub async fn emulator_with_events(
+    dir: &std::path::Path,
+    token: &str,
+    events: &[serde_json::Value],
+) -> logexport::emulator::RunningEmulator {
+    let file = dir.join("events.ndjson");
+    let lines: Vec<String> = events.iter().map(serde_json::Value::to_string).collect();
+    std::fs::write(&file, lines.join("\n")).expect("the events file");
+    logexport::emulator::spawn(logexport::emulator::EmulatorOptions {
+        token: Some(token.into()),
+        data_files: vec![file],
+        ..Default::default()
+    })
+    .await
+    .expect("emulator")
+}
+
+/// Asserts that `holds` stays true for `secs` seconds, looking every 50 ms: "exactly one" or
+/// "none yet" only after a quiet period long enough for a late duplicate to show.
+pub async fn stays<F, Fut>(secs: u64, what: &str, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while tokio::time::Instant::now() < until {
+        assert!(holds().await, "no longer {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(holds().await, "no longer {what}");
+}
+
+/// What tests ask of the API about exports, beyond a single request.
+impl TestApp {
+    /// Requests an export that must be accepted, and returns its id.
+    pub async fn request_export(
+        &self,
+        token: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> String {
+        let response = self.post_export(token, path, &body.to_string()).await;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        assert_eq!(status, 200, "{text}");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("a JSON answer");
+        body["export_id"].as_str().expect("an export_id").to_owned()
+    }
+
+    /// Polls an export's status document until `done` holds for it, and returns it.
+    pub async fn status_until(
+        &self,
+        token: &str,
+        id: &str,
+        secs: u64,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(secs, what, || async {
+            let status: serde_json::Value =
+                self.export_status(token, id).await.json().await.ok()?;
+            done(&status).then_some(status)
+        })
+        .await
+    }
+
+    /// Waits (up to 60 s) until an export reaches a terminal state; returns its status document.
+    pub async fn finished(&self, token: &str, id: &str) -> serde_json::Value {
+        self.status_until(token, id, 60, "export finished", |status| {
+            matches!(
+                status["state"].as_str(),
+                Some("succeeded" | "failed" | "timed_out" | "invalid" | "cancelled")
+            )
+        })
+        .await
+    }
+}
+
 /// Base server URL; each test creates its own database on it.
 pub fn postgres_base() -> String {
     std::env::var("LOGEXPORT_TEST_DATABASE_URL")

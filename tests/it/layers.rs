@@ -2,7 +2,8 @@
 //! `self::` and child-module paths resolved, and the top-level modules checked against
 //! [`LAYERS`]: a module imports from its own layer and the ones below it, never from one above,
 //! and the import graph has no loop, not among the top-level modules nor among the files inside
-//! one (a file and the module folder it declares, its `mod.rs`, aside).
+//! one (a file and the module folder it declares, its `mod.rs`, aside). The Splunk emulator
+//! imports nothing of the crate at all, and its binary only the emulator ([`STANDALONE`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ const LAYERS: &[(&str, &[&str])] = &[
 
 /// `src/` entries that are no module of the library's graph: its root and the binaries.
 const OUTSIDE: &[&str] = &["lib", "main", "bin"];
+
+/// Modules that import nothing of the crate but themselves, not even their own layer: the Splunk
+/// emulator stands in for Splunk and compiles without the product's types. Each binary named
+/// beside one uses the library only through that module.
+const STANDALONE: &[(&str, &[&str])] = &[("emulator", &["bin/splunk-emulator.rs"])];
 
 #[test]
 fn imports_point_down_the_layers_and_never_loop() {
@@ -74,6 +80,43 @@ fn an_upward_import_or_a_file_loop_is_caught() {
             "{expected:?} not in:\n{problems}"
         );
     }
+}
+
+#[test]
+fn the_emulator_importing_the_product_is_caught() {
+    let mut sources = read_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let mut plant = |file: &str, code: &str| {
+        let source = sources
+            .iter_mut()
+            .find(|s| s.file == file)
+            .unwrap_or_else(|| panic!("no {file}"));
+        source.code.push_str(code);
+    };
+    // `domain` is the emulator's own layer: the layers alone would allow it.
+    plant("emulator/engine.rs", "\nuse crate::domain::ExportId;\n");
+    plant(
+        "emulator/routes.rs",
+        "\nfn f() { let _ = super::super::splunk::SplunkError::Config(String::new()); }\n",
+    );
+    plant(
+        "bin/splunk-emulator.rs",
+        "\nuse logexport::{api::AppState, emulator::Faults};\n",
+    );
+    let problems = check(&sources).join("\n");
+    for expected in [
+        "emulator imports domain in emulator/engine.rs: it must compile without the product's types",
+        "emulator imports splunk in emulator/routes.rs: it must compile without the product's types",
+        "bin/splunk-emulator.rs uses logexport::api: it may use only logexport::emulator",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "{expected:?} not in:\n{problems}"
+        );
+    }
+    assert!(
+        !problems.contains("logexport::emulator:"),
+        "the emulator itself is allowed:\n{problems}"
+    );
 }
 
 /// One file of `src/`: its path there, its module path, and its code without comments and
@@ -164,6 +207,13 @@ fn check(sources: &[Source]) -> Vec<String> {
             };
             if to != from {
                 modules.entry(from).or_default().insert(to);
+                let problem = format!(
+                    "{from} imports {to} in {}: it must compile without the product's types",
+                    source.file
+                );
+                if STANDALONE.iter().any(|(m, _)| *m == from) && !problems.contains(&problem) {
+                    problems.push(problem);
+                }
                 let (Some(a), Some(b)) = (layer_of.get(from), layer_of.get(to)) else {
                     continue;
                 };
@@ -190,6 +240,22 @@ fn check(sources: &[Source]) -> Vec<String> {
                     .map(|s| s.file.clone())
                     .expect("a file module");
                 files.entry(source.file.as_str()).or_default().insert(file);
+            }
+        }
+    }
+    for (module, binaries) in STANDALONE {
+        for binary in *binaries {
+            let Some(source) = sources.iter().find(|s| s.file == *binary) else {
+                problems.push(format!("{binary} is not in src/"));
+                continue;
+            };
+            for path in library_paths(source) {
+                let used = path.first().map_or("*", String::as_str);
+                let problem =
+                    format!("{binary} uses logexport::{used}: it may use only logexport::{module}");
+                if used != *module && !problems.contains(&problem) {
+                    problems.push(problem);
+                }
             }
         }
     }
@@ -295,6 +361,24 @@ fn references(source: &Source) -> Vec<Vec<String>> {
             _ => (here, i),
         };
         i = use_tree(&tokens, next, base, &mut found);
+    }
+    found
+}
+
+/// The library paths a binary names (`logexport::a::b` is `[a, b]`).
+fn library_paths(source: &Source) -> Vec<Vec<String>> {
+    let tokens = tokenize(&source.code);
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        if tokens[i] == "logexport"
+            && tokens.get(i + 1).is_some_and(|t| t == "::")
+            && (i == 0 || tokens[i - 1] != "::")
+        {
+            i = use_tree(&tokens, i + 2, Vec::new(), &mut found);
+        } else {
+            i += 1;
+        }
     }
     found
 }

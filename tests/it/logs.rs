@@ -10,7 +10,7 @@ use logexport::config::{Config, Secret};
 use logexport::emulator::{self, EmulatorOptions, Faults, RunningEmulator, SyntheticSpec};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, use_emulator};
 
 const SPLUNK_TOKEN: &str = "read-side-token";
 const NAMESPACES: [&str; 3] = ["acme", "beta", "gamma"];
@@ -87,10 +87,7 @@ struct Env {
 }
 
 fn point_at(c: &mut Config, emu: &RunningEmulator, token: &str) {
-    c.splunk.host = "127.0.0.1".into();
-    c.splunk.port = emu.addr().port();
-    c.splunk.url_scheme = "http".into();
-    c.splunk.bearer_token = Secret::new(token);
+    use_emulator(c, emu, token);
     c.splunk.search_timeout_seconds = 5;
     c.logs.page_token_key = Secret::new("test page key");
 }
@@ -634,31 +631,4 @@ async fn splunk_failures_answer_search_unavailable_within_the_deadline() {
         crate::helpers::metric(&metrics, "logexport_search_unavailable_total") >= 1.0,
         "not counted"
     );
-}
-
-/// Latency figures for the report (release mode):
-/// `cargo test --release --test it logs::bench_read_side -- --ignored --nocapture`.
-#[tokio::test]
-#[ignore = "benchmark; prints figures"]
-async fn bench_read_side() {
-    let spec = SyntheticSpec {
-        count: 1_000_000,
-        start: Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap(),
-        end: Utc.with_ymd_and_hms(2024, 1, 31, 0, 0, 0).unwrap(),
-        namespaces: 1,
-        skew: 0.0,
-    };
-    let emu = start_emulator(Some(spec)).await;
-    let app = spawn_app(|c| {
-        point_at(c, &emu, SPLUNK_TOKEN);
-        c.splunk.search_timeout_seconds = 60;
-    })
-    .await;
-    let token = app.token("root", &["ns0"], &[], false).await;
-    let range = "starttime=01/01/2024&endtime=01/31/2024";
-    let figures =
-        logexport::logs::bench::bench_read_side(&app.client, &app.url(""), &token, range, 20)
-            .await
-            .expect("bench");
-    println!("{figures}");
 }

@@ -105,15 +105,7 @@ async fn env_with(full_access: bool, adjust: impl FnOnce(&mut Config)) -> Env {
 
 impl Env {
     async fn post(&self, bearer: &str, path: &str) -> reqwest::Response {
-        self.app
-            .client
-            .post(self.app.url(path))
-            .bearer_auth(bearer)
-            .header("content-type", "application/json")
-            .body(MAIL)
-            .send()
-            .await
-            .unwrap()
+        self.app.post_export(bearer, path, MAIL).await
     }
 
     fn quay_calls(&self) -> usize {

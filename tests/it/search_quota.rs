@@ -35,7 +35,16 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
 
     let refused = a.acquire("test", Duration::from_millis(300)).await;
     match refused {
-        Err(e @ SplunkError::Http { status: 503, .. }) => assert!(e.is_retryable()),
+        // The service's own limit: Splunk was asked nothing, and the error does not say it was.
+        Err(e @ SplunkError::Busy { limit: 2, .. }) => {
+            assert!(e.is_retryable());
+            assert!(
+                e.to_string().starts_with(
+                    "all 2 Splunk searches allowed at once (splunk.max_concurrent_searches) stayed busy"
+                ),
+                "{e}"
+            );
+        }
         other => panic!("a third permit must wait and then be refused: {other:?}"),
     }
     // A waiting searcher gets the slot once a search ends.
