@@ -42,11 +42,11 @@ pub use plan::{Resume, Slice, pieces, plan, plan_after};
 
 use super::encode::RowEncoder;
 use crate::splunk::{SearchFilters, SplunkClient, SplunkError};
-use pieces::{Piece, Plan, SliceParts, Spooled};
+use pieces::{Piece, Plan, SliceParts, Spooled, spool_path};
 use plan::slice_count;
 use probe::Probe;
 use readers::{Readers, Unread, query_for};
-use spool::{FrameReader, Spool, SpoolDir, spool_path};
+use spool::{FrameReader, Spool, SpoolDir};
 
 /// How an export's range is sliced and read.
 #[derive(Debug, Clone)]

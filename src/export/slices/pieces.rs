@@ -2,7 +2,7 @@
 //! idle reader splits the busiest running piece, and the archive takes each piece's outcome
 //! when it is next in line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 
 use super::SliceError;
-use super::spool::spool_path;
 use crate::metrics::METRICS;
 
 /// Where a piece's reader sends how it ended.
@@ -47,7 +46,7 @@ pub(super) struct PieceState {
     pub rows: u64,
     /// Being read: only such a piece may be split.
     pub running: bool,
-    /// Its reader waited out [`super::spool::ROOM_WAIT`] once: it reads on from then on, re-reads included.
+    /// Its reader waited out the spool's `ROOM_WAIT` once: it reads on from then on, re-reads included.
     pub over_budget: bool,
 }
 
@@ -156,5 +155,14 @@ impl Plan {
         pieces.insert(k + 1, new.clone());
         METRICS.incr("logexport_export_slices_total", "split");
         Some((slice.index, new, tx))
+    }
+}
+
+/// A piece's spool file: `slice-<slice>` for a slice's first piece, `slice-<slice>-<n>` for the
+/// export's `n`-th piece beyond the first ones (tail pieces and splits).
+pub(super) fn spool_path(dir: &Path, slice: usize, extra: Option<usize>) -> PathBuf {
+    match extra {
+        None => dir.join(format!("slice-{slice:05}")),
+        Some(n) => dir.join(format!("slice-{slice:05}-{n}")),
     }
 }

@@ -103,15 +103,6 @@ impl Drop for SpoolDir {
     }
 }
 
-/// A piece's spool file: `slice-<slice>` for a slice's first piece, `slice-<slice>-<n>` for the
-/// export's `n`-th piece beyond the first ones (tail pieces and splits).
-pub(super) fn spool_path(dir: &Path, slice: usize, extra: Option<usize>) -> PathBuf {
-    match extra {
-        None => dir.join(format!("slice-{slice:05}")),
-        Some(n) => dir.join(format!("slice-{slice:05}-{n}")),
-    }
-}
-
 pub(super) fn spool_error(e: std::io::Error) -> SliceError {
     SliceError::Spool(e.to_string())
 }
