@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use super::CHANNEL_NOTIFY;
-use super::storage::RESTART_GRACE;
+use super::lease::RESTART_GRACE;
 
 /// The kind of the one notification of a finished export (unique key: the export's id).
 pub const NOTIFICATION: &str = "notification";

@@ -3,6 +3,7 @@
 pub mod chain;
 mod claimed;
 pub mod jobs;
+mod lease;
 mod listener;
 mod retry_policy;
 pub mod storage;
