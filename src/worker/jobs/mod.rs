@@ -54,13 +54,6 @@ pub struct Attempt<P> {
     pub progress: P,
 }
 
-impl<P> Attempt<P> {
-    /// Whether a retryable failure of this attempt is final.
-    pub fn is_last(&self) -> bool {
-        self.number >= self.max_attempts
-    }
-}
-
 /// How an attempt failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
