@@ -12,7 +12,7 @@ CREATE TABLE jobs (
                         CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
     attempt             integer NOT NULL DEFAULT 0,
     -- The kind's configured limit, written again at each claim (a configuration change applies
-    -- to waiting jobs).
+    -- to waiting jobs); rows inserted by SQL (an export's outcome) hold the default until then.
     max_attempts        integer NOT NULL DEFAULT 1,
     run_at              timestamptz NOT NULL DEFAULT now(),
     lease_owner         text,
@@ -53,9 +53,12 @@ CREATE FUNCTION jobs_mirror_notify_state() RETURNS trigger LANGUAGE plpgsql AS $
 BEGIN
     IF NEW.kind = 'notification' THEN
         UPDATE export_jobs
-        SET notify_state = CASE NEW.state WHEN 'succeeded' THEN 'delivered'
-                                          WHEN 'failed' THEN 'failed' ELSE 'pending' END
-        WHERE id = (NEW.args ->> 'export_id')::uuid;
+        SET notify_state = mirrored.state
+        FROM (SELECT CASE NEW.state WHEN 'succeeded' THEN 'delivered'
+                                    WHEN 'failed' THEN 'failed' ELSE 'pending' END AS state)
+             AS mirrored
+        WHERE id = (NEW.args ->> 'export_id')::uuid
+          AND notify_state IS DISTINCT FROM mirrored.state;
     END IF;
     RETURN NULL;
 END $$;

@@ -60,13 +60,13 @@ pub async fn enqueue_unique(
     unique_key: &str,
     args: &serde_json::Value,
 ) -> sqlx::Result<bool> {
-    let inserted: i64 = sqlx::query_scalar(
+    let (inserted, _woken): (i64, i64) = sqlx::query_as(
         "WITH job AS (
              INSERT INTO jobs (kind, unique_key, args) VALUES ($1, $2, $3)
              ON CONFLICT (kind, unique_key) DO NOTHING
              RETURNING id),
          woke AS (SELECT pg_notify($4, $1) FROM job)
-         SELECT (SELECT count(*) FROM job) + 0 * (SELECT count(*) FROM woke)",
+         SELECT (SELECT count(*) FROM job), (SELECT count(*) FROM woke)",
     )
     .bind(kind)
     .bind(unique_key)
