@@ -6,8 +6,9 @@ CREATE TABLE jobs (
     -- With `kind`, makes a job structurally unique: one notification per export.
     unique_key          text,
     args                jsonb NOT NULL,
-    -- What earlier attempts finished (a notification's delivered channels), for the next one.
-    progress            jsonb NOT NULL DEFAULT '{}',
+    -- What earlier attempts finished (a notification's delivered channels), for the next one;
+    -- NULL until an attempt saves some.
+    progress            jsonb,
     state               text NOT NULL DEFAULT 'queued'
                         CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
     attempt             integer NOT NULL DEFAULT 0,

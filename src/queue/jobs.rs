@@ -49,7 +49,8 @@ pub struct ClaimedJob {
     pub attempt: i32,
     pub max_attempts: i32,
     pub args: serde_json::Value,
-    pub progress: serde_json::Value,
+    /// `None` until an attempt saved some.
+    pub progress: Option<serde_json::Value>,
 }
 
 /// Inserts a job of `kind` unless one with the same `unique_key` exists, and wakes idle runners

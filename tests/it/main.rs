@@ -17,6 +17,7 @@ mod export_integrity;
 mod export_listing;
 mod honest_status;
 mod job_migration;
+mod jobs;
 mod layers;
 mod logs;
 mod metrics;

@@ -28,7 +28,8 @@ pub trait Job: Send + Sync + 'static {
     const WORK: WorkKind;
     /// What the job is about, stored in `args`; a row whose arguments do not parse fails.
     type Args: Serialize + DeserializeOwned + Send + 'static;
-    /// What earlier attempts finished, stored in `progress`, read by the next attempt.
+    /// What earlier attempts finished, stored in `progress`, read by the next attempt (its
+    /// `Default` before any attempt saved some).
     type Progress: Serialize + DeserializeOwned + Default + Send + 'static;
 
     /// Attempts before a retryable failure becomes final.

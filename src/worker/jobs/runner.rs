@@ -122,7 +122,11 @@ impl<J: Job> JobRunner<J> {
         let parsed = serde_json::from_value::<J::Args>(claimed.args)
             .map_err(|e| format!("the job's args do not parse: {e}"))
             .and_then(|args| {
-                serde_json::from_value::<J::Progress>(claimed.progress)
+                let progress = match claimed.progress {
+                    None => Ok(J::Progress::default()),
+                    Some(stored) => serde_json::from_value::<J::Progress>(stored),
+                };
+                progress
                     .map(|progress| (args, progress))
                     .map_err(|e| format!("the job's progress does not parse: {e}"))
             });
