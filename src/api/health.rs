@@ -120,16 +120,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 schedule_max_lag_seconds: schedules.max_lag_seconds,
                 schedule_last_run: schedules.last_run_at.map_or(0, |t| t.timestamp()),
                 jobs: runner_jobs(&jobs),
-                jobs_oldest_queued_seconds: crate::queue::jobs::KINDS
-                    .iter()
-                    .map(|kind| {
-                        let seconds = jobs_oldest
-                            .iter()
-                            .find(|(k, _)| k == kind)
-                            .map_or(0.0, |(_, s)| *s);
-                        ((*kind).to_owned(), seconds)
-                    })
-                    .collect(),
+                jobs_oldest_queued_seconds: runner_oldest(&jobs_oldest),
             }
         }
         _ => crate::metrics::Scrape {
@@ -176,6 +167,20 @@ fn runner_jobs(counts: &[(String, String, i64)]) -> Vec<(String, String, i64)> {
         }
     }
     all
+}
+
+/// Every known kind of the job runner with how long its oldest due job waits (0 when none).
+fn runner_oldest(waits: &[(String, f64)]) -> Vec<(String, f64)> {
+    crate::queue::jobs::KINDS
+        .iter()
+        .map(|kind| {
+            let seconds = waits
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(0.0, |(_, s)| *s);
+            ((*kind).to_owned(), seconds)
+        })
+        .collect()
 }
 
 /// Counts responses by status, and times them under the matched route's template (an
