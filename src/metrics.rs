@@ -59,6 +59,18 @@ struct Kind {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindState {
+    kind: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindOutcome {
+    kind: String,
+    outcome: String,
+}
+
 /// The kinds of background work whose panics are counted (exported as 0 from the start).
 pub const BACKGROUND_KINDS: [&str; 5] = [
     "export",
@@ -188,6 +200,9 @@ pub struct Metrics {
     schedules: Family<State, Gauge>,
     schedule_lag: Gauge<f64, AtomicU64>,
     schedule_last_run: Gauge,
+    runner_jobs: Family<KindState, Gauge>,
+    runner_oldest_queued: Family<Kind, Gauge<f64, AtomicU64>>,
+    runner_outcomes: Family<KindOutcome, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -320,6 +335,24 @@ impl Metrics {
             "When a scheduler last ran a schedule.",
             schedule_last_run.clone(),
         );
+        let runner_jobs = Family::<KindState, Gauge>::default();
+        registry.register(
+            "logexport_jobs_by_kind",
+            "Jobs of the job runner (notifications, ...) by kind and state.",
+            runner_jobs.clone(),
+        );
+        let runner_oldest_queued = Family::<Kind, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "logexport_jobs_oldest_queued_seconds",
+            "Seconds the oldest due job of each kind has waited past its due time.",
+            runner_oldest_queued.clone(),
+        );
+        let runner_outcomes = Family::<KindOutcome, Counter>::default();
+        registry.register(
+            "logexport_jobs_outcomes",
+            "Attempts of the job runner's jobs by kind and outcome (succeeded, retried, failed).",
+            runner_outcomes.clone(),
+        );
         Self {
             registry,
             jobs_started,
@@ -339,6 +372,9 @@ impl Metrics {
             schedules,
             schedule_lag,
             schedule_last_run,
+            runner_jobs,
+            runner_oldest_queued,
+            runner_outcomes,
         }
     }
 
@@ -414,6 +450,16 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// An attempt of a job runner's job of `kind` ended with `outcome`.
+    pub fn job_outcome(&self, kind: &str, outcome: &str) {
+        self.runner_outcomes
+            .get_or_create(&KindOutcome {
+                kind: kind.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     /// A unit of background work of `kind` panicked.
     pub fn background_panic(&self, kind: &str) {
         self.background_panics
@@ -446,6 +492,19 @@ impl Metrics {
         }
         self.schedule_lag.set(scrape.schedule_max_lag_seconds);
         self.schedule_last_run.set(scrape.schedule_last_run);
+        for (kind, state, n) in &scrape.jobs {
+            self.runner_jobs
+                .get_or_create(&KindState {
+                    kind: kind.clone(),
+                    state: state.clone(),
+                })
+                .set(*n);
+        }
+        for (kind, seconds) in &scrape.jobs_oldest_queued_seconds {
+            self.runner_oldest_queued
+                .get_or_create(&Kind { kind: kind.clone() })
+                .set(*seconds);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String");
@@ -465,6 +524,10 @@ pub struct Scrape {
     pub schedule_max_lag_seconds: f64,
     /// Unix time any schedule last ran; 0 when none has.
     pub schedule_last_run: i64,
+    /// The job runner's jobs per (kind, state); name every pair (0 when none).
+    pub jobs: Vec<(String, String, i64)>,
+    /// Per kind, seconds its oldest due job has waited (0 when none waits).
+    pub jobs_oldest_queued_seconds: Vec<(String, f64)>,
 }
 
 /// The OpenMetrics text format's content type.

@@ -106,17 +106,23 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             storage::count_by_state(&state.pool),
             storage::oldest_queued_seconds(&state.pool),
             crate::schedule::storage::stats(&state.pool, now),
+            crate::queue::jobs::count_by_kind_and_state(&state.pool),
+            crate::queue::jobs::oldest_queued_seconds(&state.pool),
         )
     };
     let scrape = match tokio::time::timeout(READY_TIMEOUT, read).await {
-        Ok(Ok((counts, oldest_queued_seconds, schedules))) => crate::metrics::Scrape {
-            queue_depth: queue_depth(&counts),
-            oldest_queued_seconds,
-            schedules_active: schedules.active,
-            schedules_paused: schedules.paused,
-            schedule_max_lag_seconds: schedules.max_lag_seconds,
-            schedule_last_run: schedules.last_run_at.map_or(0, |t| t.timestamp()),
-        },
+        Ok(Ok((counts, oldest_queued_seconds, schedules, jobs, jobs_oldest))) => {
+            crate::metrics::Scrape {
+                queue_depth: queue_depth(&counts),
+                oldest_queued_seconds,
+                schedules_active: schedules.active,
+                schedules_paused: schedules.paused,
+                schedule_max_lag_seconds: schedules.max_lag_seconds,
+                schedule_last_run: schedules.last_run_at.map_or(0, |t| t.timestamp()),
+                jobs: runner_jobs(&jobs),
+                jobs_oldest_queued_seconds: runner_oldest(&jobs_oldest),
+            }
+        }
         _ => crate::metrics::Scrape {
             queue_depth: queue_depth(&[]),
             ..crate::metrics::Scrape::default()
@@ -143,6 +149,36 @@ fn queue_depth(counts: &[(String, i64)]) -> Vec<(String, i64)> {
                 .find(|(s, _)| s == state.as_str())
                 .map_or(0, |(_, n)| *n);
             (state.as_str().to_owned(), n)
+        })
+        .collect()
+}
+
+/// Every known kind of the job runner in every state, with its count from `counts` (0 when
+/// absent).
+fn runner_jobs(counts: &[(String, String, i64)]) -> Vec<(String, String, i64)> {
+    let mut all = Vec::new();
+    for kind in crate::queue::jobs::KINDS {
+        for state in crate::queue::jobs::State::ALL {
+            let n = counts
+                .iter()
+                .find(|(k, s, _)| k == kind && s == state.as_str())
+                .map_or(0, |(_, _, n)| *n);
+            all.push((kind.to_owned(), state.as_str().to_owned(), n));
+        }
+    }
+    all
+}
+
+/// Every known kind of the job runner with how long its oldest due job waits (0 when none).
+fn runner_oldest(waits: &[(String, f64)]) -> Vec<(String, f64)> {
+    crate::queue::jobs::KINDS
+        .iter()
+        .map(|kind| {
+            let seconds = waits
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(0.0, |(_, s)| *s);
+            ((*kind).to_owned(), seconds)
         })
         .collect()
 }

@@ -180,8 +180,6 @@ mod tests {
             notify_last_error: None,
             notified_at: None,
             webhook_id: "msg_1".into(),
-            email_done: false,
-            callback_done: false,
             created_at: at,
             updated_at: at,
             started_at: None,

@@ -1,4 +1,4 @@
-//! LISTEN/NOTIFY wake-ups for idle workers and the notifier.
+//! LISTEN/NOTIFY wake-ups for idle export workers and job runners.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Channel notified when a job becomes runnable.
 pub const CHANNEL_NEW_JOB: &str = "logexport_new_job";
-/// Channel notified when a notification becomes due.
+/// Channel notified when a job of the `jobs` table (a notification) becomes due; the payload
+/// is its kind.
 pub const CHANNEL_NOTIFY: &str = "logexport_notify";
 
 /// Wakes local waiters when Postgres announces new work; polling remains the fallback.

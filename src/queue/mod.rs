@@ -2,6 +2,8 @@
 
 pub mod chain;
 mod claimed;
+pub mod jobs;
+mod lease;
 mod listener;
 mod retry_policy;
 pub mod storage;
@@ -165,14 +167,20 @@ pub struct ExportRow {
     pub last_error: Option<String>,
     /// An earlier attempt's error, kept once a later attempt succeeded.
     pub previous_error: Option<String>,
+    /// The notification's state ('none', 'pending', 'delivered', 'failed', 'skipped'), read from
+    /// its job (see `storage::SELECT_ROW`); this and the fields below are absent (defaults)
+    /// where a statement returns the bare export row, as the claim does.
+    #[sqlx(default, rename = "notification_state")]
     pub notify_state: String,
+    #[sqlx(default)]
     pub notify_attempts: i32,
+    #[sqlx(default)]
     pub notify_run_at: Option<DateTime<Utc>>,
+    #[sqlx(default)]
     pub notify_last_error: Option<String>,
+    #[sqlx(default)]
     pub notified_at: Option<DateTime<Utc>>,
     pub webhook_id: String,
-    pub email_done: bool,
-    pub callback_done: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,

@@ -7,21 +7,31 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, Claim, ExportRow, Finish, JobState, NewExport};
+use super::jobs::{self, NOTIFICATION};
+use super::{CHANNEL_NEW_JOB, Claim, ExportRow, Finish, JobState, NewExport};
 use crate::domain::{ExportId, Performer, RepositoryName};
 
-const SELECT_ROW: &str = "SELECT * FROM export_jobs";
+/// An export with its notification, read from the notification's job: a finished export
+/// without one sent none (cancelled: 'skipped'), and one still running has none yet.
+const SELECT_ROW: &str = "SELECT * FROM (
+     SELECT e.*,
+            CASE WHEN n.id IS NULL THEN
+                     CASE WHEN e.state = 'cancelled' THEN 'skipped' ELSE 'none' END
+                 WHEN n.state = 'succeeded' THEN 'delivered'
+                 WHEN n.state = 'failed' THEN 'failed'
+                 ELSE 'pending' END AS notification_state,
+            coalesce(n.attempt, 0) AS notify_attempts,
+            CASE WHEN n.state IN ('queued', 'running') THEN n.run_at END AS notify_run_at,
+            n.last_error AS notify_last_error,
+            CASE WHEN n.state = 'succeeded' THEN n.finished_at END AS notified_at
+     FROM export_jobs e
+     LEFT JOIN jobs n ON n.kind = 'notification' AND n.unique_key = e.id::text) AS export_jobs";
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-/// For this long after Postgres (re)starts, a lease that lapsed while it was down stays with its
-/// holder: a worker that kept its job (or its finished result) through the outage renews or
-/// records it within a few seconds of the database's return, and only a holder that gave up or
-/// died has its job taken over. Longer than the holders' retry interval (at most 2 s) plus a
-/// reconnect.
-pub const RESTART_GRACE: Duration = Duration::from_secs(8);
+pub use super::lease::RESTART_GRACE;
 
 /// Inserts a new export and wakes a worker. With an idempotency key seen from the same caller
 /// within 24 hours, returns the earlier export's id instead and inserts nothing.
@@ -111,26 +121,37 @@ pub async fn insert(
 }
 
 /// Ends a job just enqueued in the caller's transaction as `invalid` with `reason`, before any
-/// worker saw it, and schedules its one notice: how a request refused after it was accepted
+/// worker saw it, and enqueues its one notice: how a request refused after it was accepted
 /// (a schedule whose owner lost access) still tells its recipients why.
 pub async fn refuse_in(
     conn: &mut sqlx::PgConnection,
     id: ExportId,
     reason: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "WITH refused AS (
-             UPDATE export_jobs
-             SET state = 'invalid', last_error = $2, finished_at = now(), updated_at = now(),
-                 notify_state = 'pending', notify_run_at = now()
-             WHERE id = $1 AND state = 'queued'
-             RETURNING id)
-         SELECT pg_notify($3, '') FROM refused",
+    let refused = sqlx::query(
+        "UPDATE export_jobs
+         SET state = 'invalid', last_error = $2, finished_at = now(), updated_at = now()
+         WHERE id = $1 AND state = 'queued'",
     )
     .bind(id.0)
     .bind(reason)
-    .bind(CHANNEL_NOTIFY)
-    .execute(conn)
+    .execute(&mut *conn)
+    .await?;
+    if refused.rows_affected() == 1 {
+        enqueue_notification(conn, id).await?;
+    }
+    Ok(())
+}
+
+/// The one notification of a finished export: a job of kind [`NOTIFICATION`] whose unique key
+/// is the export's id, so a second one cannot exist.
+async fn enqueue_notification(conn: &mut sqlx::PgConnection, id: ExportId) -> sqlx::Result<()> {
+    jobs::enqueue_unique(
+        conn,
+        NOTIFICATION,
+        &id.0.to_string(),
+        &serde_json::json!({ "export_id": id.0 }),
+    )
     .await?;
     Ok(())
 }
@@ -270,7 +291,7 @@ pub async fn heartbeat(
     .await
 }
 
-/// Records the attempt's terminal outcome and, in the same statement, schedules the one
+/// Records the attempt's terminal outcome and, in the same transaction, enqueues the one
 /// notification (none for a cancelled export). Returns false when fenced out.
 pub async fn finish(
     pool: &PgPool,
@@ -285,33 +306,25 @@ pub async fn finish(
         Finish::Invalid(e) => (JobState::Invalid, Some(e.as_str()), None),
         Finish::Cancelled => (JobState::Cancelled, None, None),
     };
-    let notify_state = if state == JobState::Cancelled {
-        "skipped"
-    } else {
-        "pending"
-    };
-    // One statement (one round trip, its own transaction): the outcome, the pending notice and
-    // the notifier's wake-up commit together.
-    let (updated, _woken): (i64, i64) = sqlx::query_as(
-        "WITH done AS (
-             UPDATE export_jobs
-             SET state = $3,
-                 last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END,
-                 lease_expires_at = NULL,
-                 -- A success moves an earlier attempt's error aside, and has read every slice.
-                 previous_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE previous_error END,
-                 slices_done = CASE WHEN $3 = 'succeeded' THEN slices_total ELSE slices_done END,
-                 searches_running = 0,
-                 finished_at = now(), updated_at = now(), checkpoint = NULL,
-                 object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
-                 logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
-                 bytes_written = coalesce($10, bytes_written),
-                 notify_state = $11, notify_run_at = now(),
-                 sha256 = coalesce($13, sha256), manifest = coalesce($14, manifest)
-             WHERE id = $1 AND attempt = $2 AND state = 'running'
-             RETURNING notify_state),
-         woke AS (SELECT pg_notify($12, '') FROM done WHERE notify_state = 'pending')
-         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke)",
+    // One transaction: the outcome and the pending notice (with the runner's wake-up) commit
+    // together, or neither does.
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE export_jobs
+         SET state = $3,
+             last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END,
+             lease_expires_at = NULL,
+             -- A success moves an earlier attempt's error aside, and has read every slice.
+             previous_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE previous_error END,
+             slices_done = CASE WHEN $3 = 'succeeded' THEN slices_total ELSE slices_done END,
+             searches_running = 0,
+             finished_at = now(), updated_at = now(), checkpoint = NULL,
+             object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
+             logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
+             bytes_written = coalesce($10, bytes_written),
+             notify_state = CASE WHEN $3 = 'cancelled' THEN 'skipped' ELSE notify_state END,
+             sha256 = coalesce($11, sha256), manifest = coalesce($12, manifest)
+         WHERE id = $1 AND attempt = $2 AND state = 'running'",
     )
     .bind(id.0)
     .bind(attempt)
@@ -323,13 +336,17 @@ pub async fn finish(
     .bind(result.map(|r| r.logs_exported as i64))
     .bind(result.map(|r| r.logs_skipped as i64))
     .bind(result.map(|r| r.bytes_written as i64))
-    .bind(notify_state)
-    .bind(CHANNEL_NOTIFY)
     .bind(result.map(|r| r.sha256.as_str()))
     .bind(result.map(|r| &r.manifest))
-    .fetch_one(pool)
-    .await?;
-    Ok(updated == 1)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if updated && state != JobState::Cancelled {
+        enqueue_notification(&mut tx, id).await?;
+    }
+    tx.commit().await?;
+    Ok(updated)
 }
 
 /// Records how far this attempt got (see `export::checkpoint`). Returns false when fenced out:
@@ -492,16 +509,26 @@ pub async fn oldest_queued_seconds(pool: &PgPool) -> sqlx::Result<f64> {
     .await
 }
 
-/// Deletes finished jobs older than the retention period; returns how many.
+/// Deletes finished exports older than the retention period, with their notification once it
+/// is settled; returns how many exports.
 pub async fn delete_finished_before(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
-    let result = sqlx::query(
-        "DELETE FROM export_jobs
-         WHERE finished_at < $1 AND notify_state IN ('none', 'delivered', 'failed', 'skipped')",
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH gone AS (
+             DELETE FROM export_jobs e
+             WHERE finished_at < $1
+               AND NOT EXISTS (SELECT 1 FROM jobs n
+                               WHERE n.kind = 'notification' AND n.unique_key = e.id::text
+                                 AND n.state IN ('queued', 'running'))
+             RETURNING id),
+         notices AS (
+             DELETE FROM jobs
+             WHERE kind = 'notification' AND unique_key IN (SELECT id::text FROM gone))
+         SELECT count(*) FROM gone",
     )
     .bind(before)
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(result.rows_affected())
+    Ok(deleted.max(0) as u64)
 }
 
 /// Exported objects whose retention has passed and that are not deleted yet; with them the
@@ -533,72 +560,4 @@ pub async fn mark_object_deleted(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
     .execute(pool)
     .await?;
     Ok(())
-}
-
-/// Claims one due notification with a lease; fencing uses the returned `notify_attempts`.
-pub async fn claim_notification(pool: &PgPool, lease: Duration) -> sqlx::Result<Option<ExportRow>> {
-    sqlx::query_as(
-        "UPDATE export_jobs
-         SET notify_attempts = notify_attempts + 1,
-             notify_lease_expires_at = now() + make_interval(secs => $1), updated_at = now()
-         WHERE id = (
-             SELECT id FROM export_jobs
-             WHERE notify_state = 'pending' AND notify_run_at <= now()
-               AND (notify_lease_expires_at IS NULL
-                    OR (notify_lease_expires_at < now()
-                        AND now() > pg_postmaster_start_time() + make_interval(secs => $2)))
-             ORDER BY notify_run_at
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED)
-         RETURNING *",
-    )
-    .bind(secs(lease))
-    .bind(secs(RESTART_GRACE))
-    .fetch_optional(pool)
-    .await
-}
-
-/// How one notification attempt ended.
-#[derive(Debug, Clone)]
-pub enum NotifyResult {
-    Delivered,
-    RetryAfter(Duration, String),
-    GaveUp(String),
-}
-
-/// Records a notification attempt, fenced on the attempt number the claim returned.
-/// `email_done`/`callback_done` mark channels that need no further attempt.
-pub async fn finish_notification(
-    pool: &PgPool,
-    id: Uuid,
-    notify_attempts: i32,
-    result: &NotifyResult,
-    email_done: bool,
-    callback_done: bool,
-) -> sqlx::Result<bool> {
-    let (state, delay, error) = match result {
-        NotifyResult::Delivered => ("delivered", 0.0, None),
-        NotifyResult::RetryAfter(d, e) => ("pending", secs(*d), Some(e.as_str())),
-        NotifyResult::GaveUp(e) => ("failed", 0.0, Some(e.as_str())),
-    };
-    let result = sqlx::query(
-        "UPDATE export_jobs
-         SET notify_state = $3, notify_last_error = coalesce($5, notify_last_error),
-             notify_run_at = CASE WHEN $3 = 'pending' THEN now() + make_interval(secs => $4) ELSE notify_run_at END,
-             notify_lease_expires_at = NULL,
-             notified_at = CASE WHEN $3 = 'delivered' THEN now() ELSE notified_at END,
-             email_done = $6, callback_done = $7,
-             updated_at = now()
-         WHERE id = $1 AND notify_attempts = $2 AND notify_state = 'pending'",
-    )
-    .bind(id)
-    .bind(notify_attempts)
-    .bind(state)
-    .bind(delay)
-    .bind(error)
-    .bind(email_done)
-    .bind(callback_done)
-    .execute(pool)
-    .await?;
-    Ok(result.rows_affected() == 1)
 }

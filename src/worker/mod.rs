@@ -3,6 +3,7 @@
 mod contained;
 mod housekeeping;
 mod job;
+pub mod jobs;
 mod notifier;
 mod runner;
 

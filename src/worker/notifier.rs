@@ -1,29 +1,76 @@
-//! The notification stage's loop: claims due notifications, makes one delivery attempt per
-//! channel through `notify`, and records the result with its own backoff — never re-running
-//! the export.
+//! The notification stage as a kind of job (`worker::jobs`): one job per finished export,
+//! enqueued with its outcome. An attempt makes one delivery per channel not yet done through
+//! `notify`, and the runner records the result with the callback backoff — never re-running the
+//! export. [`Notifier`] runs the kind.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use url::Url;
+use uuid::Uuid;
 
 use super::contained::{WorkKind, contain};
+use super::jobs::{Attempt, Failure, Job, JobRunner, RunnerSettings};
 use crate::config::Config;
 use crate::domain::{CallbackUrl, EmailAddress, ExportId};
 use crate::metrics::METRICS;
 use crate::notify::wording::for_requester;
 use crate::notify::{CallbackSender, Delivery, Mailer, Notice, Outcome};
-use crate::queue::storage::{self, NotifyResult};
-use crate::queue::{ExportRow, JobState, QueueListener, RetryPolicy};
+use crate::queue::jobs::NOTIFICATION;
+use crate::queue::{ExportRow, JobState, QueueListener, RetryPolicy, storage};
 
-/// Delivers the one notification of every finished export.
+/// Delivers the one notification of every finished export: the runner of [`Notification`] jobs.
 #[derive(Clone)]
 pub struct Notifier {
+    runner: JobRunner<Notification>,
+}
+
+impl Notifier {
+    /// A notifier with the configured mail transport and callback client.
+    pub fn new(pool: PgPool, config: &Config, mailer: Arc<dyn Mailer>) -> anyhow::Result<Self> {
+        let settings = RunnerSettings {
+            concurrency: 4,
+            poll_interval: Duration::from_millis(config.worker.poll_interval_ms),
+        };
+        let job = Notification::new(pool.clone(), config, mailer)?;
+        Ok(Self {
+            runner: JobRunner::new(pool, job, settings),
+        })
+    }
+
+    /// Runs until shutdown; in-flight deliveries finish first.
+    pub async fn run(self, listener: QueueListener, shutdown: CancellationToken) {
+        self.runner.run(listener, shutdown).await
+    }
+
+    /// Delivers one due notification; false when none was due.
+    pub async fn deliver_next(&self) -> sqlx::Result<bool> {
+        self.runner.run_next().await
+    }
+}
+
+/// The notification job's arguments: the finished export it tells about.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotificationArgs {
+    pub export_id: Uuid,
+}
+
+/// The channels already delivered or given up, so a retry of one never repeats the other
+/// (none, as a new job's empty progress says).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Channels {
+    pub email_done: bool,
+    pub callback_done: bool,
+}
+
+/// The kind of job that delivers an export's notice by e-mail and callback.
+pub struct Notification {
     pool: PgPool,
     mailer: Arc<dyn Mailer>,
     callbacks: Arc<CallbackSender>,
@@ -31,15 +78,11 @@ pub struct Notifier {
     email_attempts: i32,
     callback_attempts: i32,
     lease: Duration,
-    poll_interval: Duration,
-    concurrency: usize,
     public_url: String,
-    /// Cancelled at shutdown: a result no longer waits for the database then.
-    shutdown: CancellationToken,
 }
 
-impl Notifier {
-    /// A notifier with the configured mail transport and callback client.
+impl Notification {
+    /// The kind with the configured mail transport, callback client and limits.
     pub fn new(pool: PgPool, config: &Config, mailer: Arc<dyn Mailer>) -> anyhow::Result<Self> {
         Ok(Self {
             pool,
@@ -60,76 +103,63 @@ impl Notifier {
                     * 2
                     + 30,
             ),
-            poll_interval: Duration::from_millis(config.worker.poll_interval_ms),
             public_url: config.server.public_url.clone(),
-            concurrency: 4,
-            shutdown: CancellationToken::new(),
         })
     }
+}
 
-    /// Runs until shutdown; in-flight deliveries finish first.
-    pub async fn run(self, listener: QueueListener, shutdown: CancellationToken) {
-        let tracker = TaskTracker::new();
-        for _ in 0..self.concurrency {
-            let mut this = self.clone();
-            this.shutdown = shutdown.clone();
-            let (listener, shutdown) = (listener.clone(), shutdown.clone());
-            tracker.spawn(async move { this.run_one(listener, shutdown).await });
-        }
-        tracker.close();
-        tracker.wait().await;
+impl Job for Notification {
+    const KIND: &'static str = NOTIFICATION;
+    const WORK: WorkKind = WorkKind::Notification;
+    type Args = NotificationArgs;
+    type Progress = Channels;
+
+    fn max_attempts(&self) -> i32 {
+        // Each channel stops at its own limit (see `classify`); this bounds the job.
+        self.email_attempts.max(self.callback_attempts).max(1)
     }
 
-    async fn run_one(&self, listener: QueueListener, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let woken = listener.notify_due.notified();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let this = self.clone();
-            match contain(
-                WorkKind::Notification,
-                async move { this.deliver_next().await },
-            )
-            .await
-            {
-                Ok(Ok(true)) => continue,
-                Ok(Ok(false)) => crate::db::report_available(),
-                Ok(Err(e)) if crate::db::is_unavailable(&e) => {
-                    crate::db::report_unavailable("notify", &e)
-                }
-                Ok(Err(e)) => tracing::warn!(error = %e, "claiming a notification failed"),
-                // Outside a channel's send (whose panic is a failed attempt, see `send`): the
-                // claim counted the attempt, and its lease running out retries the notification.
-                Err(_) => {}
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = &mut woken => {}
-                _ = tokio::time::sleep(self.poll_interval) => {}
-            }
-        }
+    fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
-    /// Delivers one due notification; false when none was due.
-    pub async fn deliver_next(&self) -> sqlx::Result<bool> {
-        let Some(row) = storage::claim_notification(&self.pool, self.lease).await? else {
-            return Ok(false);
-        };
+    fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    async fn run(
+        &self,
+        args: NotificationArgs,
+        attempt: &mut Attempt<Channels>,
+    ) -> Result<(), Failure> {
         let span =
-            tracing::info_span!("notify", export_id = %row.id, attempt = row.notify_attempts);
-        self.deliver(row).instrument(span).await?;
-        Ok(true)
+            tracing::info_span!("notify", export_id = %args.export_id, attempt = attempt.number);
+        self.deliver(ExportId(args.export_id), attempt)
+            .instrument(span)
+            .await
     }
+}
 
-    async fn deliver(&self, row: ExportRow) -> sqlx::Result<()> {
+impl Notification {
+    async fn deliver(&self, id: ExportId, attempt: &mut Attempt<Channels>) -> Result<(), Failure> {
+        let row = match storage::get(&self.pool, id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(Failure::GiveUp(format!("export {id} no longer exists"))),
+            Err(e) => {
+                return Err(Failure::Retry {
+                    error: format!("reading export {id} from the database failed: {e}"),
+                    after: None,
+                });
+            }
+        };
         let notice = notice(&row, &self.public_url);
-        let mut email_done = row.email_done;
-        let mut callback_done = row.callback_done;
+        let channels = &mut attempt.progress;
+        let number = attempt.number;
         let mut retry: Vec<String> = Vec::new();
         let mut hint: Option<Duration> = None;
         let mut gave_up: Vec<String> = Vec::new();
 
-        if let (false, Some(address)) = (email_done, row.callback_email.as_deref()) {
+        if let (false, Some(address)) = (channels.email_done, row.callback_email.as_deref()) {
             let started = std::time::Instant::now();
             let delivery = match EmailAddress::parse(address) {
                 Ok(to) => {
@@ -139,17 +169,17 @@ impl Notifier {
                 Err(e) => Delivery::give_up(e.to_string()),
             };
             hint = hint.max(retry_after(&delivery));
-            email_done = self.classify(
+            channels.email_done = self.classify(
                 "email",
                 started,
                 delivery,
-                row.notify_attempts,
+                number,
                 self.email_attempts,
                 &mut retry,
                 &mut gave_up,
             );
         }
-        if let (false, Some(url)) = (callback_done, row.callback_url.as_deref()) {
+        if let (false, Some(url)) = (channels.callback_done, row.callback_url.as_deref()) {
             let started = std::time::Instant::now();
             let delivery = match CallbackUrl::from_stored(url) {
                 Ok(url) => {
@@ -159,53 +189,31 @@ impl Notifier {
                 Err(e) => Delivery::give_up(e.to_string()),
             };
             hint = hint.max(retry_after(&delivery));
-            callback_done = self.classify(
+            channels.callback_done = self.classify(
                 "callback",
                 started,
                 delivery,
-                row.notify_attempts,
+                number,
                 self.callback_attempts,
                 &mut retry,
                 &mut gave_up,
             );
         }
 
-        let result = if !retry.is_empty() {
+        if !retry.is_empty() {
             // The receiver's own Retry-After wins when it asks for more time than our backoff.
-            let delay = self
-                .retry
-                .delay(row.notify_attempts.max(1) as u32)
-                .max(hint.unwrap_or_default());
-            tracing::warn!(reasons = ?retry, retry_in = ?delay, "notification will be retried");
-            NotifyResult::RetryAfter(delay, retry.join("; "))
+            tracing::warn!(reasons = ?retry, "notification will be retried");
+            Err(Failure::Retry {
+                error: retry.join("; "),
+                after: hint,
+            })
         } else if !gave_up.is_empty() {
             tracing::error!(reasons = ?gave_up, "notification given up");
-            NotifyResult::GaveUp(gave_up.join("; "))
+            Err(Failure::GiveUp(gave_up.join("; ")))
         } else {
             tracing::info!("notification delivered");
-            NotifyResult::Delivered
-        };
-        // What was delivered is recorded once the database takes it, never delivered again
-        // because the database was away (its lease outlives an outage: see RESTART_GRACE).
-        let recorded = crate::db::retry_while_unavailable(
-            "notify",
-            || self.shutdown.is_cancelled(),
-            || {
-                storage::finish_notification(
-                    &self.pool,
-                    row.id,
-                    row.notify_attempts,
-                    &result,
-                    email_done,
-                    callback_done,
-                )
-            },
-        )
-        .await?;
-        if !recorded {
-            tracing::warn!("notification lease lapsed before the result was recorded");
+            Ok(())
         }
-        Ok(())
     }
 
     /// Counts and times a channel's delivery and says whether the channel is done.

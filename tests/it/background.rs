@@ -169,14 +169,10 @@ async fn a_panicking_delivery_is_a_failed_attempt_retried_with_backoff_and_the_n
     // The panicking attempt is recorded as the e-mail's failed attempt (the error is kept
     // once a later attempt delivers).
     let error: String = eventually(10, "the failed attempt recorded", || async {
-        sqlx::query_scalar(
-            "SELECT notify_last_error FROM export_jobs
-             WHERE id = $1 AND notify_last_error IS NOT NULL",
-        )
-        .bind(broken.0)
-        .fetch_optional(&pool)
-        .await
-        .unwrap()
+        storage::get(&pool, broken)
+            .await
+            .unwrap()?
+            .notify_last_error
     })
     .await;
     assert!(

@@ -1,15 +1,16 @@
 //! The notification stage end to end: exactly one notice per export, retried on its own.
 
-use std::time::Duration;
-
 use logexport::config::Secret;
 use logexport::emulator::Faults;
 use serde_json::{Value, json};
 
 use crate::export::ExportEnv;
-use crate::helpers::{finished_export, test_config, test_db};
+use crate::helpers::{assert_still, finished_export, test_config, test_db};
 use crate::notify::harness::{Receiver, Reply, SmtpSink, free_port};
 
+/// Long enough for a duplicate to show: a second notifier's claim, or a retry after a 1 s
+/// backoff.
+const QUIET: u64 = 3;
 const JANUARY: &str = "starttime=01/01/2024&endtime=01/31/2024";
 const ORG: &str = "/api/v1/organization/acme/exportlogs";
 
@@ -63,7 +64,10 @@ async fn a_successful_export_sends_exactly_one_email_whose_link_downloads_the_ar
         .await;
     let status = notification(&env, &id).await;
     assert_eq!(status["notification"]["state"], "delivered", "{status}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_still(QUIET, "exactly one e-mail", || async {
+        sink.messages().len() == 1
+    })
+    .await;
     let mails = sink.messages();
     assert_eq!(mails.len(), 1, "exactly one e-mail");
     let mail = &mails[0];
@@ -106,7 +110,10 @@ async fn failed_and_timed_out_exports_send_one_notice_each() {
     let status = notification(&env, &id).await;
     assert_eq!(status["state"], "failed");
     assert_eq!(status["notification"]["state"], "delivered");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_still(QUIET, "exactly one notice", || async {
+        sink.messages().len() == 1
+    })
+    .await;
     let mails = sink.messages();
     assert_eq!(mails.len(), 1);
     assert!(
@@ -141,7 +148,10 @@ async fn failed_and_timed_out_exports_send_one_notice_each() {
     let status = notification(&env, &id).await;
     assert_eq!(status["state"], "timed_out", "{status}");
     assert_eq!(status["attempts"], 1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_still(QUIET, "one timed-out notice", || async {
+        sink.messages().len() == 1
+    })
+    .await;
     let mails = sink.messages();
     assert_eq!(mails.len(), 1, "one timed-out notice, not three");
     assert!(
@@ -177,7 +187,10 @@ async fn a_notice_pending_when_the_worker_died_is_sent_once_by_whoever_picks_it_
     let (stop_b, b) = env.start_notifier();
     let status = notification(&env, &id).await;
     assert_eq!(status["notification"]["state"], "delivered");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_still(QUIET, "one notice from two notifiers", || async {
+        sink.messages().len() == 1
+    })
+    .await;
     assert_eq!(sink.messages().len(), 1);
     assert_eq!(status["attempts"], 1, "the export itself ran once");
     for (stop, handle) in [(stop_a, a), (stop_b, b)] {
@@ -204,6 +217,10 @@ async fn a_callback_answering_500_twice_is_delivered_on_the_third_try_with_a_sta
     assert_eq!(status["notification"]["state"], "delivered", "{status}");
     assert_eq!(status["notification"]["attempts"], 3);
     assert_eq!(status["attempts"], 1, "the export was not re-run");
+    assert_still(QUIET, "three calls, no fourth", || async {
+        receiver.calls().len() == 3
+    })
+    .await;
     let calls = receiver.calls();
     assert_eq!(calls.len(), 3);
     let ids: Vec<&str> = calls.iter().map(|c| c.header("webhook-id")).collect();
@@ -258,7 +275,12 @@ async fn a_callback_answering_404_is_given_up_without_rerunning_the_export() {
     );
     assert_eq!(status["state"], "succeeded");
     assert_eq!(status["attempts"], 1);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_still(
+        QUIET,
+        "one call to a callback that answered 404",
+        || async { receiver.calls().len() == 1 },
+    )
+    .await;
     assert_eq!(receiver.calls().len(), 1);
     stop.cancel();
     notifier.await.unwrap();
@@ -293,6 +315,10 @@ async fn mail_is_delivered_after_the_smtp_server_comes_back() {
     let status = notification(&env, &id).await;
     assert_eq!(status["notification"]["state"], "delivered");
     assert_eq!(status["attempts"], 1, "the export was not re-run");
+    assert_still(QUIET, "one e-mail once the server is back", || async {
+        sink.messages().len() == 1
+    })
+    .await;
     assert_eq!(sink.messages().len(), 1);
     stop.cancel();
     notifier.await.unwrap();

@@ -477,3 +477,20 @@ pub async fn finished_export(
     assert!(finished.expect("finish"));
     id
 }
+
+/// Asserts that `check` holds now and keeps holding for `secs` seconds: how a test says
+/// "exactly one" or "none yet" so that a late duplicate is seen.
+pub async fn assert_still<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        assert!(check().await, "{what} stopped holding");
+        if tokio::time::Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -16,6 +16,8 @@ mod export_filters;
 mod export_integrity;
 mod export_listing;
 mod honest_status;
+mod job_migration;
+mod jobs;
 mod layers;
 mod logs;
 mod metrics;

@@ -64,8 +64,10 @@ async fn the_scrape_parses_and_the_alerts_and_dashboard_name_served_metrics() {
                 .starts_with("application/openmetrics-text"),
         );
         let text = scrape.text().await.unwrap();
-        text.contains("logexport_jobs_finished_total{outcome=\"succeeded\"} 1")
-            .then_some(text)
+        let notified = "logexport_jobs_by_kind{kind=\"notification\",state=\"succeeded\"} 1";
+        (text.contains("logexport_jobs_finished_total{outcome=\"succeeded\"} 1")
+            && text.contains(notified))
+        .then_some(text)
     })
     .await;
     let file = dir.join("scrape.txt");
@@ -91,6 +93,9 @@ async fn the_scrape_parses_and_the_alerts_and_dashboard_name_served_metrics() {
             "logexport_queue_oldest_queued_seconds",
             "logexport_splunk_searches_running",
             "logexport_background_panics",
+            "logexport_jobs_by_kind",
+            "logexport_jobs_oldest_queued_seconds",
+            "logexport_jobs_outcomes",
         ])
         .output()
         .expect("python3 runs (deploy/test.sh installs prometheus-client and PyYAML)");
@@ -105,6 +110,9 @@ async fn the_scrape_parses_and_the_alerts_and_dashboard_name_served_metrics() {
         "logexport_http_responses_total{status=\"400\"} 1",
         "logexport_jobs_finished_total{outcome=\"succeeded\"} 1",
         "logexport_notifications_total{outcome=\"callback_delivered\"} 1",
+        "logexport_jobs_outcomes_total{kind=\"notification\",outcome=\"succeeded\"} 1",
+        "logexport_jobs_by_kind{kind=\"notification\",state=\"queued\"} 0",
+        "logexport_jobs_oldest_queued_seconds{kind=\"notification\"} 0",
     ] {
         assert!(text.contains(line), "{line} not in\n{text}");
     }
