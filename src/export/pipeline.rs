@@ -15,7 +15,8 @@ use super::slices::{Chunk, SliceError, SliceProgress, SlicedRows};
 use crate::archive::{self, ArchiveDetails, ArchiveWriter, ResumableSha256};
 use crate::domain::quay_datetime;
 use crate::metrics::METRICS;
-use crate::queue::{ClaimedJob, ExportResult, chain};
+use crate::queue::chain::{self, LeftBehind};
+use crate::queue::{ClaimedJob, ExportResult};
 use crate::splunk::{SplunkClient, SplunkError};
 use crate::storage::{ObjectMeta, ObjectStore, StorageError, Upload, manifest_key, object_key};
 use crate::worker::{Cause, JobContext, JobError, JobHandler, Party};
@@ -104,28 +105,29 @@ impl JobHandler for ExportJob {
             content_type: archive::content_type(job.format, job.compression).to_owned(),
             filename: format!("exportedlogs-{}-{}.{ext}", job.namespace, job.id),
         };
-        // An earlier attempt sealed the archive into its chain: only its finish is left.
+        // What earlier attempts left, in one read: a sealed archive (only its finish is left),
+        // or one completed without its seal (deleted first).
         if let Some((pool, id, attempt)) = ctx.fenced() {
-            let sealed = chain::sealed(pool, id)
+            let left = chain::left_behind(pool, id)
                 .await
-                .map_err(|e| JobError::database("reading the export's seal", &e))?;
-            if let Some(sealed) = sealed {
-                tracing::info!("the archive is sealed already; finishing it");
-                return self.deliver(job, ctx, &meta, sealed).await;
-            }
-            // An earlier attempt completed an archive but lost its seal: no export will name
-            // it, so it goes before this attempt writes its own.
-            let unsealed = chain::unsealed(pool, id)
-                .await
-                .map_err(|e| JobError::database("looking for an unsealed archive", &e))?;
-            if let Some(orphan) = unsealed {
-                tracing::info!(key = %orphan, "deleting the archive an earlier attempt completed but could not seal");
-                for key in [manifest_key(&orphan), orphan.clone()] {
-                    self.store.delete(&key).await.map_err(storage_error)?;
+                .map_err(|e| JobError::database("reading what earlier attempts left", &e))?;
+            match left {
+                LeftBehind::Nothing => {}
+                LeftBehind::Sealed(sealed) => {
+                    tracing::info!("the archive is sealed already; finishing it");
+                    return self.deliver(job, ctx, &meta, sealed).await;
                 }
-                chain::forget_unsealed(pool, id, attempt, &orphan)
-                    .await
-                    .map_err(|e| JobError::database("forgetting the deleted archive", &e))?;
+                // An earlier attempt completed an archive but lost its seal: no export will
+                // name it, so it goes before this attempt writes its own.
+                LeftBehind::Unsealed(orphan) => {
+                    tracing::info!(key = %orphan, "deleting the archive an earlier attempt completed but could not seal");
+                    for key in [manifest_key(&orphan), orphan.clone()] {
+                        self.store.delete(&key).await.map_err(storage_error)?;
+                    }
+                    chain::forget_unsealed(pool, id, attempt, &orphan)
+                        .await
+                        .map_err(|e| JobError::database("forgetting the deleted archive", &e))?;
+                }
             }
         }
         let mut filters = self.splunk.filters(job.range.start, job.range.end);

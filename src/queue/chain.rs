@@ -188,17 +188,6 @@ pub async fn completing(
     Ok(done.rows_affected() == 1)
 }
 
-/// The archive an earlier attempt of export `id` completed but never sealed, if one did.
-pub async fn unsealed(pool: &PgPool, id: ExportId) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(
-        "SELECT unsealed_object_key FROM export_jobs
-         WHERE id = $1 AND chain_sequence IS NULL AND unsealed_object_key IS NOT NULL",
-    )
-    .bind(id.0)
-    .fetch_optional(pool)
-    .await
-}
-
 /// Forgets an unsealed archive once it is deleted (fenced).
 pub async fn forget_unsealed(
     pool: &PgPool,
@@ -218,25 +207,46 @@ pub async fn forget_unsealed(
     Ok(())
 }
 
-/// The seal an earlier attempt of export `id` made, if one did.
-pub async fn sealed(pool: &PgPool, id: ExportId) -> sqlx::Result<Option<Sealed>> {
-    let row: Option<(Option<serde_json::Value>, Option<String>, i64)> = sqlx::query_as(
-        "SELECT manifest, object_key, logs_skipped FROM export_jobs
-         WHERE id = $1 AND chain_sequence IS NOT NULL",
+/// What earlier attempts of export `id` left behind, read in one round trip.
+#[derive(Debug)]
+pub enum LeftBehind {
+    /// Nothing: this attempt writes the archive.
+    Nothing,
+    /// An attempt sealed its archive into the chain: only the finish is left.
+    Sealed(Sealed),
+    /// An attempt completed an archive (this key) but lost its seal: no export will name it.
+    Unsealed(String),
+}
+
+/// What earlier attempts of export `id` left behind: a seal, or an archive completed without one.
+pub async fn left_behind(pool: &PgPool, id: ExportId) -> sqlx::Result<LeftBehind> {
+    type Row = (
+        bool,
+        Option<serde_json::Value>,
+        Option<String>,
+        i64,
+        Option<String>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT chain_sequence IS NOT NULL, manifest, object_key, logs_skipped, unsealed_object_key
+         FROM export_jobs WHERE id = $1",
     )
     .bind(id.0)
     .fetch_optional(pool)
     .await?;
-    let Some((Some(manifest), Some(object_key), skipped)) = row else {
-        return Ok(None);
-    };
-    let manifest = serde_json::from_value(manifest)
-        .map_err(|e| sqlx::Error::Decode(format!("the sealed manifest: {e}").into()))?;
-    Ok(Some(Sealed {
-        manifest,
-        object_key,
-        logs_skipped: skipped.max(0) as u64,
-    }))
+    Ok(match row {
+        Some((true, Some(manifest), Some(object_key), skipped, _)) => {
+            let manifest = serde_json::from_value(manifest)
+                .map_err(|e| sqlx::Error::Decode(format!("the sealed manifest: {e}").into()))?;
+            LeftBehind::Sealed(Sealed {
+                manifest,
+                object_key,
+                logs_skipped: skipped.max(0) as u64,
+            })
+        }
+        Some((false, _, _, _, Some(unsealed))) => LeftBehind::Unsealed(unsealed),
+        _ => LeftBehind::Nothing,
+    })
 }
 
 /// Whether export `id` holds a link of its chain: it must then end `succeeded`, so the
