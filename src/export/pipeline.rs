@@ -115,7 +115,7 @@ impl JobHandler for ExportJob {
                 LeftBehind::Nothing => {}
                 LeftBehind::Sealed(sealed) => {
                     tracing::info!("the archive is sealed already; finishing it");
-                    return self.deliver(job, ctx, &meta, sealed).await;
+                    return self.deliver(job, ctx, &meta, *sealed).await;
                 }
                 // An earlier attempt completed an archive but lost its seal: no export will
                 // name it, so it goes before this attempt writes its own.

@@ -213,7 +213,7 @@ pub enum LeftBehind {
     /// Nothing: this attempt writes the archive.
     Nothing,
     /// An attempt sealed its archive into the chain: only the finish is left.
-    Sealed(Sealed),
+    Sealed(Box<Sealed>),
     /// An attempt completed an archive (this key) but lost its seal: no export will name it.
     Unsealed(String),
 }
@@ -238,11 +238,11 @@ pub async fn left_behind(pool: &PgPool, id: ExportId) -> sqlx::Result<LeftBehind
         Some((true, Some(manifest), Some(object_key), skipped, _)) => {
             let manifest = serde_json::from_value(manifest)
                 .map_err(|e| sqlx::Error::Decode(format!("the sealed manifest: {e}").into()))?;
-            LeftBehind::Sealed(Sealed {
+            LeftBehind::Sealed(Box::new(Sealed {
                 manifest,
                 object_key,
                 logs_skipped: skipped.max(0) as u64,
-            })
+            }))
         }
         Some((false, _, _, _, Some(unsealed))) => LeftBehind::Unsealed(unsealed),
         _ => LeftBehind::Nothing,
