@@ -33,7 +33,7 @@ pub async fn run(databases: &Databases) -> anyhow::Result<()> {
         .context("connecting the monitor")?;
     let result = async {
         claim_throughput(&pool, &monitor).await?;
-        sqlx::query("TRUNCATE export_jobs")
+        sqlx::query("TRUNCATE export_jobs CASCADE")
             .execute(&monitor)
             .await?;
         pickup_latency(&pool, &monitor).await

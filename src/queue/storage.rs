@@ -8,7 +8,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::jobs::{self, NOTIFICATION};
-use super::{CHANNEL_NEW_JOB, Claim, ExportRow, Finish, JobState, NewExport};
+use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, Claim, ExportRow, Finish, JobState, NewExport};
 use crate::domain::{ExportId, Performer, RepositoryName};
 
 /// An export with its notification, read from the notification's job: a finished export
@@ -291,7 +291,7 @@ pub async fn heartbeat(
     .await
 }
 
-/// Records the attempt's terminal outcome and, in the same transaction, enqueues the one
+/// Records the attempt's terminal outcome and, in the same statement, enqueues the one
 /// notification (none for a cancelled export). Returns false when fenced out.
 pub async fn finish(
     pool: &PgPool,
@@ -306,25 +306,35 @@ pub async fn finish(
         Finish::Invalid(e) => (JobState::Invalid, Some(e.as_str()), None),
         Finish::Cancelled => (JobState::Cancelled, None, None),
     };
-    // One transaction: the outcome and the pending notice (with the runner's wake-up) commit
-    // together, or neither does.
-    let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE export_jobs
-         SET state = $3,
-             last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END,
-             lease_expires_at = NULL,
-             -- A success moves an earlier attempt's error aside, and has read every slice.
-             previous_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE previous_error END,
-             slices_done = CASE WHEN $3 = 'succeeded' THEN slices_total ELSE slices_done END,
-             searches_running = 0,
-             finished_at = now(), updated_at = now(), checkpoint = NULL,
-             object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
-             logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
-             bytes_written = coalesce($10, bytes_written),
-             notify_state = CASE WHEN $3 = 'cancelled' THEN 'skipped' ELSE notify_state END,
-             sha256 = coalesce($11, sha256), manifest = coalesce($12, manifest)
-         WHERE id = $1 AND attempt = $2 AND state = 'running'",
+    // One statement (one round trip, its own transaction): the outcome, the notification job
+    // and the job runner's wake-up commit together, or none does. The notification's state on
+    // the export's row is set here already, so the jobs table's mirror trigger finds nothing
+    // to change.
+    let (updated, _woken): (i64, i64) = sqlx::query_as(
+        "WITH done AS (
+             UPDATE export_jobs
+             SET state = $3,
+                 last_error = CASE WHEN $3 = 'succeeded' THEN NULL ELSE coalesce($4, last_error) END,
+                 lease_expires_at = NULL,
+                 -- A success moves an earlier attempt's error aside, and has read every slice.
+                 previous_error = CASE WHEN $3 = 'succeeded' THEN last_error ELSE previous_error END,
+                 slices_done = CASE WHEN $3 = 'succeeded' THEN slices_total ELSE slices_done END,
+                 searches_running = 0,
+                 finished_at = now(), updated_at = now(), checkpoint = NULL,
+                 object_key = coalesce($5, object_key), download_url = $6, url_expires_at = $7,
+                 logs_exported = coalesce($8, logs_exported), logs_skipped = coalesce($9, logs_skipped),
+                 bytes_written = coalesce($10, bytes_written),
+                 notify_state = CASE WHEN $3 = 'cancelled' THEN 'skipped' ELSE 'pending' END,
+                 sha256 = coalesce($11, sha256), manifest = coalesce($12, manifest)
+             WHERE id = $1 AND attempt = $2 AND state = 'running'
+             RETURNING id),
+         job AS (
+             INSERT INTO jobs (kind, unique_key, args)
+             SELECT $13, id::text, jsonb_build_object('export_id', id) FROM done WHERE $3 <> 'cancelled'
+             ON CONFLICT (kind, unique_key) DO NOTHING
+             RETURNING id),
+         woke AS (SELECT pg_notify($14, $13) FROM job)
+         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke)",
     )
     .bind(id.0)
     .bind(attempt)
@@ -338,15 +348,11 @@ pub async fn finish(
     .bind(result.map(|r| r.bytes_written as i64))
     .bind(result.map(|r| r.sha256.as_str()))
     .bind(result.map(|r| &r.manifest))
-    .execute(&mut *tx)
-    .await?
-    .rows_affected()
-        == 1;
-    if updated && state != JobState::Cancelled {
-        enqueue_notification(&mut tx, id).await?;
-    }
-    tx.commit().await?;
-    Ok(updated)
+    .bind(NOTIFICATION)
+    .bind(CHANNEL_NOTIFY)
+    .fetch_one(pool)
+    .await?;
+    Ok(updated == 1)
 }
 
 /// Records how far this attempt got (see `export::checkpoint`). Returns false when fenced out:
