@@ -130,7 +130,8 @@ pub async fn refuse_in(
 ) -> sqlx::Result<()> {
     let refused = sqlx::query(
         "UPDATE export_jobs
-         SET state = 'invalid', last_error = $2, finished_at = now(), updated_at = now()
+         SET state = 'invalid', last_error = $2, finished_at = now(), updated_at = now(),
+             notify_state = 'pending'
          WHERE id = $1 AND state = 'queued'",
     )
     .bind(id.0)
