@@ -52,24 +52,17 @@ fn imports_point_down_the_layers_and_never_loop() {
 
 #[test]
 fn an_upward_import_or_a_file_loop_is_caught() {
-    let mut sources = read_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    let mut plant = |file: &str, code: &str| {
-        let source = sources
-            .iter_mut()
-            .find(|s| s.file == file)
-            .unwrap_or_else(|| panic!("no {file}"));
-        source.code.push_str(code);
-    };
-    plant(
-        "schedule/owner.rs",
-        "\nuse crate::api::{auth::Caller, ApiError};\n",
-    );
-    plant("storage/s3/client.rs", "\nuse super::upload::S3Upload;\n");
-    plant(
-        "domain/net.rs",
-        "\nfn f() { crate::notify::ssrf::parse_net(\"\"); }\n",
-    );
-    let problems = check(&sources).join("\n");
+    let problems = problems_with(&[
+        (
+            "schedule/owner.rs",
+            "\nuse crate::api::{auth::Caller, ApiError};\n",
+        ),
+        ("storage/s3/client.rs", "\nuse super::upload::S3Upload;\n"),
+        (
+            "domain/net.rs",
+            "\nfn f() { crate::notify::ssrf::parse_net(\"\"); }\n",
+        ),
+    ]);
     for expected in [
         "schedule (layer 5) imports api (layer 6) in schedule/owner.rs",
         "domain (layer 1) imports notify (layer 4) in domain/net.rs",
@@ -82,27 +75,33 @@ fn an_upward_import_or_a_file_loop_is_caught() {
     }
 }
 
-#[test]
-fn the_emulator_importing_the_product_is_caught() {
+/// The problems `check` finds in `src/` with each `(file, code)` appended to its file.
+fn problems_with(plants: &[(&str, &str)]) -> String {
     let mut sources = read_sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
-    let mut plant = |file: &str, code: &str| {
+    for (file, code) in plants {
         let source = sources
             .iter_mut()
-            .find(|s| s.file == file)
+            .find(|s| s.file == *file)
             .unwrap_or_else(|| panic!("no {file}"));
         source.code.push_str(code);
-    };
-    // `domain` is the emulator's own layer: the layers alone would allow it.
-    plant("emulator/engine.rs", "\nuse crate::domain::ExportId;\n");
-    plant(
-        "emulator/routes.rs",
-        "\nfn f() { let _ = super::super::splunk::SplunkError::Config(String::new()); }\n",
-    );
-    plant(
-        "bin/splunk-emulator.rs",
-        "\nuse logexport::{api::AppState, emulator::Faults};\n",
-    );
-    let problems = check(&sources).join("\n");
+    }
+    check(&sources).join("\n")
+}
+
+#[test]
+fn the_emulator_importing_the_product_is_caught() {
+    let problems = problems_with(&[
+        // `domain` is the emulator's own layer: the layers alone would allow it.
+        ("emulator/engine.rs", "\nuse crate::domain::ExportId;\n"),
+        (
+            "emulator/routes.rs",
+            "\nfn f() { let _ = super::super::splunk::SplunkError::Config(String::new()); }\n",
+        ),
+        (
+            "bin/splunk-emulator.rs",
+            "\nuse logexport::{api::AppState, emulator::Faults};\n",
+        ),
+    ]);
     for expected in [
         "emulator imports domain in emulator/engine.rs: it must compile without the product's types",
         "emulator imports splunk in emulator/routes.rs: it must compile without the product's types",
