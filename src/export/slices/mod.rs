@@ -376,7 +376,8 @@ impl SlicedRows {
                     "slice piece joins the archive"
                 );
                 self.current = Some((reader, spooled.path));
-                self.take_room(spooled.bytes);
+                // A piece's bytes leave the read-ahead budget once it is next in line.
+                self.spool.release(spooled.bytes);
                 continue;
             };
             let Some(counts) = reader.next(&mut chunk.bytes).await? else {
@@ -401,11 +402,6 @@ impl SlicedRows {
             chunk.skipped += counts.skipped;
         }
         Ok(true)
-    }
-
-    /// A piece's bytes leave the read-ahead budget once it is next in line.
-    fn take_room(&self, bytes: u64) {
-        self.spool.release(bytes);
     }
 }
 
