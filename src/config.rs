@@ -556,7 +556,7 @@ pub struct AuditConfig {
     pub timeout_seconds: u64,
     pub backoff_base_seconds: u64,
     pub backoff_max_seconds: u64,
-    /// How often the outbox is looked at when nothing wakes it.
+    /// How often idle audit delivery looks for due events when nothing wakes it.
     pub poll_interval_ms: u64,
 }
 

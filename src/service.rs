@@ -45,7 +45,7 @@ pub async fn work(
     let notifier = Notifier::new(pool.clone(), &config, mailer)?;
     let listener_stop = CancellationToken::new();
     let listener = QueueListener::spawn(pool.clone(), listener_stop.clone());
-    let notifications = tokio::spawn(notifier.run(listener, shutdown.clone()));
+    let notifications = tokio::spawn(notifier.run(listener.clone(), shutdown.clone()));
     let housekeeping = tokio::spawn(
         Housekeeper::new(
             pool.clone(),
@@ -54,8 +54,13 @@ pub async fn work(
         )
         .run(shutdown.clone()),
     );
-    let audit = crate::audit::Shipper::new(pool.clone(), &config)?
-        .map(|shipper| tokio::spawn(shipper.run(shutdown.clone())));
+    let audit = crate::audit::AuditDelivery::new(&config)?.map(|audit| {
+        tokio::spawn(
+            audit
+                .into_runner(pool.clone())
+                .run(listener, shutdown.clone()),
+        )
+    });
     let scheduler = config.schedule.enabled.then(|| {
         tokio::spawn(crate::schedule::Scheduler::new(pool.clone(), &config).run(shutdown.clone()))
     });

@@ -4,19 +4,23 @@
 //! Collector, in the event shape of Quay's Splunk producers (`data/logs_model/splunk_logs_model.py`
 //! `log_action`, `logs_producer/splunk_hec_logs_producer.py`).
 //!
-//! Events go to the `audit_outbox` table in the request's own transaction; [`Shipper`] (run by
-//! the workers) delivers them with retries. The request never waits on Splunk, an event
-//! survives Splunk being down, and a redelivered event carries the same `id`.
+//! Each event is an `audit_event` job (`worker::jobs`) enqueued in the request's own transaction;
+//! [`AuditDelivery`] (run by the workers' job runner) delivers it with retries. The request never
+//! waits on Splunk, an event survives Splunk being down, and a redelivered event carries the same
+//! `id`.
 
-mod shipper;
+mod delivery;
+mod hec;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::config::{AuditSink, Config};
+use crate::queue::jobs::{AUDIT_EVENT, enqueue_unique};
 
-pub use shipper::{BeforePost, Shipper};
+pub use delivery::{AuditDelivery, AuditEventArgs};
+pub use hec::{BeforePost, HecError};
 
 /// One audit event, before it is shaped for the sink.
 #[derive(Debug, Clone)]
@@ -81,10 +85,10 @@ impl AuditEvent {
     }
 
     /// Quay's `log_data`, plus the event's `id` so a redelivery can be recognised.
-    pub fn log_data(&self) -> Value {
+    pub fn log_data(&self) -> Map<String, Value> {
         let mut metadata = self.metadata.clone();
         metadata["date/time"] = Value::from(self.at.format("%Y-%m-%d %H:%M:%S%.6f").to_string());
-        json!({
+        let data = json!({
             "id": self.id.to_string(),
             "kind": self.kind,
             "account": self.account,
@@ -94,7 +98,11 @@ impl AuditEvent {
             "metadata_json": metadata,
             // Quay's HEC producer writes datetimes as epoch seconds (`_splunk_json_serialize`).
             "datetime": self.at.timestamp(),
-        })
+        });
+        match data {
+            Value::Object(data) => data,
+            _ => unreachable!("an object literal"),
+        }
     }
 }
 
@@ -112,7 +120,8 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-/// Queues `event` in the caller's transaction; nothing when `[audit] sink = "none"`.
+/// Enqueues `event`'s delivery in the caller's transaction, once per event id; nothing when
+/// `[audit] sink = "none"`.
 pub async fn record(
     conn: &mut sqlx::PgConnection,
     config: &Config,
@@ -121,11 +130,9 @@ pub async fn record(
     if config.audit.sink == AuditSink::None {
         return Ok(());
     }
-    sqlx::query("INSERT INTO audit_outbox (id, event) VALUES ($1, $2)")
-        .bind(event.id)
-        .bind(event.log_data())
-        .execute(conn)
-        .await?;
+    let args = serde_json::to_value(AuditEventArgs::of(event))
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    enqueue_unique(conn, AUDIT_EVENT, &event.id.to_string(), &args).await?;
     Ok(())
 }
 

@@ -11,8 +11,10 @@ use super::lease::RESTART_GRACE;
 
 /// The kind of the one notification of a finished export (unique key: the export's id).
 pub const NOTIFICATION: &str = "notification";
+/// The kind of an audit event's delivery to Splunk HEC (unique key: the event's id).
+pub const AUDIT_EVENT: &str = "audit_event";
 /// Every kind the runner knows, as the metrics list them.
-pub const KINDS: [&str; 1] = [NOTIFICATION];
+pub const KINDS: [&str; 2] = [NOTIFICATION, AUDIT_EVENT];
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -170,6 +172,23 @@ pub async fn finish(
     .execute(pool)
     .await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// Deletes the succeeded jobs of `kind` that finished before `before`; returns how many. Failed
+/// ones stay for an operator to read.
+pub async fn delete_succeeded_before(
+    pool: &PgPool,
+    kind: &str,
+    before: chrono::DateTime<chrono::Utc>,
+) -> sqlx::Result<u64> {
+    let result = sqlx::query(
+        "DELETE FROM jobs WHERE kind = $1 AND state = 'succeeded' AND finished_at < $2",
+    )
+    .bind(kind)
+    .bind(before)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 /// Jobs per kind and state, for metrics.

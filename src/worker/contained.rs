@@ -53,7 +53,7 @@ impl fmt::Display for WorkKind {
         f.write_str(match self {
             Self::Export => "export job",
             Self::Notification => "notification delivery",
-            Self::AuditShipping => "audit shipping batch",
+            Self::AuditShipping => "audit event delivery",
             Self::ScheduleTick => "scheduler tick",
             Self::Housekeeping => "housekeeping pass",
         })

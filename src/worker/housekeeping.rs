@@ -48,6 +48,17 @@ impl Housekeeper {
             Ok(n) => tracing::info!(deleted = n, "deleted finished jobs past retention"),
             Err(e) => tracing::warn!(error = %e, "job retention cleanup failed"),
         }
+        // Delivered audit events: kept as long as finished exports, then only Splunk has them.
+        let delivered = crate::queue::jobs::delete_succeeded_before(
+            &self.pool,
+            crate::queue::jobs::AUDIT_EVENT,
+            chrono::Utc::now() - retention,
+        );
+        match delivered.await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "deleted delivered audit events past retention"),
+            Err(e) => tracing::warn!(error = %e, "audit event retention cleanup failed"),
+        }
     }
 
     async fn delete_expired_objects(&self, store: &dyn ObjectStore) {

@@ -1,5 +1,5 @@
 //! One panic policy for every background loop: a unit of work that panics (an export attempt, a
-//! notification delivery, an audit batch, a scheduler tick) is logged, counted in
+//! notification delivery, an audit event's post, a scheduler tick) is logged, counted in
 //! `logexport_background_panics_total{kind}` and treated as that unit's failure — and the loop
 //! goes on to its next unit. "Exactly once" is asserted after a quiet period longer than the
 //! retry backoff, so that a late duplicate would be seen.
@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::{
-    eventually, finished_export, metric, org_export, spawn_app, test_config, test_db,
+    audit_jobs, audit_waiting, eventually, finished_export, metric, org_export, spawn_app,
+    test_config, test_db,
 };
 use crate::quay_auth::{audit_to, hec_emulator};
 
@@ -212,7 +213,7 @@ async fn a_panicking_delivery_is_a_failed_attempt_retried_with_backoff_and_the_n
 }
 
 #[tokio::test]
-async fn a_panicking_audit_batch_is_shipped_again_once_and_the_next_event_is_shipped() {
+async fn a_panicking_audit_post_is_shipped_again_once_and_the_next_event_is_shipped() {
     let emulator = hec_emulator().await;
     let app = spawn_app(|c| audit_to(c, &emulator)).await;
     let ns1 = app.token("ns1", &[], &[], false).await;
@@ -227,17 +228,14 @@ async fn a_panicking_audit_batch_is_shipped_again_once_and_the_next_event_is_shi
         assert_eq!(accepted.status(), 200);
     };
     request().await;
-    let first: Uuid = sqlx::query_scalar("SELECT id FROM audit_outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let first = audit_jobs(&app.pool).await[0].event_id;
 
     let before = panics("audit_shipping");
-    // Each batch the shipper was about to send: its events, and when.
-    type Batches = Arc<Mutex<Vec<(Vec<Uuid>, Instant)>>>;
-    let batches: Batches = Arc::default();
+    // Each post the runner was about to send: its events, and when.
+    type Posts = Arc<Mutex<Vec<(Vec<Uuid>, Instant)>>>;
+    let batches: Posts = Arc::default();
     let seen = batches.clone();
-    let shipper = logexport::audit::Shipper::new(app.pool.clone(), &app.config)
+    let runner = logexport::audit::AuditDelivery::new(&app.config)
         .unwrap()
         .expect("the HEC sink")
         .with_before_post(Arc::new(move |ids: &[Uuid]| {
@@ -247,23 +245,22 @@ async fn a_panicking_audit_batch_is_shipped_again_once_and_the_next_event_is_shi
                 seen.len() == 1
             };
             if first {
-                panic!("the audit batch broke");
+                panic!("the audit post broke");
             }
-        }));
+        }))
+        .into_runner(app.pool.clone());
     let stop = CancellationToken::new();
-    let shipping = tokio::spawn(shipper.run(stop.clone()));
+    let listener = QueueListener::spawn(app.pool.clone(), stop.clone());
+    let shipping = tokio::spawn(runner.run(listener, stop.clone()));
     let shipped = |n: usize| {
         let (emulator, pool) = (&emulator, &app.pool);
         async move {
-            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_outbox")
-                .fetch_one(pool)
-                .await
-                .unwrap();
+            let waiting = audit_waiting(pool).await;
             let stored = emulator.events_in(&logexport::emulator::EventFilter {
                 namespace: Some("ns1".into()),
                 ..Default::default()
             });
-            (outbox == 0 && stored.len() >= n).then_some(stored)
+            (waiting == 0 && stored.len() >= n).then_some(stored)
         }
     };
     eventually(20, "the first event in Splunk", || shipped(1)).await;
@@ -277,15 +274,31 @@ async fn a_panicking_audit_batch_is_shipped_again_once_and_the_next_event_is_shi
     });
     assert_eq!(stored.len(), 2, "each event exactly once: {stored:?}");
     let batches = batches.lock().unwrap().clone();
-    assert_eq!(batches[0].0, vec![first], "the batch that panicked");
-    assert_eq!(batches[1].0, vec![first], "the same batch again");
+    assert_eq!(batches[0].0, vec![first], "the post that panicked");
+    assert_eq!(batches[1].0, vec![first], "the same event again");
     assert!(
         batches[1].1 - batches[0].1 >= Duration::from_millis(500),
         "shipped again after the audit backoff"
     );
-    assert_eq!(batches.len(), 3, "then the next event's batch: {batches:?}");
+    assert_eq!(batches.len(), 3, "then the next event's post: {batches:?}");
     assert!(!batches[2].0.contains(&first));
     assert_eq!(panics("audit_shipping") - before, 1.0);
+    let jobs = audit_jobs(&app.pool).await;
+    assert_eq!(jobs.len(), 2, "one job per event: {jobs:?}");
+    assert_eq!(
+        (jobs[0].state.as_str(), jobs[0].attempt),
+        ("succeeded", 2),
+        "the panic counted as an attempt: {jobs:?}"
+    );
+    assert!(
+        jobs[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("the audit post broke"),
+        "the panic is the attempt's error: {jobs:?}"
+    );
+    assert_eq!((jobs[1].state.as_str(), jobs[1].attempt), ("succeeded", 1));
     stop.cancel();
     shipping.await.unwrap();
 }

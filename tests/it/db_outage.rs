@@ -330,7 +330,7 @@ impl Harness {
     }
 }
 
-/// Starts what `logexport work` runs (export workers, notifier, scheduler, audit shipper) on a
+/// Starts what `logexport work` runs (export workers, the job runner's kinds, scheduler) on a
 /// pool of its own, as a separate process would.
 async fn spawn_worker_process(config: &Config, stop: &CancellationToken) {
     let pool = logexport::db::connect(&config.database)

@@ -494,3 +494,52 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// One audit event's delivery job, as the jobs table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditJob {
+    pub event_id: uuid::Uuid,
+    pub state: String,
+    /// Attempts begun so far.
+    pub attempt: i32,
+    pub last_error: Option<String>,
+}
+
+/// Every audit event's delivery job, oldest first.
+pub async fn audit_jobs(pool: &PgPool) -> Vec<AuditJob> {
+    let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT unique_key, state, attempt, last_error FROM jobs
+         WHERE kind = 'audit_event' ORDER BY created_at, id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the audit jobs");
+    rows.into_iter()
+        .map(|(key, state, attempt, last_error)| AuditJob {
+            event_id: key.parse().expect("an audit job's key is its event id"),
+            state,
+            attempt,
+            last_error,
+        })
+        .collect()
+}
+
+/// How many audit events wait for delivery (queued, or in flight).
+pub async fn audit_waiting(pool: &PgPool) -> usize {
+    audit_jobs(pool)
+        .await
+        .iter()
+        .filter(|job| job.state == "queued" || job.state == "running")
+        .count()
+}
+
+/// The runner of audit delivery for `config` (whose `[audit]` sink is HEC).
+pub fn audit_runner(
+    pool: &PgPool,
+    config: &Config,
+) -> logexport::worker::jobs::JobRunner<logexport::audit::AuditDelivery> {
+    logexport::audit::AuditDelivery::new(config)
+        .expect("the audit configuration")
+        .expect("the HEC sink")
+        .into_runner(pool.clone())
+}

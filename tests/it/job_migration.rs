@@ -1,12 +1,13 @@
 //! The job runner's migration on a database the previous schema populated: queued and running
 //! exports still finish, every pending notification is delivered exactly once (a channel already
-//! delivered is not sent again), settled ones are never re-sent, audit events wait as they were,
-//! and the status API shows the notification states it showed before.
+//! delivered is not sent again), settled ones are never re-sent, the status API shows the
+//! notification states it showed before, and every audit event of the outbox becomes a job
+//! (migration 28) that ships it to Splunk HEC exactly once.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use logexport::config::Secret;
+use logexport::config::{AuditSink, Secret};
 use logexport::emulator::{self, EmulatorOptions};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -16,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_still, eventually, postgres_base, spawn_app_with, spawn_export_worker, test_config,
-    use_emulator,
+    assert_still, audit_jobs, audit_runner, audit_waiting, eventually, postgres_base,
+    spawn_app_with, spawn_export_worker, test_config, use_emulator,
 };
 use crate::notify::harness::{Receiver, SmtpSink, free_port, scratch_dir};
 
@@ -228,15 +229,7 @@ async fn the_migration_keeps_every_export_and_notification_and_sends_each_notice
     for row in &ROWS {
         ids.insert(row.name, insert_old(&pool, row, &callback_url).await);
     }
-    let audit: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
-    for id in &audit {
-        sqlx::query("INSERT INTO audit_outbox (id, event, attempts) VALUES ($1, $2, 1)")
-            .bind(id)
-            .bind(json!({"event": {"action": "export.requested"}, "id": id}))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
+    let audit = insert_old_audit_events(&pool).await;
 
     logexport::db::migrate(&pool)
         .await
@@ -247,6 +240,12 @@ async fn the_migration_keeps_every_export_and_notification_and_sends_each_notice
     config.storage.local.path = scratch_dir("job-migration");
     config.email.transport = "smtp".into();
     config.email.smtp_url = Secret::new(format!("smtp://127.0.0.1:{}", sink.port));
+    config.audit.sink = AuditSink::Hec;
+    config.audit.hec_url = format!("{}/services/collector/event", emulator.base_url());
+    config.audit.hec_token = Secret::new(TOKEN);
+    config.audit.backoff_base_seconds = 1;
+    config.audit.backoff_max_seconds = 1;
+    config.audit.poll_interval_ms = 100;
     let app = spawn_app_with(pool.clone(), config).await;
     let alice = app.token("alice", &["acme"], &[], false).await;
     let status = |name: &'static str| {
@@ -291,14 +290,30 @@ async fn the_migration_keeps_every_export_and_notification_and_sends_each_notice
             .then(|| DELIVERED_AT.parse::<DateTime<Utc>>().unwrap());
         assert_eq!(delivered_at, expected, "{}", row.name);
     }
-    let outbox: Vec<(Uuid, i32)> =
-        sqlx::query_as("SELECT id, attempts FROM audit_outbox ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    let mut expected: Vec<(Uuid, i32)> = audit.iter().map(|id| (*id, 1)).collect();
+    let outbox: Option<String> = sqlx::query_scalar("SELECT to_regclass('audit_outbox')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outbox, None, "the outbox is gone");
+    let moved: Vec<(Uuid, String, i32, Option<String>)> = audit_jobs(&pool)
+        .await
+        .into_iter()
+        .map(|job| (job.event_id, job.state, job.attempt, job.last_error))
+        .collect();
+    let mut moved_sorted = moved.clone();
+    moved_sorted.sort();
+    let mut expected: Vec<(Uuid, String, i32, Option<String>)> = audit
+        .iter()
+        .map(|(id, old)| {
+            let error = old.last_error.map(str::to_owned);
+            (*id, "queued".to_owned(), old.attempts, error)
+        })
+        .collect();
     expected.sort();
-    assert_eq!(outbox, expected, "the audit events wait as they were");
+    assert_eq!(
+        moved_sorted, expected,
+        "each audit event waits as a job, with its attempts and last error"
+    );
 
     // The real worker: exports and notifications.
     let stop = CancellationToken::new();
@@ -306,7 +321,8 @@ async fn the_migration_keeps_every_export_and_notification_and_sends_each_notice
     let mailer = logexport::notify::mailer_from_config(&app.config.email).unwrap();
     let notifier = logexport::worker::Notifier::new(pool.clone(), &app.config, mailer).unwrap();
     let listener = logexport::queue::QueueListener::spawn(pool.clone(), stop.clone());
-    let notifying = tokio::spawn(notifier.run(listener, stop.clone()));
+    let notifying = tokio::spawn(notifier.run(listener.clone(), stop.clone()));
+    let shipping = tokio::spawn(audit_runner(&pool, &app.config).run(listener, stop.clone()));
 
     for name in ["queued", "running"] {
         let doc = eventually(60, &format!("the {name} export finished"), || async {
@@ -379,6 +395,102 @@ async fn the_migration_keeps_every_export_and_notification_and_sends_each_notice
         partial["notification"]["last_error"], "callback: the receiver answered HTTP 500",
         "an earlier attempt's error is kept"
     );
+
+    // Each audit event of the outbox in Splunk exactly once, its job succeeded.
+    let shipped = || {
+        let stored = emulator.events_in(&emulator::EventFilter {
+            namespace: Some(AUDIT_ACCOUNT.into()),
+            ..Default::default()
+        });
+        let mut ids: Vec<Uuid> = stored
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut all: Vec<Uuid> = audit.iter().map(|(id, _)| *id).collect();
+    all.sort();
+    eventually(30, "the outbox's audit events in Splunk", || async {
+        (shipped() == all && audit_waiting(&pool).await == 0).then_some(())
+    })
+    .await;
+    assert_still(3, "each audit event shipped once", || async {
+        shipped() == all
+    })
+    .await;
+    for job in audit_jobs(&pool).await {
+        assert_eq!(job.state, "succeeded", "{job:?}");
+    }
     stop.cancel();
     notifying.await.unwrap();
+    shipping.await.unwrap();
+}
+
+/// The `account` of the audit events the previous schema held.
+const AUDIT_ACCOUNT: &str = "audit-acme";
+
+/// An audit event waiting in the outbox, as the previous shipper left it.
+struct OldAuditEvent {
+    attempts: i32,
+    /// Seconds from now it is due.
+    due_in: i32,
+    /// Seconds from now a shipper's lease on it ends.
+    leased_for: Option<i32>,
+    last_error: Option<&'static str>,
+}
+
+static OLD_AUDIT_EVENTS: [OldAuditEvent; 3] = [
+    OldAuditEvent {
+        attempts: 0,
+        due_in: 0,
+        leased_for: None,
+        last_error: None,
+    },
+    // HEC refused it twice; its next attempt is a moment away.
+    OldAuditEvent {
+        attempts: 2,
+        due_in: 2,
+        leased_for: None,
+        last_error: Some("HEC answered 503 Service Unavailable: Server is busy"),
+    },
+    // A shipper of the previous version holds it.
+    OldAuditEvent {
+        attempts: 1,
+        due_in: 0,
+        leased_for: Some(2),
+        last_error: Some("HEC unreachable: connection refused"),
+    },
+];
+
+/// Fills the outbox with [`OLD_AUDIT_EVENTS`] in Quay's event shape; returns their ids.
+async fn insert_old_audit_events(pool: &PgPool) -> Vec<(Uuid, &'static OldAuditEvent)> {
+    let mut ids = Vec::new();
+    for old in &OLD_AUDIT_EVENTS {
+        let id = Uuid::new_v4();
+        let event = json!({
+            "id": id.to_string(), "kind": "export_logs_success", "account": AUDIT_ACCOUNT,
+            "performer": "alice", "repository": null, "ip": "192.0.2.7",
+            "metadata_json": {"export_id": Uuid::new_v4().to_string(),
+                              "message": "queued for export"},
+            "datetime": Utc::now().timestamp(),
+        });
+        sqlx::query(
+            "INSERT INTO audit_outbox (id, event, attempts, next_attempt_at, leased_until,
+                 last_error)
+             VALUES ($1, $2, $3, now() + make_interval(secs => $4),
+                 now() + make_interval(secs => $5), $6)",
+        )
+        .bind(id)
+        .bind(event)
+        .bind(old.attempts)
+        .bind(f64::from(old.due_in))
+        .bind(old.leased_for.map(f64::from))
+        .bind(old.last_error)
+        .execute(pool)
+        .await
+        .expect("an audit event of the previous schema");
+        ids.push((id, old));
+    }
+    ids
 }

@@ -4,6 +4,7 @@
 mod helpers;
 
 mod api;
+mod audit;
 mod background;
 mod db_outage;
 mod delivery;

@@ -10,7 +10,7 @@ use logexport::config::{AuditSink, AuthMode, Config, Secret};
 use logexport::emulator::{self, EmulatorOptions, Faults, RunningEmulator};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, eventually, spawn_app};
+use crate::helpers::{TestApp, audit_jobs, audit_runner, audit_waiting, eventually, spawn_app};
 use crate::quay_standin::{self, Behaviour, Grant, Standin, User, World};
 
 const MAIL: &str = r#"{"callback_email": "admin@example.com"}"#;
@@ -573,23 +573,33 @@ async fn export_requests_leave_quays_audit_events_even_when_hec_was_down() {
         .unwrap();
     assert_eq!(outsider.status(), 403);
 
-    // HEC is down: the requests were answered, the events wait in the outbox.
-    let worker = logexport::audit::Shipper::new(app.pool.clone(), &app.config)
-        .unwrap()
-        .expect("hec sink");
-    assert_eq!(worker.ship_once().await.unwrap(), 0);
-    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(waiting, 2);
+    // HEC is down: the requests were answered, each event's post fails and the event waits.
+    let runner = audit_runner(&app.pool, &app.config);
+    assert!(runner.run_next().await.unwrap(), "the first event tried");
+    assert!(runner.run_next().await.unwrap(), "the second event tried");
+    assert!(
+        !runner.run_next().await.unwrap(),
+        "both wait for the audit backoff"
+    );
+    let jobs = audit_jobs(&app.pool).await;
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!((job.state.as_str(), job.attempt), ("queued", 1), "{jobs:?}");
+        let error = job.last_error.as_deref().unwrap_or_default();
+        assert!(error.starts_with("HEC answered 503"), "{error}");
+    }
 
     emu.set_faults(Faults::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let shipping = tokio::spawn(worker.run(shutdown.clone()));
+    let listener = logexport::queue::QueueListener::spawn(app.pool.clone(), shutdown.clone());
+    let shipping = tokio::spawn(runner.run(listener, shutdown.clone()));
     let logs = eventually(20, "both audit events in Splunk", || async {
         let logs = audit_events(&app, "alice-oauth").await;
         (logs.len() == 2).then_some(logs)
+    })
+    .await;
+    eventually(10, "both audit jobs settled", || async {
+        (audit_waiting(&app.pool).await == 0).then_some(())
     })
     .await;
     shutdown.cancel();
@@ -618,11 +628,12 @@ async fn export_requests_leave_quays_audit_events_even_when_hec_was_down() {
             .unwrap()
             .contains("callback")
     );
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_outbox")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(outbox, 0);
+    let jobs = audit_jobs(&app.pool).await;
+    assert!(
+        jobs.iter()
+            .all(|job| job.state == "succeeded" && job.attempt == 2),
+        "each delivered on its second attempt: {jobs:?}"
+    );
     // Exactly one of each in Splunk.
     let stored = emu.events_in(&logexport::emulator::EventFilter {
         namespace: Some("acme".into()),
@@ -640,10 +651,12 @@ async fn token_mode_keeps_the_own_namespace_rule_and_records_the_trail_too() {
         .post_export(&ns1, "/api/v1/organization/ns1/exportlogs", MAIL)
         .await;
     assert_eq!(accepted.status(), 200);
-    let worker = logexport::audit::Shipper::new(app.pool.clone(), &app.config)
-        .unwrap()
-        .expect("hec sink");
-    assert_eq!(worker.ship_once().await.unwrap(), 1);
+    let runner = audit_runner(&app.pool, &app.config);
+    assert!(runner.run_next().await.unwrap());
+    assert!(!runner.run_next().await.unwrap(), "one event, one job");
+    let jobs = audit_jobs(&app.pool).await;
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!((jobs[0].state.as_str(), jobs[0].attempt), ("succeeded", 1));
     let stored = emu.events_in(&logexport::emulator::EventFilter {
         namespace: Some("ns1".into()),
         ..Default::default()
@@ -656,7 +669,8 @@ async fn token_mode_keeps_the_own_namespace_rule_and_records_the_trail_too() {
             .status(),
         403
     );
-    assert_eq!(worker.ship_once().await.unwrap(), 0);
+    assert!(!runner.run_next().await.unwrap(), "nothing to ship");
+    assert_eq!(audit_jobs(&app.pool).await.len(), 1);
 }
 
 #[tokio::test]
