@@ -28,7 +28,8 @@ pub async fn serve(
     api::serve(listener, state, shutdown).await
 }
 
-/// Runs export workers, the notifier, housekeeping and the scheduler until shutdown; empty keys
+/// Runs export workers, the notifier, housekeeping, audit delivery and the scheduler's ticks
+/// until shutdown; empty keys
 /// are the deployment's stored ones, as in [`serve`].
 pub async fn work(
     pool: PgPool,
@@ -58,11 +59,15 @@ pub async fn work(
         tokio::spawn(
             audit
                 .into_runner(pool.clone())
-                .run(listener, shutdown.clone()),
+                .run(listener.clone(), shutdown.clone()),
         )
     });
+    // `schedule.enabled = false`: this process neither enqueues nor runs scheduler ticks.
     let scheduler = config.schedule.enabled.then(|| {
-        tokio::spawn(crate::schedule::Scheduler::new(pool.clone(), &config).run(shutdown.clone()))
+        tokio::spawn(
+            crate::schedule::ScheduleTicks::new(pool.clone(), &config)
+                .run(listener, shutdown.clone()),
+        )
     });
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
         .run(shutdown)

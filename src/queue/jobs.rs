@@ -13,8 +13,10 @@ use super::lease::RESTART_GRACE;
 pub const NOTIFICATION: &str = "notification";
 /// The kind of an audit event's delivery to Splunk HEC (unique key: the event's id).
 pub const AUDIT_EVENT: &str = "audit_event";
+/// The kind of one scheduler tick (unique key: the tick period's start, RFC 3339).
+pub const SCHEDULE_TICK: &str = "schedule_tick";
 /// Every kind the runner knows, as the metrics list them.
-pub const KINDS: [&str; 2] = [NOTIFICATION, AUDIT_EVENT];
+pub const KINDS: [&str; 3] = [NOTIFICATION, AUDIT_EVENT, SCHEDULE_TICK];
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -55,17 +57,29 @@ pub struct ClaimedJob {
     pub progress: Option<serde_json::Value>,
 }
 
-/// Inserts a job of `kind` unless one with the same `unique_key` exists, and wakes idle runners
-/// when the caller's transaction commits. Returns whether a job was inserted.
+/// Inserts a job of `kind`, due now, unless one with the same `unique_key` exists, and wakes
+/// idle runners when the caller's transaction commits. Returns whether a job was inserted.
 pub async fn enqueue_unique(
     conn: &mut PgConnection,
     kind: &str,
     unique_key: &str,
     args: &serde_json::Value,
 ) -> sqlx::Result<bool> {
+    enqueue_unique_at(conn, kind, unique_key, args, None).await
+}
+
+/// [`enqueue_unique`] for a job due at `run_at` (now when `None`).
+pub async fn enqueue_unique_at(
+    conn: &mut PgConnection,
+    kind: &str,
+    unique_key: &str,
+    args: &serde_json::Value,
+    run_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> sqlx::Result<bool> {
     let (inserted, _woken): (i64, i64) = sqlx::query_as(
         "WITH job AS (
-             INSERT INTO jobs (kind, unique_key, args) VALUES ($1, $2, $3)
+             INSERT INTO jobs (kind, unique_key, args, run_at)
+             VALUES ($1, $2, $3, coalesce($5, now()))
              ON CONFLICT (kind, unique_key) DO NOTHING
              RETURNING id),
          woke AS (SELECT pg_notify($4, $1) FROM job)
@@ -75,6 +89,7 @@ pub async fn enqueue_unique(
     .bind(unique_key)
     .bind(args)
     .bind(CHANNEL_NOTIFY)
+    .bind(run_at)
     .fetch_one(conn)
     .await?;
     Ok(inserted == 1)

@@ -2,12 +2,14 @@
 //! zone) into exactly one export, enqueued by the scheduler that runs in the worker processes.
 //!
 //! `period` is the calendar arithmetic (pure), `storage` every SQL statement on the schedule
-//! tables, `owner` the re-check of the owner's rights at each run, `scheduler` the loop.
+//! tables, `owner` the re-check of the owner's rights at each run, `scheduler` the tick, `ticks` the
+//! kind of job that runs it once per `schedule.interval_seconds` on the job runner.
 
 pub mod owner;
 pub mod period;
 pub mod scheduler;
 pub mod storage;
+pub mod ticks;
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -15,6 +17,7 @@ use uuid::Uuid;
 
 pub use period::{Due, Grid, Period, PeriodRange, Skipped, StartDateError};
 pub use scheduler::{BeforeCommit, Scheduler, TickReport};
+pub use ticks::ScheduleTicks;
 
 use crate::domain::{
     CallbackUrl, Compression, DateRange, EmailAddress, ExportFormat, ExportScope, Namespace,

@@ -1,4 +1,5 @@
-//! The scheduler loop: on every tick, each due schedule's closed periods become exports.
+//! The scheduler: on every tick (a `schedule_tick` job, see `ticks`), each due schedule's closed
+//! periods become exports.
 //!
 //! Exactly once per period, whatever the number of schedulers and however they crash: the
 //! schedule's row is locked (`FOR UPDATE SKIP LOCKED`, so schedulers share the work instead of
@@ -8,12 +9,10 @@
 //! enqueues nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::{PgConnection, PgPool};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::owner::{self, Target};
@@ -23,7 +22,6 @@ use crate::config::Config;
 use crate::domain::{ExportId, Namespace, RepositoryName};
 use crate::metrics::METRICS;
 use crate::queue::storage as queue;
-use crate::worker::{WorkKind, contain};
 
 /// A test hook run with a schedule's transaction still open, its runs and exports written: a test
 /// can stop the scheduler there to show that a crash before the commit leaves nothing behind, or
@@ -34,7 +32,6 @@ pub type BeforeCommit = Arc<dyn Fn(Uuid) -> BoxFuture<'static, ()> + Send + Sync
 #[derive(Clone)]
 pub struct Scheduler {
     pool: PgPool,
-    interval: Duration,
     max_catch_up: u32,
     max_attempts: u32,
     auth: crate::config::AuthConfig,
@@ -65,7 +62,6 @@ impl Scheduler {
     pub fn new(pool: PgPool, config: &Config) -> Self {
         Self {
             pool,
-            interval: Duration::from_secs(config.schedule.interval_seconds.max(1)),
             max_catch_up: config.schedule.max_catch_up_periods.max(1),
             max_attempts: config.worker.max_attempts,
             auth: config.auth.clone(),
@@ -81,37 +77,6 @@ impl Scheduler {
     pub fn with_before_commit(mut self, hook: BeforeCommit) -> Self {
         self.before_commit = Some(hook);
         self
-    }
-
-    /// Runs until shutdown, ticking with the wall clock.
-    pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            let scheduler = self.clone();
-            let tick = contain(WorkKind::ScheduleTick, async move {
-                scheduler.tick(Utc::now()).await
-            });
-            match tick.await {
-                Ok(Ok(report)) if report != TickReport::default() => {
-                    tracing::info!(?report, "scheduler tick")
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) if crate::db::is_unavailable(&e) => {
-                    // Each period is enqueued with its run row or not at all: the next tick
-                    // after the outage does what this one could not.
-                    crate::db::report_unavailable("schedule", &e)
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "scheduler tick failed; retrying next tick")
-                }
-                // Logged and counted by `contain`. The panicking turn's transaction rolled back
-                // with its task: the next tick does what this one could not.
-                Err(_) => {}
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.interval) => {}
-            }
-        }
     }
 
     /// Handles every schedule due at `now` once, most overdue first. `now` is the scheduler's

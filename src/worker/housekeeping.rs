@@ -11,6 +11,10 @@ use crate::config::Config;
 use crate::queue::storage;
 use crate::storage::{ObjectStore, manifest_key};
 
+/// How long a succeeded `schedule_tick` job is kept. One accumulates per
+/// `schedule.interval_seconds`; an hour of them shows an operator the recent ticks.
+pub const SCHEDULE_TICK_RETENTION: chrono::Duration = chrono::Duration::hours(1);
+
 /// Runs the cleanup tasks on an interval.
 pub struct Housekeeper {
     pool: PgPool,
@@ -58,6 +62,20 @@ impl Housekeeper {
             Ok(0) => {}
             Ok(n) => tracing::info!(deleted = n, "deleted delivered audit events past retention"),
             Err(e) => tracing::warn!(error = %e, "audit event retention cleanup failed"),
+        }
+        // Failed scheduler ticks stay, like failed audit events, for an operator to read.
+        let ticked = crate::queue::jobs::delete_succeeded_before(
+            &self.pool,
+            crate::queue::jobs::SCHEDULE_TICK,
+            chrono::Utc::now() - SCHEDULE_TICK_RETENTION,
+        );
+        match ticked.await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                deleted = n,
+                "deleted succeeded scheduler ticks past retention"
+            ),
+            Err(e) => tracing::warn!(error = %e, "scheduler tick retention cleanup failed"),
         }
     }
 
