@@ -15,7 +15,7 @@ use logexport::domain::{EmailAddress, ExportId};
 use logexport::metrics::{METRICS, Scrape};
 use logexport::notify::{Delivery, Mailer, Notice};
 use logexport::queue::{ClaimedJob, ExportResult, NewExport, QueueListener, storage};
-use logexport::schedule::{BeforeCommit, Scheduler};
+use logexport::schedule::{BeforeCommit, ScheduleTicks};
 use logexport::worker::{JobContext, JobError, JobHandler, Notifier, WorkerPool, WorkerSettings};
 use serde_json::json;
 use sqlx::PgPool;
@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::helpers::{
     audit_jobs, audit_waiting, eventually, finished_export, metric, org_export, spawn_app,
-    test_config, test_db,
+    test_config, test_db, tick_jobs,
 };
 use crate::quay_auth::{audit_to, hec_emulator};
 
@@ -339,8 +339,9 @@ async fn after_a_scheduler_tick_panics_the_next_tick_makes_each_period_once() {
         })
     });
     let stop = CancellationToken::new();
-    let scheduler = Scheduler::new(app.pool.clone(), &app.config).with_before_commit(hook);
-    let scheduling = tokio::spawn(scheduler.run(stop.clone()));
+    let listener = QueueListener::spawn(app.pool.clone(), stop.clone());
+    let ticks = ScheduleTicks::new(app.pool.clone(), &app.config).with_before_commit(hook);
+    let scheduling = tokio::spawn(ticks.run(listener, stop.clone()));
     eventually(20, "the closed days exported", || async {
         (scheduled(&app.pool, &schedule).await.len() >= 3).then_some(())
     })
@@ -357,6 +358,22 @@ async fn after_a_scheduler_tick_panics_the_next_tick_makes_each_period_once() {
         "the panicked turn, then one"
     );
     assert_eq!(panics("schedule_tick") - before, 1.0);
+    // The panic was a failed attempt of its tick's job, retried (finding nothing left to do).
+    let failed: Vec<_> = tick_jobs(&app.pool)
+        .await
+        .into_iter()
+        .filter(|job| job.last_error.is_some())
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let error = failed[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("the scheduler broke mid-turn"),
+        "says what panicked: {error}"
+    );
+    assert_eq!(
+        (failed[0].state.as_str(), failed[0].attempt),
+        ("succeeded", 2)
+    );
     stop.cancel();
     scheduling.await.unwrap();
 }

@@ -543,3 +543,35 @@ pub fn audit_runner(
         .expect("the HEC sink")
         .into_runner(pool.clone())
 }
+
+/// One scheduler tick's job, as the jobs table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TickJob {
+    /// The start of its tick period (its unique key, RFC 3339).
+    pub period: chrono::DateTime<chrono::Utc>,
+    pub state: String,
+    /// Attempts begun so far.
+    pub attempt: i32,
+    pub last_error: Option<String>,
+}
+
+/// Every scheduler tick's job, by period.
+pub async fn tick_jobs(pool: &PgPool) -> Vec<TickJob> {
+    let rows: Vec<(String, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT unique_key, state, attempt, last_error FROM jobs
+         WHERE kind = 'schedule_tick' ORDER BY unique_key",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("the tick jobs");
+    rows.into_iter()
+        .map(|(key, state, attempt, last_error)| TickJob {
+            period: chrono::DateTime::parse_from_rfc3339(&key)
+                .expect("a tick job's key is its period start")
+                .to_utc(),
+            state,
+            attempt,
+            last_error,
+        })
+        .collect()
+}

@@ -2,19 +2,22 @@
 //! schedulers and a scheduler killed mid-run), pause/resume/delete, a revoked owner, catch-up.
 //!
 //! The scheduler's clock is the `now` each `tick` is given, so these tests drive days and months
-//! in milliseconds.
+//! in milliseconds; the tests of the `schedule_tick` jobs that run it in the workers use the wall
+//! clock, ticking every second.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use logexport::schedule::{BeforeCommit, Scheduler};
+use logexport::queue::{QueueListener, jobs};
+use logexport::schedule::{BeforeCommit, ScheduleTicks, Scheduler};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
 
 use crate::helpers::{
-    TestApp, eventually, spawn_app, spawn_app_with, stays, test_config, test_db, use_emulator,
+    TestApp, eventually, spawn_app, spawn_app_with, stays, test_config, test_db, tick_jobs,
+    use_emulator,
 };
 use crate::notify::harness::Receiver;
 
@@ -917,6 +920,149 @@ async fn a_nightly_schedule_runs_in_the_workers_and_posts_each_closed_day_to_its
     .await;
     assert_eq!(doc["lag_seconds"], 0);
     stays(3, "two callbacks", || async { receiver.calls().len() == 2 }).await;
+    stop.cancel();
+    let _ = workers.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A schedule whose last three days have closed, for the wall-clock tests.
+async fn three_closed_days(app: &TestApp) -> String {
+    let alice = app.token("alice", &["acme"], &[], false).await;
+    let three_days_ago = (Utc::now() - Duration::days(3)).format("%Y-%m-%d");
+    app.create_schedule(
+        &alice,
+        ACME,
+        json!({"period": "daily", "timezone": "UTC", "start_date": three_days_ago.to_string(),
+               "delay_minutes": 0, "callback_email": "audit@example.com"}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_ticking_on_the_job_runner_enqueue_and_run_each_tick_period_once() {
+    let app = spawn_app(|c| c.schedule.interval_seconds = 1).await;
+    let schedule = three_closed_days(&app).await;
+
+    // Two worker processes, each with its own pool and listener, started together.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut processes = Vec::new();
+    for _ in 0..2 {
+        let pool = process_pool(&app, 2).await;
+        let listener = QueueListener::spawn(pool.clone(), stop.clone());
+        let ticks = ScheduleTicks::new(pool, &app.config);
+        processes.push(tokio::spawn(ticks.run(listener, stop.clone())));
+    }
+    eventually(20, "five ticks done", || async {
+        let done = tick_jobs(&app.pool)
+            .await
+            .iter()
+            .filter(|job| job.state == "succeeded")
+            .count();
+        (done >= 5).then_some(())
+    })
+    .await;
+    stop.cancel();
+    for process in processes {
+        process.await.unwrap();
+    }
+
+    let ticks = tick_jobs(&app.pool).await;
+    let mut tick_periods: Vec<_> = ticks.iter().map(|job| job.period).collect();
+    tick_periods.dedup();
+    assert_eq!(
+        tick_periods.len(),
+        ticks.len(),
+        "one job per period: {ticks:?}"
+    );
+    for job in &ticks {
+        assert_eq!(job.period.timestamp_subsec_nanos(), 0, "{job:?}");
+        assert_eq!(job.last_error, None, "{job:?}");
+    }
+    let done: Vec<_> = ticks
+        .iter()
+        .filter(|job| job.state == "succeeded")
+        .collect();
+    assert!(done.len() >= 5, "{ticks:?}");
+    assert!(
+        done.iter().all(|job| job.attempt == 1),
+        "each period's tick ran once: {ticks:?}"
+    );
+    // Only the next period's tick may wait: no second chain of ticks was started.
+    let waiting = ticks.iter().filter(|job| job.state == "queued").count();
+    assert!(waiting <= 1, "{ticks:?}");
+    assert_eq!(
+        periods(&app.pool, &schedule).await.len(),
+        3,
+        "each closed day exported once"
+    );
+}
+
+#[tokio::test]
+async fn a_tick_job_whose_args_do_not_parse_fails_as_invalid_and_ticks_nothing() {
+    let app = spawn_app(|c| c.schedule.interval_seconds = 1).await;
+    let schedule = three_closed_days(&app).await;
+    let mut conn = app.pool.acquire().await.unwrap();
+    let key = "2026-12-06T06:00:00Z";
+    let enqueued = jobs::enqueue_unique(
+        &mut conn,
+        jobs::SCHEDULE_TICK,
+        key,
+        &json!({"due": "tomorrow"}),
+    )
+    .await
+    .unwrap();
+    assert!(enqueued);
+    drop(conn);
+
+    let runner = ScheduleTicks::new(app.pool.clone(), &app.config).into_runner();
+    assert!(runner.run_next().await.unwrap(), "the job was claimed");
+    assert!(!runner.run_next().await.unwrap(), "and is not retried");
+
+    let ticks = tick_jobs(&app.pool).await;
+    assert_eq!(ticks.len(), 1, "no next tick was enqueued: {ticks:?}");
+    assert_eq!((ticks[0].state.as_str(), ticks[0].attempt), ("failed", 1));
+    let error = ticks[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("the job's args do not parse"),
+        "says what is wrong: {error}"
+    );
+    assert!(
+        periods(&app.pool, &schedule).await.is_empty(),
+        "nothing was ticked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_process_with_the_scheduler_disabled_enqueues_and_runs_no_ticks() {
+    let dir = std::env::temp_dir().join(format!("logexport-sched-{}", Uuid::new_v4().simple()));
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.storage.local.path = dir.join("archives");
+    config.schedule.interval_seconds = 1;
+    config.schedule.enabled = false;
+    let app = spawn_app_with(pool.clone(), config).await;
+    let schedule = three_closed_days(&app).await;
+    // A tick some other process enqueued: this one leaves it alone.
+    let mut conn = app.pool.acquire().await.unwrap();
+    let due = Utc::now() - Duration::seconds(1);
+    let key = due.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    jobs::enqueue_unique(&mut conn, jobs::SCHEDULE_TICK, &key, &json!({"due": due}))
+        .await
+        .unwrap();
+    drop(conn);
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = tokio::spawn(logexport::service::work(
+        pool,
+        app.config.clone(),
+        stop.clone(),
+    ));
+    stays(3, "no tick ran", || async {
+        let ticks = tick_jobs(&app.pool).await;
+        ticks.len() == 1 && ticks[0].state == "queued" && ticks[0].attempt == 0
+    })
+    .await;
+    assert!(periods(&app.pool, &schedule).await.is_empty());
     stop.cancel();
     let _ = workers.await;
     let _ = std::fs::remove_dir_all(&dir);
