@@ -1067,3 +1067,52 @@ async fn a_worker_process_with_the_scheduler_disabled_enqueues_and_runs_no_ticks
     let _ = workers.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn housekeeping_forgets_succeeded_ticks_after_an_hour_and_keeps_failed_ones() {
+    let app = spawn_app(|_| {}).await;
+    // (state, minutes since it finished) of each period's tick.
+    let rows = [
+        ("succeeded", 61),
+        ("succeeded", 59),
+        ("failed", 61),
+        ("queued", 0),
+    ];
+    let mut periods = Vec::new();
+    for (n, (state, minutes)) in rows.into_iter().enumerate() {
+        let due = at("2026-12-06T06:00:00Z") + Duration::seconds(30 * n as i64);
+        let key = due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut conn = app.pool.acquire().await.unwrap();
+        jobs::enqueue_unique(&mut conn, jobs::SCHEDULE_TICK, &key, &json!({"due": due}))
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE jobs SET state = $2,
+                 finished_at = CASE WHEN $2 = 'queued' THEN NULL
+                                    ELSE now() - make_interval(mins => $3) END
+             WHERE kind = 'schedule_tick' AND unique_key = $1",
+        )
+        .bind(&key)
+        .bind(state)
+        .bind(minutes)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        periods.push(due);
+    }
+
+    logexport::worker::Housekeeper::new(app.pool.clone(), (*app.config).clone(), None)
+        .run_once()
+        .await;
+
+    let left: Vec<_> = tick_jobs(&app.pool)
+        .await
+        .into_iter()
+        .map(|job| job.period)
+        .collect();
+    assert_eq!(
+        left,
+        periods[1..],
+        "only the tick that succeeded over an hour ago is gone"
+    );
+}
