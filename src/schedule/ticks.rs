@@ -143,6 +143,9 @@ impl Job for ScheduleTicks {
         // handles whatever is due by now.
         let now = Utc::now().max(args.due);
         let next = period_start(now, self.interval) + self.interval;
+        // Without the next tick this attempt fails before ticking. Its outcome is recorded once
+        // the database answers again, and the retry enqueues the next tick then: an outage does
+        // not end the chain of ticks.
         if let Err(e) = enqueue(&self.pool, next).await {
             return Err(Failure::Retry {
                 error: format!("enqueuing the next scheduler tick failed: {e}"),
