@@ -5,8 +5,9 @@
 //! An attempt first enqueues the next period's tick, then ticks: the chain goes on whatever the
 //! tick does. Every process enqueues the current period's tick when it starts, so ticks resume
 //! after all workers were down. A tick that fails or panics is a failed attempt, tried again
-//! after a short backoff up to [`MAX_ATTEMPTS`] times; the next period's tick does its work in any
-//! case, since a tick handles whatever is due at its time. Exactly once per schedule period rests
+//! after a short backoff up to [`TICK_ATTEMPTS`] times; the next period's tick does its work in
+//! any case, since a tick handles whatever is due at its time. Enqueuing the next tick is tried
+//! until it succeeds: a job that gave up on it would end the chain. Exactly once per schedule period rests
 //! on the scheduler's row locks and run keys (`scheduler`), not on this.
 
 use std::time::Duration;
@@ -23,9 +24,9 @@ use crate::queue::{QueueListener, RetryPolicy};
 use crate::worker::WorkKind;
 use crate::worker::jobs::{Attempt, Failure, Job, JobRunner, RunnerSettings};
 
-/// Attempts of one period's tick. Few: the next period's tick, enqueued before this one ticked,
+/// Attempts at one period's tick. Few: the next period's tick, enqueued before this one ticked,
 /// does what a failed one could not.
-pub const MAX_ATTEMPTS: i32 = 3;
+pub const TICK_ATTEMPTS: i32 = 3;
 
 /// Long, since a tick re-checks each due schedule's owner with Quay one after another; a lease
 /// that lapses after a crash costs nothing, the next period's tick is already queued.
@@ -122,8 +123,10 @@ impl Job for ScheduleTicks {
     type Args = TickArgs;
     type Progress = ();
 
+    /// Unbounded for the runner, so that a job never gives up before the next tick is enqueued;
+    /// the tick itself is tried [`TICK_ATTEMPTS`] times (see `run`).
     fn max_attempts(&self) -> i32 {
-        MAX_ATTEMPTS
+        i32::MAX
     }
 
     /// From a second up to one interval: a retry never waits past the next period's tick.
@@ -138,19 +141,24 @@ impl Job for ScheduleTicks {
         LEASE
     }
 
-    async fn run(&self, args: TickArgs, _attempt: &mut Attempt<()>) -> Result<(), Failure> {
+    async fn run(&self, args: TickArgs, attempt: &mut Attempt<()>) -> Result<(), Failure> {
         // The wall clock, unless it lags the database's (which found the tick due): a late tick
         // handles whatever is due by now.
         let now = Utc::now().max(args.due);
         let next = period_start(now, self.interval) + self.interval;
-        // Without the next tick this attempt fails before ticking. Its outcome is recorded once
-        // the database answers again, and the retry enqueues the next tick then: an outage does
-        // not end the chain of ticks.
+        // Without the next tick this attempt fails before ticking, and is retried however often
+        // it takes: the chain of ticks never ends.
         if let Err(e) = enqueue(&self.pool, next).await {
             return Err(Failure::Retry {
                 error: format!("enqueuing the next scheduler tick failed: {e}"),
                 after: None,
             });
+        }
+        if attempt.number > TICK_ATTEMPTS {
+            return Err(Failure::GiveUp(format!(
+                "the scheduler tick gave up after {TICK_ATTEMPTS} failed attempts (their errors \
+                 are logged); the next period's tick does its work"
+            )));
         }
         match self.scheduler.tick(now).await {
             Ok(report) if report != TickReport::default() => {

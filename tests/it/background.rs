@@ -377,3 +377,52 @@ async fn after_a_scheduler_tick_panics_the_next_tick_makes_each_period_once() {
     stop.cancel();
     scheduling.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tick_that_always_panics_gives_up_after_three_attempts_and_the_ticks_go_on() {
+    let app = spawn_app(|c| c.schedule.interval_seconds = 1).await;
+    let alice = app.token("alice", &["acme"], &[], false).await;
+    let yesterday = (Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d");
+    let schedule = app
+        .create_schedule(
+            &alice,
+            "/api/v1/organization/acme/exportschedules",
+            json!({"period": "daily", "timezone": "UTC", "start_date": yesterday.to_string(),
+                   "delay_minutes": 0, "callback_email": "audit@example.com"}),
+        )
+        .await;
+    let hook: BeforeCommit = Arc::new(|_| Box::pin(async { panic!("the scheduler is broken") }));
+    let stop = CancellationToken::new();
+    let listener = QueueListener::spawn(app.pool.clone(), stop.clone());
+    let ticks = ScheduleTicks::new(app.pool.clone(), &app.config).with_before_commit(hook);
+    let scheduling = tokio::spawn(ticks.run(listener, stop.clone()));
+
+    let failed = eventually(20, "a tick given up", || async {
+        tick_jobs(&app.pool)
+            .await
+            .into_iter()
+            .find(|job| job.state == "failed")
+    })
+    .await;
+    assert_eq!(
+        failed.attempt, 4,
+        "three ticks, then the give-up: {failed:?}"
+    );
+    let error = failed.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("gave up after 3 failed attempts"),
+        "says why it stopped: {error}"
+    );
+    eventually(5, "later periods' ticks", || async {
+        let later = tick_jobs(&app.pool)
+            .await
+            .into_iter()
+            .filter(|job| job.period > failed.period)
+            .count();
+        (later >= 2).then_some(())
+    })
+    .await;
+    assert!(scheduled(&app.pool, &schedule).await.is_empty());
+    stop.cancel();
+    scheduling.await.unwrap();
+}
