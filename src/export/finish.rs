@@ -83,7 +83,7 @@ impl ExportJob {
             },
         )
         .await
-        .map_err(|e| JobError::database("sealing the export into its chain", &e))?;
+        .map_err(|e| JobError::database("sealing the export into its chain", e))?;
         let sealed = sealed.ok_or(JobError::Stopped)?;
         if let Some(chain) = &sealed.manifest.chain {
             tracing::info!(

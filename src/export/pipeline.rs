@@ -110,7 +110,7 @@ impl JobHandler for ExportJob {
         if let Some((pool, id, attempt)) = ctx.fenced() {
             let left = chain::left_behind(pool, id)
                 .await
-                .map_err(|e| JobError::database("reading what earlier attempts left", &e))?;
+                .map_err(|e| JobError::database("reading what earlier attempts left", e))?;
             match left {
                 LeftBehind::Nothing => {}
                 LeftBehind::Sealed(sealed) => {
@@ -126,7 +126,7 @@ impl JobHandler for ExportJob {
                     }
                     chain::forget_unsealed(pool, id, attempt, &orphan)
                         .await
-                        .map_err(|e| JobError::database("forgetting the deleted archive", &e))?;
+                        .map_err(|e| JobError::database("forgetting the deleted archive", e))?;
                 }
             }
         }
@@ -325,7 +325,7 @@ impl ExportJob {
             Ok(false) => Err(JobError::Stopped),
             Err(e) => Err(JobError::database(
                 "recording the archive about to be completed",
-                &e,
+                e,
             )),
         }
     }

@@ -38,14 +38,12 @@ pub enum JobError {
 impl JobError {
     /// A step on the service's own database failed: given back when the database could not be
     /// reached (not the job's fault), otherwise worth another attempt.
-    pub fn database(step: &str, e: &sqlx::Error) -> Self {
-        if crate::db::is_unavailable(e) {
-            Self::Database(Cause::new(
-                Party::Database,
-                format!("the database could not be reached while {step}: {e}"),
-            ))
+    pub fn database(step: &str, e: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            let context = format!("the database could not be reached while {step}");
+            Self::Database(Cause::with_context(Party::Database, &context, e))
         } else {
-            Self::Retryable(Cause::new(Party::Database, format!("{step}: {e}")))
+            Self::Retryable(Cause::with_context(Party::Database, step, e))
         }
     }
 
@@ -448,6 +446,27 @@ mod tests {
                 "worker"
             ]
         );
+    }
+
+    #[test]
+    fn a_database_failure_keeps_the_sqlx_error_and_says_whether_it_was_reachable() {
+        let away = JobError::database("sealing the export", sqlx::Error::PoolTimedOut);
+        assert!(matches!(away, JobError::Database(_)), "{away:?}");
+        assert!(
+            away.to_string()
+                .starts_with("the database could not be reached while sealing the export: "),
+            "{away}"
+        );
+        let failed = JobError::database("sealing the export", sqlx::Error::RowNotFound);
+        assert!(matches!(failed, JobError::Retryable(_)), "{failed:?}");
+        for (e, sqlx_error) in [
+            (away, sqlx::Error::PoolTimedOut),
+            (failed, sqlx::Error::RowNotFound),
+        ] {
+            assert_eq!(e.party(), Some(Party::Database));
+            let cause = std::error::Error::source(&e).expect("the sqlx error is kept");
+            assert_eq!(cause.to_string(), sqlx_error.to_string());
+        }
     }
 
     #[test]
