@@ -29,8 +29,7 @@ pub async fn serve(
 }
 
 /// Runs export workers, the notifier, housekeeping, audit delivery and the scheduler's ticks
-/// until shutdown; empty keys
-/// are the deployment's stored ones, as in [`serve`].
+/// until shutdown; empty keys are the deployment's stored ones, as in [`serve`].
 pub async fn work(
     pool: PgPool,
     config: Arc<Config>,
