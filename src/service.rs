@@ -65,11 +65,12 @@ pub async fn work(
     let scheduler = config.schedule.enabled.then(|| {
         tokio::spawn(
             crate::schedule::ScheduleTicks::new(pool.clone(), &config)
-                .run(listener, shutdown.clone()),
+                .run(listener.clone(), shutdown.clone()),
         )
     });
+    // One LISTEN connection wakes the export workers and every kind of job.
     WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)
-        .run(shutdown)
+        .run_with(&listener, shutdown)
         .await;
     let _ = notifications.await;
     let _ = housekeeping.await;

@@ -98,11 +98,19 @@ impl WorkerPool {
         }
     }
 
-    /// Claims and runs jobs until `shutdown`; then stops claiming, lets running jobs finish
-    /// within the grace period, and releases the leases of those that did not.
+    /// Claims and runs jobs until `shutdown`, woken by a queue listener of its own; see
+    /// [`WorkerPool::run_with`].
     pub async fn run(self, shutdown: CancellationToken) {
         let listener_stop = CancellationToken::new();
         let listener = QueueListener::spawn(self.pool.clone(), listener_stop.clone());
+        self.run_with(&listener, shutdown).await;
+        listener_stop.cancel();
+    }
+
+    /// Claims and runs jobs until `shutdown`, woken by `listener` (a process shares one with
+    /// its job runners); then stops claiming, lets running jobs finish within the grace period,
+    /// and releases the leases of those that did not.
+    pub async fn run_with(self, listener: &QueueListener, shutdown: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         // Exports past their reading (finishing: completing the upload, sealing) give their slot
         // to the next export and hold one of these instead: as many again at most.
@@ -116,7 +124,7 @@ impl WorkerPool {
         let claimers = self.settings.concurrency.clamp(1, 4);
         futures::future::join_all((0..claimers).map(|_| {
             self.claim_loop(
-                &listener, &slots, &finishing, &tracker, &shutdown, &hard_stop,
+                listener, &slots, &finishing, &tracker, &shutdown, &hard_stop,
             )
         }))
         .await;
@@ -140,7 +148,6 @@ impl WorkerPool {
             hard_stop.cancel();
             tracker.wait().await;
         }
-        listener_stop.cancel();
         tracing::info!("worker stopped");
     }
     /// Claims jobs into free slots until shutdown; several run side by side.
