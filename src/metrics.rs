@@ -80,6 +80,18 @@ pub const BACKGROUND_KINDS: [&str; 5] = [
     "housekeeping",
 ];
 
+/// The parties a failed export attempt is counted by (`worker::Party`'s labels, in its order).
+pub const ATTEMPT_FAILURE_PARTIES: [&str; 8] = [
+    "splunk",
+    "storage",
+    "spool",
+    "encoding",
+    "notification",
+    "database",
+    "request",
+    "worker",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Notification {
     channel: String,
@@ -92,16 +104,7 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 11] = [
     (
         "logexport_export_attempt_failures_total",
         "Failed export attempts, by the party that failed.",
-        &[
-            "splunk",
-            "storage",
-            "spool",
-            "encoding",
-            "notification",
-            "database",
-            "request",
-            "worker",
-        ],
+        &ATTEMPT_FAILURE_PARTIES,
     ),
     (
         "logexport_jobs_finished_total",

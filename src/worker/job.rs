@@ -87,7 +87,7 @@ pub enum Party {
 }
 
 impl Party {
-    /// Every party, in the order of its metric labels.
+    /// Every party, in the order of [`crate::metrics::ATTEMPT_FAILURE_PARTIES`].
     pub const ALL: [Party; 8] = [
         Self::Splunk,
         Self::Storage,
@@ -433,19 +433,7 @@ mod tests {
         );
         assert_eq!(JobError::Stopped.party(), None);
         let labels: Vec<&str> = Party::ALL.iter().map(|p| p.label()).collect();
-        assert_eq!(
-            labels,
-            [
-                "splunk",
-                "storage",
-                "spool",
-                "encoding",
-                "notification",
-                "database",
-                "request",
-                "worker"
-            ]
-        );
+        assert_eq!(labels, crate::metrics::ATTEMPT_FAILURE_PARTIES);
     }
 
     #[test]
