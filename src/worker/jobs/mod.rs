@@ -4,10 +4,13 @@
 //! fenced on the attempt number, one retry policy and one panic policy (`contain`: a panicking
 //! job is a failed attempt, and the loop lives on).
 //!
-//! Exports keep their own queue (`export_jobs`, `worker::runner`) for now: its many columns,
-//! per-namespace fairness and checkpoints did not move in this round.
+//! The loop runs any [`Kind`]: every [`Job`] is one, stored in `jobs`; exports are the other,
+//! stored in `export_jobs` for their per-namespace fairness, checkpoints and cancel requests
+//! (`worker::exports`).
 
+mod kind;
 mod runner;
+mod table;
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use kind::{Kind, Recorder, Renewal, Step, Terms};
 pub use runner::{JobRunner, RunnerSettings};
 
 use super::WorkKind;

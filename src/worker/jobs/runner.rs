@@ -1,19 +1,22 @@
-//! The loop of one kind of job: claims due jobs, runs each attempt in a task of its own under a
-//! lease its heartbeat renews, and records how it ended, fenced on the attempt.
+//! The one loop of every kind of job: claims due attempts into free slots, runs each in a task of
+//! its own under a lease its heartbeat renews, and has the kind record how it ended, fenced on
+//! the attempt. At shutdown it stops claiming, lets attempts in flight end within the kind's
+//! grace, then asks them to stop.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{Attempt, Failure, Job};
-use crate::metrics::METRICS;
+use super::kind::{Kind, Recorder, Renewal, Step, Terms};
 use crate::queue::QueueListener;
-use crate::queue::jobs::{self, ClaimedJob, Ended};
-use crate::worker::{UnitError, WorkKind, contain};
+use crate::worker::{JobContext, StopReason, UnitError, contain};
 
 /// How many attempts of a kind run at once in this process, and how often an idle loop looks
 /// for due jobs when no wake-up came.
@@ -23,235 +26,343 @@ pub struct RunnerSettings {
     pub poll_interval: Duration,
 }
 
-/// An attempt's result and its progress, or how its task ended without them (a panic).
-type Ran<P> = Result<(Result<(), Failure>, Attempt<P>), UnitError>;
+/// How long an attempt asked to stop at its time limit may take to end before it is dropped.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
-/// Runs the jobs of one kind `J`.
-pub struct JobRunner<J: Job> {
+/// Runs the jobs of one kind `K`.
+pub struct JobRunner<K: Kind> {
     pool: PgPool,
-    job: Arc<J>,
+    kind: Arc<K>,
     settings: RunnerSettings,
     owner: String,
-    /// Cancelled at shutdown: an outcome no longer waits for the database then.
-    shutdown: CancellationToken,
+    /// The contexts of the attempts in flight, to stop them after the shutdown grace.
+    running: Arc<Mutex<HashMap<u64, JobContext>>>,
+    next_attempt: Arc<AtomicU64>,
+    /// Cancelled once the runner stops waiting: outcomes no longer wait for the database then.
+    hard_stop: CancellationToken,
 }
 
-impl<J: Job> Clone for JobRunner<J> {
+impl<K: Kind> Clone for JobRunner<K> {
     fn clone(&self) -> Self {
         Self {
             pool: self.pool.clone(),
-            job: self.job.clone(),
+            kind: self.kind.clone(),
             settings: self.settings,
             owner: self.owner.clone(),
-            shutdown: self.shutdown.clone(),
+            running: self.running.clone(),
+            next_attempt: self.next_attempt.clone(),
+            hard_stop: self.hard_stop.clone(),
         }
     }
 }
 
-impl<J: Job> JobRunner<J> {
-    /// A runner of `job`'s kind with a lease owner unique to it.
-    pub fn new(pool: PgPool, job: J, settings: RunnerSettings) -> Self {
+impl<K: Kind> JobRunner<K> {
+    /// A runner of `kind` with a lease owner unique to it.
+    pub fn new(pool: PgPool, kind: K, settings: RunnerSettings) -> Self {
+        let owner = format!(
+            "{}-{}-{}",
+            kind.unit().label(),
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Self::with_owner(pool, kind, settings, owner)
+    }
+
+    /// A runner of `kind` whose leases are held by `owner`.
+    pub fn with_owner(pool: PgPool, kind: K, settings: RunnerSettings, owner: String) -> Self {
         Self {
             pool,
-            job: Arc::new(job),
+            kind: Arc::new(kind),
             settings,
-            owner: format!(
-                "{}-{}-{}",
-                J::KIND,
-                std::process::id(),
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-            shutdown: CancellationToken::new(),
+            owner,
+            running: Arc::default(),
+            next_attempt: Arc::default(),
+            hard_stop: CancellationToken::new(),
         }
     }
 
-    /// Runs `concurrency` loops until shutdown; attempts in flight finish first.
-    pub async fn run(mut self, listener: QueueListener, shutdown: CancellationToken) {
-        self.shutdown = shutdown.clone();
+    /// The database its jobs are in.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Claims and runs attempts until `shutdown`, woken by `listener` (a process shares one
+    /// among its runners); then stops claiming, lets the attempts in flight end within the kind's
+    /// shutdown grace, and asks those still running to stop.
+    pub async fn run(self, listener: QueueListener, shutdown: CancellationToken) {
+        let concurrency = self.settings.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        // An attempt past its reading from Splunk (see `JobContext::reading_done`) gives its slot
+        // to the next claim and holds one of these instead: as many again at most.
+        let finishing = Arc::new(Semaphore::new(concurrency));
         let tracker = TaskTracker::new();
-        for _ in 0..self.settings.concurrency.max(1) {
-            let (this, listener, shutdown) = (self.clone(), listener.clone(), shutdown.clone());
-            tracker.spawn(async move { this.run_loop(listener, shutdown).await });
-        }
+        let unit = self.kind.unit();
+        tracing::info!(kind = unit.label(), owner = %self.owner, concurrency, "runner started");
+
+        // A few claimers side by side: one claim is several round trips, so a single claimer
+        // would cap the process at 1/latency attempts per second however many slots are free.
+        let claimers = concurrency.clamp(1, 4);
+        let wake_up = self.kind.wake_up(&listener);
+        futures::future::join_all(
+            (0..claimers)
+                .map(|_| self.claim_loop(wake_up, &slots, &finishing, &tracker, &shutdown)),
+        )
+        .await;
+
         tracker.close();
-        tracker.wait().await;
+        let in_flight = self.running.lock().map(|r| r.len()).unwrap_or(0);
+        let grace = self.kind.terms().shutdown_grace;
+        tracing::info!(kind = unit.label(), in_flight, ?grace, "runner draining");
+        let ended = match grace {
+            Some(grace) => tokio::time::timeout(grace, tracker.wait()).await.is_ok(),
+            None => {
+                // No grace: attempts run to their end, but outcomes no longer wait for the database.
+                self.hard_stop.cancel();
+                tracker.wait().await;
+                true
+            }
+        };
+        if !ended {
+            let contexts: Vec<JobContext> = self
+                .running
+                .lock()
+                .map(|r| r.values().cloned().collect())
+                .unwrap_or_default();
+            for ctx in contexts {
+                ctx.stop(StopReason::Shutdown);
+            }
+            // Outcomes still waiting for the database are left to the leases.
+            self.hard_stop.cancel();
+            tracker.wait().await;
+        }
+        tracing::info!(kind = unit.label(), "runner stopped");
     }
 
-    async fn run_loop(&self, listener: QueueListener, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
-            let woken = listener.notify_due.notified();
+    /// Claims attempts into free slots until shutdown.
+    async fn claim_loop(
+        &self,
+        wake_up: &tokio::sync::Notify,
+        slots: &Arc<Semaphore>,
+        finishing: &Arc<Semaphore>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            // Register for the wake-up before claiming so a NOTIFY in between is not lost.
+            let woken = wake_up.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            match self.run_next().await {
-                Ok(true) => continue,
-                Ok(false) => crate::db::report_available(),
-                Err(e) if crate::db::is_unavailable(&e) => {
-                    crate::db::report_unavailable(component::<J>(), &e)
-                }
-                Err(e) => tracing::warn!(kind = J::KIND, error = %e, "claiming a job failed"),
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = &mut woken => {}
-                _ = tokio::time::sleep(self.settings.poll_interval) => {}
-            }
-        }
-    }
-
-    /// Claims and runs one due job; false when none was due.
-    pub async fn run_next(&self) -> sqlx::Result<bool> {
-        let lease = self.job.lease();
-        let max_attempts = self.job.max_attempts();
-        let claimed = jobs::claim(&self.pool, J::KIND, &self.owner, lease, max_attempts).await?;
-        let Some(claimed) = claimed else {
-            return Ok(false);
-        };
-        let span = tracing::info_span!(
-            "job",
-            kind = J::KIND,
-            job_id = claimed.id,
-            attempt = claimed.attempt
-        );
-        self.attempt(claimed).instrument(span).await?;
-        Ok(true)
-    }
-
-    async fn attempt(&self, claimed: ClaimedJob) -> sqlx::Result<()> {
-        let (id, number) = (claimed.id, claimed.attempt);
-        // A stored value that does not parse fails its job: it never runs with a default.
-        let parsed = serde_json::from_value::<J::Args>(claimed.args)
-            .map_err(|e| format!("the job's args do not parse: {e}"))
-            .and_then(|args| {
-                let progress = match claimed.progress {
-                    None => Ok(J::Progress::default()),
-                    Some(stored) => serde_json::from_value::<J::Progress>(stored),
-                };
-                progress
-                    .map(|progress| (args, progress))
-                    .map_err(|e| format!("the job's progress does not parse: {e}"))
-            });
-        let (args, progress) = match parsed {
-            Ok(parsed) => parsed,
-            Err(error) => {
-                tracing::error!(%error, "the job is invalid");
-                return self.record(id, number, Ended::Failed(error), None).await;
-            }
-        };
-        let mut attempt = Attempt {
-            id,
-            number,
-            max_attempts: claimed.max_attempts,
-            progress,
-        };
-        let job = self.job.clone();
-        let mut work = contain(J::WORK, async move {
-            let result = job.run(args, &mut attempt).await;
-            (result, attempt)
-        });
-        let lease = self.job.lease();
-        let ran = loop {
-            tokio::select! {
-                ran = &mut work => break ran,
-                _ = tokio::time::sleep(lease / 3) => {
-                    match jobs::renew_lease(&self.pool, id, number, lease).await {
-                        Ok(true) => {}
-                        // Dropping the work aborts it: the job is another runner's now.
-                        Ok(false) => {
-                            tracing::warn!("the job's lease was taken over; this attempt stops");
-                            return Ok(());
+            let asked = Instant::now();
+            match self.kind.claim(&self.pool, &self.owner).await {
+                Ok(Some(claimed)) => {
+                    crate::db::report_available();
+                    let held = Arc::new(Mutex::new(vec![permit]));
+                    let hand_over = SlotHandOver {
+                        held: held.clone(),
+                        finishing: finishing.clone(),
+                    };
+                    let this = self.clone();
+                    let span = self.kind.span(&claimed);
+                    tracker.spawn(
+                        async move {
+                            this.attempt(claimed, asked, Some(hand_over)).await;
+                            // Freed now, whatever clones of the hand-over outlive the attempt.
+                            held.lock().unwrap_or_else(|p| p.into_inner()).clear();
                         }
-                        Err(e) => tracing::warn!(error = %e, "renewing the job's lease failed; trying again at the next heartbeat"),
+                        .instrument(span),
+                    );
+                }
+                Ok(None) => {
+                    crate::db::report_available();
+                    drop(permit);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = &mut woken => {}
+                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    if crate::db::is_unavailable(&e) {
+                        // Claiming pauses until the database is back; attempts in flight go on.
+                        crate::db::report_unavailable(self.kind.component(Step::Claim), &e);
+                    } else {
+                        let kind = self.kind.unit().label();
+                        tracing::warn!(kind, error = %e, "claiming a job failed; retrying after the poll interval");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(self.settings.poll_interval) => {}
                     }
                 }
             }
-        };
-        let (ended, progress) = self.outcome(number, claimed.max_attempts, ran);
-        let progress = match progress.map(|p| serde_json::to_value(&p)).transpose() {
-            Ok(progress) => progress,
-            Err(e) => {
-                tracing::error!(error = %e, "the job's progress does not serialize; it is not saved");
-                None
-            }
-        };
-        METRICS.job_outcome(J::KIND, outcome_label(&ended));
-        self.record(id, number, ended, progress).await
-    }
-
-    /// What the attempt's result means: a retryable failure (a panic is one) runs again after
-    /// the backoff until the last attempt.
-    fn outcome(
-        &self,
-        number: i32,
-        max_attempts: i32,
-        ran: Ran<J::Progress>,
-    ) -> (Ended, Option<J::Progress>) {
-        let (result, progress) = match ran {
-            Ok((result, attempt)) => (result, Some(attempt.progress)),
-            Err(unit) => (
-                Err(Failure::Retry {
-                    error: unit.to_string(),
-                    after: None,
-                }),
-                None,
-            ),
-        };
-        let ended = match result {
-            Ok(()) => Ended::Succeeded,
-            Err(Failure::Retry { error, after }) if number < max_attempts => {
-                let delay = self
-                    .job
-                    .retry_policy()
-                    .delay(number.max(1) as u32)
-                    .max(after.unwrap_or_default());
-                tracing::warn!(%error, retry_in = ?delay, "the job will be retried");
-                Ended::RetryAfter(delay, error)
-            }
-            Err(Failure::Retry { error, .. }) | Err(Failure::GiveUp(error)) => {
-                tracing::error!(%error, "the job failed");
-                Ended::Failed(error)
-            }
-        };
-        (ended, progress)
-    }
-
-    /// Records the attempt's end once the database takes it: what the attempt did (a delivered
-    /// notice) is never done again because the database was away (its lease outlives an outage:
-    /// see `RESTART_GRACE`).
-    async fn record(
-        &self,
-        id: i64,
-        number: i32,
-        ended: Ended,
-        progress: Option<serde_json::Value>,
-    ) -> sqlx::Result<()> {
-        let recorded = crate::db::retry_while_unavailable(
-            component::<J>(),
-            || self.shutdown.is_cancelled(),
-            || jobs::finish(&self.pool, id, number, &ended, progress.as_ref()),
-        )
-        .await?;
-        if !recorded {
-            tracing::warn!("the job's lease lapsed before its outcome was recorded");
         }
-        Ok(())
+    }
+
+    /// Claims and runs one due attempt here and now; false when none was due.
+    pub async fn run_next(&self) -> sqlx::Result<bool> {
+        let asked = Instant::now();
+        let Some(claimed) = self.kind.claim(&self.pool, &self.owner).await? else {
+            return Ok(false);
+        };
+        let span = self.kind.span(&claimed);
+        self.attempt(claimed, asked, None).instrument(span).await;
+        Ok(true)
+    }
+
+    /// Runs one claimed attempt under its heartbeat and time limit, and records how it ended.
+    async fn attempt(&self, claimed: K::Claimed, asked: Instant, slot: Option<SlotHandOver>) {
+        let terms = self.kind.terms();
+        let mut ctx = self
+            .kind
+            .context(&self.pool, &claimed)
+            .with_lease(terms.lease_deadline(asked), terms.lease / 3);
+        if let Some(slot) = slot {
+            ctx = ctx.on_reading_done(move || slot.hand_over());
+        }
+        let key = self.next_attempt.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut running) = self.running.lock() {
+            running.insert(key, ctx.clone());
+        }
+        let claimed = Arc::new(claimed);
+        let heartbeat = tokio::spawn(
+            heartbeat(
+                self.pool.clone(),
+                self.kind.clone(),
+                claimed.clone(),
+                terms,
+                ctx.clone(),
+            )
+            .in_current_span(),
+        );
+        let ran = self.run_body(claimed.clone(), &ctx, terms).await;
+        heartbeat.abort();
+        let recorder = Recorder {
+            component: self.kind.component(Step::Record),
+            hard_stop: self.hard_stop.clone(),
+        };
+        self.kind
+            .record(&self.pool, &claimed, &ctx, ran, &recorder)
+            .await;
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&key);
+        }
+    }
+
+    /// The attempt's body in a task of its own (a panic comes back as an error), asked to stop
+    /// at the kind's time limit and dropped when it does not within [`STOP_WAIT`].
+    async fn run_body(
+        &self,
+        claimed: Arc<K::Claimed>,
+        ctx: &JobContext,
+        terms: Terms,
+    ) -> Result<K::Output, UnitError> {
+        let unit = self.kind.unit();
+        let mut body = contain(
+            unit,
+            self.kind
+                .clone()
+                .run(self.pool.clone(), claimed, ctx.clone()),
+        );
+        let Some(max_work) = terms.max_work else {
+            return body.await;
+        };
+        tokio::select! {
+            ended = &mut body => ended,
+            _ = tokio::time::sleep(max_work) => {
+                ctx.stop(StopReason::TimedOut);
+                match tokio::time::timeout(STOP_WAIT, &mut body).await {
+                    Ok(ended) => ended,
+                    // Dropping the body aborts its task.
+                    Err(_) => Err(UnitError::Cancelled { kind: unit }),
+                }
+            }
+        }
     }
 }
 
-/// The `component` label of `logexport_database_unavailable_total` for a kind's database
-/// calls, as the loops before the runner named them.
-fn component<J: Job>() -> &'static str {
-    match J::WORK {
-        WorkKind::Notification => "notify",
-        WorkKind::AuditShipping => "audit",
-        WorkKind::ScheduleTick => "schedule",
-        WorkKind::Export | WorkKind::Housekeeping => "record",
+/// An attempt's slot in the process; once the attempt stops reading from Splunk it is given to
+/// the next claim for a place among the finishing ones, when one is free (see
+/// [`JobContext::reading_done`]).
+#[derive(Clone)]
+struct SlotHandOver {
+    held: Arc<Mutex<Vec<OwnedSemaphorePermit>>>,
+    finishing: Arc<Semaphore>,
+}
+
+impl SlotHandOver {
+    fn hand_over(&self) {
+        if let Ok(finishing) = self.finishing.clone().try_acquire_owned() {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            // The slot goes back to the claimers; the place among the finishing ones is kept.
+            *held = vec![finishing];
+        }
     }
 }
 
-fn outcome_label(ended: &Ended) -> &'static str {
-    match ended {
-        Ended::Succeeded => "succeeded",
-        Ended::RetryAfter(..) => "retried",
-        Ended::Failed(_) => "failed",
+/// Renews the lease (storing progress) every heartbeat; stops the attempt when its job was
+/// cancelled or taken over, or when its lease runs out while the database cannot be reached
+/// (another runner may take the job over once it is back).
+async fn heartbeat<K: Kind>(
+    pool: PgPool,
+    kind: Arc<K>,
+    claimed: Arc<K::Claimed>,
+    terms: Terms,
+    ctx: JobContext,
+) {
+    let mut ticker = tokio::time::interval(terms.heartbeat);
+    ticker.tick().await;
+    loop {
+        let Some(deadline) = ctx.lease_until() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => return lease_ran_out(&ctx),
+        }
+        let sent = Instant::now();
+        let renewal = kind.renew(&pool, &claimed, &ctx);
+        match tokio::time::timeout_at(deadline, renewal).await {
+            Ok(Ok(renewal)) => {
+                crate::db::report_available();
+                match renewal {
+                    Renewal::Held => ctx.lease_renewed(terms.lease_deadline(sent)),
+                    Renewal::CancelRequested => {
+                        ctx.lease_renewed(terms.lease_deadline(sent));
+                        tracing::info!("cancel requested; stopping");
+                        ctx.stop(StopReason::Cancelled);
+                    }
+                    Renewal::Lost => {
+                        tracing::warn!("the job's lease was taken over; this attempt stops");
+                        ctx.stop(StopReason::LostLease);
+                        return;
+                    }
+                }
+            }
+            Ok(Err(e)) if crate::db::is_unavailable(&e) => {
+                crate::db::report_unavailable(kind.component(Step::Renew), &e)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "renewing the lease failed; trying again at the next heartbeat")
+            }
+            Err(_) => return lease_ran_out(&ctx),
+        }
     }
+}
+
+/// Past the lease another runner may already run this job: stop before duplicating it.
+fn lease_ran_out(ctx: &JobContext) {
+    tracing::warn!(
+        "the lease ran out without a renewal (database unreachable); stopping this attempt \
+         before another runner takes the job over once the database is back"
+    );
+    ctx.stop(StopReason::LostLease);
 }
