@@ -119,8 +119,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 schedules_paused: schedules.paused,
                 schedule_max_lag_seconds: schedules.max_lag_seconds,
                 schedule_last_run: schedules.last_run_at.map_or(0, |t| t.timestamp()),
-                jobs: runner_jobs(&jobs),
-                jobs_oldest_queued_seconds: runner_oldest(&jobs_oldest),
+                jobs: runner_jobs(&jobs, &counts),
+                jobs_oldest_queued_seconds: runner_oldest(&jobs_oldest, oldest_queued_seconds),
             }
         }
         _ => crate::metrics::Scrape {
@@ -154,9 +154,16 @@ fn queue_depth(counts: &[(String, i64)]) -> Vec<(String, i64)> {
 }
 
 /// Every known kind of the job runner in every state, with its count from `counts` (0 when
-/// absent).
-fn runner_jobs(counts: &[(String, String, i64)]) -> Vec<(String, String, i64)> {
-    let mut all = Vec::new();
+/// absent); exports (kind `export`) in their own states, from `exports`.
+fn runner_jobs(
+    counts: &[(String, String, i64)],
+    exports: &[(String, i64)],
+) -> Vec<(String, String, i64)> {
+    let export = crate::worker::WorkKind::Export.label();
+    let mut all: Vec<(String, String, i64)> = queue_depth(exports)
+        .into_iter()
+        .map(|(state, n)| (export.to_owned(), state, n))
+        .collect();
     for kind in crate::queue::jobs::KINDS {
         for state in crate::queue::jobs::State::ALL {
             let n = counts
@@ -169,17 +176,18 @@ fn runner_jobs(counts: &[(String, String, i64)]) -> Vec<(String, String, i64)> {
     all
 }
 
-/// Every known kind of the job runner with how long its oldest due job waits (0 when none).
-fn runner_oldest(waits: &[(String, f64)]) -> Vec<(String, f64)> {
-    crate::queue::jobs::KINDS
-        .iter()
-        .map(|kind| {
+/// Every known kind of the job runner with how long its oldest due job waits (0 when none);
+/// exports' is `exports`.
+fn runner_oldest(waits: &[(String, f64)], exports: f64) -> Vec<(String, f64)> {
+    let export = crate::worker::WorkKind::Export.label();
+    std::iter::once((export.to_owned(), exports))
+        .chain(crate::queue::jobs::KINDS.iter().map(|kind| {
             let seconds = waits
                 .iter()
                 .find(|(k, _)| k == kind)
                 .map_or(0.0, |(_, s)| *s);
             ((*kind).to_owned(), seconds)
-        })
+        }))
         .collect()
 }
 

@@ -268,6 +268,7 @@ impl Kind for Exports {
         };
         let label = outcome.record(&claimed.claim, ctx, result).await;
         METRICS.job_finished(label, claimed.started.elapsed());
+        METRICS.job_outcome(WorkKind::Export.label(), label);
         label
     }
 }

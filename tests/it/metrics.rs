@@ -113,6 +113,11 @@ async fn the_scrape_parses_and_the_alerts_and_dashboard_name_served_metrics() {
         "logexport_jobs_outcomes_total{kind=\"notification\",outcome=\"succeeded\"} 1",
         "logexport_jobs_by_kind{kind=\"notification\",state=\"queued\"} 0",
         "logexport_jobs_oldest_queued_seconds{kind=\"notification\"} 0",
+        // Exports are a kind of the same runner.
+        "logexport_jobs_outcomes_total{kind=\"export\",outcome=\"succeeded\"} 1",
+        "logexport_jobs_by_kind{kind=\"export\",state=\"succeeded\"} 1",
+        "logexport_jobs_by_kind{kind=\"export\",state=\"queued\"} 0",
+        "logexport_jobs_oldest_queued_seconds{kind=\"export\"} 0",
     ] {
         assert!(text.contains(line), "{line} not in\n{text}");
     }
