@@ -81,6 +81,8 @@ fn hostname() -> String {
 /// The export workers of one process: the job runner with exports as its kind.
 pub struct WorkerPool {
     runner: JobRunner<Exports>,
+    owner: String,
+    concurrency: usize,
 }
 
 impl WorkerPool {
@@ -91,9 +93,12 @@ impl WorkerPool {
             poll_interval: settings.poll_interval,
         };
         let owner = settings.worker_id.clone();
+        let concurrency = settings.concurrency;
         let exports = Exports { settings, handler };
         Self {
-            runner: JobRunner::with_owner(pool, exports, runner_settings, owner),
+            runner: JobRunner::with_owner(pool, exports, runner_settings, owner.clone()),
+            owner,
+            concurrency,
         }
     }
 
@@ -110,7 +115,10 @@ impl WorkerPool {
     /// its other runners); then stops claiming, lets running exports finish within the grace
     /// period, and releases the leases of those that did not.
     pub async fn run_with(self, listener: &QueueListener, shutdown: CancellationToken) {
+        // Operators (and deploy/verify.sh, the month-end benchmark) read these two lines.
+        tracing::info!(worker_id = %self.owner, concurrency = self.concurrency, "worker started");
         self.runner.run(listener.clone(), shutdown).await;
+        tracing::info!("worker stopped");
     }
 
     fn runner_pool(&self) -> PgPool {
