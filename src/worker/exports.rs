@@ -106,7 +106,7 @@ impl WorkerPool {
     /// [`WorkerPool::run_with`].
     pub async fn run(self, shutdown: CancellationToken) {
         let listener_stop = CancellationToken::new();
-        let listener = QueueListener::spawn(self.runner_pool(), listener_stop.clone());
+        let listener = QueueListener::spawn(self.runner.pool().clone(), listener_stop.clone());
         self.run_with(&listener, shutdown).await;
         listener_stop.cancel();
     }
@@ -119,10 +119,6 @@ impl WorkerPool {
         tracing::info!(worker_id = %self.owner, concurrency = self.concurrency, "worker started");
         self.runner.run(listener.clone(), shutdown).await;
         tracing::info!("worker stopped");
-    }
-
-    fn runner_pool(&self) -> PgPool {
-        self.runner.pool().clone()
     }
 }
 

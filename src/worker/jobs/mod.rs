@@ -1,10 +1,10 @@
-//! The durable job runner, in the manner of River, Oban and crates.io's `crates_io_worker`: a job
-//! has a kind and typed arguments, is stored in the `jobs` table (`queue::jobs` holds its SQL),
-//! and runs through one loop with one claim, one lease renewed by a heartbeat, state changes
-//! fenced on the attempt number, one retry policy and one panic policy (`contain`: a panicking
-//! job is a failed attempt, and the loop lives on).
+//! The durable job runner, in the manner of River, Oban and crates.io's `crates_io_worker`: every
+//! kind of background work runs through one loop (`runner.rs`) with one claim, one lease renewed
+//! by a heartbeat, state changes fenced on the attempt number, one retry policy and one panic
+//! policy (`contain`: a panicking job is a failed attempt, and the loop lives on).
 //!
-//! The loop runs any [`Kind`]: every [`Job`] is one, stored in `jobs`; exports are the other,
+//! The loop runs any [`Kind`] (`kind.rs`). Every [`Job`] is one (`table.rs`): a kind with typed
+//! arguments, stored in the `jobs` table (`queue::jobs` holds its SQL). Exports are the other,
 //! stored in `export_jobs` for their per-namespace fairness, checkpoints and cancel requests
 //! (`worker::exports`).
 
