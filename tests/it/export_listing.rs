@@ -109,11 +109,18 @@ async fn paging_walks_45_exports_newest_first_without_loss_or_repeat() {
         let body: Value = r.json().await.unwrap();
         let page = body["exports"].as_array().unwrap();
         assert!(page.len() <= 10);
-        let times: Vec<&str> = page
+        // Compared as times: RFC 3339 text drops trailing zeros of the fraction, so "…01.12Z"
+        // sorts after "…01.123Z" as text.
+        let times: Vec<chrono::DateTime<chrono::FixedOffset>> = page
             .iter()
-            .map(|e| e["created_at"].as_str().unwrap())
+            .map(|e| {
+                chrono::DateTime::parse_from_rfc3339(e["created_at"].as_str().unwrap()).unwrap()
+            })
             .collect();
-        assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+        assert!(
+            times.windows(2).all(|w| w[0] >= w[1]),
+            "newest first: {times:?}"
+        );
         seen.extend(
             page.iter()
                 .map(|e| e["export_id"].as_str().unwrap().to_owned()),
