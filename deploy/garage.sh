@@ -116,7 +116,9 @@ g status >/dev/null 2>&1 || die "garage does not answer; see $LOG_FILE"
 # Give the single node a role once; later runs find it assigned.
 NODE_ID="$(g node id -q 2>/dev/null | cut -d@ -f1)"
 [ -n "$NODE_ID" ] || die "could not read the node id"
-if g status 2>/dev/null | grep -q "NO ROLE ASSIGNED"; then
+# The status is read whole first: `g status | grep -q` could fail under pipefail on SIGPIPE.
+STATUS="$(g status 2>/dev/null || true)"
+if grep -q "NO ROLE ASSIGNED" <<<"$STATUS"; then
     log "assigning layout to node ${NODE_ID:0:16}"
     g layout assign -z dc1 -c 1G "$NODE_ID" >/dev/null
     CURRENT="$(g layout show 2>/dev/null | sed -n 's/.*[Cc]urrent cluster layout version: *\([0-9]*\).*/\1/p' | head -n1)"

@@ -266,14 +266,17 @@ for service in postgres s3 smtp splunk api worker; do
     done
 done
 [ "$bad" = 0 ] || die "a service did not stop gracefully on SIGTERM"
-"$DOCKER" logs "$(container api)" 2>&1 | grep -q "shutdown signal received" \
-    || die "the api did not log its shutdown"
+# The whole log goes to a file before grep reads it: `docker logs | grep -q` fails under pipefail
+# whenever grep exits on its match while docker logs is still writing (SIGPIPE, exit 141).
+logged() { # CONTAINER TEXT -> whether the container's log holds TEXT
+    "$DOCKER" logs "$1" >"$WORK/container.log" 2>&1 && grep -qF "$2" "$WORK/container.log"
+}
+logged "$(container api)" "shutdown signal received" || die "the api did not log its shutdown"
 for w in $(compose ps -q worker); do
     [ "$w" = "$victim" ] && continue
-    "$DOCKER" logs "$w" 2>&1 | grep -q "worker stopped" || die "worker ${w:0:12} did not drain and stop"
+    logged "$w" "worker stopped" || die "worker ${w:0:12} did not drain and stop"
 done
-"$DOCKER" logs "$(container splunk)" 2>&1 | grep -q "splunk-emulator stopped" \
-    || die "the emulator did not log its stop"
+logged "$(container splunk)" "splunk-emulator stopped" || die "the emulator did not log its stop"
 compose down -v --remove-orphans >/dev/null 2>&1
 STACK_UP=""
 
