@@ -374,13 +374,21 @@ impl ExportJob {
                     bytes += piece.len() as u64;
                     digest.update(&piece);
                     upload.write(piece).await.map_err(storage_error)?;
-                    let so_far = Streamed {
-                        logs: writer.logs_written(),
-                        skipped,
-                        bytes,
-                        digest: digest.clone(),
-                    };
-                    saves.save(ctx, upload, slices_done, so_far).await?;
+                    // A checkpoint spares a later attempt the reading done so far. Once Splunk
+                    // has given everything, only the archive's side is left (a few seconds at
+                    // most, the read-ahead on disk), and making the upload durable at each
+                    // boundary there (waiting for every S3 part in flight, or an fsync) would
+                    // hold up exactly that end. An attempt that dies in it reads again from
+                    // the last checkpoint taken while reading.
+                    if !rows.everything_read() {
+                        let so_far = Streamed {
+                            logs: writer.logs_written(),
+                            skipped,
+                            bytes,
+                            digest: digest.clone(),
+                        };
+                        saves.save(ctx, upload, slices_done, so_far).await?;
+                    }
                 } else if let Some(full) = writer.take_bytes(self.settings.chunk_bytes) {
                     bytes += full.len() as u64;
                     digest.update(&full);

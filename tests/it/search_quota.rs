@@ -415,14 +415,15 @@ async fn the_first_search_sizes_the_plan_small_exports_are_one_search() {
     );
 
     // 60,000 events: the probe reads the newest 5,000 (whole seconds), and the rest (~55,000 by
-    // the probe's rate) is cut into 4 slices of about 15,000 rows rather than 40 by time.
+    // the probe's rate) is cut into one round of the 3 searches, 3 slices of about 18,000 rows,
+    // rather than 40 by time (or 4 by rows, whose fourth would be read alone at the end).
     let big = splunk(60_000, 1, 3).await;
     let (status, _) = export_ns0(&big, |c| c.export.probe_rows = 5_000).await;
     assert_eq!(status["state"], "succeeded", "{status}");
     assert_eq!(status["logs_exported"], 60_000, "{status}");
     assert_eq!(
         big.stats().export_requests,
-        5,
+        4,
         "the probe and one search per slice planned after it"
     );
     assert!(

@@ -31,7 +31,7 @@ mod spool;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -73,6 +73,10 @@ pub struct SliceProgress {
     pub total: AtomicUsize,
     pub done: AtomicUsize,
     pub running: AtomicUsize,
+    /// Readers still at work (each one search at a time).
+    pub readers: AtomicUsize,
+    /// A piece's reading failed for good.
+    pub failed: AtomicBool,
 }
 
 /// Encoded archive lines handed on, with the logs they hold and the events left out.
@@ -255,6 +259,7 @@ impl SlicedRows {
             lanes: Arc::new(AtomicUsize::new(lanes)),
         };
         let mut readers = JoinSet::new();
+        progress.readers.store(lanes, Ordering::Release);
         for _ in 0..lanes {
             readers.spawn(shared.clone().lane(probe_permit.take()));
         }
@@ -285,6 +290,13 @@ impl SlicedRows {
     /// The slices' progress.
     pub fn progress(&self) -> Arc<SliceProgress> {
         self.progress.clone()
+    }
+
+    /// Whether Splunk has nothing left to give this reading: every reader ended and every
+    /// piece is on local disk, so only the archive's side is left to do.
+    pub fn everything_read(&self) -> bool {
+        self.progress.readers.load(Ordering::Acquire) == 0
+            && !self.progress.failed.load(Ordering::Acquire)
     }
 
     /// The plan's slice count.

@@ -108,6 +108,19 @@ pub fn plan_after(
 /// 50,000 events/s, long next to what starting one costs, short enough to re-read after a cut.
 pub(super) const ROWS_PER_SLICE: u64 = 15_000;
 
+/// Slices for `rows` still to read after the probe: one while they fit a slice; else about one
+/// per [`ROWS_PER_SLICE`], rounded to a multiple of `parallel`. The export's searches then end
+/// together: 45,000 rows as 4 slices on 3 searches would read the fourth alone at the end, as
+/// long again as the three before it, while 3 slices of 15,000 end at once.
+pub(super) fn slices_for_rows(rows: u64, parallel: usize) -> usize {
+    if rows <= ROWS_PER_SLICE {
+        return 1;
+    }
+    let parallel = parallel.max(1) as u64;
+    let rounds = (rows as f64 / (parallel * ROWS_PER_SLICE) as f64).round() as u64;
+    (rounds.max(1) * parallel) as usize
+}
+
 /// Pieces each of the last slices is read in (see [`pieces`]).
 const TAIL_PIECES: usize = 4;
 
@@ -116,6 +129,30 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
     use proptest::prelude::*;
+
+    #[test]
+    fn rows_after_the_probe_make_whole_rounds_of_searches() {
+        // (rows, parallel) -> slices
+        for (rows, parallel, slices) in [
+            (0, 3, 1),
+            (15_000, 3, 1),
+            (15_001, 3, 3),
+            (44_000, 3, 3),
+            (45_100, 3, 3),
+            (55_000, 3, 3),
+            (70_000, 3, 6),
+            (102_000, 3, 6),
+            (135_000, 3, 9),
+            (55_000, 1, 4),
+            (55_000, 0, 4),
+        ] {
+            assert_eq!(
+                slices_for_rows(rows, parallel),
+                slices,
+                "{rows} rows, {parallel} at once"
+            );
+        }
+    }
 
     #[test]
     fn thirty_days_in_twenty_four_slices_newest_first() {

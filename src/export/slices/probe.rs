@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 
-use super::plan::{ROWS_PER_SLICE, slice_count};
+use super::plan::{slice_count, slices_for_rows};
 use super::readers::{query_for, row_time};
 use super::spool::{FrameWriter, spool_error};
 use super::{SliceError, SliceSettings};
@@ -107,7 +107,8 @@ impl Probe {
     }
 
     /// Slices for the whole plan (the probe's included): as many for the rest of the range,
-    /// `[start, until)`, as the rows the probe's rate predicts there warrant, at most what the
+    /// `[start, until)`, as the rows the probe's rate predicts there warrant (whole rounds of the
+    /// export's parallel searches, see [`slices_for_rows`]), at most what the
     /// range's length allows; and whether that bound was not reached, so the slices are sized
     /// by their rows (no tail pieces needed: see [`super::plan::pieces`]).
     pub fn slices_after(&self, filters: &SearchFilters, settings: &SliceSettings) -> (usize, bool) {
@@ -123,7 +124,7 @@ impl Probe {
             return (1 + by_time, false);
         }
         let predicted = (self.rows as f64 * left as f64 / seen as f64) as u64;
-        let wanted = predicted.div_ceil(ROWS_PER_SLICE).max(1) as usize;
+        let wanted = slices_for_rows(predicted, settings.parallel);
         (1 + wanted.min(by_time), wanted <= by_time)
     }
 }

@@ -73,7 +73,13 @@ impl Readers {
     /// One reader: takes the pieces in archive order, one search at a time; once every piece
     /// has been taken, helps the busiest one by splitting it. Ends early (one search fewer for
     /// this export, never none) when Splunk says its search quota is full.
-    pub async fn lane(self, mut permit: Option<SearchPermit>) {
+    pub async fn lane(self, permit: Option<SearchPermit>) {
+        let progress = self.progress.clone();
+        self.take_pieces(permit).await;
+        progress.readers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    async fn take_pieces(self, mut permit: Option<SearchPermit>) {
         // `permit`: a finished search's quota permit, kept for this reader's next search.
         loop {
             let next = self
@@ -160,10 +166,11 @@ impl Readers {
         };
         piece.state().running = false;
         self.progress.running.fetch_sub(1, Ordering::Relaxed);
-        if let Err(e) = &outcome
-            && let Some(started) = started.take()
-        {
-            let _ = started.send(Err(e.clone()));
+        if let Err(e) = &outcome {
+            self.progress.failed.store(true, Ordering::Release);
+            if let Some(started) = started.take() {
+                let _ = started.send(Err(e.clone()));
+            }
         }
         if outcome.is_ok() {
             METRICS.incr("logexport_export_slices_total", "read");
