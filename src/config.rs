@@ -233,7 +233,7 @@ impl Default for ExportConfig {
             stale_upload_seconds: 86400,
             slices: 48,
             split_min_rows: 20_000,
-            probe_rows: 5_000,
+            probe_rows: 2_000,
             spool_dir: None,
             spool_max_mib: 2048,
             manifest_signing_key: Secret::default(),

@@ -149,7 +149,9 @@ fn produce(
         if offset.is_multiple_of(PACE_ROWS) {
             scan.wait(offset);
         }
-        if buf.len() >= chunk && !send(&mut buf, &mut throttle) {
+        // The last row waits for the send after the loop, once the search is over and its
+        // place in the quota is free: a client that sees the last row may start its next search.
+        if next.is_some() && buf.len() >= chunk && !send(&mut buf, &mut throttle) {
             return;
         }
     }
