@@ -112,7 +112,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 3, 6])]
     month_end_workers: Vec<usize>,
     /// `export.probe_rows` settings the month-end loads run with, side by side.
-    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 5_000])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0u64, 2_000])]
     month_end_probe_rows: Vec<u64>,
     /// Which month-end loads run: `small` (150 × 8,000 events), `large` (10 × 107,000),
     /// `single` (1 × 50,000), and `fairness` (100 exports of one namespace, then one of another).
