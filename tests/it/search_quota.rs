@@ -288,6 +288,55 @@ async fn splunks_quota_answers_lower_an_exports_searches_instead_of_failing_it()
 }
 
 #[tokio::test]
+async fn a_quota_answer_on_a_readers_own_place_does_not_lower_the_export() {
+    // Two searches allowed, two readers, 14 pieces. Once both readers have started, Splunk
+    // answers 60 % of search dispatches with its quota 503; every later search is started on
+    // the place of the same reader's search that just ended (as when Splunk has not yet counted
+    // that end). The client's retries get past each answer, and the export keeps both searches:
+    // it lowers them only for a fresh place refused, or a refusal past the retries.
+    let splunk = std::sync::Arc::new(splunk(30_000, 1, 2).await);
+    let started = {
+        let splunk = splunk.clone();
+        tokio::spawn(async move {
+            eventually(30, "both readers' first searches", || async {
+                (splunk.stats().export_requests >= 2).then_some(())
+            })
+            .await;
+            splunk.set_faults(Faults {
+                search_events_per_sec: Some(40_000),
+                max_concurrent_searches: Some(2),
+                rate_503: 0.6,
+                ..Faults::default()
+            });
+        })
+    };
+    let (status, metrics) = export_ns0(&splunk, |c| {
+        c.splunk.max_concurrent_searches = 2;
+        c.splunk.max_retries = 12;
+        c.export.probe_rows = 0;
+        c.export.slices = 8;
+        c.worker.max_attempts = 1;
+    })
+    .await;
+    started.await.unwrap();
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["logs_exported"], 30_000, "{status}");
+    assert!(
+        splunk.stats().injected_503 > 0,
+        "Splunk answered some of the later searches 503: {:?}",
+        splunk.stats()
+    );
+    assert_eq!(
+        crate::helpers::metric(
+            &metrics,
+            r#"logexport_export_slices_total{outcome="concurrency_lowered"}"#
+        ),
+        0.0,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     // Another process holds one of the three searches for the whole test, every search's first
     // stream is cut after 1,000 rows (of a slice's 2,000), and there is no read-ahead budget at
