@@ -73,8 +73,6 @@ pub struct SliceProgress {
     pub total: AtomicUsize,
     pub done: AtomicUsize,
     pub running: AtomicUsize,
-    /// Readers still at work (each one search at a time).
-    pub readers: AtomicUsize,
     /// A piece's reading failed for good.
     pub failed: AtomicBool,
 }
@@ -113,6 +111,8 @@ pub struct SlicedRows {
     probed_until: Option<DateTime<Utc>>,
     spool: Arc<Spool>,
     progress: Arc<SliceProgress>,
+    /// The readers still at work (see [`Readers::lanes`]).
+    lanes: Arc<AtomicUsize>,
     _readers: JoinSet<()>,
     _dir: SpoolDir,
 }
@@ -245,7 +245,10 @@ impl SlicedRows {
             dir: dir.clone(),
             split_min_rows: settings.split_min_rows,
         });
-        let lanes = settings.parallel.max(1).min(queue.len());
+        let lane_count = settings.parallel.max(1).min(queue.len());
+        // Searches this export may run at once: a reader leaves when it is done, or for a quota
+        // answer (never the last one).
+        let lanes = Arc::new(AtomicUsize::new(lane_count));
         let shared = Readers {
             splunk: splunk.clone(),
             filters: filters.clone(),
@@ -255,12 +258,10 @@ impl SlicedRows {
             plan: plan.clone(),
             attempts: settings.slice_attempts.max(1),
             queue: Arc::new(Mutex::new(queue)),
-            // Searches this export may run at once; a quota answer lowers it (never below one).
-            lanes: Arc::new(AtomicUsize::new(lanes)),
+            lanes: lanes.clone(),
         };
         let mut readers = JoinSet::new();
-        progress.readers.store(lanes, Ordering::Release);
-        for _ in 0..lanes {
+        for _ in 0..lane_count {
             readers.spawn(shared.clone().lane(probe_permit.take()));
         }
         // With every slice finished by an earlier attempt there is no first search to wait for.
@@ -282,6 +283,7 @@ impl SlicedRows {
             probed_until,
             spool,
             progress,
+            lanes,
             _readers: readers,
             _dir: dir_guard,
         })
@@ -295,8 +297,7 @@ impl SlicedRows {
     /// Whether Splunk has nothing left to give this reading: every reader ended and every
     /// piece is on local disk, so only the archive's side is left to do.
     pub fn everything_read(&self) -> bool {
-        self.progress.readers.load(Ordering::Acquire) == 0
-            && !self.progress.failed.load(Ordering::Acquire)
+        self.lanes.load(Ordering::Acquire) == 0 && !self.progress.failed.load(Ordering::Acquire)
     }
 
     /// The plan's slice count.

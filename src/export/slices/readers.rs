@@ -35,7 +35,8 @@ pub(super) struct Readers {
     pub attempts: u32,
     /// Pieces no reader has taken yet, in archive order.
     pub queue: Arc<Mutex<VecDeque<Unread>>>,
-    /// Readers (each one search at a time) still running.
+    /// Readers (each one search at a time) still at work: a reader leaves once nothing is left
+    /// to read or split, or for a quota answer while it is not the last.
     pub lanes: Arc<AtomicUsize>,
 }
 
@@ -74,12 +75,14 @@ impl Readers {
     /// has been taken, helps the busiest one by splitting it. Ends early (one search fewer for
     /// this export, never none) when Splunk says its search quota is full.
     pub async fn lane(self, permit: Option<SearchPermit>) {
-        let progress = self.progress.clone();
-        self.take_pieces(permit).await;
-        progress.readers.fetch_sub(1, Ordering::AcqRel);
+        let lanes = self.lanes.clone();
+        if !self.take_pieces(permit).await {
+            lanes.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
-    async fn take_pieces(self, mut permit: Option<SearchPermit>) {
+    /// Whether the reader left for a quota answer, counted out of `lanes` already.
+    async fn take_pieces(self, mut permit: Option<SearchPermit>) -> bool {
         // `permit`: a finished search's quota permit, kept for this reader's next search.
         loop {
             let next = self
@@ -104,7 +107,7 @@ impl Readers {
                 tokio::time::sleep(SPLIT_POLL).await;
                 false
             } else {
-                return;
+                return false;
             };
             // Splunk said its search quota is full (other users, another cluster): this export
             // reads with one search fewer from now on instead of failing.
@@ -117,7 +120,7 @@ impl Readers {
                     .is_ok()
             {
                 METRICS.incr("logexport_export_slices_total", "concurrency_lowered");
-                return;
+                return true;
             }
         }
     }
