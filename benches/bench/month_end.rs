@@ -54,15 +54,15 @@ struct Measured {
 /// seconds / quota): before it first filled, between then and the last moment it was full, and
 /// after. With the seconds it was in use / quota, they add up to the wall time.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Idle {
-    start: f64,
-    between: f64,
-    end: f64,
+pub(crate) struct Idle {
+    pub start: f64,
+    pub between: f64,
+    pub end: f64,
 }
 
 impl Idle {
     /// The idle quota over `[t0, t1]` given when each search held a place (`quota` places).
-    fn of(spans: &[(Instant, Instant)], t0: Instant, t1: Instant, quota: usize) -> Self {
+    pub(crate) fn of(spans: &[(Instant, Instant)], t0: Instant, t1: Instant, quota: usize) -> Self {
         let at = |t: Instant| t.clamp(t0, t1).duration_since(t0).as_secs_f64();
         let mut edges: Vec<(f64, i64)> = spans
             .iter()

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use crate::db::Databases;
 use crate::e2e::{org_export, run_export, worker_env};
+use crate::month_end::Idle;
 use crate::procs::{Binaries, cpu_seconds, cpu_seconds_named};
 use crate::table::{Table, rate, thousands};
 use crate::targets::{FormatSpec, S3Env, Target};
@@ -65,6 +66,10 @@ struct Run {
     streamed: u64,
     sha256: Option<String>,
     cpu: Cpu,
+    /// Searches the export ran, and where the role's quota sat idle meanwhile (its `between`:
+    /// from the first moment every place was in use to the last).
+    searches: usize,
+    idle: Idle,
 }
 
 /// CPU seconds spent during one run by the processes sharing the machine's cores: the worker,
@@ -260,6 +265,10 @@ async fn rounds_section(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             "{}: CPU s worker / emulator / Garage",
             target.name()
         ));
+        header.push(format!(
+            "{}: searches; quota idle between them s",
+            target.name()
+        ));
     }
     let mut table = Table::new(
         format!(
@@ -282,6 +291,7 @@ async fn rounds_section(ctx: &Ctx<'_>) -> anyhow::Result<()> {
             cells.push(format!("{:.2}", r.seconds));
             cells.push(format!("{ratio:.1} %"));
             cells.push(r.cpu.cell());
+            cells.push(format!("{}; {:.2}", r.searches, r.idle.between));
         }
         table.row(cells);
     }
@@ -363,6 +373,7 @@ async fn export(
         .join(format!("worker-{}-{searches}.log", target.name()));
     let before = emu.stats().events_streamed;
     let cpu_before = Cpu::now();
+    let t0 = Instant::now();
     let (row, _, usage) = run_export(
         &ctx.binaries.logexport,
         &ctx.pool,
@@ -372,6 +383,7 @@ async fn export(
         &log,
     )
     .await?;
+    let t1 = Instant::now();
     anyhow::ensure!(
         row.logs_exported == n as i64,
         "exported {} of {n} events",
@@ -386,7 +398,11 @@ async fn export(
         Target::S3(_) => None,
     };
     store.delete(&key).await?;
+    let spans = emu.search_spans(t0);
+    let idle = Idle::of(&spans, t0, t1, searches as usize);
     Ok(Run {
+        searches: spans.len(),
+        idle,
         seconds: (finished - started).num_microseconds().unwrap_or(0) as f64 / 1e6,
         peak_rss: usage.peak_rss,
         streamed: emu.stats().events_streamed - before,

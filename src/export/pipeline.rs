@@ -115,7 +115,17 @@ impl JobHandler for ExportJob {
                 LeftBehind::Nothing => {}
                 LeftBehind::Sealed(sealed) => {
                     tracing::info!("the archive is sealed already; finishing it");
-                    return self.deliver(job, ctx, &meta, *sealed).await;
+                    // The attempt that sealed it may have stopped before its digest was
+                    // recorded with the object (the two run side by side): recorded again.
+                    let (bytes, sha256) = (sealed.manifest.bytes, sealed.manifest.sha256.clone());
+                    let key = sealed.object_key.clone();
+                    let (recorded, result) = tokio::join!(
+                        self.record_sha256(&key, &meta, bytes, &sha256),
+                        self.deliver(job, ctx, &meta, *sealed)
+                    );
+                    let result = result?;
+                    recorded?;
+                    return Ok(result);
                 }
                 // An earlier attempt completed an archive but lost its seal: no export will
                 // name it, so it goes before this attempt writes its own.
@@ -272,10 +282,6 @@ impl JobHandler for ExportJob {
                 debug_assert_eq!(size, streamed.bytes);
                 METRICS.export_succeeded(started.elapsed(), streamed.logs, size);
                 let sha256 = streamed.digest.finish_hex();
-                self.store
-                    .record_sha256(&key, &meta, &sha256)
-                    .await
-                    .map_err(storage_error)?;
                 let archived = chain::Archived {
                     object_key: &key,
                     logs: streamed.logs,
@@ -283,8 +289,17 @@ impl JobHandler for ExportJob {
                     bytes: size,
                     sha256: &sha256,
                 };
-                let sealed = self.seal(job, ctx, archived).await?;
-                self.deliver(job, ctx, &meta, sealed).await
+                // Recording the digest with the object (on S3 a server-side copy) needs neither
+                // the seal nor the manifest, so it runs beside them; both are done before the
+                // export succeeds. Neither is cut short by the other's failure.
+                let (recorded, result) =
+                    tokio::join!(self.record_sha256(&key, &meta, size, &sha256), async {
+                        let sealed = self.seal(job, ctx, archived).await?;
+                        self.deliver(job, ctx, &meta, sealed).await
+                    });
+                let result = result?;
+                recorded?;
+                Ok(result)
             }
             Err(e) if saves.saved && another_attempt_follows(&e, job, ctx) => {
                 // The next attempt continues this upload from the last checkpoint.
@@ -312,6 +327,19 @@ impl JobHandler for ExportJob {
 }
 
 impl ExportJob {
+    async fn record_sha256(
+        &self,
+        key: &str,
+        meta: &ObjectMeta,
+        bytes: u64,
+        sha256: &str,
+    ) -> Result<(), JobError> {
+        self.store
+            .record_sha256(key, meta, bytes, sha256)
+            .await
+            .map_err(storage_error)
+    }
+
     /// Whether the upload may be completed: the lease holds long enough that no other worker
     /// can take the job over meanwhile, and the archive's key is on the job's row, so that an
     /// archive whose seal is lost is found and deleted by the next attempt.

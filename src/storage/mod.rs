@@ -64,12 +64,13 @@ pub trait ObjectStore: Send + Sync {
     /// Keys of the incomplete uploads under `prefix` (S3 multipart uploads, local partial files).
     async fn list_incomplete_uploads(&self, prefix: &str) -> Result<Vec<String>, StorageError>;
 
-    /// Records the object's SHA-256 with the object itself where the store can (S3: user
-    /// metadata `x-amz-meta-sha256`); a no-op elsewhere.
+    /// Records the SHA-256 of the object's `bytes` with the object itself where the store can
+    /// (S3: user metadata `x-amz-meta-sha256`); a no-op elsewhere.
     async fn record_sha256(
         &self,
         _key: &str,
         _meta: &ObjectMeta,
+        _bytes: u64,
         _sha256: &str,
     ) -> Result<(), StorageError> {
         Ok(())

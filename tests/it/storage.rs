@@ -188,7 +188,12 @@ async fn the_sha256_is_recorded_with_the_object() {
         upload(&store, &key, &data, 22).await;
         let digest = Sha256::digest(&data);
         store
-            .record_sha256(&key, &meta("export.json"), &hex::encode(digest))
+            .record_sha256(
+                &key,
+                &meta("export.json"),
+                data.len() as u64,
+                &hex::encode(digest),
+            )
             .await
             .expect("record the digest");
 

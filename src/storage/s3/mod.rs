@@ -121,13 +121,14 @@ impl ObjectStore for S3Store {
         &self,
         key: &str,
         meta: &ObjectMeta,
+        bytes: u64,
         sha256: &str,
     ) -> Result<(), StorageError> {
         // Metadata is fixed at upload, and the digest is known only at the end: the object is
         // copied onto itself with the metadata replaced (server-side; CopyObject takes ≤ 5 GiB).
         const MAX_COPY: u64 = 5 * 1024 * 1024 * 1024;
         let s = &self.inner;
-        if self.size(key).await?.is_some_and(|n| n > MAX_COPY) {
+        if bytes > MAX_COPY {
             tracing::info!(%key, "archive over 5 GiB: its SHA-256 is in the manifest only");
             return Ok(());
         }
