@@ -13,13 +13,14 @@ use logexport::config::{Config, Secret, StorageKind};
 use logexport::domain::ExportId;
 use logexport::emulator::RunningEmulator;
 use logexport::queue::chain::{self, Archived};
+use logexport::storage::S3Store;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::export::{JANUARY, dataset};
 use crate::helpers::{
-    TempDir, TestApp, emulator_with_events, eventually, spawn_app_with, spawn_export_worker,
-    test_config, test_db, use_emulator,
+    TempDir, TestApp, emulator_with_events, eventually, garage_s3_config, spawn_app_with,
+    spawn_export_worker, test_config, test_db, use_emulator,
 };
 
 const TOKEN: &str = "splunk-test-token";
@@ -655,6 +656,66 @@ async fn a_tsa_that_is_down_delays_the_finish_and_another_worker_finishes_with_t
     )
     .await;
     assert!(ok && links_ok(&out) == 3, "{out}");
+}
+
+/// On S3 the archive's digest is copied into its metadata beside the seal; an attempt that stops
+/// after the seal but before that copy leaves it to the attempt that finishes the export.
+#[tokio::test]
+async fn the_attempt_that_finishes_a_sealed_export_records_its_digest_on_s3() {
+    let tsa = Tsa::start().await;
+    let mut env = Env::start(|c| {
+        c.storage.kind = StorageKind::S3;
+        c.storage.s3 = garage_s3_config();
+        c.export.timestamp_authority_url = tsa.url.clone();
+        c.export.timestamp_authority_ca = Some(tsa.ca());
+    })
+    .await;
+    tsa.down.store(true, Ordering::SeqCst);
+    let id = env.request(&format!("{ORG}?{JANUARY}")).await;
+    eventually(60, "the seal, then the wait for the TSA", || async {
+        let s = env.status(&id).await;
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("waiting for the time-stamp authority"))
+            .then_some(())
+    })
+    .await;
+    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&env.app.pool)
+        .await
+        .unwrap();
+    let store = S3Store::from_config(&garage_s3_config()).await.unwrap();
+    let digest = env.manifest(&id).await.sha256;
+    eventually(30, "the digest copied beside the seal", || async {
+        (store.recorded_sha256(&key).await.unwrap().as_deref() == Some(digest.as_str()))
+            .then_some(())
+    })
+    .await;
+    // As if that attempt had stopped before its copy: the metadata goes.
+    let (client, bucket) = crate::storage::raw_client().await;
+    client
+        .copy_object()
+        .bucket(&bucket)
+        .key(&key)
+        .copy_source(format!("{bucket}/{key}"))
+        .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(store.recorded_sha256(&key).await.unwrap(), None);
+
+    // The worker goes away; a new one takes the export over after the lease, then the TSA is back.
+    env.restart(|_| {}).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    tsa.down.store(false, Ordering::SeqCst);
+    let status = env.succeeded(&id).await;
+    assert_eq!(status["sha256"].as_str(), Some(digest.as_str()));
+    assert_eq!(
+        store.recorded_sha256(&key).await.unwrap().as_deref(),
+        Some(digest.as_str()),
+        "the finishing attempt records the digest again"
+    );
 }
 
 #[tokio::test]

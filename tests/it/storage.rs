@@ -21,7 +21,7 @@ async fn garage() -> S3Store {
 }
 
 /// A raw SDK client, to create uploads the store would never leave behind by itself.
-async fn raw_client() -> (aws_sdk_s3::Client, String) {
+pub(crate) async fn raw_client() -> (aws_sdk_s3::Client, String) {
     let env = garage_s3_config();
     let creds = aws_sdk_s3::config::Credentials::new(
         env.access_key_id.expose(),
