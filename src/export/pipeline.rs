@@ -119,13 +119,10 @@ impl JobHandler for ExportJob {
                     // recorded with the object (the two run side by side): recorded again.
                     let (bytes, sha256) = (sealed.manifest.bytes, sealed.manifest.sha256.clone());
                     let key = sealed.object_key.clone();
-                    let (recorded, result) = tokio::join!(
-                        self.record_sha256(&key, &meta, bytes, &sha256),
-                        self.deliver(job, ctx, &meta, *sealed)
-                    );
-                    let result = result?;
-                    recorded?;
-                    return Ok(result);
+                    let finish = self.deliver(job, ctx, &meta, *sealed);
+                    return self
+                        .beside_the_digest(&key, &meta, bytes, &sha256, finish)
+                        .await;
                 }
                 // An earlier attempt completed an archive but lost its seal: no export will
                 // name it, so it goes before this attempt writes its own.
@@ -289,17 +286,12 @@ impl JobHandler for ExportJob {
                     bytes: size,
                     sha256: &sha256,
                 };
-                // Recording the digest with the object (on S3 a server-side copy) needs neither
-                // the seal nor the manifest, so it runs beside them; both are done before the
-                // export succeeds. Neither is cut short by the other's failure.
-                let (recorded, result) =
-                    tokio::join!(self.record_sha256(&key, &meta, size, &sha256), async {
-                        let sealed = self.seal(job, ctx, archived).await?;
-                        self.deliver(job, ctx, &meta, sealed).await
-                    });
-                let result = result?;
-                recorded?;
-                Ok(result)
+                let finish = async {
+                    let sealed = self.seal(job, ctx, archived).await?;
+                    self.deliver(job, ctx, &meta, sealed).await
+                };
+                self.beside_the_digest(&key, &meta, size, &sha256, finish)
+                    .await
             }
             Err(e) if saves.saved && another_attempt_follows(&e, job, ctx) => {
                 // The next attempt continues this upload from the last checkpoint.
@@ -327,17 +319,22 @@ impl JobHandler for ExportJob {
 }
 
 impl ExportJob {
-    async fn record_sha256(
+    /// Runs `finish` (the seal, the manifest) while the archive's digest is recorded with the
+    /// object (on S3 a server-side copy), which needs neither; the export succeeds once both are
+    /// done, and neither is cut short by the other's failure (the finish's error comes first).
+    async fn beside_the_digest(
         &self,
         key: &str,
         meta: &ObjectMeta,
         bytes: u64,
         sha256: &str,
-    ) -> Result<(), JobError> {
-        self.store
-            .record_sha256(key, meta, bytes, sha256)
-            .await
-            .map_err(storage_error)
+        finish: impl Future<Output = Result<ExportResult, JobError>>,
+    ) -> Result<ExportResult, JobError> {
+        let (recorded, result) =
+            tokio::join!(self.store.record_sha256(key, meta, bytes, sha256), finish);
+        let result = result?;
+        recorded.map_err(storage_error)?;
+        Ok(result)
     }
 
     /// Whether the upload may be completed: the lease holds long enough that no other worker
