@@ -67,7 +67,7 @@ pub async fn run() -> anyhow::Result<()> {
 
     let state = AppState::new(pool.clone(), config.clone()).with_storage(storage.clone());
     tokio::spawn(api::serve(listener, state, shutdown.clone()));
-    let handler = crate::export::handler(&config, storage.objects.clone())?;
+    let handler = crate::export::handler(&config, storage.objects.clone(), &pool)?;
     let workers = tokio::spawn(
         WorkerPool::new(
             pool.clone(),

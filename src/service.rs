@@ -40,7 +40,7 @@ pub async fn work(
     }
     let config = Arc::new(crate::secrets::with_stored_secrets(&pool, &config).await?);
     let storage = crate::storage::open(&config).await?;
-    let handler = crate::export::handler(&config, storage.objects.clone())?;
+    let handler = crate::export::handler(&config, storage.objects.clone(), &pool)?;
     let mailer = crate::notify::mailer_from_config(&config.email)?;
     let notifier = Notifier::new(pool.clone(), &config, mailer)?;
     let listener_stop = CancellationToken::new();

@@ -83,7 +83,7 @@ impl AppState {
         let allow = Arc::new(AllowList::new(&config.callback.allowed_hosts));
         let list_key = crate::logs::TokenKey::from_secret(&config.logs.page_token_key);
         let signing_keys = Arc::new(signing_keys(&config));
-        let logs = match crate::logs::LogsService::new(&config) {
+        let logs = match crate::logs::LogsService::new(&config, &pool) {
             Ok(service) => Some(Arc::new(service)),
             Err(e) => {
                 tracing::warn!(error = %e, "log listings disabled: Splunk is not usable");

@@ -10,6 +10,8 @@ pub mod slices;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::PgPool;
+
 pub use pipeline::ExportJob;
 
 use crate::archive::ManifestKey;
@@ -101,8 +103,9 @@ fn timestamp_authority(config: &Config) -> anyhow::Result<Option<Arc<TimestampAu
 pub fn handler(
     config: &Config,
     store: Arc<dyn ObjectStore>,
+    pool: &PgPool,
 ) -> anyhow::Result<Arc<dyn JobHandler>> {
-    let splunk = SplunkClient::from_config(config)
+    let splunk = SplunkClient::from_config(config, pool)
         .map_err(|e| anyhow::anyhow!("splunk configuration: {e}"))?;
     Ok(Arc::new(ExportJob::new(
         splunk,

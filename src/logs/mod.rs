@@ -15,6 +15,7 @@ pub mod walk;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::domain::{DateRange, LogEntry, Namespace, Performer, RepositoryName};
@@ -134,9 +135,9 @@ impl LogQuery {
 
 impl LogsService {
     /// A service for the configured Splunk; `Err` when the `[splunk]` section is unusable.
-    pub fn new(config: &Config) -> Result<Self, SplunkError> {
+    pub fn new(config: &Config, pool: &PgPool) -> Result<Self, SplunkError> {
         // Interactive listings retry briefly: the caller is waiting, and the deadline bounds all.
-        let client = SplunkClient::from_config(config)?.with_retry_policy(RetryPolicy {
+        let client = SplunkClient::from_config(config, pool)?.with_retry_policy(RetryPolicy {
             max_retries: 2,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(1),

@@ -1,4 +1,10 @@
 //! LISTEN/NOTIFY wake-ups for idle export workers and job runners.
+//!
+//! A notification wakes one idle claimer of the kind it names in each process, not all of them:
+//! a claimer that finds work passes the wake-up on to the next (see `worker::jobs::runner`), so
+//! a burst of work still gets every claimer, while a single due job costs each process one claim
+//! instead of one per claimer of every kind. (At month-end on 6 processes, waking every claimer
+//! of every kind made 35 claims of `jobs` per finished export: 5,329 statements for 150 exports.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +13,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+use super::jobs::KINDS;
 
 /// Channel notified when a job becomes runnable.
 pub const CHANNEL_NEW_JOB: &str = "logexport_new_job";
@@ -17,8 +25,10 @@ pub const CHANNEL_NOTIFY: &str = "logexport_notify";
 /// Wakes local waiters when Postgres announces new work; polling remains the fallback.
 #[derive(Debug, Clone, Default)]
 pub struct QueueListener {
+    /// An export became runnable.
     pub new_job: Arc<Notify>,
-    pub notify_due: Arc<Notify>,
+    /// A job of the `jobs` table became due, one wake-up per kind (in [`KINDS`]' order).
+    jobs_due: Arc<[Notify; KINDS.len()]>,
 }
 
 impl QueueListener {
@@ -45,28 +55,33 @@ impl QueueListener {
         this
     }
 
+    /// The wake-up of the `jobs` table's `kind` (one of [`KINDS`]).
+    pub fn job_due(&self, kind: &str) -> &Notify {
+        let index = KINDS.iter().position(|k| *k == kind);
+        debug_assert!(index.is_some(), "unknown job kind {kind}");
+        &self.jobs_due[index.unwrap_or(0)]
+    }
+
     async fn listen(&self, pool: &PgPool, shutdown: &CancellationToken) -> sqlx::Result<()> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener
             .listen_all([CHANNEL_NEW_JOB, CHANNEL_NOTIFY])
             .await?;
-        // Anything announced while we were disconnected is found by the next claim.
+        // Anything announced while we were disconnected is found by the next claims.
         self.new_job.notify_waiters();
-        self.notify_due.notify_waiters();
+        self.jobs_due.iter().for_each(Notify::notify_waiters);
         loop {
             let notification = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 n = listener.recv() => n?,
             };
             match notification.channel() {
-                CHANNEL_NEW_JOB => {
-                    self.new_job.notify_waiters();
-                    self.new_job.notify_one();
-                }
-                CHANNEL_NOTIFY => {
-                    self.notify_due.notify_waiters();
-                    self.notify_due.notify_one();
-                }
+                CHANNEL_NEW_JOB => self.new_job.notify_one(),
+                CHANNEL_NOTIFY => match KINDS.iter().position(|k| *k == notification.payload()) {
+                    Some(kind) => self.jobs_due[kind].notify_one(),
+                    // A kind this version does not know: every runner looks.
+                    None => self.jobs_due.iter().for_each(Notify::notify_one),
+                },
                 _ => {}
             }
         }

@@ -179,27 +179,41 @@ pub async fn claim_next(
         let mut tx = pool.begin().await?;
         // Two index-ordered probes instead of one OR: each reads a handful of rows whatever the
         // queue length. Expired leases first (their jobs have waited longest), then due jobs.
+        // Each passes over namespaces already at their limit (by the running index), so a queue
+        // whose oldest jobs wait for a busy namespace costs one probe, not one round of
+        // statements per busy namespace; the count under the lock below still decides.
         let mut candidate: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, namespace FROM export_jobs
+            "SELECT id, namespace FROM export_jobs q
              WHERE state = 'running' AND lease_expires_at < now() AND NOT (namespace = ANY($1))
                AND now() > pg_postmaster_start_time() + make_interval(secs => $2)
+               AND (SELECT count(*) FROM export_jobs r
+                    WHERE r.namespace = q.namespace AND r.state = 'running'
+                      AND r.lease_expires_at >= now()) < $3
              ORDER BY lease_expires_at
              LIMIT 1
              FOR UPDATE SKIP LOCKED",
         )
         .bind(&skipped)
         .bind(secs(RESTART_GRACE))
+        .bind(i64::from(per_namespace_limit))
         .fetch_optional(&mut *tx)
         .await?;
         if candidate.is_none() {
             candidate = sqlx::query_as(
-                "SELECT id, namespace FROM export_jobs
+                "SELECT id, namespace FROM export_jobs q
                  WHERE state = 'queued' AND run_at <= now() AND NOT (namespace = ANY($1))
+                   AND (SELECT count(*) FROM export_jobs r
+                        WHERE r.namespace = q.namespace AND r.state = 'running'
+                          AND (r.lease_expires_at >= now()
+                               OR now() <= pg_postmaster_start_time() + make_interval(secs => $2))
+                       ) < $3
                  ORDER BY run_at
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED",
             )
             .bind(&skipped)
+            .bind(secs(RESTART_GRACE))
+            .bind(i64::from(per_namespace_limit))
             .fetch_optional(&mut *tx)
             .await?;
         }

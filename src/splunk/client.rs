@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reqwest::{Method, RequestBuilder, Response};
+use sqlx::PgPool;
 
 use super::{SearchFilters, SearchPermit, SearchQuota, SplunkError};
 use crate::config::{Config, Secret, SplunkConfig};
@@ -139,16 +140,15 @@ impl SplunkClient {
     }
 
     /// A client for the whole configuration: `[splunk]`, sharing the cluster-wide search limit
-    /// (`splunk.max_concurrent_searches`) through the database when one is configured.
-    pub fn from_config(config: &Config) -> Result<Self, SplunkError> {
+    /// (`splunk.max_concurrent_searches`) through the service's database, on the process's own
+    /// `pool` (a pool of its own would cost Postgres a few more connections per process).
+    pub fn from_config(config: &Config, pool: &PgPool) -> Result<Self, SplunkError> {
         let client = Self::new(&config.splunk)?;
         let limit = config.splunk.max_concurrent_searches;
-        let url = config.database.url.expose();
-        if limit == 0 || url.is_empty() {
+        if limit == 0 {
             return Ok(client);
         }
-        let acquire_timeout = crate::db::acquire_timeout(&config.database);
-        Ok(client.with_search_quota(SearchQuota::connect_lazy(url, limit, acquire_timeout)?))
+        Ok(client.with_search_quota(SearchQuota::new(pool.clone(), limit)))
     }
 
     /// How many quota answers this client (and its clones) has had from Splunk so far.

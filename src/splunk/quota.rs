@@ -4,7 +4,8 @@
 //! numbered places in `splunk_search_slots`, taken in one statement that skips places another
 //! process is taking at that moment, leased and renewed while the search runs, freed when it
 //! ends. Freeing a place notifies every process (`NOTIFY logexport_search_freed`), so a waiter
-//! anywhere takes it at once instead of finding it at its next look. A process that dies leaves a
+//! anywhere takes it at once instead of finding it at its next look: one waiter per process, as
+//! only one can have it. A process that dies leaves a
 //! lease that expires.
 //!
 //! A place freed while a search of the same process waits goes straight to that waiter (the
@@ -20,7 +21,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -31,9 +31,12 @@ use crate::metrics::METRICS;
 /// How long a permit lives without renewal; a crashed holder frees its slot after this.
 const LEASE: Duration = Duration::from_secs(15);
 /// The first wait for a busy quota; doubles up to [`LAST_PAUSE`]. Waiters are woken when a place
-/// is freed; these looks only cover a notification that was lost (the listener reconnecting).
+/// is freed; these looks only cover a place whose holder died (its lease expired).
 const FIRST_PAUSE: Duration = Duration::from_millis(25);
 const LAST_PAUSE: Duration = Duration::from_millis(500);
+/// The looks of a waiter behind the first of its process: at month-end every process has dozens
+/// waiting, and each look is a statement on the quota's rows.
+const BEHIND_PAUSE: Duration = Duration::from_secs(2);
 /// The channel a freed place is announced on.
 const FREED_CHANNEL: &str = "logexport_search_freed";
 /// Times a place passes from one search to a waiting one of the same process before it is
@@ -61,6 +64,12 @@ struct QuotaInner {
 }
 
 impl QuotaInner {
+    /// Whether `ticket` is first in this process's line.
+    fn is_first(&self, ticket: u64) -> bool {
+        let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        waiters.front().is_some_and(|(first, _)| *first == ticket)
+    }
+
     /// The oldest waiter still in line, taken out of it.
     fn first_waiter(&self) -> Option<oneshot::Sender<SearchPermit>> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -126,25 +135,6 @@ impl SearchQuota {
                 next_waiter: AtomicU64::new(0),
             }),
         }
-    }
-
-    /// A quota over a small lazily connected pool of its own, for clients built from
-    /// configuration alone.
-    pub fn connect_lazy(
-        database_url: &str,
-        limit: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, SplunkError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(acquire_timeout)
-            .connect_lazy(database_url)
-            .map_err(|e| {
-                SplunkError::Config(format!(
-                    "database.url is unusable for the Splunk search quota: {e}"
-                ))
-            })?;
-        Ok(Self::new(pool, limit))
     }
 
     /// The limit.
@@ -221,8 +211,15 @@ impl SearchQuota {
                     seconds: wait.as_secs(),
                 });
             }
-            let jitter = rand::thread_rng().gen_range(0..=pause.as_millis() as u64 / 2);
-            let sleep = (pause + Duration::from_millis(jitter)).min(deadline - now);
+            // The first in line looks again soon; the others rely on being woken, and only look
+            // now and then (a place whose holder died frees when its lease expires, unannounced).
+            let pause_now = if inner.is_first(ticket) {
+                pause
+            } else {
+                BEHIND_PAUSE
+            };
+            let jitter = rand::thread_rng().gen_range(0..=pause_now.as_millis() as u64 / 2);
+            let sleep = (pause_now + Duration::from_millis(jitter)).min(deadline - now);
             tokio::select! {
                 () = tokio::time::sleep(sleep) => pause = (pause * 2).min(LAST_PAUSE),
                 () = freed => {}
@@ -286,19 +283,25 @@ impl SearchQuota {
     }
 }
 
-/// Wakes this process's waiters whenever any process frees a place; reconnects after a failure
+/// Wakes one waiter of this process whenever any process frees a place; reconnects after a failure
 /// (meanwhile the waiters look again on their own).
 async fn listen(pool: PgPool, freed: std::sync::Weak<Notify>) {
     loop {
         let listener = async {
             let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
             listener.listen(FREED_CHANNEL).await?;
+            // A place freed while this process was not listening: every waiter looks.
+            if let Some(freed) = freed.upgrade() {
+                freed.notify_waiters();
+            }
             loop {
                 listener.recv().await?;
                 let Some(freed) = freed.upgrade() else {
                     return Ok(());
                 };
-                freed.notify_waiters();
+                // One place: one waiter of this process looks (the others would only find it
+                // taken).
+                freed.notify_one();
             }
         };
         let ended: sqlx::Result<()> = listener.await;
@@ -371,7 +374,7 @@ impl Drop for SearchPermit {
                 .await;
                 match freed
                 {
-                    Ok(_) => quota.freed.notify_waiters(),
+                    Ok(_) => quota.freed.notify_one(),
                     Err(e) => tracing::warn!(error = %e, "freeing a Splunk search permit failed; its lease will expire"),
                 }
             });

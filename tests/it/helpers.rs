@@ -411,7 +411,7 @@ pub async fn spawn_export_worker(
     stop: &tokio_util::sync::CancellationToken,
 ) {
     let storage = logexport::storage::open(config).await.expect("storage");
-    let handler = logexport::export::handler(config, storage.objects).expect("handler");
+    let handler = logexport::export::handler(config, storage.objects, &pool).expect("handler");
     tokio::spawn(
         logexport::worker::WorkerPool::new(
             pool,

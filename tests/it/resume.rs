@@ -175,7 +175,8 @@ async fn fails_then_resumes(s3: bool, fault: impl Fn(u64) -> Faults) {
     let app = spawn_app_with(pool.clone(), config.clone()).await;
     config.server.public_url = app.config.server.public_url.clone();
     let storage = logexport::storage::open(&config).await.expect("storage");
-    let handler = logexport::export::handler(&config, storage.objects.clone()).expect("handler");
+    let handler =
+        logexport::export::handler(&config, storage.objects.clone(), &pool).expect("handler");
     let stop = CancellationToken::new();
     tokio::spawn(
         WorkerPool::new(pool, WorkerSettings::from_config(&config.worker), handler)

@@ -49,7 +49,7 @@ impl<J: Job> Kind for J {
     }
 
     fn wake_up<'l>(&self, listener: &'l QueueListener) -> &'l Notify {
-        &listener.notify_due
+        listener.job_due(J::KIND)
     }
 
     async fn claim(&self, pool: &PgPool, owner: &str) -> sqlx::Result<Option<ClaimedJob>> {
