@@ -118,6 +118,11 @@ struct Args {
     /// `single` (1 × 50,000), and `fairness` (100 exports of one namespace, then one of another).
     #[arg(long, value_delimiter = ',', default_values_t = ["small".to_string(), "large".into(), "single".into(), "fairness".into()])]
     month_end_loads: Vec<String>,
+    /// Rounds of the month-end loads, one after the other (1, 3, 6 processes, then again); more
+    /// than one adds a table of each load's efficiency per round and the median, as one run moves
+    /// by a few hundredths on this kind of machine.
+    #[arg(long, default_value_t = 1)]
+    month_end_rounds: usize,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -198,6 +203,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             databases: &databases,
             per_sec: args.rate_per_sec.max(1),
             loads,
+            rounds: args.month_end_rounds.max(1),
             fairness: wanted("fairness"),
         };
         let result = section.run().await;

@@ -103,6 +103,8 @@ pub struct MonthEnd<'a> {
     pub databases: &'a Databases,
     pub per_sec: u64,
     pub loads: Vec<Load>,
+    /// Times every load runs, round after round.
+    pub rounds: usize,
     /// Whether the fairness check runs after the loads.
     pub fairness: bool,
 }
@@ -138,28 +140,34 @@ impl MonthEnd<'_> {
             ],
         );
         let mut failed = None;
-        for (n, load) in self.loads.iter().enumerate() {
+        // Each load's efficiency, round by round.
+        let mut efficiencies = vec![Vec::new(); self.loads.len()];
+        let runs = (0..self.rounds).flat_map(|_| self.loads.iter().enumerate());
+        for (n, (l, load)) in runs.enumerate() {
             match self.load(*load, &target, &scratch, n).await {
-                Ok(m) => table.row(vec![
-                    format!(
-                        "{} × {} events, {} namespaces",
-                        load.exports,
-                        thousands(load.events),
-                        load.namespaces
-                    ),
-                    load.probe_rows.to_string(),
-                    load.workers.to_string(),
-                    format!("{:.2}", m.wall),
-                    format!("{:.2}", m.limit),
-                    format!("{:.3}", m.limit / m.wall),
-                    format!("{:.0} %", 100.0 * m.quota_busy / (3.0 * m.wall)),
-                    format!(
-                        "{:.2} / {:.2} / {:.2}",
-                        m.idle.start, m.idle.between, m.idle.end
-                    ),
-                    format!("{:.1}", m.searches as f64 / load.exports as f64),
-                    format!("{:.2} / {:.2}", m.median, m.p95),
-                ]),
+                Ok(m) => {
+                    efficiencies[l].push(m.limit / m.wall);
+                    table.row(vec![
+                        format!(
+                            "{} × {} events, {} namespaces",
+                            load.exports,
+                            thousands(load.events),
+                            load.namespaces
+                        ),
+                        load.probe_rows.to_string(),
+                        load.workers.to_string(),
+                        format!("{:.2}", m.wall),
+                        format!("{:.2}", m.limit),
+                        format!("{:.3}", m.limit / m.wall),
+                        format!("{:.0} %", 100.0 * m.quota_busy / (3.0 * m.wall)),
+                        format!(
+                            "{:.2} / {:.2} / {:.2}",
+                            m.idle.start, m.idle.between, m.idle.end
+                        ),
+                        format!("{:.1}", m.searches as f64 / load.exports as f64),
+                        format!("{:.2} / {:.2}", m.median, m.p95),
+                    ])
+                }
                 Err(e) => {
                     failed = Some(e.context(format!("{load:?}")));
                     break;
@@ -173,6 +181,9 @@ impl MonthEnd<'_> {
              last full, and after",
         );
         table.print();
+        if self.rounds > 1 && failed.is_none() {
+            self.rounds_table(&efficiencies).print();
+        }
         if failed.is_none() && self.fairness {
             match self.fairness(&target, &scratch).await {
                 Ok(line) => println!("{line}\n"),
@@ -185,6 +196,31 @@ impl MonthEnd<'_> {
             eprintln!("logs kept in {}", scratch.display());
         }
         failed.map_or(Ok(()), Err)
+    }
+
+    /// Each load's efficiency per round, and the median of its rounds.
+    fn rounds_table(&self, efficiencies: &[Vec<f64>]) -> Table {
+        let mut headers = vec!["load".to_string(), "worker processes".into()];
+        headers.extend((1..=self.rounds).map(|r| format!("round {r}")));
+        headers.push("median".into());
+        let mut table = Table::new("Month-end efficiency, round by round", &headers);
+        for (load, runs) in self.loads.iter().zip(efficiencies) {
+            let mut sorted = runs.clone();
+            sorted.sort_by(f64::total_cmp);
+            let mut row = vec![
+                format!(
+                    "{} × {} events, probe_rows {}",
+                    load.exports,
+                    thousands(load.events),
+                    load.probe_rows
+                ),
+                load.workers.to_string(),
+            ];
+            row.extend(runs.iter().map(|e| format!("{e:.3}")));
+            row.push(quantile(&sorted, 0.5).map_or("-".into(), |m| format!("{m:.3}")));
+            table.row(row);
+        }
+        table
     }
 
     /// Runs one load from a fresh database and emulator.

@@ -348,7 +348,7 @@ pub async fn finish(
              SELECT $13, id::text, jsonb_build_object('export_id', id) FROM done WHERE $3 <> 'cancelled'
              ON CONFLICT (kind, unique_key) DO NOTHING
              RETURNING id),
-         woke AS (SELECT pg_notify($14, $13) FROM job)
+         woke AS (SELECT pg_notify($14, $15) FROM job)
          SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke)",
     )
     .bind(id.0)
@@ -365,6 +365,9 @@ pub async fn finish(
     .bind(result.map(|r| &r.manifest))
     .bind(NOTIFICATION)
     .bind(CHANNEL_NOTIFY)
+    // This process's notifier sends it: it is idle more often than not, and waking every
+    // process's would cost each a claim.
+    .bind(format!("{NOTIFICATION}@{}", super::listener::process_token()))
     .fetch_one(pool)
     .await?;
     Ok(updated == 1)

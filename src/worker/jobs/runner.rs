@@ -4,7 +4,7 @@
 //! grace, then asks them to stop.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,16 +102,14 @@ impl<K: Kind> JobRunner<K> {
         // A few claimers side by side: one claim is several round trips, so a single claimer
         // would cap the process at 1/latency attempts per second however many slots are free.
         let claimers = concurrency.clamp(1, 4);
-        let wake_up = WakeUp {
-            notify: self.kind.wake_up(&listener),
-            idle: AtomicUsize::new(0),
-        };
+        let wake_up = self.kind.wake_up(&listener);
         // One claimer looks on its own every poll interval; the others wait for a wake-up (a
-        // notification, or a claimer that found work): N idle claimers in M processes would
-        // otherwise make N × M looks per interval.
+        // notification wakes one, see `queue::listener`): N idle claimers in M processes would
+        // otherwise make N × M looks per interval. A claimer that found work looks again at
+        // once, as long as a slot is free.
         futures::future::join_all((0..claimers).map(|claimer| {
             let poll = (claimer == 0).then_some(self.settings.poll_interval);
-            self.claim_loop(poll, &wake_up, &slots, &finishing, &tracker, &shutdown)
+            self.claim_loop(poll, wake_up, &slots, &finishing, &tracker, &shutdown)
         }))
         .await;
 
@@ -149,7 +147,7 @@ impl<K: Kind> JobRunner<K> {
     async fn claim_loop(
         &self,
         poll: Option<Duration>,
-        wake_up: &WakeUp<'_>,
+        wake_up: &tokio::sync::Notify,
         slots: &Arc<Semaphore>,
         finishing: &Arc<Semaphore>,
         tracker: &TaskTracker,
@@ -164,18 +162,13 @@ impl<K: Kind> JobRunner<K> {
                 },
             };
             // Register for the wake-up before claiming so a NOTIFY in between is not lost.
-            let woken = wake_up.notify.notified();
+            let woken = wake_up.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             let asked = Instant::now();
             match self.kind.claim(&self.pool, &self.owner).await {
                 Ok(Some(claimed)) => {
                     crate::db::report_available();
-                    // There may be more: an idle claimer looks too, as this one does once a
-                    // slot is free.
-                    if wake_up.idle.load(Ordering::Relaxed) > 0 {
-                        wake_up.notify.notify_one();
-                    }
                     let held = Arc::new(Mutex::new(vec![permit]));
                     let hand_over = SlotHandOver {
                         held: held.clone(),
@@ -195,15 +188,10 @@ impl<K: Kind> JobRunner<K> {
                 Ok(None) => {
                     crate::db::report_available();
                     drop(permit);
-                    wake_up.idle.fetch_add(1, Ordering::Relaxed);
                     tokio::select! {
-                        _ = shutdown.cancelled() => {}
+                        _ = shutdown.cancelled() => break,
                         _ = &mut woken => {}
                         _ = tokio::time::sleep(poll.unwrap_or_default()), if poll.is_some() => {}
-                    }
-                    wake_up.idle.fetch_sub(1, Ordering::Relaxed);
-                    if shutdown.is_cancelled() {
-                        break;
                     }
                 }
                 Err(e) => {
@@ -304,14 +292,6 @@ impl<K: Kind> JobRunner<K> {
             }
         }
     }
-}
-
-/// The wake-up of a runner's claimers: a notification wakes one idle claimer (see
-/// `queue::listener`), and a claimer that found work wakes the next while any is idle.
-struct WakeUp<'l> {
-    notify: &'l tokio::sync::Notify,
-    /// Claimers waiting for a wake-up or their next look.
-    idle: AtomicUsize,
 }
 
 /// An attempt's slot in the process; once the attempt stops reading from Splunk it is given to
