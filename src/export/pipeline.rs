@@ -98,6 +98,15 @@ struct Streamed {
 
 #[async_trait]
 impl JobHandler for ExportJob {
+    /// Not while as many of this process's searches wait for Splunk's search quota as it has
+    /// places: an export started then would only wait too, holding a slot and its namespace's
+    /// turn, while a process whose searches do not wait could start it. At month-end on 6
+    /// processes, starting regardless left a few namespaces' last exports to run alone at the
+    /// end (0.4-0.5 s of the quota idle after it was last full, against 0.1 s).
+    async fn ready_for_more(&self) {
+        self.splunk.until_quota_line_short().await;
+    }
+
     #[tracing::instrument(skip_all, fields(export_id = %job.id, attempt = job.attempt))]
     async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError> {
         let ext = archive::file_extension(job.format, job.compression);

@@ -158,6 +158,14 @@ impl SplunkClient {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Returns once fewer of this process's searches wait for a place in the search quota than
+    /// it has places (at once without a quota).
+    pub async fn until_quota_line_short(&self) {
+        if let Some(quota) = &self.inner.quota {
+            quota.until_line_short().await;
+        }
+    }
+
     /// The same client taking a permit from `quota` for every search it starts.
     pub fn with_search_quota(mut self, quota: SearchQuota) -> Self {
         Arc::make_mut(&mut self.inner).quota = Some(quota);

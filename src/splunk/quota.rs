@@ -61,6 +61,8 @@ struct QuotaInner {
     /// This process's waiters, oldest first: a place freed here is handed to the first.
     waiters: Mutex<VecDeque<(u64, oneshot::Sender<SearchPermit>)>>,
     next_waiter: AtomicU64,
+    /// Woken when a waiter leaves this process's line.
+    line_shortened: Notify,
 }
 
 impl QuotaInner {
@@ -93,6 +95,7 @@ impl Drop for InLine<'_> {
     fn drop(&mut self) {
         let mut waiters = self.inner.waiters.lock().unwrap_or_else(|p| p.into_inner());
         waiters.retain(|(ticket, _)| *ticket != self.ticket);
+        self.inner.line_shortened.notify_waiters();
     }
 }
 
@@ -133,6 +136,7 @@ impl SearchQuota {
                 ready: tokio::sync::OnceCell::new(),
                 waiters: Mutex::default(),
                 next_waiter: AtomicU64::new(0),
+                line_shortened: Notify::new(),
             }),
         }
     }
@@ -149,6 +153,19 @@ impl SearchQuota {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// Returns once fewer than the limit of this process's searches wait for a place.
+    pub async fn until_line_short(&self) {
+        loop {
+            let shortened = self.inner.line_shortened.notified();
+            tokio::pin!(shortened);
+            shortened.as_mut().enable();
+            if self.waiting() < self.inner.limit as usize {
+                return;
+            }
+            shortened.await;
+        }
     }
 
     /// Searches holding a permit now, across every process.

@@ -159,6 +159,10 @@ impl Kind for Exports {
         &listener.new_job
     }
 
+    async fn ready(&self) {
+        self.handler.ready_for_more().await;
+    }
+
     async fn claim(&self, pool: &PgPool, owner: &str) -> sqlx::Result<Option<ExportAttempt>> {
         let claim = storage::claim_next(
             pool,

@@ -387,6 +387,10 @@ pub trait JobHandler: Send + Sync + 'static {
     /// Removes what a successful attempt produced when its outcome could not be recorded
     /// because another worker holds the job now (which produces its own).
     async fn discard(&self, _result: &ExportResult) {}
+
+    /// Returns once another attempt is worth starting in this process (see
+    /// `ExportJob::ready_for_more`); at once by default.
+    async fn ready_for_more(&self) {}
 }
 
 /// A job body that does nothing but succeed; measures the queue itself.

@@ -72,6 +72,8 @@ pub trait Kind: Send + Sync + 'static {
     /// The wake-up the kind's enqueues send.
     fn wake_up<'l>(&self, listener: &'l QueueListener) -> &'l Notify;
 
+    /// Returns once this process is ready to claim another attempt; at once by default.
+    async fn ready(&self) {}
     /// Claims the next due attempt with a lease held by `owner`.
     async fn claim(&self, pool: &PgPool, owner: &str) -> sqlx::Result<Option<Self::Claimed>>;
     /// The span an attempt's log lines carry.

@@ -161,6 +161,10 @@ impl<K: Kind> JobRunner<K> {
                     Err(_) => break,
                 },
             };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                () = self.kind.ready() => {}
+            }
             // Register for the wake-up before claiming so a NOTIFY in between is not lost.
             let woken = wake_up.notified();
             tokio::pin!(woken);
