@@ -411,6 +411,99 @@ async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     let _ = std::fs::remove_dir_all(&archives);
 }
 
+#[tokio::test]
+async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
+    // The quota's one place is another process's: this worker's first export waits for it, and
+    // a second export (another namespace, three slots free) is left for a process whose searches
+    // do not wait, until the place is freed.
+    let splunk = splunk(4_000, 2, 3).await;
+    let (url, pool) = test_db().await;
+    sqlx::query(
+        "INSERT INTO splunk_search_slots (slot, permit, holder, purpose, lease_expires_at)
+         VALUES (0, gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mut config = test_config(&url);
+    use_emulator(&mut config, &splunk, "quota-token");
+    config.splunk.max_concurrent_searches = 1;
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    assert_eq!(config.worker.concurrency, 4);
+    let stop = CancellationToken::new();
+    spawn_export_worker(pool.clone(), &config, &stop).await;
+    let app = spawn_app_with(pool.clone(), config).await;
+    let token = app.token("admin", &["ns0", "ns1"], &[], false).await;
+    let export = |ns: &'static str| {
+        let (app, token) = (&app, &token);
+        async move {
+            let r = app
+                .post_export(
+                    token,
+                    &format!(
+                        "/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"
+                    ),
+                    r#"{"callback_email": "ops@example.com"}"#,
+                )
+                .await;
+            r.json::<Value>().await.unwrap()["export_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let state = |id: String| {
+        let (app, token) = (&app, &token);
+        async move {
+            let s: Value = app.export_status(token, &id).await.json().await.unwrap();
+            s["state"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = export("ns0").await;
+    eventually(
+        20,
+        "the first export's search waits for the quota",
+        || async {
+            let waited = crate::helpers::metric(
+                &app.metrics().await,
+                r#"logexport_splunk_quota_waits_total{outcome="waited"}"#,
+            );
+            (waited >= 1.0).then_some(())
+        },
+    )
+    .await;
+    let second = export("ns1").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(state(first.clone()).await, "running");
+    assert_eq!(
+        state(second.clone()).await,
+        "queued",
+        "claimed while its search would wait"
+    );
+
+    sqlx::query(
+        "WITH freed AS (
+             UPDATE splunk_search_slots
+             SET permit = NULL, holder = NULL, purpose = NULL, lease_expires_at = NULL
+             WHERE slot = 0 RETURNING slot)
+         SELECT pg_notify('logexport_search_freed', '') FROM freed",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    for id in [first, second] {
+        let done = eventually(60, "export finished", || async {
+            let s = state(id.clone()).await;
+            (s != "queued" && s != "running").then_some(s)
+        })
+        .await;
+        assert_eq!(done, "succeeded");
+    }
+    stop.cancel();
+}
+
 /// Runs one export of ns0 over 2024-01-01..10 with `config` adjusted; returns its status and
 /// the process's metrics.
 async fn export_ns0(
