@@ -680,11 +680,7 @@ async fn the_attempt_that_finishes_a_sealed_export_records_its_digest_on_s3() {
             .then_some(())
     })
     .await;
-    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&env.app.pool)
-        .await
-        .unwrap();
+    let key = crate::helpers::object_key(&env.app.pool, &id).await;
     let store = S3Store::from_config(&garage_s3_config()).await.unwrap();
     let digest = env.manifest(&id).await.sha256;
     eventually(30, "the digest copied beside the seal", || async {

@@ -530,11 +530,7 @@ async fn the_link_expires_refuses_tampering_and_the_key_is_not_guessable() {
         .await;
     let status = env.finished(&id).await;
     let link = status["exported_data_url"].as_str().unwrap().to_owned();
-    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&env.app.pool)
-        .await
-        .unwrap();
+    let key = crate::helpers::object_key(&env.app.pool, &id).await;
     let suffix = key
         .strip_prefix(&format!("{}{id}-", env.prefix))
         .expect("key layout");

@@ -71,11 +71,7 @@ async fn export(env: &ExportEnv, dir: &Path, body: Value) -> Exported {
         .unwrap();
     assert_eq!(manifest["sha256"], status["sha256"]);
     // S3 keeps the digest with the object too (`aws s3api head-object` shows it).
-    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(&id)
-        .fetch_one(&env.app.pool)
-        .await
-        .unwrap();
+    let key = crate::helpers::object_key(&env.app.pool, &id).await;
     let store = S3Store::from_config(&garage_s3_config()).await.unwrap();
     assert_eq!(
         store.recorded_sha256(&key).await.unwrap().as_deref(),

@@ -112,6 +112,15 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// The object key recorded for export `id` (its archive's key in storage).
+pub async fn object_key(pool: &PgPool, id: &str) -> String {
+    sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// A migrated database of its own; returns its URL and a pool.
 pub async fn test_db() -> (String, PgPool) {
     logexport::telemetry::install_crypto_provider();

@@ -102,11 +102,7 @@ async fn archive_bytes(
             .unwrap()
             .to_vec();
     };
-    let key: String = sqlx::query_scalar("SELECT object_key FROM export_jobs WHERE id = $1::uuid")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let key = crate::helpers::object_key(&app.pool, id).await;
     std::fs::read(dir.join(key.replace('/', "_"))).expect("the archive file")
 }
 

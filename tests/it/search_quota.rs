@@ -356,13 +356,7 @@ async fn readers_ahead_cannot_hold_the_searches_the_next_slice_needs() {
     )
     .await;
     let (url, pool) = test_db().await;
-    sqlx::query(
-        "INSERT INTO splunk_search_slots (slot, permit, holder, purpose, lease_expires_at)
-         VALUES (0, gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    held_by_another_process(&pool).await;
     let archives = std::env::temp_dir().join(format!("logexport-ahead-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&archives).unwrap();
     let mut config = test_config(&url);
@@ -418,13 +412,7 @@ async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
     // do not wait, until the place is freed.
     let splunk = splunk(4_000, 2, 3).await;
     let (url, pool) = test_db().await;
-    sqlx::query(
-        "INSERT INTO splunk_search_slots (slot, permit, holder, purpose, lease_expires_at)
-         VALUES (0, gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    held_by_another_process(&pool).await;
     let mut config = test_config(&url);
     use_emulator(&mut config, &splunk, "quota-token");
     config.splunk.max_concurrent_searches = 1;
@@ -502,6 +490,17 @@ async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
         assert_eq!(done, "succeeded");
     }
     stop.cancel();
+}
+
+/// Another process holds the quota's first place (slot 0) for 10 minutes.
+async fn held_by_another_process(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "INSERT INTO splunk_search_slots (slot, permit, holder, purpose, lease_expires_at)
+         VALUES (0, gen_random_uuid(), 'other-process:1', 'export', now() + interval '10 minutes')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 /// Runs one export of ns0 over 2024-01-01..10 with `config` adjusted; returns its status and
