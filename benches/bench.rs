@@ -123,9 +123,22 @@ struct Args {
     /// by a few hundredths on this kind of machine.
     #[arg(long, default_value_t = 1)]
     month_end_rounds: usize,
+    /// A setting for the month-end worker processes as `LOGEXPORT_…=value` (repeatable), to
+    /// compare settings such as `LOGEXPORT_DATABASE__MAX_CONNECTIONS=4` in the same run of the
+    /// emulator's cost model.
+    #[arg(long = "month-end-set", value_parser = setting)]
+    month_end_settings: Vec<(String, String)>,
     /// Passed by `cargo bench` to every bench binary; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// `KEY=value`, the key a `LOGEXPORT_` setting.
+fn setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if key.starts_with("LOGEXPORT_") => Ok((key.into(), value.into())),
+        _ => Err(format!("{text:?} is not LOGEXPORT_<KEY>=<value>")),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -205,6 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             loads,
             rounds: args.month_end_rounds.max(1),
             fairness: wanted("fairness"),
+            settings: args.month_end_settings.clone(),
         };
         let result = section.run().await;
         databases.drop_all().await;

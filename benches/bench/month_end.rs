@@ -20,7 +20,7 @@ use sqlx::PgPool;
 
 use crate::db::Databases;
 use crate::e2e::{org_export, worker_env};
-use crate::procs::{Binaries, Worker};
+use crate::procs::{Binaries, Worker, cpu_seconds, cpu_seconds_named, machine_idle_seconds};
 use crate::table::{Table, quantile, thousands, verdict};
 use crate::targets::{FormatSpec, S3Env, Target};
 
@@ -49,6 +49,41 @@ struct Measured {
     searches: u64,
     quota_busy: f64,
     idle: Idle,
+    cpu: CpuUse,
+}
+
+/// CPU seconds spent, by whom: the worker processes, Postgres, Garage, this bench (with the
+/// emulator it runs), and what the machine's cores left idle.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    workers: f64,
+    postgres: f64,
+    garage: f64,
+    bench: f64,
+    idle: f64,
+}
+
+impl CpuUse {
+    /// The counters now; `since` turns two readings into a load's use.
+    fn now(workers: &[Worker]) -> Self {
+        Self {
+            workers: workers.iter().filter_map(|w| w.cpu_seconds().ok()).sum(),
+            postgres: cpu_seconds_named("postgres"),
+            garage: cpu_seconds_named("garage"),
+            bench: cpu_seconds("self").unwrap_or(0.0),
+            idle: machine_idle_seconds(),
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            workers: self.workers - before.workers,
+            postgres: self.postgres - before.postgres,
+            garage: self.garage - before.garage,
+            bench: self.bench - before.bench,
+            idle: self.idle - before.idle,
+        }
+    }
 }
 
 /// Where the role's quota sat idle during a load, in seconds of the whole quota (idle places ×
@@ -107,6 +142,8 @@ pub struct MonthEnd<'a> {
     pub rounds: usize,
     /// Whether the fairness check runs after the loads.
     pub fairness: bool,
+    /// Settings every worker process gets beside the bench's own (`--month-end-set`).
+    pub settings: Vec<(String, String)>,
 }
 
 impl MonthEnd<'_> {
@@ -137,6 +174,7 @@ impl MonthEnd<'_> {
                 "quota idle s: start / between / end",
                 "searches / export",
                 "enqueue → success median / p95 s",
+                "CPU s: workers / Postgres / Garage / bench / idle",
             ],
         );
         let mut failed = None;
@@ -166,6 +204,10 @@ impl MonthEnd<'_> {
                         ),
                         format!("{:.1}", m.searches as f64 / load.exports as f64),
                         format!("{:.2} / {:.2}", m.median, m.p95),
+                        format!(
+                            "{:.1} / {:.1} / {:.1} / {:.1} / {:.1}",
+                            m.cpu.workers, m.cpu.postgres, m.cpu.garage, m.cpu.bench, m.cpu.idle
+                        ),
                     ])
                 }
                 Err(e) => {
@@ -178,7 +220,9 @@ impl MonthEnd<'_> {
             "efficiency = Splunk's limit / wall time, the limit being total events / (3 × the rate); \
              quota in use = seconds searches held a place in the emulator's quota / (3 × wall); \
              quota idle = idle places × seconds / 3, before the quota first filled, until it was \
-             last full, and after",
+             last full, and after; CPU s = CPU seconds from the first request until the bench \
+             saw the last success (it looks every 50 ms), the bench including the emulator, idle \
+             being what the machine's cores left unused",
         );
         table.print();
         if self.rounds > 1 && failed.is_none() {
@@ -266,6 +310,7 @@ impl MonthEnd<'_> {
         // an export's cost.
         wait_until_started(scratch, n, load.workers).await?;
         let before = emu.stats();
+        let cpu_before = CpuUse::now(&workers);
         let t0 = Instant::now();
         let mut ids = Vec::with_capacity(requests.len());
         for (ns, lo, hi) in &requests {
@@ -273,6 +318,7 @@ impl MonthEnd<'_> {
         }
         let outcome = wait_for(&pool, &ids, Duration::from_secs(600), &mut workers).await;
         let after = emu.stats();
+        let cpu = CpuUse::now(&workers).since(cpu_before);
         let spans = emu.search_spans(t0);
         for worker in workers {
             worker.stop().await;
@@ -317,6 +363,7 @@ impl MonthEnd<'_> {
             searches: after.export_requests - before.export_requests,
             quota_busy: (after.search_busy_micros - before.search_busy_micros) as f64 / 1e6,
             idle,
+            cpu,
         })
     }
 
@@ -399,6 +446,7 @@ impl MonthEnd<'_> {
             "LOGEXPORT_EXPORT__PROBE_ROWS".into(),
             load.probe_rows.to_string(),
         ));
+        env.extend(self.settings.iter().cloned());
         let mut config = logexport::config::Config::default();
         target.configure(&mut env, &mut config);
         (0..load.workers)

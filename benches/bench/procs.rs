@@ -237,3 +237,21 @@ pub fn cpu_seconds_named(name: &str) -> f64 {
         .filter_map(|pid| cpu_seconds(&pid).ok())
         .sum()
 }
+
+/// Seconds every core of the machine has spent idle (idle + iowait in `/proc/stat`), summed.
+pub fn machine_idle_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0)) as f64 / hz
+}

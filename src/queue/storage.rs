@@ -306,6 +306,18 @@ pub async fn heartbeat(
     .await
 }
 
+/// SQL, true when the namespace of row `x` has another export queued and due: one that
+/// `worker.per_namespace_limit` held back while `x` ran. An export that stops running wakes a
+/// claimer for it then (`CHANNEL_NEW_JOB`), which otherwise would wait for a claimer's poll
+/// (`worker.poll_interval_ms`), the slot the export leaves having been handed on when its reading
+/// ended, before the namespace was free.
+macro_rules! namespace_has_due_export {
+    () => {
+        "EXISTS (SELECT 1 FROM export_jobs q
+                 WHERE q.namespace = x.namespace AND q.state = 'queued' AND q.run_at <= now())"
+    };
+}
+
 /// Records the attempt's terminal outcome and, in the same statement, enqueues the one
 /// notification (none for a cancelled export). Returns false when fenced out.
 pub async fn finish(
@@ -322,10 +334,11 @@ pub async fn finish(
         Finish::Cancelled => (JobState::Cancelled, None, None),
     };
     // One statement (one round trip, its own transaction): the outcome, the notification job
-    // and the job runner's wake-up commit together, or none does. The notification's state on
+    // and the job runner's wake-up commit together, or none does, with a claimer's wake-up
+    // when the namespace's next export may run now. The notification's state on
     // the export's row is set here already, so the jobs table's mirror trigger finds nothing
     // to change.
-    let (updated, _woken): (i64, i64) = sqlx::query_as(
+    let (updated, _woken, _next): (i64, i64, i64) = sqlx::query_as(concat!(
         "WITH done AS (
              UPDATE export_jobs
              SET state = $3,
@@ -342,15 +355,18 @@ pub async fn finish(
                  notify_state = CASE WHEN $3 = 'cancelled' THEN 'skipped' ELSE 'pending' END,
                  sha256 = coalesce($11, sha256), manifest = coalesce($12, manifest)
              WHERE id = $1 AND attempt = $2 AND state = 'running'
-             RETURNING id),
+             RETURNING id, namespace),
          job AS (
              INSERT INTO jobs (kind, unique_key, args)
              SELECT $13, id::text, jsonb_build_object('export_id', id) FROM done WHERE $3 <> 'cancelled'
              ON CONFLICT (kind, unique_key) DO NOTHING
              RETURNING id),
-         woke AS (SELECT pg_notify($14, $15) FROM job)
-         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke)",
-    )
+         woke AS (SELECT pg_notify($14, $15) FROM job),
+         next AS (SELECT pg_notify($16, '') FROM done x WHERE ",
+        namespace_has_due_export!(),
+        ")
+         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke), (SELECT count(*) FROM next)",
+    ))
     .bind(id.0)
     .bind(attempt)
     .bind(state.as_str())
@@ -368,6 +384,7 @@ pub async fn finish(
     // This process's notifier sends it: it is idle more often than not, and waking every
     // process's would cost each a claim.
     .bind(format!("{NOTIFICATION}@{}", super::listener::process_token()))
+    .bind(CHANNEL_NEW_JOB)
     .fetch_one(pool)
     .await?;
     Ok(updated == 1)
@@ -401,19 +418,26 @@ pub async fn retry_later(
     delay: Duration,
     error: &str,
 ) -> sqlx::Result<bool> {
-    let result = sqlx::query(
-        "UPDATE export_jobs
-         SET state = 'queued', run_at = now() + make_interval(secs => $3), lease_expires_at = NULL,
-             worker_id = NULL, last_error = $4, updated_at = now()
-         WHERE id = $1 AND attempt = $2 AND state = 'running'",
-    )
+    let (requeued, _next): (i64, i64) = sqlx::query_as(concat!(
+        "WITH x AS (
+             UPDATE export_jobs
+             SET state = 'queued', run_at = now() + make_interval(secs => $3),
+                 lease_expires_at = NULL, worker_id = NULL, last_error = $4, updated_at = now()
+             WHERE id = $1 AND attempt = $2 AND state = 'running'
+             RETURNING namespace)
+         SELECT (SELECT count(*) FROM x),
+                (SELECT count(pg_notify($5, '')) FROM x WHERE ",
+        namespace_has_due_export!(),
+        ")",
+    ))
     .bind(id.0)
     .bind(attempt)
     .bind(secs(delay))
     .bind(error)
-    .execute(pool)
+    .bind(CHANNEL_NEW_JOB)
+    .fetch_one(pool)
     .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(requeued == 1)
 }
 
 /// Returns a job interrupted by shutdown to the queue without counting the attempt.

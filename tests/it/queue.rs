@@ -48,11 +48,12 @@ struct Probe {
     behaviour: Behaviour,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone, Copy, Debug)]
 enum Behaviour {
     #[default]
     Succeed,
     SleepThenSucceed(Duration),
+    SleepThenRetryable(Duration),
     AlwaysRetryable,
     BlockUntilStopped,
     Panic,
@@ -92,6 +93,10 @@ impl JobHandler for Probe {
             Behaviour::SleepThenSucceed(d) => {
                 tokio::time::sleep(d).await;
                 Ok(ExportResult::default())
+            }
+            Behaviour::SleepThenRetryable(d) => {
+                tokio::time::sleep(d).await;
+                Err(JobError::Retryable("Splunk answered 503".into()))
             }
             Behaviour::AlwaysRetryable => Err(JobError::Retryable("Splunk answered 503".into())),
             Behaviour::BlockUntilStopped => {
@@ -403,6 +408,59 @@ async fn a_notify_wakes_an_idle_worker_well_before_the_poll_interval() {
     );
     stop.cancel();
     handle.await.unwrap();
+}
+
+/// The per-namespace limit holds a namespace's second export back while its first runs; the
+/// worker's claimers meanwhile found nothing and wait. The first one's end wakes them: the
+/// second starts at once, not at the next poll.
+#[tokio::test]
+async fn a_namespaces_next_export_starts_when_its_running_one_ends_not_at_the_next_poll() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.poll_interval_ms = 20_000;
+    config.worker.per_namespace_limit = 1;
+    config.worker.concurrency = 4;
+    for (n, behaviour) in [
+        Behaviour::SleepThenSucceed(Duration::from_millis(300)),
+        Behaviour::SleepThenRetryable(Duration::from_millis(300)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let probe = Arc::new(Probe {
+            behaviour,
+            ..Probe::default()
+        });
+        let (stop, handle) = start_pool(&pool, &config, probe.clone());
+        // Every claimer idle on an empty queue.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let namespace = format!("acme{n}");
+        let first = storage::enqueue(&pool, &new_export(&namespace, 3))
+            .await
+            .unwrap();
+        probe.wait_started(1, 10, "first job started").await;
+        storage::enqueue(&pool, &new_export(&namespace, 3))
+            .await
+            .unwrap();
+        // Held back by the limit: the claimer it woke found nothing to run.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(probe.started.load(Ordering::SeqCst), 1);
+        // Finished, or back in the queue to be tried later.
+        eventually(10, "the first job stopped running", || async {
+            (state_of(&pool, first).await.0 != "running").then_some(())
+        })
+        .await;
+        let ended = Instant::now();
+        probe.wait_started(2, 10, "second job started").await;
+        let waited = ended.elapsed();
+        assert!(
+            waited < Duration::from_secs(5),
+            "{behaviour:?}: the second export started {waited:?} after the first stopped \
+             running; the poll interval is 20 s"
+        );
+        stop.cancel();
+        handle.await.unwrap();
+    }
 }
 
 #[tokio::test]
