@@ -37,12 +37,13 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub use plan::{Resume, Slice, pieces, plan, plan_after};
 
 use super::encode::RowEncoder;
 use crate::splunk::{SearchFilters, SplunkClient, SplunkError};
-use pieces::{Piece, Plan, SliceParts, Spooled, spool_path};
+use pieces::{Piece, Plan, SliceParts, spool_path};
 use plan::slice_count;
 use probe::Probe;
 use readers::{Readers, Unread, query_for};
@@ -168,10 +169,8 @@ impl SlicedRows {
         for s in &slices[skip..] {
             query_for(filters, s.start, s.end)?;
         }
-        let spool = Arc::new(Spool::new(
-            settings.spool_max_bytes,
-            probe.as_ref().map_or(0, |p| p.bytes),
-        ));
+        // The probe's bytes count once its file is written (below).
+        let spool = Arc::new(Spool::new(settings.spool_max_bytes, 0));
         let progress = Arc::new(SliceProgress::default());
         progress.total.store(slices.len(), Ordering::Relaxed);
         progress.done.store(skip, Ordering::Relaxed);
@@ -180,10 +179,7 @@ impl SlicedRows {
         // The probe's rows are the first slice, read already; its place in the quota goes to
         // the first reader.
         let mut probe_permit = probe.as_mut().and_then(|p| p.permit.take());
-        let mut probed = probe.map(|p| Spooled {
-            path: p.path,
-            bytes: p.bytes,
-        });
+        let mut probed = probe.map(|p| p.spooled);
         // Slices the probe sized hold about `ROWS_PER_SLICE` rows each: tail pieces would only
         // add searches (and at month-end other exports keep the quota busy meanwhile).
         let mut bounds_of = if sized_by_rows {
@@ -213,7 +209,19 @@ impl SlicedRows {
                         let (piece, tx) = Piece::new(b.start, b.end, path);
                         match probed.take() {
                             Some(spooled) => {
-                                let _ = tx.send(Ok(spooled));
+                                // The first slice: next in line, so its bytes never wait.
+                                let spool = spool.clone();
+                                let piece = piece.clone();
+                                tokio::spawn(
+                                    async move {
+                                        let spooled = spooled.await;
+                                        if let Ok(s) = &spooled {
+                                            spool.reserve(0, &piece, s.bytes).await;
+                                        }
+                                        let _ = tx.send(spooled);
+                                    }
+                                    .in_current_span(),
+                                );
                             }
                             None => queue.push_back(Unread {
                                 slice: index,

@@ -7,7 +7,10 @@
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 
+use super::pieces::Spooled;
 use super::plan::{slice_count, slices_for_rows};
 use super::readers::{query_for, row_time};
 use super::spool::{FrameWriter, spool_error};
@@ -19,8 +22,10 @@ use crate::splunk::{RowBatch, SearchFilters, SearchPermit, SplunkClient};
 const BATCH_ROWS: usize = 256;
 
 pub(super) struct Probe {
-    pub path: PathBuf,
-    pub bytes: u64,
+    /// The probe's rows in their spool file, once the file is written: its last rows are still
+    /// being encoded and written when [`Probe::read`] returns, while the first reader's search
+    /// reads on (the probe's place in the quota does not wait for the encoder and the disk).
+    pub spooled: BoxFuture<'static, Result<Spooled, SliceError>>,
     /// The probe's place in the search quota once its search ended by itself, for a reader.
     pub permit: Option<SearchPermit>,
     /// The rows kept are every row in `[until, end)`; `until == start` when the range held no
@@ -78,6 +83,7 @@ impl Probe {
         // Fewer rows than asked for: the range held no more.
         let complete = read < rows;
         let permit = stream.take_permit();
+        drop(stream);
         let (until, kept) = match (complete, second) {
             (true, _) => (filters.start, read),
             (false, Some(at)) if at != i64::MIN => {
@@ -90,16 +96,18 @@ impl Probe {
             // A row without a time: nothing can be kept from the probe.
             (false, _) => (filters.end, 0),
         };
-        bytes += out.push(gathered).await?;
-        bytes += out.finish().await?;
-        if kept == 0 && bytes > 0 {
-            tokio::fs::write(&path, b"").await.map_err(spool_error)?;
-            bytes = 0;
-        }
         tracing::debug!(rows = kept, complete, until = %until, "probe read");
+        let spooled = async move {
+            bytes += out.push(gathered).await?;
+            bytes += out.finish().await?;
+            if kept == 0 && bytes > 0 {
+                tokio::fs::write(&path, b"").await.map_err(spool_error)?;
+                bytes = 0;
+            }
+            Ok(Spooled { path, bytes })
+        };
         Ok(Self {
-            path,
-            bytes,
+            spooled: spooled.boxed(),
             permit,
             until,
             rows: kept,

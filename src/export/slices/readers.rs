@@ -182,6 +182,21 @@ impl Readers {
         refused_for_quota
     }
 
+    /// A finished search's quota permit, kept for this reader's next search while there may be
+    /// one (a piece not taken yet, or another piece still running that it may split); otherwise
+    /// given back now. At month-end another export's search waits for it: each small export's
+    /// last search would otherwise hold its place idle while its file is finished.
+    fn kept_for_next(&self, permit: Option<SearchPermit>) -> Option<SearchPermit> {
+        let unread = !self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        // This reader's own piece counts as running.
+        let others_running = self.progress.running.load(Ordering::Acquire) > 1;
+        permit.filter(|_| unread || others_running)
+    }
+
     async fn read_once(
         &self,
         slice: usize,
@@ -261,6 +276,9 @@ impl Readers {
                     break;
                 }
             }
+            // Splunk's search is over: its place in the quota moves on before this file is
+            // finished, to this reader's next search or to whoever waits.
+            *permit = self.kept_for_next(stream.take_permit());
             let written = out.finish().await?;
             bytes += written;
             self.spool.reserve(slice, piece, written).await;
@@ -273,7 +291,6 @@ impl Readers {
             let _ = tokio::fs::remove_file(&piece.path).await;
             return Err(e);
         }
-        *permit = stream.take_permit();
         tracing::debug!(slice, bytes, "slice piece read");
         Ok(Spooled {
             path: piece.path.clone(),
