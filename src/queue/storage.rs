@@ -306,15 +306,23 @@ pub async fn heartbeat(
     .await
 }
 
-/// SQL, true when the namespace of row `x` has another export queued and due: one that
-/// `worker.per_namespace_limit` held back while `x` ran. An export that stops running wakes a
-/// claimer for it then (`CHANNEL_NEW_JOB`), which otherwise would wait for a claimer's poll
-/// (`worker.poll_interval_ms`), the slot the export leaves having been handed on when its reading
-/// ended, before the namespace was free.
-macro_rules! namespace_has_due_export {
-    () => {
-        "EXISTS (SELECT 1 FROM export_jobs q
-                 WHERE q.namespace = x.namespace AND q.state = 'queued' AND q.run_at <= now())"
+/// SQL, a count: sends `NOTIFY` on `$channel` (a parameter) for each row of `$stopped` (a CTE of
+/// exports that stopped running, with their `namespace`) whose namespace has another export queued
+/// and due: one that `worker.per_namespace_limit` held back while it ran. A claimer looks for it
+/// then, which otherwise would wait for a claimer's poll (`worker.poll_interval_ms`), the slot the
+/// export leaves having been handed on when its reading ended, before the namespace was free.
+macro_rules! wake_for_namespaces_next {
+    ($channel:literal, $stopped:literal) => {
+        concat!(
+            "(SELECT count(pg_notify(",
+            $channel,
+            ", '')) FROM ",
+            $stopped,
+            " x
+              WHERE EXISTS (SELECT 1 FROM export_jobs q
+                            WHERE q.namespace = x.namespace AND q.state = 'queued'
+                              AND q.run_at <= now()))"
+        )
     };
 }
 
@@ -361,11 +369,9 @@ pub async fn finish(
              SELECT $13, id::text, jsonb_build_object('export_id', id) FROM done WHERE $3 <> 'cancelled'
              ON CONFLICT (kind, unique_key) DO NOTHING
              RETURNING id),
-         woke AS (SELECT pg_notify($14, $15) FROM job),
-         next AS (SELECT pg_notify($16, '') FROM done x WHERE ",
-        namespace_has_due_export!(),
-        ")
-         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke), (SELECT count(*) FROM next)",
+         woke AS (SELECT pg_notify($14, $15) FROM job)
+         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke), ",
+        wake_for_namespaces_next!("$16", "done"),
     ))
     .bind(id.0)
     .bind(attempt)
@@ -419,16 +425,14 @@ pub async fn retry_later(
     error: &str,
 ) -> sqlx::Result<bool> {
     let (requeued, _next): (i64, i64) = sqlx::query_as(concat!(
-        "WITH x AS (
+        "WITH requeued AS (
              UPDATE export_jobs
              SET state = 'queued', run_at = now() + make_interval(secs => $3),
                  lease_expires_at = NULL, worker_id = NULL, last_error = $4, updated_at = now()
              WHERE id = $1 AND attempt = $2 AND state = 'running'
              RETURNING namespace)
-         SELECT (SELECT count(*) FROM x),
-                (SELECT count(pg_notify($5, '')) FROM x WHERE ",
-        namespace_has_due_export!(),
-        ")",
+         SELECT (SELECT count(*) FROM requeued), ",
+        wake_for_namespaces_next!("$5", "requeued"),
     ))
     .bind(id.0)
     .bind(attempt)
