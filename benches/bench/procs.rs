@@ -216,9 +216,13 @@ pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     let (Some(user), Some(system)) = (ticks(11), ticks(12)) else {
         anyhow::bail!("unexpected /proc/{pid}/stat: {stat}");
     };
+    Ok((user + system) as f64 / ticks_per_second())
+}
+
+/// The kernel's clock ticks per second, the unit of the CPU times in `/proc`.
+fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a constant of the running system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((user + system) as f64 / hz)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
 
 /// CPU seconds used so far by every running process called `name` (`/proc/<pid>/comm`), such
@@ -251,7 +255,5 @@ pub fn machine_idle_seconds() -> f64 {
         .skip(1)
         .filter_map(|v| v.parse().ok())
         .collect();
-    // SAFETY: sysconf only reads a constant of the running system.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0)) as f64 / hz
+    (ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0)) as f64 / ticks_per_second()
 }
