@@ -49,9 +49,7 @@ pub fn connect_error(options: &PgConnectOptions, error: &sqlx::Error) -> Option<
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let options = connect_options(config)?;
     let tls_error = |e: &sqlx::Error| connect_error(&options, e);
-    PgPoolOptions::new()
-        .max_connections(config.max_connections)
-        .acquire_timeout(acquire_timeout(config))
+    pool_options(config)
         .connect_with(options.clone())
         .await
         .map_err(|e| {
@@ -72,6 +70,30 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
                  `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
                  and check database.url / DATABASE_URL"
             )
+        })
+}
+
+/// A pooled connection idle for longer than this is tested with a round trip before a query
+/// gets it; see [`pool_options`].
+const TESTED_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// The pool's settings. sqlx tests a connection with a round trip (`ping`) each time it goes
+/// back to the pool, and by default again each time a query takes it: every statement then cost
+/// two round trips to Postgres, among them the Splunk quota's take and free, on which a search
+/// waits. A connection that came back less than [`TESTED_AFTER_IDLE`] ago passed its test then;
+/// only one idle for longer (which a Postgres restart may have cut) is tested again before use.
+pub fn pool_options(config: &DatabaseConfig) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(acquire_timeout(config))
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for < TESTED_AFTER_IDLE {
+                    return Ok(true);
+                }
+                Ok(sqlx::Connection::ping(connection).await.is_ok())
+            })
         })
 }
 

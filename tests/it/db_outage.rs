@@ -737,3 +737,29 @@ async fn postgres_outages_get_503_and_lose_nothing() {
         started.elapsed()
     );
 }
+
+/// The pool tests only a connection that sat idle (see `db::pool_options`): one that Postgres
+/// closed meanwhile, as a restart does, is replaced before a query gets it.
+#[tokio::test]
+async fn a_pooled_connection_postgres_closed_while_idle_is_replaced_before_use() {
+    let (url, admin) = crate::helpers::test_db().await;
+    let mut config = test_config(&url);
+    config.database.max_connections = 1;
+    let pool = logexport::db::connect(&config.database).await.unwrap();
+    let backend = "SELECT pg_backend_pid()";
+    let first: i32 = sqlx::query_scalar(backend).fetch_one(&pool).await.unwrap();
+    // Back in the pool (sqlx tests it on its way back) before Postgres closes it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let closed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(closed);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let second: i32 = sqlx::query_scalar(backend)
+        .fetch_one(&pool)
+        .await
+        .expect("a new connection, not the one Postgres closed");
+    assert_ne!(first, second);
+}
