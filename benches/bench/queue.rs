@@ -56,20 +56,24 @@ pub async fn run(databases: &Databases) -> anyhow::Result<()> {
                 "jobs/s",
             ],
         );
-        let mut slowest = f64::INFINITY;
-        for (name, pool) in [
-            ("sqlx's default (a test before each use)", &pool),
-            ("the service's (a test after 1 s idle)", &service),
-        ] {
-            sqlx::query("TRUNCATE export_jobs CASCADE")
-                .execute(&monitor)
-                .await?;
-            let per_sec = claim_throughput(pool, &monitor, name, &mut table).await?;
-            slowest = slowest.min(per_sec);
-        }
+        claim_throughput(
+            &pool,
+            &monitor,
+            "sqlx's default (a test before each use)",
+            &mut table,
+        )
+        .await?;
+        // The target is the service's: the pool it runs with.
+        let service_rate = claim_throughput(
+            &service,
+            &monitor,
+            "the service's (a test after 1 s idle)",
+            &mut table,
+        )
+        .await?;
         table.note(format!(
-            "- target ≥ 1,000 jobs/s: {}",
-            verdict(slowest >= 1000.0)
+            "- target ≥ 1,000 jobs/s through the service's pool: {}",
+            verdict(service_rate >= 1000.0)
         ));
         table.print();
         service.close().await;
@@ -101,14 +105,17 @@ async fn count_succeeded(monitor: &PgPool) -> anyhow::Result<i64> {
     )
 }
 
-/// Claims and completes [`JOBS`] jobs through `pool`; adds a row to `table` and returns the
-/// jobs per second.
+/// Claims and completes [`JOBS`] jobs through `pool` on an empty queue; adds a row to `table`
+/// and returns the jobs per second.
 async fn claim_throughput(
     pool: &PgPool,
     monitor: &PgPool,
     name: &str,
     table: &mut Table,
 ) -> anyhow::Result<f64> {
+    sqlx::query("TRUNCATE export_jobs CASCADE")
+        .execute(monitor)
+        .await?;
     // One statement, spread over many namespaces so the per-namespace limit does not serialize.
     sqlx::query(
         "INSERT INTO export_jobs (id, scope, namespace, requested_by, start_time, end_time,
