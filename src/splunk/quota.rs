@@ -66,6 +66,11 @@ struct QuotaInner {
 }
 
 impl QuotaInner {
+    /// Searches of this process in line for a place.
+    fn waiters_len(&self) -> usize {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Whether `ticket` is first in this process's line.
     fn is_first(&self, ticket: u64) -> bool {
         let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
@@ -117,6 +122,8 @@ pub struct SearchPermit {
     renew: Option<JoinHandle<()>>,
     /// Times the place passed between this process's searches since it was taken.
     passes: u32,
+    /// Other searches wanted a place when this one got it (see [`SearchPermit::contended`]).
+    contended: bool,
 }
 
 impl SearchQuota {
@@ -148,11 +155,7 @@ impl SearchQuota {
 
     /// Searches of this process waiting for a place now.
     pub fn waiting(&self) -> usize {
-        self.inner
-            .waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.inner.waiters_len()
     }
 
     /// Returns once fewer than the limit of this process's searches wait for a place.
@@ -187,6 +190,7 @@ impl SearchQuota {
     ) -> Result<SearchPermit, SplunkError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = FIRST_PAUSE;
+        let mut waited = false;
         self.ready().await?;
         let inner = &*self.inner;
         // In line before looking: a place this process frees meanwhile comes here.
@@ -215,10 +219,14 @@ impl SearchQuota {
                     quota: self.inner.clone(),
                     renew: Some(tokio::spawn(renew(inner.pool.clone(), id))),
                     passes: 0,
+                    // Waited for it, or others of this process wait behind this one (which is
+                    // still in line itself).
+                    contended: waited || inner.waiters_len() > 1,
                 });
             }
-            if pause == FIRST_PAUSE {
+            if !waited {
                 METRICS.incr("logexport_splunk_quota_waits_total", "waited");
+                waited = true;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -351,6 +359,15 @@ async fn renew(pool: PgPool, id: Uuid) {
     }
 }
 
+impl SearchPermit {
+    /// Whether other searches wanted a place when this one got it: it waited for its place, or
+    /// others of this process waited behind it. Then the quota, not this search, bounds how fast
+    /// Splunk reads, and a search more for the same rows only takes a place another would use.
+    pub fn contended(&self) -> bool {
+        self.contended
+    }
+}
+
 impl Drop for SearchPermit {
     fn drop(&mut self) {
         let Some(renew) = self.renew.take() else {
@@ -364,6 +381,8 @@ impl Drop for SearchPermit {
                 quota: self.quota.clone(),
                 renew: Some(renew),
                 passes: self.passes + 1,
+                // Handed to a search that waited for it.
+                contended: true,
             };
             // A waiter that gave up meanwhile drops it again: the next one gets it, or Postgres.
             let _ = waiter.send(next);

@@ -494,6 +494,91 @@ async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
     stop.cancel();
 }
 
+#[tokio::test]
+async fn a_small_export_that_waited_for_the_quota_is_read_by_one_search() {
+    // 12,000 events in each namespace: more than the probe's 2,000 rows, less than a slice.
+    let splunk = splunk(24_000, 2, 3).await;
+    let (url, pool) = test_db().await;
+    // The quota's one place is another process's: ns0's first search waits for it.
+    held_by_another_process(&pool).await;
+    let mut config = test_config(&url);
+    use_emulator(&mut config, &splunk, "quota-token");
+    config.splunk.max_concurrent_searches = 1;
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    assert_eq!(config.export.probe_rows, 2_000);
+    let stop = CancellationToken::new();
+    spawn_export_worker(pool.clone(), &config, &stop).await;
+    let app = spawn_app_with(pool.clone(), config).await;
+    let token = app.token("admin", &["ns0", "ns1"], &[], false).await;
+    let export = |ns: &'static str| {
+        let (app, token) = (&app, &token);
+        async move {
+            let r = app
+                .post_export(
+                    token,
+                    &format!(
+                        "/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"
+                    ),
+                    r#"{"callback_email": "ops@example.com"}"#,
+                )
+                .await;
+            let id = r.json::<Value>().await.unwrap()["export_id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            eventually(60, "export finished", || async {
+                let s: Value = app.export_status(token, &id).await.json().await.ok()?;
+                (s["state"] != "queued" && s["state"] != "running").then_some(s)
+            })
+            .await
+        }
+    };
+    let waited = export("ns0");
+    let free_the_place = async {
+        eventually(20, "ns0's first search waits for the quota", || async {
+            let waited = crate::helpers::metric(
+                &app.metrics().await,
+                r#"logexport_splunk_quota_waits_total{outcome="waited"}"#,
+            );
+            (waited >= 1.0).then_some(())
+        })
+        .await;
+        sqlx::query(
+            "WITH freed AS (
+                 UPDATE splunk_search_slots
+                 SET permit = NULL, holder = NULL, purpose = NULL, lease_expires_at = NULL
+                 WHERE slot = 0 RETURNING slot)
+             SELECT pg_notify('logexport_search_freed', '') FROM freed",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+    };
+    let (status, ()) = tokio::join!(waited, free_the_place);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["logs_exported"], 12_000, "{status}");
+    assert_eq!(
+        splunk.stats().export_requests,
+        1,
+        "a search that waited for its place reads a slice's worth, the whole export here"
+    );
+
+    // The same export of the other namespace with the place free: the probe reads its 2,000
+    // rows, and one search after it the rest.
+    let idle = export("ns1").await;
+    assert_eq!(idle["state"], "succeeded", "{idle}");
+    assert_eq!(idle["logs_exported"], 12_000, "{idle}");
+    assert_eq!(
+        splunk.stats().export_requests,
+        1 + 2,
+        "the probe and one slice when Splunk is idle"
+    );
+    assert_eq!(splunk.stats().quota_refused, 0);
+    stop.cancel();
+}
+
 /// Another process holds the quota's first place (slot 0) for 10 minutes.
 async fn held_by_another_process(pool: &sqlx::PgPool) {
     sqlx::query(

@@ -11,7 +11,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::pieces::Spooled;
-use super::plan::{slice_count, slices_for_rows};
+use super::plan::{ROWS_PER_SLICE, slice_count, slices_for_rows};
 use super::readers::{query_for, row_time};
 use super::spool::{FrameWriter, spool_error};
 use super::{SliceError, SliceSettings};
@@ -20,6 +20,22 @@ use crate::splunk::{RowBatch, SearchFilters, SearchPermit, SplunkClient};
 
 /// Rows gathered before they go to the encoder threads (always whole seconds).
 const BATCH_ROWS: usize = 256;
+
+/// Rows the probe reads: `rows`, or a whole slice's worth ([`ROWS_PER_SLICE`]) when its search
+/// got its place in the quota while other searches wanted one too (see
+/// [`SearchPermit::contended`]). Reading an export's range by several searches at once only
+/// pays while places are free: at month-end every place is taken by some export's search, a
+/// search more for this export's rows takes a place another export's search would use, and each
+/// search costs Splunk its start and the quota a hand-over. So a small export is read by one
+/// search under contention, and by the probe and one search after it when Splunk is idle (where
+/// the probe's shortness lets a bigger export's slices start sooner).
+fn rows_to_read(rows: u64, contended: bool) -> u64 {
+    if contended {
+        rows.max(ROWS_PER_SLICE)
+    } else {
+        rows
+    }
+}
 
 pub(super) struct Probe {
     /// The probe's rows in their spool file, once the file is written: its last rows are still
@@ -35,7 +51,8 @@ pub(super) struct Probe {
 }
 
 impl Probe {
-    /// Reads up to `rows` of the newest rows to `path`, encoded, keeping whole seconds: rows of
+    /// Reads up to `rows` of the newest rows (a slice's worth while the quota is contended, see
+    /// [`rows_to_read`]) to `path`, encoded, keeping whole seconds: rows of
     /// the oldest second read may be incomplete, so they are left to the slices after. The
     /// search itself stops at `rows` (`| head`): Splunk ends it and frees its place in the
     /// role's quota, which the first reader then takes over. (A search cut off by closing its
@@ -48,8 +65,10 @@ impl Probe {
         path: PathBuf,
         encoder: RowEncoder,
     ) -> Result<Self, SliceError> {
-        let query = query_for(filters, filters.start, filters.end)?.head(rows);
-        let mut stream = splunk.export_holding(&query, None).await?;
+        let query = query_for(filters, filters.start, filters.end)?;
+        let permit = splunk.search_permit("export").await?;
+        let rows = rows_to_read(rows, permit.as_ref().is_some_and(SearchPermit::contended));
+        let mut stream = splunk.export_holding(&query.head(rows), permit).await?;
         let mut out = FrameWriter::create(&path, encoder).await?;
         let mut incoming = RowBatch::with_capacity(256, 256 * 1024);
         // Rows not yet handed to the encoder: whole seconds, then the second being read, which
@@ -134,5 +153,19 @@ impl Probe {
         let predicted = (self.rows as f64 * left as f64 / seen as f64) as u64;
         let wanted = slices_for_rows(predicted, settings.parallel);
         (1 + wanted.min(by_time), wanted <= by_time)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ROWS_PER_SLICE, rows_to_read};
+
+    #[test]
+    fn a_contended_probe_reads_a_whole_slice_an_idle_one_its_setting() {
+        assert_eq!(rows_to_read(2_000, false), 2_000);
+        assert_eq!(rows_to_read(2_000, true), ROWS_PER_SLICE);
+        // A probe set bigger than a slice stays as set.
+        assert_eq!(rows_to_read(50_000, true), 50_000);
+        assert_eq!(rows_to_read(50_000, false), 50_000);
     }
 }
