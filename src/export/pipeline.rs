@@ -277,6 +277,8 @@ impl JobHandler for ExportJob {
                     }
                     return Err(e);
                 }
+                let sha256 = streamed.digest.finish_hex();
+                upload.body_sha256(&sha256);
                 let size = upload.complete().await.map_err(storage_error)?;
                 // Never longer-lived than the credentials that sign it.
                 tracing::info!(
@@ -287,7 +289,6 @@ impl JobHandler for ExportJob {
                 );
                 debug_assert_eq!(size, streamed.bytes);
                 METRICS.export_succeeded(started.elapsed(), streamed.logs, size);
-                let sha256 = streamed.digest.finish_hex();
                 let archived = chain::Archived {
                     object_key: &key,
                     logs: streamed.logs,

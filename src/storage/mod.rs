@@ -115,6 +115,10 @@ pub trait Upload: Send {
     /// of parts are in memory at once. On failure the upload is aborted.
     async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError>;
 
+    /// The SHA-256 (lowercase hex) of everything written, when the caller has it: a store whose
+    /// request signatures cover the body's hash takes it instead of hashing the body again.
+    fn body_sha256(&mut self, _sha256: &str) {}
+
     /// Publishes the object; returns its size in bytes. On failure the upload is aborted.
     async fn complete(self: Box<Self>) -> Result<u64, StorageError>;
 

@@ -162,6 +162,44 @@ async fn multipart_upload_downloads_byte_identical_through_presigned_link() {
 }
 
 #[tokio::test]
+async fn an_object_under_a_part_is_signed_with_the_hash_its_writer_gives_and_s3_checks_it() {
+    use sha2::{Digest, Sha256};
+    let store = garage().await;
+    let prefix = prefix();
+    let data = random_bytes(MIB + 7, 21);
+    let put = |key: String, sha256: String| {
+        let (store, data) = (&store, &data);
+        async move {
+            let mut upload = store
+                .begin_upload(&key, &meta("export.json"))
+                .await
+                .unwrap();
+            write_random_chunks(upload.as_mut(), data, 22).await;
+            upload.body_sha256(&sha256);
+            upload.complete().await
+        }
+    };
+
+    // The archive's digest: the signer signs it instead of hashing the body again.
+    let key = object_key(&prefix, ExportId::new(), "json");
+    let size = put(key.clone(), format!("{:x}", Sha256::digest(&data)))
+        .await
+        .expect("the body's own hash");
+    assert_eq!(size, data.len() as u64);
+    assert_downloads(&store, &key, &data).await;
+    store.delete(&key).await.unwrap();
+
+    // A hash that is not the body's: S3 refuses the request, so the one given is the one signed.
+    let key = object_key(&prefix, ExportId::new(), "json");
+    let refused = put(key.clone(), format!("{:x}", Sha256::digest(b"other bytes"))).await;
+    assert!(
+        refused.is_err(),
+        "S3 took a body whose hash it was not given"
+    );
+    assert_eq!(store.size(&key).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn multipart_upload_with_checksums_when_supported() {
     let mut config = garage_s3_config();
     config.checksum = "when_supported".into();

@@ -4,6 +4,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use aws_runtime::auth::PayloadSigningOverride;
+use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
+use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_s3::error::BoxError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -34,6 +38,8 @@ pub(super) struct S3Upload {
     done_parts: Vec<CompletedPart>,
     next_part_number: i32,
     total: u64,
+    /// The SHA-256 of everything written, when the caller gave it ([`Upload::body_sha256`]).
+    body_sha256: Option<String>,
     /// Set once completed or aborted, so `Drop` knows there is nothing to clean up.
     finished: bool,
 }
@@ -51,6 +57,7 @@ impl S3Upload {
             done_parts: Vec::new(),
             next_part_number: 1,
             total: 0,
+            body_sha256: None,
             finished: false,
         }
     }
@@ -105,6 +112,7 @@ impl S3Upload {
             done_parts,
             next_part_number,
             total: *bytes,
+            body_sha256: None,
             finished: false,
         })
     }
@@ -261,14 +269,26 @@ impl S3Upload {
         let s = self.s3.clone();
         if self.upload_id.is_none() {
             // Smaller than one part: a single request, and no multipart upload to clean up.
-            s.client
+            let body = self.pending.split().freeze();
+            // The body is everything written, so its hash is the one the caller gave.
+            let known = self
+                .body_sha256
+                .take()
+                .filter(|_| body.len() as u64 == self.total);
+            let put = s
+                .client
                 .put_object()
                 .bucket(&s.bucket)
                 .key(&self.key)
                 .content_type(&self.meta.content_type)
                 .content_disposition(self.meta.content_disposition())
-                .body(ByteStream::from(self.pending.split().freeze()))
-                .send()
+                .body(ByteStream::from(body))
+                .customize();
+            let put = match known {
+                Some(sha256) => put.interceptor(KnownBodySha256(sha256)),
+                None => put,
+            };
+            put.send()
                 .await
                 .map_err(|e| sdk_error(&s.system, "put object", e))?;
             return Ok(self.total);
@@ -347,6 +367,10 @@ impl Upload for S3Upload {
         self.or_abort(result).await
     }
 
+    fn body_sha256(&mut self, sha256: &str) {
+        self.body_sha256 = Some(sha256.to_owned());
+    }
+
     async fn complete(mut self: Box<Self>) -> Result<u64, StorageError> {
         let result = self.complete_inner().await;
         let result = self.or_abort(result).await;
@@ -369,6 +393,29 @@ impl Upload for S3Upload {
             task.abort();
         }
         self.finished = true;
+    }
+}
+
+/// Gives the request signer a body's SHA-256 known already (the archive's digest), so it signs
+/// that instead of hashing the body a second time (at month-end that second pass took about 9 %
+/// of a worker's CPU samples). S3 checks the body against it as against the signer's own.
+#[derive(Debug)]
+struct KnownBodySha256(String);
+
+impl Intercept for KnownBodySha256 {
+    fn name(&self) -> &'static str {
+        "KnownBodySha256"
+    }
+
+    fn modify_before_signing(
+        &self,
+        _context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        cfg.interceptor_state()
+            .store_put(PayloadSigningOverride::Precomputed(self.0.clone()));
+        Ok(())
     }
 }
 
