@@ -11,8 +11,8 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{
-    eventually, garage_s3_config, spawn_app_with, spawn_export_worker, test_config, test_db,
-    use_emulator,
+    TestApp, eventually, garage_s3_config, spawn_app_with, spawn_export_worker, test_config,
+    test_db, use_emulator,
 };
 
 #[tokio::test]
@@ -212,18 +212,7 @@ async fn workers_and_listings_together_stay_within_splunks_role_quota() {
 
     let mut ids = Vec::new();
     for ns in ["ns0", "ns1", "ns2", "ns0", "ns1", "ns2"] {
-        let r = app
-            .post_export(
-                &token,
-                &format!(
-                    "/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"
-                ),
-                r#"{"callback_email": "ops@example.com"}"#,
-            )
-            .await;
-        assert_eq!(r.status(), 200);
-        let body: Value = r.json().await.unwrap();
-        ids.push(body["export_id"].as_str().unwrap().to_owned());
+        ids.push(request_export(&app, &token, ns).await);
     }
     // Listings search Splunk too, from the API process, while the exports run.
     for ns in ["ns0", "ns1", "ns2"] {
@@ -239,11 +228,11 @@ async fn workers_and_listings_together_stay_within_splunks_role_quota() {
         assert_eq!(r.status(), 200, "{:?}", r.text().await);
     }
     for id in &ids {
-        let status = eventually(120, "export finished", || async {
-            let s: Value = app.export_status(&token, id).await.json().await.ok()?;
-            (s["state"] != "queued" && s["state"] != "running").then_some(s)
-        })
-        .await;
+        let status = app
+            .status_until(&token, id, 120, "export finished", |s| {
+                s["state"] != "queued" && s["state"] != "running"
+            })
+            .await;
         assert_eq!(status["state"], "succeeded", "{status}");
         assert_eq!(status["logs_exported"], 10_000);
     }
@@ -415,35 +404,12 @@ async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
     let splunk = splunk(4_000, 2, 3).await;
     let (url, pool) = test_db().await;
     held_by_another_process(&pool).await;
-    let mut config = test_config(&url);
-    use_emulator(&mut config, &splunk, "quota-token");
-    config.splunk.max_concurrent_searches = 1;
-    config.storage.kind = StorageKind::S3;
-    config.storage.s3 = garage_s3_config();
-    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    let config = one_place_config(&url, &splunk);
     assert_eq!(config.worker.concurrency, 4);
     let stop = CancellationToken::new();
     spawn_export_worker(pool.clone(), &config, &stop).await;
     let app = spawn_app_with(pool.clone(), config).await;
     let token = app.token("admin", &["ns0", "ns1"], &[], false).await;
-    let export = |ns: &'static str| {
-        let (app, token) = (&app, &token);
-        async move {
-            let r = app
-                .post_export(
-                    token,
-                    &format!(
-                        "/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"
-                    ),
-                    r#"{"callback_email": "ops@example.com"}"#,
-                )
-                .await;
-            r.json::<Value>().await.unwrap()["export_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
     let state = |id: String| {
         let (app, token) = (&app, &token);
         async move {
@@ -451,20 +417,9 @@ async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
             s["state"].as_str().unwrap().to_owned()
         }
     };
-    let first = export("ns0").await;
-    eventually(
-        20,
-        "the first export's search waits for the quota",
-        || async {
-            let waited = crate::helpers::metric(
-                &app.metrics().await,
-                r#"logexport_splunk_quota_waits_total{outcome="waited"}"#,
-            );
-            (waited >= 1.0).then_some(())
-        },
-    )
-    .await;
-    let second = export("ns1").await;
+    let first = request_export(&app, &token, "ns0").await;
+    until_a_search_waited(&app, "the first export's search waits for the quota").await;
+    let second = request_export(&app, &token, "ns1").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(state(first.clone()).await, "running");
     assert_eq!(
@@ -473,16 +428,7 @@ async fn a_worker_whose_searches_wait_for_the_quota_starts_no_more_exports() {
         "claimed while its search would wait"
     );
 
-    sqlx::query(
-        "WITH freed AS (
-             UPDATE splunk_search_slots
-             SET permit = NULL, holder = NULL, purpose = NULL, lease_expires_at = NULL
-             WHERE slot = 0 RETURNING slot)
-         SELECT pg_notify('logexport_search_freed', '') FROM freed",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    freed_by_the_other_process(&pool).await;
     for id in [first, second] {
         let done = eventually(60, "export finished", || async {
             let s = state(id.clone()).await;
@@ -501,12 +447,7 @@ async fn a_small_export_that_waited_for_the_quota_is_read_by_one_search() {
     let (url, pool) = test_db().await;
     // The quota's one place is another process's: ns0's first search waits for it.
     held_by_another_process(&pool).await;
-    let mut config = test_config(&url);
-    use_emulator(&mut config, &splunk, "quota-token");
-    config.splunk.max_concurrent_searches = 1;
-    config.storage.kind = StorageKind::S3;
-    config.storage.s3 = garage_s3_config();
-    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    let config = one_place_config(&url, &splunk);
     assert_eq!(config.export.probe_rows, 2_000);
     let stop = CancellationToken::new();
     spawn_export_worker(pool.clone(), &config, &stop).await;
@@ -515,46 +456,14 @@ async fn a_small_export_that_waited_for_the_quota_is_read_by_one_search() {
     let export = |ns: &'static str| {
         let (app, token) = (&app, &token);
         async move {
-            let r = app
-                .post_export(
-                    token,
-                    &format!(
-                        "/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"
-                    ),
-                    r#"{"callback_email": "ops@example.com"}"#,
-                )
-                .await;
-            let id = r.json::<Value>().await.unwrap()["export_id"]
-                .as_str()
-                .unwrap()
-                .to_owned();
-            eventually(60, "export finished", || async {
-                let s: Value = app.export_status(token, &id).await.json().await.ok()?;
-                (s["state"] != "queued" && s["state"] != "running").then_some(s)
-            })
-            .await
+            let id = request_export(app, token, ns).await;
+            app.finished(token, &id).await
         }
     };
     let waited = export("ns0");
     let free_the_place = async {
-        eventually(20, "ns0's first search waits for the quota", || async {
-            let waited = crate::helpers::metric(
-                &app.metrics().await,
-                r#"logexport_splunk_quota_waits_total{outcome="waited"}"#,
-            );
-            (waited >= 1.0).then_some(())
-        })
-        .await;
-        sqlx::query(
-            "WITH freed AS (
-                 UPDATE splunk_search_slots
-                 SET permit = NULL, holder = NULL, purpose = NULL, lease_expires_at = NULL
-                 WHERE slot = 0 RETURNING slot)
-             SELECT pg_notify('logexport_search_freed', '') FROM freed",
-        )
-        .execute(&pool)
-        .await
-        .unwrap();
+        until_a_search_waited(&app, "ns0's first search waits for the quota").await;
+        freed_by_the_other_process(&pool).await;
     };
     let (status, ()) = tokio::join!(waited, free_the_place);
     assert_eq!(status["state"], "succeeded", "{status}");
@@ -577,6 +486,54 @@ async fn a_small_export_that_waited_for_the_quota_is_read_by_one_search() {
     );
     assert_eq!(splunk.stats().quota_refused, 0);
     stop.cancel();
+}
+
+/// A configuration reading `splunk` with a quota of one place, writing to Garage.
+fn one_place_config(url: &str, splunk: &emulator::RunningEmulator) -> Config {
+    let mut config = test_config(url);
+    use_emulator(&mut config, splunk, "quota-token");
+    config.splunk.max_concurrent_searches = 1;
+    config.storage.kind = StorageKind::S3;
+    config.storage.s3 = garage_s3_config();
+    config.export.object_prefix = format!("it-{}/", uuid::Uuid::new_v4().simple());
+    config
+}
+
+/// Requests an export of `ns` over 2024-01-01..10 notifying by mail; returns its id.
+async fn request_export(app: &TestApp, token: &str, ns: &str) -> String {
+    app.request_export(
+        token,
+        &format!("/api/v1/organization/{ns}/exportlogs?starttime=01/01/2024&endtime=01/10/2024"),
+        &serde_json::json!({"callback_email": "ops@example.com"}),
+    )
+    .await
+}
+
+/// Returns once a search of `app`'s process has waited for a place in the quota.
+async fn until_a_search_waited(app: &TestApp, what: &str) {
+    eventually(20, what, || async {
+        let waited = crate::helpers::metric(
+            &app.metrics().await,
+            r#"logexport_splunk_quota_waits_total{outcome="waited"}"#,
+        );
+        (waited >= 1.0).then_some(())
+    })
+    .await;
+}
+
+/// The other process frees the place [`held_by_another_process`] took, and says so as a freeing
+/// process does.
+async fn freed_by_the_other_process(pool: &sqlx::PgPool) {
+    sqlx::query(
+        "WITH freed AS (
+             UPDATE splunk_search_slots
+             SET permit = NULL, holder = NULL, purpose = NULL, lease_expires_at = NULL
+             WHERE slot = 0 RETURNING slot)
+         SELECT pg_notify('logexport_search_freed', '') FROM freed",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 /// Another process holds the quota's first place (slot 0) for 10 minutes.
@@ -608,22 +565,12 @@ async fn export_ns0(
     spawn_export_worker(pool.clone(), &config, &stop).await;
     let app = spawn_app_with(pool, config).await;
     let token = app.token("admin", &["ns0"], &[], false).await;
-    let r = app
-        .post_export(
-            &token,
-            "/api/v1/organization/ns0/exportlogs?starttime=01/01/2024&endtime=01/10/2024",
-            r#"{"callback_email": "ops@example.com"}"#,
-        )
+    let id = request_export(&app, &token, "ns0").await;
+    let status = app
+        .status_until(&token, &id, 120, "export finished", |s| {
+            s["state"] != "queued" && s["state"] != "running"
+        })
         .await;
-    let id = r.json::<Value>().await.unwrap()["export_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let status = eventually(120, "export finished", || async {
-        let s: Value = app.export_status(&token, &id).await.json().await.ok()?;
-        (s["state"] != "queued" && s["state"] != "running").then_some(s)
-    })
-    .await;
     let metrics = app.metrics().await;
     stop.cancel();
     (status, metrics)
