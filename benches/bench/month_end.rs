@@ -49,6 +49,9 @@ struct Measured {
     searches: u64,
     quota_busy: f64,
     idle: Idle,
+    /// Milliseconds from the end of the search before to each search's start: a place's
+    /// hand-over (median, 90th percentile; see [`handover_gaps`]).
+    handover: (f64, f64),
     cpu: CpuUse,
 }
 
@@ -133,6 +136,22 @@ impl Idle {
     }
 }
 
+/// For each search after the first, the milliseconds since the latest search before it ended, in
+/// ascending order: how long a place stood free between one search and the next.
+pub(crate) fn handover_gaps(spans: &[(Instant, Instant)]) -> Vec<f64> {
+    let mut ends: Vec<Instant> = spans.iter().map(|s| s.1).collect();
+    ends.sort();
+    let mut gaps: Vec<f64> = spans
+        .iter()
+        .filter_map(|(start, _)| {
+            let before = ends.partition_point(|end| end <= start);
+            (before > 0).then(|| start.duration_since(ends[before - 1]).as_secs_f64() * 1e3)
+        })
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    gaps
+}
+
 pub struct MonthEnd<'a> {
     pub binaries: &'a Binaries,
     pub databases: &'a Databases,
@@ -172,6 +191,7 @@ impl MonthEnd<'_> {
                 "efficiency",
                 "quota in use",
                 "quota idle s: start / between / end",
+                "hand-over ms: median / p90",
                 "searches / export",
                 "enqueue → success median / p95 s",
                 "CPU s: workers / Postgres / Garage / bench / idle",
@@ -202,6 +222,7 @@ impl MonthEnd<'_> {
                             "{:.2} / {:.2} / {:.2}",
                             m.idle.start, m.idle.between, m.idle.end
                         ),
+                        format!("{:.1} / {:.1}", m.handover.0, m.handover.1),
                         format!("{:.1}", m.searches as f64 / load.exports as f64),
                         format!("{:.2} / {:.2}", m.median, m.p95),
                         format!(
@@ -355,6 +376,7 @@ impl MonthEnd<'_> {
         }
         let wall = (last - first).num_milliseconds() as f64 / 1e3;
         let idle = Idle::of(&spans, t0, t0 + Duration::from_secs_f64(wall), 3);
+        let handovers = handover_gaps(&spans);
         Ok(Measured {
             wall,
             limit: events as f64 / (3.0 * self.per_sec as f64),
@@ -363,6 +385,10 @@ impl MonthEnd<'_> {
             searches: after.export_requests - before.export_requests,
             quota_busy: (after.search_busy_micros - before.search_busy_micros) as f64 / 1e6,
             idle,
+            handover: (
+                quantile(&handovers, 0.5).unwrap_or(0.0),
+                quantile(&handovers, 0.9).unwrap_or(0.0),
+            ),
             cpu,
         })
     }

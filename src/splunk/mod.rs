@@ -26,7 +26,7 @@ pub use error::{SplunkError, splunk_message};
 pub use export_stream::{ExportStream, MAX_LINE_BYTES};
 pub use mapper::{SkipReason, map_event_json, map_row, map_row_text, map_row_with};
 pub use query::{BuiltQuery, QueryError, SearchFilters, SortOrder, StatsField, quote_value};
-pub use quota::{LOCAL_PASSES, SearchPermit, SearchQuota};
+pub use quota::{LOCAL_HOLD, SearchPermit, SearchQuota};
 pub use row::{Row, RowBatch};
 pub use search_job::{JobStatus, MAX_PAGE, SearchJob};
 pub use timestamp::parse_timestamp;

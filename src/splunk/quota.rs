@@ -10,9 +10,12 @@
 //!
 //! A place freed while a search of the same process waits goes straight to that waiter (the
 //! oldest first), without a round trip: at month-end every process has searches waiting, and
-//! each trip through Postgres leaves the place idle while Splunk could be reading. So that other
-//! processes get their turn, a place passes on this way at most [`LOCAL_PASSES`] times before it
-//! goes back to Postgres.
+//! each trip through Postgres leaves the place idle while Splunk could be reading (3-10 ms on 6
+//! processes sharing two cores, against under 1 ms handed on). So that other processes get their
+//! turn, a place passes on this way for [`LOCAL_HOLD`] after it was taken from Postgres, then
+//! goes back there: a time, not a number of searches, so the trips cost the same share of the
+//! quota however short the searches are (at month-end an export's search takes 0.16 s), and a
+//! search waiting in another process waits at most about that long more.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,9 +42,11 @@ const LAST_PAUSE: Duration = Duration::from_millis(500);
 const BEHIND_PAUSE: Duration = Duration::from_secs(2);
 /// The channel a freed place is announced on.
 const FREED_CHANNEL: &str = "logexport_search_freed";
-/// Times a place passes from one search to a waiting one of the same process before it is
-/// freed through Postgres for every process (see the module's documentation).
-pub const LOCAL_PASSES: u32 = 4;
+/// How long a place passes from one search to a waiting one of the same process, from when it
+/// was taken, before it is freed through Postgres for every process (see the module's
+/// documentation). Four searches at most, before 2026-12-07: at month-end, a trip through
+/// Postgres every 0.8 s.
+pub const LOCAL_HOLD: Duration = Duration::from_secs(2);
 
 /// The cluster-wide limit on concurrent Splunk searches.
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ struct QuotaInner {
     next_waiter: AtomicU64,
     /// Woken when a waiter leaves this process's line.
     line_shortened: Notify,
+    /// [`LOCAL_HOLD`], or a test's.
+    local_hold: Duration,
 }
 
 impl QuotaInner {
@@ -120,8 +127,8 @@ pub struct SearchPermit {
     quota: Arc<QuotaInner>,
     /// Renews the place's lease; `None` once the place has moved on.
     renew: Option<JoinHandle<()>>,
-    /// Times the place passed between this process's searches since it was taken.
-    passes: u32,
+    /// When this process took the place from Postgres (it passed between its searches since).
+    taken_at: tokio::time::Instant,
     /// Other searches wanted a place when this one got it (see [`SearchPermit::contended`]).
     contended: bool,
 }
@@ -129,6 +136,12 @@ pub struct SearchPermit {
 impl SearchQuota {
     /// A quota of `limit` searches coordinated through `pool`'s database.
     pub fn new(pool: PgPool, limit: u32) -> Self {
+        Self::with_local_hold(pool, limit, LOCAL_HOLD)
+    }
+
+    /// [`SearchQuota::new`], a place passing within this process for `local_hold` instead of
+    /// [`LOCAL_HOLD`] (tests use a shorter one).
+    pub fn with_local_hold(pool: PgPool, limit: u32, local_hold: Duration) -> Self {
         let holder = format!(
             "{}:{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "logexport".into()),
@@ -144,6 +157,7 @@ impl SearchQuota {
                 waiters: Mutex::default(),
                 next_waiter: AtomicU64::new(0),
                 line_shortened: Notify::new(),
+                local_hold,
             }),
         }
     }
@@ -218,7 +232,7 @@ impl SearchQuota {
                     id,
                     quota: self.inner.clone(),
                     renew: Some(tokio::spawn(renew(inner.pool.clone(), id))),
-                    passes: 0,
+                    taken_at: tokio::time::Instant::now(),
                     // Waited for it, or others of this process wait behind this one (which is
                     // still in line itself).
                     contended: waited || inner.waiters_len() > 1,
@@ -373,14 +387,14 @@ impl Drop for SearchPermit {
         let Some(renew) = self.renew.take() else {
             return;
         };
-        if self.passes < LOCAL_PASSES
+        if self.taken_at.elapsed() < self.quota.local_hold
             && let Some(waiter) = self.quota.first_waiter()
         {
             let next = SearchPermit {
                 id: self.id,
                 quota: self.quota.clone(),
                 renew: Some(renew),
-                passes: self.passes + 1,
+                taken_at: self.taken_at,
                 // Handed to a search that waited for it.
                 contended: true,
             };

@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use logexport::config::{Config, StorageKind};
 use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
-use logexport::splunk::{LOCAL_PASSES, SearchQuota, SplunkError};
+use logexport::splunk::{SearchQuota, SplunkError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -84,12 +84,14 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
 }
 
 #[tokio::test]
-async fn a_freed_place_goes_to_a_waiter_of_the_same_process_a_few_times_then_through_postgres() {
+async fn a_freed_place_goes_to_a_waiter_of_the_same_process_for_a_while_then_through_postgres() {
     let (_url, pool) = test_db().await;
-    // Two quotas over the same database stand for two processes; one place.
+    // Two quotas over the same database stand for two processes; one place, which passes
+    // within a process for 4 s after it was taken from Postgres.
+    let hold = Duration::from_secs(4);
     let (here, there) = (
-        SearchQuota::new(pool.clone(), 1),
-        SearchQuota::new(pool.clone(), 1),
+        SearchQuota::with_local_hold(pool.clone(), 1, hold),
+        SearchQuota::with_local_hold(pool.clone(), 1, hold),
     );
     let place = || async {
         sqlx::query_as::<_, (Option<uuid::Uuid>, Option<String>)>(
@@ -100,6 +102,7 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_a_few_times_then_thr
         .unwrap()
     };
     let mut permit = here.acquire("first", Duration::from_secs(1)).await.unwrap();
+    let taken_at = tokio::time::Instant::now();
     let (taken, _) = place().await;
     assert!(taken.is_some());
     // The other process waits all along: it gets the place once it goes back to Postgres.
@@ -111,15 +114,26 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_a_few_times_then_thr
         (there.waiting() == 1).then_some(())
     })
     .await;
-    for pass in 1..=LOCAL_PASSES {
-        let waiter = tokio::spawn({
-            let here = here.clone();
-            async move { here.acquire("local", Duration::from_secs(10)).await }
-        });
-        eventually(5, "the local search waits", || async {
-            (here.waiting() == 1).then_some(())
-        })
-        .await;
+    let local_waiter = || {
+        let here = here.clone();
+        async move {
+            let waiter = tokio::spawn({
+                let here = here.clone();
+                async move { here.acquire("local", Duration::from_secs(20)).await }
+            });
+            eventually(5, "the local search waits", || async {
+                (here.waiting() == 1).then_some(())
+            })
+            .await;
+            waiter
+        }
+    };
+    // Within the hold, however many searches: handed on without freeing the place (a search
+    // more as long as a second of the hold is left for it).
+    let mut pass = 0;
+    while pass < 8 && taken_at.elapsed() < hold - Duration::from_secs(1) {
+        pass += 1;
+        let waiter = local_waiter().await;
         drop(permit);
         permit = waiter.await.unwrap().expect("handed over");
         assert_eq!(
@@ -129,16 +143,11 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_a_few_times_then_thr
         );
         assert!(!elsewhere.is_finished(), "pass {pass}");
     }
-    // Passed on LOCAL_PASSES times: now it is freed through Postgres for every process, and
-    // the waiters here and elsewhere race for it.
-    let local = tokio::spawn({
-        let here = here.clone();
-        async move { here.acquire("local", Duration::from_secs(20)).await }
-    });
-    eventually(5, "the local search waits", || async {
-        (here.waiting() == 1).then_some(())
-    })
-    .await;
+    assert!(pass > 4, "more passes than the 4 a place once had: {pass}");
+    // Past the hold: freed through Postgres for every process, and the waiters here and
+    // elsewhere race for it.
+    tokio::time::sleep_until(taken_at + hold).await;
+    let local = local_waiter().await;
     drop(permit);
     let (id, purpose) = eventually(5, "the place taken again", || async {
         let (id, purpose) = place().await;
