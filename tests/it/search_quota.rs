@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use logexport::config::{Config, StorageKind};
 use logexport::emulator::{self, EmulatorOptions, Faults, SyntheticSpec};
-use logexport::splunk::{SearchQuota, SplunkError};
+use logexport::splunk::{SearchPermit, SearchQuota, SplunkError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -114,26 +114,12 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_for_a_while_then_thr
         (there.waiting() == 1).then_some(())
     })
     .await;
-    let local_waiter = || {
-        let here = here.clone();
-        async move {
-            let waiter = tokio::spawn({
-                let here = here.clone();
-                async move { here.acquire("local", Duration::from_secs(20)).await }
-            });
-            eventually(5, "the local search waits", || async {
-                (here.waiting() == 1).then_some(())
-            })
-            .await;
-            waiter
-        }
-    };
     // Within the hold, however many searches: handed on without freeing the place (a search
     // more as long as a second of the hold is left for it).
     let mut pass = 0;
     while pass < 8 && taken_at.elapsed() < hold - Duration::from_secs(1) {
         pass += 1;
-        let waiter = local_waiter().await;
+        let waiter = in_line(&here, "local").await;
         drop(permit);
         permit = waiter.await.unwrap().expect("handed over");
         assert_eq!(
@@ -147,7 +133,7 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_for_a_while_then_thr
     // Past the hold: freed through Postgres for every process, and the waiters here and
     // elsewhere race for it.
     tokio::time::sleep_until(taken_at + hold).await;
-    let local = local_waiter().await;
+    let local = in_line(&here, "local").await;
     drop(permit);
     let (id, purpose) = eventually(5, "the place taken again", || async {
         let (id, purpose) = place().await;
@@ -160,6 +146,22 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_for_a_while_then_thr
     );
     local.abort();
     elsewhere.abort();
+}
+
+/// A search of `quota`'s process asking for a place, once it waits in line (alone).
+async fn in_line(
+    quota: &SearchQuota,
+    purpose: &'static str,
+) -> tokio::task::JoinHandle<Result<SearchPermit, SplunkError>> {
+    let waiter = tokio::spawn({
+        let quota = quota.clone();
+        async move { quota.acquire(purpose, Duration::from_secs(20)).await }
+    });
+    eventually(5, "the search waits", || async {
+        (quota.waiting() == 1).then_some(())
+    })
+    .await;
+    waiter
 }
 
 /// `count` synthetic events over 2024-01-01..11 in `namespaces` namespaces, read at 40,000
