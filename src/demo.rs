@@ -68,20 +68,20 @@ pub async fn run() -> anyhow::Result<()> {
     let state = AppState::new(pool.clone(), config.clone()).with_storage(storage.clone());
     tokio::spawn(api::serve(listener, state, shutdown.clone()));
     let handler = crate::export::handler(&config, storage.objects.clone(), &pool)?;
-    let workers = tokio::spawn(
-        WorkerPool::new(
+    // One listener, as in `logexport work`: a finished export wakes the notifier through it.
+    let queue_listener = QueueListener::spawn(pool.clone(), shutdown.clone());
+    let workers = tokio::spawn({
+        let pool = WorkerPool::new(
             pool.clone(),
             WorkerSettings::from_config(&config.worker),
             handler,
-        )
-        .run(shutdown.clone()),
-    );
+        );
+        let (listener, shutdown) = (queue_listener.clone(), shutdown.clone());
+        async move { pool.run_with(&listener, shutdown).await }
+    });
     let mailer = crate::notify::mailer_from_config(&config.email)?;
     let notifier = Notifier::new(pool.clone(), &config, mailer)?;
-    let notifications = tokio::spawn(notifier.run(
-        QueueListener::spawn(pool.clone(), shutdown.clone()),
-        shutdown.clone(),
-    ));
+    let notifications = tokio::spawn(notifier.run(queue_listener, shutdown.clone()));
     println!("  api             http://{api_addr}");
 
     let result = drive(&pool, &config, api_addr, &splunk, &spec, &output).await;

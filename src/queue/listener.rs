@@ -3,9 +3,11 @@
 //! A notification wakes one idle claimer of the kind it names in each process, not all of them:
 //! a claimer that finds work looks again at once (see `worker::jobs::runner`), and a burst of
 //! work sends a burst of notifications, while a single due job costs each process one claim
-//! instead of one per claimer of every kind. A job a process enqueues for itself wakes only that
-//! process. (At month-end on 6 processes, waking every claimer of every kind made 35 claims of
-//! `jobs` per finished export: 5,329 statements for 150 exports.)
+//! instead of one per claimer of every kind. A job a process runs itself (the notification of an
+//! export it finished) is not announced through Postgres at all: its worker wakes the
+//! process's runner (see `worker::exports`). (At month-end on 6 processes, waking every claimer
+//! of every kind made 35 claims of `jobs` per finished export: 5,329 statements for 150
+//! exports.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,31 +21,8 @@ use super::jobs::KINDS;
 
 /// Channel notified when a job becomes runnable.
 pub const CHANNEL_NEW_JOB: &str = "logexport_new_job";
-/// Channel notified when a job of the `jobs` table (a notification) becomes due; the payload
-/// is its kind, or `kind@process` for a job the process [`process_token`] names runs first.
+/// Channel notified when a job of the `jobs` table becomes due; the payload is its kind.
 pub const CHANNEL_NOTIFY: &str = "logexport_notify";
-
-/// This process among every process listening: a job a process announces for itself (the
-/// notification of an export it finished) wakes only that process's runner. The others would
-/// each spend a claim finding it taken; should it not claim it, their next look does.
-pub fn process_token() -> &'static str {
-    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(|| {
-        format!(
-            "{}-{}",
-            std::process::id(),
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        )
-    })
-}
-
-/// The kind a `CHANNEL_NOTIFY` payload names, when this process is to look for it.
-fn due_here(payload: &str) -> Option<&str> {
-    match payload.split_once('@') {
-        Some((kind, process)) => (process == process_token()).then_some(kind),
-        None => Some(payload),
-    }
-}
 
 /// Wakes local waiters when Postgres announces new work; polling remains the fallback.
 #[derive(Debug, Clone, Default)]
@@ -103,26 +82,9 @@ impl QueueListener {
             };
             match notification.channel() {
                 CHANNEL_NEW_JOB => self.new_job.notify_one(),
-                CHANNEL_NOTIFY => {
-                    if let Some(kind) = due_here(notification.payload()) {
-                        self.job_due(kind).notify_one();
-                    }
-                }
+                CHANNEL_NOTIFY => self.job_due(notification.payload()).notify_one(),
                 _ => {}
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{due_here, process_token};
-
-    #[test]
-    fn a_job_announced_for_another_process_does_not_wake_this_one() {
-        assert_eq!(due_here("notification"), Some("notification"));
-        let mine = format!("notification@{}", process_token());
-        assert_eq!(due_here(&mine), Some("notification"));
-        assert_eq!(due_here("notification@4242-0badcafe"), None);
     }
 }

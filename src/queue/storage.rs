@@ -8,7 +8,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::jobs::{self, NOTIFICATION};
-use super::{CHANNEL_NEW_JOB, CHANNEL_NOTIFY, Claim, ExportRow, Finish, JobState, NewExport};
+use super::{CHANNEL_NEW_JOB, Claim, ExportRow, Finish, JobState, NewExport};
 use crate::domain::{ExportId, Performer, RepositoryName};
 
 /// An export with its notification, read from the notification's job: a finished export
@@ -341,12 +341,15 @@ pub async fn finish(
         Finish::Invalid(e) => (JobState::Invalid, Some(e.as_str()), None),
         Finish::Cancelled => (JobState::Cancelled, None, None),
     };
-    // One statement (one round trip, its own transaction): the outcome, the notification job
-    // and the job runner's wake-up commit together, or none does, with a claimer's wake-up
-    // when the namespace's next export may run now. The notification's state on
-    // the export's row is set here already, so the jobs table's mirror trigger finds nothing
-    // to change.
-    let (updated, _woken, _next): (i64, i64, i64) = sqlx::query_as(concat!(
+    // One statement (one round trip, its own transaction): the outcome and the notification
+    // job commit together, or neither does, with a claimer's wake-up when the namespace's next
+    // export may run now. The notification's state on the export's row is set here already, so
+    // the jobs table's mirror trigger finds nothing to change. No `NOTIFY` for the notification
+    // job: this process's notifier sends it, woken by the worker in the process (see
+    // `worker::exports`), and a `NOTIFY` would wake every process's listener, and every
+    // listening backend of Postgres, for it (at month-end on 6 processes, 12 backends per
+    // export); should this process's notifier not claim it, the others' next look does.
+    let (updated, _next): (i64, i64) = sqlx::query_as(concat!(
         "WITH done AS (
              UPDATE export_jobs
              SET state = $3,
@@ -368,10 +371,9 @@ pub async fn finish(
              INSERT INTO jobs (kind, unique_key, args)
              SELECT $13, id::text, jsonb_build_object('export_id', id) FROM done WHERE $3 <> 'cancelled'
              ON CONFLICT (kind, unique_key) DO NOTHING
-             RETURNING id),
-         woke AS (SELECT pg_notify($14, $15) FROM job)
-         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM woke), ",
-        wake_for_namespaces_next!("$16", "done"),
+             RETURNING id)
+         SELECT (SELECT count(*) FROM done), ",
+        wake_for_namespaces_next!("$14", "done"),
     ))
     .bind(id.0)
     .bind(attempt)
@@ -386,10 +388,6 @@ pub async fn finish(
     .bind(result.map(|r| r.sha256.as_str()))
     .bind(result.map(|r| &r.manifest))
     .bind(NOTIFICATION)
-    .bind(CHANNEL_NOTIFY)
-    // This process's notifier sends it: it is idle more often than not, and waking every
-    // process's would cost each a claim.
-    .bind(format!("{NOTIFICATION}@{}", super::listener::process_token()))
     .bind(CHANNEL_NEW_JOB)
     .fetch_one(pool)
     .await?;

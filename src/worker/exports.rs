@@ -17,6 +17,7 @@ use super::jobs::{JobRunner, Kind, Recorder, Renewal, RunnerSettings, Step, Term
 use crate::config::WorkerConfig;
 use crate::domain::ExportId;
 use crate::metrics::METRICS;
+use crate::queue::jobs::NOTIFICATION;
 use crate::queue::{Claim, ExportResult, Finish, QueueListener, RetryPolicy, storage};
 
 /// The worker's tunables, derived from `[worker]`.
@@ -94,7 +95,11 @@ impl WorkerPool {
         };
         let owner = settings.worker_id.clone();
         let concurrency = settings.concurrency;
-        let exports = Exports { settings, handler };
+        let exports = Exports {
+            settings,
+            handler,
+            notifier: std::sync::OnceLock::new(),
+        };
         Self {
             runner: JobRunner::with_owner(pool, exports, runner_settings, owner.clone()),
             owner,
@@ -115,6 +120,8 @@ impl WorkerPool {
     /// its other runners); then stops claiming, lets running exports finish within the grace
     /// period, and releases the leases of those that did not.
     pub async fn run_with(self, listener: &QueueListener, shutdown: CancellationToken) {
+        // A finished export's notification is this process's notifier's to send.
+        let _ = self.runner.kind().notifier.set(listener.clone());
         // Operators (and deploy/verify.sh, the month-end benchmark) read these two lines.
         tracing::info!(worker_id = %self.owner, concurrency = self.concurrency, "worker started");
         self.runner.run(listener.clone(), shutdown).await;
@@ -126,6 +133,10 @@ impl WorkerPool {
 struct Exports {
     settings: WorkerSettings,
     handler: Arc<dyn JobHandler>,
+    /// Wakes this process's notifier for the notification of an export finished here (see
+    /// `queue::storage::finish`); unset while no listener runs (`run_next`), when the
+    /// notifier's own looks find it.
+    notifier: std::sync::OnceLock<QueueListener>,
 }
 
 /// A claimed export attempt, and when it was claimed.
@@ -273,6 +284,7 @@ impl Kind for Exports {
             settings: &self.settings,
             handler: &self.handler,
             record,
+            notifier: self.notifier.get(),
         };
         let label = outcome.record(&claimed.claim, ctx, result).await;
         METRICS.job_finished(label, claimed.started.elapsed());
@@ -287,6 +299,7 @@ struct Outcomes<'a> {
     settings: &'a WorkerSettings,
     handler: &'a Arc<dyn JobHandler>,
     record: &'a Recorder,
+    notifier: Option<&'a QueueListener>,
 }
 
 impl Outcomes<'_> {
@@ -391,8 +404,16 @@ impl Outcomes<'_> {
         // Kept until the database takes it: a result lost to an outage would be worked again.
         let recorded = self
             .record
-            .write(|| storage::finish(self.pool, id, attempt, finish));
-        match recorded.await {
+            .write(|| storage::finish(self.pool, id, attempt, finish))
+            .await;
+        // Its notification is due now (none for a cancelled export).
+        if matches!(recorded, Ok(true))
+            && !matches!(finish, Finish::Cancelled)
+            && let Some(listener) = self.notifier
+        {
+            listener.job_due(NOTIFICATION).notify_one();
+        }
+        match recorded {
             Ok(true) => match finish {
                 Finish::Failed(e) | Finish::TimedOut(e) | Finish::Invalid(e) => {
                     tracing::warn!(outcome = label, error = %e, "export finished")

@@ -7,10 +7,16 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use logexport::config::Config;
-use logexport::domain::ExportId;
-use logexport::queue::{ClaimedJob, ExportResult, Finish, NewExport, storage};
-use logexport::worker::{JobContext, JobError, JobHandler, WorkerPool, WorkerSettings};
+use logexport::domain::{EmailAddress, ExportId};
+use logexport::notify::{Delivery, Mailer, Notice};
+use logexport::queue::{
+    CHANNEL_NOTIFY, ClaimedJob, ExportResult, Finish, NewExport, QueueListener, storage,
+};
+use logexport::worker::{
+    JobContext, JobError, JobHandler, NoopHandler, Notifier, WorkerPool, WorkerSettings,
+};
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{eventually, org_export, test_config, test_db};
@@ -461,6 +467,72 @@ async fn a_namespaces_next_export_starts_when_its_running_one_ends_not_at_the_ne
         stop.cancel();
         handle.await.unwrap();
     }
+}
+
+/// Records the notices it is asked to send.
+#[derive(Default)]
+struct Outbox(Mutex<Vec<ExportId>>);
+
+#[async_trait]
+impl Mailer for Outbox {
+    async fn send(&self, _to: &EmailAddress, notice: &Notice) -> Delivery {
+        self.0.lock().unwrap().push(notice.export_id);
+        Delivery::Delivered {
+            receipt: "250 queued".into(),
+        }
+    }
+}
+
+/// An export's notification is the notifier's of the process that finished it, woken in the
+/// process: no `NOTIFY` goes out for it (each would wake every process's listener, and every
+/// listening backend of Postgres), and the notice does not wait for the notifier's next look.
+#[tokio::test]
+async fn an_export_finished_here_wakes_this_process_notifier_without_a_notify() {
+    let (url, pool) = test_db().await;
+    let mut config = test_config(&url);
+    config.worker.poll_interval_ms = 20_000;
+    // What another process would hear on the notifications' channel.
+    let mut elsewhere = PgListener::connect_with(&pool).await.unwrap();
+    elsewhere.listen(CHANNEL_NOTIFY).await.unwrap();
+    let stop = CancellationToken::new();
+    let listener = QueueListener::spawn(pool.clone(), stop.clone());
+    let outbox = Arc::new(Outbox::default());
+    let notifier = Notifier::new(pool.clone(), &config, outbox.clone()).unwrap();
+    let notifying = tokio::spawn(notifier.run(listener.clone(), stop.clone()));
+    let workers = WorkerPool::new(
+        pool.clone(),
+        WorkerSettings::from_config(&config.worker),
+        Arc::new(NoopHandler),
+    );
+    let working = tokio::spawn({
+        let (listener, stop) = (listener.clone(), stop.clone());
+        async move { workers.run_with(&listener, stop).await }
+    });
+    // Every claimer idle on an empty queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let export = NewExport {
+        callback_email: Some(EmailAddress::parse("admin@example.com").unwrap()),
+        ..new_export("acme", 3)
+    };
+    let enqueued = Instant::now();
+    let id = storage::enqueue(&pool, &export).await.unwrap();
+    eventually(10, "the notice sent", || async {
+        outbox.0.lock().unwrap().contains(&id).then_some(())
+    })
+    .await;
+    let sent = enqueued.elapsed();
+    assert!(
+        sent < Duration::from_secs(5),
+        "the notice went out {sent:?} after the request; the poll interval is 20 s"
+    );
+    let announced = tokio::time::timeout(Duration::from_millis(500), elsewhere.recv()).await;
+    assert!(
+        announced.is_err(),
+        "announced to every process: {announced:?}"
+    );
+    stop.cancel();
+    working.await.unwrap();
+    notifying.await.unwrap();
 }
 
 #[tokio::test]

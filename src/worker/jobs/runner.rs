@@ -86,6 +86,11 @@ impl<K: Kind> JobRunner<K> {
         &self.pool
     }
 
+    /// The kind it runs.
+    pub fn kind(&self) -> &K {
+        &self.kind
+    }
+
     /// Claims and runs attempts until `shutdown`, woken by `listener` (a process shares one
     /// among its runners); then stops claiming, lets the attempts in flight end within the kind's
     /// shutdown grace, and asks those still running to stop.
