@@ -35,18 +35,12 @@ async fn status(app: &TestApp, token: &str, id: &str) -> Value {
 
 async fn request(app: &TestApp, token: &str, receiver: &Receiver) -> String {
     let body = json!({"callback_url": format!("http://127.0.0.1:{}/done", receiver.port)});
-    let response = app
-        .post_export(
-            token,
-            &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
-            &body.to_string(),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-    response.json::<Value>().await.unwrap()["export_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    app.request_export(
+        token,
+        &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
+        &body,
+    )
+    .await
 }
 
 async fn emulator_on(port: u16, dir: &std::path::Path) -> logexport::emulator::RunningEmulator {
@@ -141,17 +135,13 @@ async fn a_500_names_the_request_id_the_log_carries() {
     let (url, pool) = test_db().await;
     let app = spawn_app_with(pool.clone(), test_config(&url)).await;
     let alice = app.token("alice", &["acme"], &[], false).await;
-    let accepted = app
-        .post_export(
+    let id = app
+        .request_export(
             &alice,
             &format!("/api/v1/organization/acme/exportlogs?{JANUARY}"),
-            r#"{"callback_email": "a@example.com"}"#,
+            &json!({"callback_email": "a@example.com"}),
         )
         .await;
-    let id = accepted.json::<Value>().await.unwrap()["export_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     // Break the table the status reads, as a botched manual change would.
     sqlx::query("ALTER TABLE export_jobs RENAME COLUMN namespace TO namespace_gone")
         .execute(&pool)
