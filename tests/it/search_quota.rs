@@ -48,11 +48,7 @@ async fn permits_are_counted_across_holders_and_freed_on_drop_or_expiry() {
         other => panic!("a third permit must wait and then be refused: {other:?}"),
     }
     // A waiting searcher gets the slot once a search ends.
-    let waiter = tokio::spawn({
-        let b = b.clone();
-        async move { b.acquire("test", Duration::from_secs(10)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiter = in_line(&b, "test").await;
     drop(first);
     let third = waiter.await.unwrap().expect("the freed slot is taken");
     assert_eq!(a.running().await.unwrap(), 2);
@@ -106,14 +102,7 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_for_a_while_then_thr
     let (taken, _) = place().await;
     assert!(taken.is_some());
     // The other process waits all along: it gets the place once it goes back to Postgres.
-    let elsewhere = tokio::spawn({
-        let there = there.clone();
-        async move { there.acquire("elsewhere", Duration::from_secs(20)).await }
-    });
-    eventually(5, "the other process waits", || async {
-        (there.waiting() == 1).then_some(())
-    })
-    .await;
+    let elsewhere = in_line(&there, "elsewhere").await;
     // Within the hold, however many searches: handed on without freeing the place (a search
     // more as long as a second of the hold is left for it).
     let mut pass = 0;
