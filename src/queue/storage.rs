@@ -177,31 +177,30 @@ pub async fn claim_next(
     let mut skipped: Vec<String> = Vec::new();
     for _ in 0..16 {
         let mut tx = pool.begin().await?;
-        // Two index-ordered probes instead of one OR: each reads a handful of rows whatever the
-        // queue length. Expired leases first (their jobs have waited longest), then due jobs.
-        // Each passes over namespaces already at their limit (by the running index), so a queue
-        // whose oldest jobs wait for a busy namespace costs one probe, not one round of
-        // statements per busy namespace; the count under the lock below still decides.
-        let mut candidate: Option<(Uuid, String)> = sqlx::query_as(
-            "SELECT id, namespace FROM export_jobs q
-             WHERE state = 'running' AND lease_expires_at < now() AND NOT (namespace = ANY($1))
-               AND now() > pg_postmaster_start_time() + make_interval(secs => $2)
-               AND (SELECT count(*) FROM export_jobs r
-                    WHERE r.namespace = q.namespace AND r.state = 'running'
-                      AND r.lease_expires_at >= now()) < $3
-             ORDER BY lease_expires_at
-             LIMIT 1
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&skipped)
-        .bind(secs(RESTART_GRACE))
-        .bind(i64::from(per_namespace_limit))
-        .fetch_optional(&mut *tx)
-        .await?;
-        if candidate.is_none() {
-            candidate = sqlx::query_as(
-                "SELECT id, namespace FROM export_jobs q
+        // One statement finds the candidate and takes its namespace's lock: the longest-expired
+        // lease first (its job has waited longest), else the longest-due queued job, each by an
+        // index-ordered probe that reads a handful of rows whatever the queue length (one OR
+        // would not), and each passing over namespaces already at their limit (by the running
+        // index), so a queue whose oldest jobs wait for a busy namespace costs one probe, not
+        // one round of statements per busy namespace. The count under the lock below decides.
+        // Claiming is then four round trips (begin, this, the update, commit), and finding
+        // nothing three: at month-end, every process's claimer wakes when a namespace's next
+        // export may run, and all but one find nothing.
+        let candidate: Option<(Uuid, String)> = sqlx::query_as(
+            "WITH expired AS (
+                 SELECT id, namespace FROM export_jobs q
+                 WHERE state = 'running' AND lease_expires_at < now() AND NOT (namespace = ANY($1))
+                   AND now() > pg_postmaster_start_time() + make_interval(secs => $2)
+                   AND (SELECT count(*) FROM export_jobs r
+                        WHERE r.namespace = q.namespace AND r.state = 'running'
+                          AND r.lease_expires_at >= now()) < $3
+                 ORDER BY lease_expires_at
+                 LIMIT 1
+                 FOR UPDATE SKIP LOCKED),
+             due AS (
+                 SELECT id, namespace FROM export_jobs q
                  WHERE state = 'queued' AND run_at <= now() AND NOT (namespace = ANY($1))
+                   AND NOT EXISTS (SELECT 1 FROM expired)
                    AND (SELECT count(*) FROM export_jobs r
                         WHERE r.namespace = q.namespace AND r.state = 'running'
                           AND (r.lease_expires_at >= now()
@@ -209,24 +208,28 @@ pub async fn claim_next(
                        ) < $3
                  ORDER BY run_at
                  LIMIT 1
-                 FOR UPDATE SKIP LOCKED",
-            )
-            .bind(&skipped)
-            .bind(secs(RESTART_GRACE))
-            .bind(i64::from(per_namespace_limit))
-            .fetch_optional(&mut *tx)
-            .await?;
-        }
+                 FOR UPDATE SKIP LOCKED),
+             candidate AS (
+                 SELECT id, namespace FROM expired
+                 UNION ALL
+                 SELECT id, namespace FROM due),
+             -- Two claimers could each see the namespace below its limit; its lock makes the
+             -- recount below see the other's committed claim.
+             locked AS (
+                 SELECT id, namespace,
+                        pg_advisory_xact_lock(hashtext('logexport.ns'), hashtext(namespace))
+                 FROM candidate)
+             SELECT id, namespace FROM locked",
+        )
+        .bind(&skipped)
+        .bind(secs(RESTART_GRACE))
+        .bind(i64::from(per_namespace_limit))
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((id, namespace)) = candidate else {
             tx.commit().await?;
             return Ok(None);
         };
-        // Two claimers could each see the namespace below its limit; the namespace lock makes the
-        // re-count below see the other's committed claim.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('logexport.ns'), hashtext($1))")
-            .bind(&namespace)
-            .execute(&mut *tx)
-            .await?;
         // Under the lock this statement's snapshot includes every committed claim in the
         // namespace, so counting and claiming in one statement is race-free. Taking over a lease
         // held across a restart of Postgres forgives the attempt it interrupts: the database's

@@ -299,6 +299,50 @@ async fn a_stale_workers_late_writes_change_nothing() {
     assert_eq!(state_of(&pool, id).await, ("succeeded".into(), 2));
 }
 
+/// The claim's one probe: an expired lease before any due job, due jobs oldest first, and a
+/// namespace at its limit passed over.
+#[tokio::test]
+async fn a_claim_takes_an_expired_lease_first_then_the_oldest_due_job_of_a_namespace_below_its_limit()
+ {
+    let (_, pool) = test_db().await;
+    let lease = Duration::from_secs(30);
+    let stalled = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    storage::claim_next(&pool, "worker-a", lease, 1)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let busy = storage::enqueue(&pool, &new_export("acme", 3))
+        .await
+        .unwrap();
+    let due = storage::enqueue(&pool, &new_export("globex", 3))
+        .await
+        .unwrap();
+    let later = storage::enqueue(&pool, &new_export("initech", 3))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE export_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
+    )
+    .bind(stalled.0)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let mut order = Vec::new();
+    while let Some(claim) = storage::claim_next(&pool, "worker-b", lease, 1)
+        .await
+        .unwrap()
+    {
+        order.push(claim.id);
+    }
+    // acme's second export waits: its first runs again (the expired lease, taken over).
+    assert_eq!(order, vec![stalled, due, later]);
+    assert_eq!(state_of(&pool, stalled).await, ("running".into(), 2));
+    assert_eq!(state_of(&pool, busy).await, ("queued".into(), 0));
+}
+
 #[tokio::test]
 async fn retries_back_off_and_stop_at_max_attempts() {
     let (url, pool) = test_db().await;
