@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use logexport::config::Config;
 use logexport::domain::{EmailAddress, ExportId};
-use logexport::notify::{Delivery, Mailer, Notice};
 use logexport::queue::{
     CHANNEL_NOTIFY, ClaimedJob, ExportResult, Finish, NewExport, QueueListener, storage,
 };
@@ -513,20 +512,6 @@ async fn a_namespaces_next_export_starts_when_its_running_one_ends_not_at_the_ne
     }
 }
 
-/// Records the notices it is asked to send.
-#[derive(Default)]
-struct Outbox(Mutex<Vec<ExportId>>);
-
-#[async_trait]
-impl Mailer for Outbox {
-    async fn send(&self, _to: &EmailAddress, notice: &Notice) -> Delivery {
-        self.0.lock().unwrap().push(notice.export_id);
-        Delivery::Delivered {
-            receipt: "250 queued".into(),
-        }
-    }
-}
-
 /// An export's notification is the notifier's of the process that finished it, woken in the
 /// process: no `NOTIFY` goes out for it (each would wake every process's listener, and every
 /// listening backend of Postgres), and the notice does not wait for the notifier's next look.
@@ -540,8 +525,8 @@ async fn an_export_finished_here_wakes_this_process_notifier_without_a_notify() 
     elsewhere.listen(CHANNEL_NOTIFY).await.unwrap();
     let stop = CancellationToken::new();
     let listener = QueueListener::spawn(pool.clone(), stop.clone());
-    let outbox = Arc::new(Outbox::default());
-    let notifier = Notifier::new(pool.clone(), &config, outbox.clone()).unwrap();
+    let mailer = logexport::notify::mailer_from_config(&config.email).unwrap();
+    let notifier = Notifier::new(pool.clone(), &config, mailer).unwrap();
     let notifying = tokio::spawn(notifier.run(listener.clone(), stop.clone()));
     let workers = WorkerPool::new(
         pool.clone(),
@@ -561,7 +546,8 @@ async fn an_export_finished_here_wakes_this_process_notifier_without_a_notify() 
     let enqueued = Instant::now();
     let id = storage::enqueue(&pool, &export).await.unwrap();
     eventually(10, "the notice sent", || async {
-        outbox.0.lock().unwrap().contains(&id).then_some(())
+        let row = storage::get(&pool, id).await.unwrap()?;
+        (row.notify_state == "delivered").then_some(())
     })
     .await;
     let sent = enqueued.elapsed();
