@@ -100,7 +100,7 @@ struct Notification {
 
 /// Counters by outcome, under their `…_total` names, with their help and the outcomes known in
 /// advance (exported as 0 from the start, so `rate()` and alerts see them before the first event).
-const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 11] = [
+const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 12] = [
     (
         "logexport_export_attempt_failures_total",
         "Failed export attempts, by the party that failed.",
@@ -143,6 +143,11 @@ const OUTCOME_COUNTERS: [(&str, &str, &[&str]); 11] = [
         "logexport_splunk_quota_waits_total",
         "Searches that waited for a cluster-wide search permit.",
         &["waited", "gave_up"],
+    ),
+    (
+        "logexport_splunk_quota_looks_total",
+        "Looks for a free cluster-wide search permit in Postgres.",
+        &["taken", "full"],
     ),
     (
         "logexport_logs_rows_skipped_total",

@@ -107,6 +107,17 @@ impl JobHandler for ExportJob {
         self.splunk.until_quota_line_short().await;
     }
 
+    /// The Splunk search quota's places and its listener for freed places, made ready before
+    /// the first export rather than by it: at month-end every process's first searches would
+    /// otherwise wait on that statement and on a new connection to Postgres, while the quota
+    /// stands idle.
+    async fn start_up(&self) {
+        if let Err(e) = self.splunk.start_quota().await {
+            // The first search tries again.
+            tracing::warn!(error = %e, "preparing the Splunk search quota failed");
+        }
+    }
+
     #[tracing::instrument(skip_all, fields(export_id = %job.id, attempt = job.attempt))]
     async fn run(&self, job: &ClaimedJob, ctx: &JobContext) -> Result<ExportResult, JobError> {
         let ext = archive::file_extension(job.format, job.compression);

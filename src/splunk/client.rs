@@ -166,6 +166,14 @@ impl SplunkClient {
         }
     }
 
+    /// Makes the search quota ready (its places, its listener), when there is one.
+    pub async fn start_quota(&self) -> Result<(), SplunkError> {
+        match &self.inner.quota {
+            Some(quota) => quota.start().await,
+            None => Ok(()),
+        }
+    }
+
     /// The same client taking a permit from `quota` for every search it starts.
     pub fn with_search_quota(mut self, quota: SearchQuota) -> Self {
         Arc::make_mut(&mut self.inner).quota = Some(quota);

@@ -122,6 +122,7 @@ impl WorkerPool {
     pub async fn run_with(self, listener: &QueueListener, shutdown: CancellationToken) {
         // A finished export's notification is this process's notifier's to send.
         let _ = self.runner.kind().notifier.set(listener.clone());
+        self.runner.kind().handler.start_up().await;
         // Operators (and deploy/verify.sh, the month-end benchmark) read these two lines.
         tracing::info!(worker_id = %self.owner, concurrency = self.concurrency, "worker started");
         self.runner.run(listener.clone(), shutdown).await;

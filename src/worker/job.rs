@@ -391,6 +391,10 @@ pub trait JobHandler: Send + Sync + 'static {
     /// Returns once another attempt is worth starting in this process (see
     /// `ExportJob::ready_for_more`); at once by default.
     async fn ready_for_more(&self) {}
+
+    /// Prepares, before the first claim, what every attempt will use (see
+    /// `ExportJob::start_up`); nothing by default.
+    async fn start_up(&self) {}
 }
 
 /// A job body that does nothing but succeed; measures the queue itself.

@@ -137,6 +137,91 @@ async fn a_freed_place_goes_to_a_waiter_of_the_same_process_for_a_while_then_thr
     elsewhere.abort();
 }
 
+#[tokio::test]
+async fn only_the_first_waiter_of_a_process_looks_and_one_that_takes_a_place_wakes_the_next() {
+    let (_url, pool) = test_db().await;
+    // Two quotas over the same database stand for two processes; the other holds both places.
+    let (here, there) = (
+        SearchQuota::new(pool.clone(), 2),
+        SearchQuota::new(pool.clone(), 2),
+    );
+    let _held = (
+        there
+            .acquire("there", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        there
+            .acquire("there", Duration::from_secs(1))
+            .await
+            .unwrap(),
+    );
+    // As a worker does at its start: a listener that connects later wakes every waiter to look
+    // (a place may have been freed unheard).
+    here.start().await.unwrap();
+    eventually(5, "both processes listen for freed places", || async {
+        let listening: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND query ILIKE 'LISTEN%logexport_search_freed%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (listening == 2).then_some(())
+    })
+    .await;
+    let counter = |series: &'static str| {
+        crate::helpers::metric(
+            &logexport::metrics::METRICS.render(&Default::default()),
+            series,
+        )
+    };
+    let full = r#"logexport_splunk_quota_looks_total{outcome="full"}"#;
+    let waited = r#"logexport_splunk_quota_waits_total{outcome="waited"}"#;
+    let (full_before, waited_before) = (counter(full), counter(waited));
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let here = here.clone();
+            tokio::spawn(async move { here.acquire("here", Duration::from_secs(20)).await })
+        })
+        .collect();
+    eventually(5, "three searches wait", || async {
+        (counter(waited) - waited_before >= 3.0).then_some(())
+    })
+    .await;
+    // The first looked and found both places held; the two behind it did not look (the first
+    // looks again after 100-150 ms at the soonest).
+    let looks = counter(full) - full_before;
+    assert!(
+        (1.0..=2.0).contains(&looks),
+        "only the first in line looks: {looks} looks"
+    );
+
+    // Both places come free unannounced (as when their holder's leases expire): the first in
+    // line finds one at its next look, and wakes the next, which takes the other. Those behind
+    // the first would otherwise look only after 2 s.
+    sqlx::query(
+        "UPDATE splunk_search_slots
+         SET lease_expires_at = now() - interval '1 second'
+         WHERE holder IS NOT NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let freed_at = tokio::time::Instant::now();
+    eventually(5, "two waiters took the places", || async {
+        (here.waiting() == 1).then_some(())
+    })
+    .await;
+    let took = freed_at.elapsed();
+    assert!(
+        took < Duration::from_millis(1500),
+        "the second place was taken {took:?} after it came free"
+    );
+    for waiter in waiters {
+        waiter.abort();
+    }
+}
+
 /// A search of `quota`'s process asking for a place, once it waits in line (alone).
 async fn in_line(
     quota: &SearchQuota,
