@@ -153,6 +153,8 @@ pub struct EmulatorStats {
     /// Microseconds searches held a place in the quota, summed over every search that ended:
     /// with the wall time, how much of the role's quota was in use.
     pub search_busy_micros: u64,
+    /// TCP connections accepted: how well a client keeps its connections.
+    pub connections: u64,
 }
 
 #[derive(Default)]
@@ -167,6 +169,8 @@ pub(crate) struct Counters {
     running_searches: AtomicU64,
     peak_searches: AtomicU64,
     search_busy_micros: AtomicU64,
+    /// Shared with the listener, which counts what it accepts.
+    connections: Arc<AtomicU64>,
     /// When each search that ended held its place in the quota (see [`RunningEmulator::search_spans`]).
     search_spans: Mutex<Vec<(std::time::Instant, std::time::Instant)>>,
 }
@@ -365,6 +369,7 @@ impl RunningEmulator {
             quota_refused: get(&c.quota_refused),
             peak_searches: get(&c.peak_searches),
             search_busy_micros: get(&c.search_busy_micros),
+            connections: get(&c.connections),
         }
     }
 
@@ -455,7 +460,8 @@ pub async fn spawn(opts: EmulatorOptions) -> anyhow::Result<RunningEmulator> {
         streamed_once: Mutex::new(HashSet::new()),
     });
     let router = routes::router(shared.clone());
-    let (addr, server) = server::start(opts.bind, opts.tls.as_ref(), router).await?;
+    let connections = shared.counters.connections.clone();
+    let (addr, server) = server::start(opts.bind, opts.tls.as_ref(), router, connections).await?;
     Ok(RunningEmulator {
         addr,
         tls: opts.tls.is_some(),

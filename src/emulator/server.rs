@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -39,6 +40,7 @@ impl ServerHandle {
 struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
+    connections: Arc<AtomicU64>,
 }
 
 impl Listener for TlsListener {
@@ -49,6 +51,7 @@ impl Listener for TlsListener {
         loop {
             let (stream, addr) = match self.tcp.accept().await {
                 Ok((mut stream, addr)) => {
+                    self.connections.fetch_add(1, Ordering::Relaxed);
                     no_delay(&mut stream);
                     (stream, addr)
                 }
@@ -110,6 +113,7 @@ pub async fn start(
     bind: SocketAddr,
     tls: Option<&(PathBuf, PathBuf)>,
     router: Router,
+    connections: Arc<AtomicU64>,
 ) -> anyhow::Result<(SocketAddr, ServerHandle)> {
     let tcp = TcpListener::bind(bind)
         .await
@@ -121,7 +125,11 @@ pub async fn start(
     };
     let task = match tls {
         None => tokio::spawn(async move {
-            let _ = axum::serve(tcp.tap_io(no_delay), router)
+            let accepted = move |stream: &mut TcpStream| {
+                connections.fetch_add(1, Ordering::Relaxed);
+                no_delay(stream);
+            };
+            let _ = axum::serve(tcp.tap_io(accepted), router)
                 .with_graceful_shutdown(signal)
                 .await;
         }),
@@ -129,6 +137,7 @@ pub async fn start(
             let listener = TlsListener {
                 tcp,
                 acceptor: tls_acceptor(cert, key)?,
+                connections,
             };
             tokio::spawn(async move {
                 let _ = axum::serve(listener, router)

@@ -14,6 +14,9 @@ use super::{BuiltQuery, Row, RowBatch, SearchPermit, SplunkClient, SplunkError};
 
 /// Longest export line accepted; a longer one is an error rather than unbounded memory.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+/// What is read after `lastrow` to keep the connection, at most, and for how long.
+const DRAIN_BYTES: usize = 64 * 1024;
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One line of Splunk's JSON export stream.
 #[derive(Deserialize)]
@@ -222,8 +225,15 @@ impl ExportStream {
         self.response = None;
     }
 
-    /// Over with the whole result: Splunk's search is done.
+    /// Over with the whole result: Splunk's search is done. The little that may follow
+    /// `lastrow` (the end of the chunked answer) is read in the background, so that the
+    /// connection goes back to the client's pool for the next search instead of being closed:
+    /// at month-end each small export's search would otherwise open a connection of its own,
+    /// and with Splunk's TLS a handshake.
     fn finish_whole(&mut self) {
+        if let Some(response) = self.response.take() {
+            drain(response);
+        }
         self.finish();
         self.complete = true;
     }
@@ -385,6 +395,26 @@ fn fatal_message(messages: &[JsonMessage]) -> Option<SplunkError> {
         .join("; ");
     let retryable = is_quota_message(&message);
     Some(SplunkError::SearchFailed { message, retryable })
+}
+
+/// Reads what is left of a whole answer in the background, so that its connection is kept for the
+/// next request; gives up (closing it) past [`DRAIN_BYTES`] or [`DRAIN_WAIT`].
+fn drain(mut response: Response) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut left = DRAIN_BYTES;
+        let _ = tokio::time::timeout(DRAIN_WAIT, async {
+            while let Ok(Some(chunk)) = response.chunk().await {
+                left = left.saturating_sub(chunk.len());
+                if left == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 #[cfg(test)]

@@ -229,6 +229,33 @@ async fn a_100k_event_export_streams_with_bounded_memory() {
 }
 
 #[tokio::test]
+async fn searches_one_after_another_keep_one_connection() {
+    // Each whole answer is read to its end after `lastrow`, so its connection goes back to the
+    // client's pool: at month-end every small export is a search, and with Splunk's TLS a new
+    // connection each would be a handshake each.
+    let emu = synthetic(2_000, 2_000, Faults::default()).await;
+    let client = client(&emu);
+    let query = client
+        .filters(at(1_700_000_000), at(1_700_002_000))
+        .build()
+        .unwrap();
+    for _ in 0..4 {
+        let mut stream = client.export(&query).await.expect("export starts");
+        let mut rows = 0;
+        while let Some(row) = stream.next_row().await {
+            row.expect("ok");
+            rows += 1;
+        }
+        assert_eq!(rows, 2_000);
+        // What follows `lastrow` is read in the background, at once.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(emu.stats().export_requests, 4);
+    assert_eq!(emu.stats().connections, 1, "a connection per search");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
 async fn rows_are_handed_on_as_they_arrive() {
     let emu = synthetic(
         400,

@@ -42,7 +42,8 @@ pub(super) struct Probe {
     /// being encoded and written when [`Probe::read`] returns, while the first reader's search
     /// reads on (the probe's place in the quota does not wait for the encoder and the disk).
     pub spooled: BoxFuture<'static, Result<Spooled, SliceError>>,
-    /// The probe's place in the search quota once its search ended by itself, for a reader.
+    /// The probe's place in the search quota once its search ended by itself, for a reader;
+    /// `None` when the probe read the whole range (the place moved on at once).
     pub permit: Option<SearchPermit>,
     /// The rows kept are every row in `[until, end)`; `until == start` when the range held no
     /// more than the probe read.
@@ -77,9 +78,22 @@ impl Probe {
         let mut second: Option<i64> = None;
         let mut second_from = 0;
         let (mut bytes, mut read, mut handed) = (0u64, 0u64, 0u64);
+        let mut permit = None;
         loop {
             incoming.clear();
             let more = stream.next_batch(&mut incoming, 256).await?;
+            if !more {
+                // The search is over: its place moves on before the last rows go to the
+                // encoder (see `Readers::read_once`), kept for the first reader only while rows
+                // are left to read. At month-end most exports are this one search, and their
+                // places would otherwise stay idle until the plan found nothing left.
+                let whole_range = read + (incoming.len() as u64) < rows;
+                permit = stream.take_permit().filter(|_| !whole_range);
+                if whole_range {
+                    // The search it went to runs first (see `Readers::read_once`).
+                    tokio::task::yield_now().await;
+                }
+            }
             for row in incoming.iter() {
                 let at = row_time(row).map_or(i64::MIN, |t| t.timestamp());
                 if second != Some(at) {
@@ -101,7 +115,6 @@ impl Probe {
         }
         // Fewer rows than asked for: the range held no more.
         let complete = read < rows;
-        let permit = stream.take_permit();
         drop(stream);
         let (until, kept) = match (complete, second) {
             (true, _) => (filters.start, read),

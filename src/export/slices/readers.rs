@@ -238,6 +238,19 @@ impl Readers {
             loop {
                 let mut batch = out.batch();
                 let more = stream.next_batch(&mut batch, 256).await?;
+                if !more {
+                    // Splunk's search is over: its place in the quota moves on now, to this
+                    // reader's next search or to whoever waits, before this batch is encoded
+                    // and its file finished (waits for the encoder threads and the spool that
+                    // would leave the place idle: at month-end on 6 processes a 90th percentile
+                    // of 3-4 ms, against 0.05 ms for the hand-over itself).
+                    *permit = self.kept_for_next(stream.take_permit());
+                    if permit.is_none() {
+                        // The search it went to runs first (woken on this thread, it would
+                        // otherwise wait for this batch's encoding).
+                        tokio::task::yield_now().await;
+                    }
+                }
                 // Newest first: the rows before the first one older than the cut are this
                 // piece's, and once one is older the rest belong to the piece split off. The
                 // batch's last row is its oldest, so one `_time` per batch decides unless a split
@@ -276,9 +289,6 @@ impl Readers {
                     break;
                 }
             }
-            // Splunk's search is over: its place in the quota moves on before this file is
-            // finished, to this reader's next search or to whoever waits.
-            *permit = self.kept_for_next(stream.take_permit());
             let written = out.finish().await?;
             bytes += written;
             self.spool.reserve(slice, piece, written).await;
