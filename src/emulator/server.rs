@@ -51,8 +51,7 @@ impl Listener for TlsListener {
         loop {
             let (stream, addr) = match self.tcp.accept().await {
                 Ok((mut stream, addr)) => {
-                    self.connections.fetch_add(1, Ordering::Relaxed);
-                    no_delay(&mut stream);
+                    accepted(&self.connections, &mut stream);
                     (stream, addr)
                 }
                 Err(e) => {
@@ -108,6 +107,12 @@ fn no_delay(stream: &mut TcpStream) {
     }
 }
 
+/// A connection just accepted: counted, and set to send each write at once.
+fn accepted(connections: &AtomicU64, stream: &mut TcpStream) {
+    connections.fetch_add(1, Ordering::Relaxed);
+    no_delay(stream);
+}
+
 /// Binds and starts serving in a background task.
 pub async fn start(
     bind: SocketAddr,
@@ -125,11 +130,7 @@ pub async fn start(
     };
     let task = match tls {
         None => tokio::spawn(async move {
-            let accepted = move |stream: &mut TcpStream| {
-                connections.fetch_add(1, Ordering::Relaxed);
-                no_delay(stream);
-            };
-            let _ = axum::serve(tcp.tap_io(accepted), router)
+            let _ = axum::serve(tcp.tap_io(move |s| accepted(&connections, s)), router)
                 .with_graceful_shutdown(signal)
                 .await;
         }),

@@ -78,7 +78,7 @@ impl Probe {
         let mut second: Option<i64> = None;
         let mut second_from = 0;
         let (mut bytes, mut read, mut handed) = (0u64, 0u64, 0u64);
-        let mut permit = None;
+        let (mut permit, mut complete) = (None, false);
         loop {
             incoming.clear();
             let more = stream.next_batch(&mut incoming, 256).await?;
@@ -86,10 +86,11 @@ impl Probe {
                 // The search is over: its place moves on before the last rows go to the
                 // encoder (see `Readers::read_once`), kept for the first reader only while rows
                 // are left to read. At month-end most exports are this one search, and their
-                // places would otherwise stay idle until the plan found nothing left.
-                let whole_range = read + (incoming.len() as u64) < rows;
-                permit = stream.take_permit().filter(|_| !whole_range);
-                if whole_range {
+                // places would otherwise stay idle until the plan found nothing left. Fewer
+                // rows than asked for: the range held no more.
+                complete = read + (incoming.len() as u64) < rows;
+                permit = stream.take_permit().filter(|_| !complete);
+                if complete {
                     // The search it went to runs first (see `Readers::read_once`).
                     tokio::task::yield_now().await;
                 }
@@ -113,8 +114,6 @@ impl Probe {
                 break;
             }
         }
-        // Fewer rows than asked for: the range held no more.
-        let complete = read < rows;
         drop(stream);
         let (until, kept) = match (complete, second) {
             (true, _) => (filters.start, read),
