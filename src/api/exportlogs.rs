@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use super::auth::{check_not_forged, checked_repository};
 use super::schemas::{
-    ErrorBody, ExportQueued, FilterParams, IdempotencyKey, OrgPath, RangeParams, RepoPath,
+    ArchiveCompression, ArchiveFormat, CallbackUrlOrNone, DayOrInstant, EmailOrNone, ErrorBody,
+    ExportQueued, FilterParams, IdempotencyKey, OrgPath, PerformerName, RangeParams, RepoPath,
+    TimeZoneName,
 };
 use super::{ApiError, AppState};
 use crate::access::{Access, Caller, Resource};
@@ -28,25 +30,28 @@ use crate::queue::{NewExport, storage};
 pub struct ExportBody {
     /// Where to POST the result (http or https; internal addresses are refused unless allowed
     /// by `callback.allowed_hosts`).
+    #[schema(value_type = Option<CallbackUrlOrNone>)]
     callback_url: Option<String>,
     /// Who to e-mail the link to.
-    #[schema(example = "ops@example.com")]
+    #[schema(value_type = Option<EmailOrNone>, example = "ops@example.com")]
     callback_email: Option<String>,
     /// First day: `MM/DD/YYYY`, `YYYY-MM-DD` or RFC 3339.
-    #[schema(example = "01/01/2024")]
+    #[schema(value_type = Option<DayOrInstant>, example = "01/01/2024")]
     starttime: Option<String>,
     /// Last day (included), same forms.
-    #[schema(example = "01/02/2024")]
+    #[schema(value_type = Option<DayOrInstant>, example = "01/02/2024")]
     endtime: Option<String>,
     /// IANA time zone the days are in; default UTC.
+    #[schema(value_type = Option<TimeZoneName>)]
     timezone: Option<String>,
     /// `json` (Quay's), `ndjson` or `csv`.
-    #[schema(example = "ndjson")]
+    #[schema(value_type = Option<ArchiveFormat>, example = "ndjson")]
     format: Option<String>,
     /// `none`, `gzip` or `zstd`.
-    #[schema(example = "gzip")]
+    #[schema(value_type = Option<ArchiveCompression>, example = "gzip")]
     compression: Option<String>,
     /// Only this performer's events.
+    #[schema(value_type = Option<PerformerName>)]
     performer: Option<String>,
     /// Only these kinds.
     kind: Option<OneOrMany>,

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{chain, exportlogs, exports, health, logs, schedules, status};
+use super::{chain, exportlogs, exports, health, logs, schedules, schemas, status};
 
 const DESCRIPTION: &str = "Exports container-registry audit logs from Splunk to object storage. \
 Speaks Project Quay's `logs`, `aggregatelogs` and `exportlogs` API (same paths, parameters, \
@@ -56,6 +56,13 @@ Every error is Quay's `{\"status\", \"error_type\", \"title\", \"detail\", \"err
         health::metrics,
         super::download::serve_download,
     ),
+    // The names only parameters use (a body's or a response's are collected on their own).
+    components(schemas(
+        schemas::NamespaceName,
+        schemas::RepoName,
+        schemas::DayOrInstant,
+        schemas::LogKind
+    )),
     security(("bearer" = [])),
     modifiers(&BearerAuth),
     tags(
@@ -151,5 +158,58 @@ mod tests {
             ]
         );
         assert_eq!(error["additionalProperties"], false);
+    }
+
+    /// The document's pattern of a named string schema, without its anchors.
+    fn pattern(doc: &serde_json::Value, name: &str) -> String {
+        let pattern = doc["components"]["schemas"][name]["pattern"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} has a pattern"));
+        pattern
+            .strip_prefix('^')
+            .and_then(|p| p.strip_suffix('$'))
+            .unwrap_or_else(|| panic!("{name}'s pattern is anchored"))
+            .to_owned()
+    }
+
+    #[test]
+    fn every_name_the_document_allows_the_server_accepts() {
+        use crate::domain::{LogFilter, Namespace, Performer, RepositoryName};
+        use proptest::test_runner::{Config, TestRunner};
+        let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).expect("renders as JSON");
+        type Check = fn(&str) -> bool;
+        let checks: [(&str, Check); 4] = [
+            ("NamespaceName", |v| Namespace::parse(v).is_ok()),
+            ("RepoName", |v| RepositoryName::parse(v).is_ok()),
+            ("PerformerName", |v| Performer::parse(v).is_ok()),
+            ("LogKind", |v| LogFilter::parse(None, [v]).is_ok()),
+        ];
+        for (name, accepts) in checks {
+            let strings = proptest::string::string_regex(&pattern(&doc, name))
+                .unwrap_or_else(|e| panic!("{name}'s pattern: {e}"));
+            TestRunner::new(Config::with_cases(500))
+                .run(&strings, |value| {
+                    // Lengths are in the descriptions (a pattern of unnamed fields takes none).
+                    if (2..=64).contains(&value.len()) {
+                        proptest::prop_assert!(accepts(&value), "{name} {value:?} is refused");
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let formats = &doc["components"]["schemas"]["ArchiveFormat"]["enum"];
+        for format in formats.as_array().expect("an enum") {
+            let format = format.as_str().expect("a string");
+            format
+                .parse::<crate::domain::ExportFormat>()
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let compressions = &doc["components"]["schemas"]["ArchiveCompression"]["enum"];
+        for compression in compressions.as_array().expect("an enum") {
+            let compression = compression.as_str().expect("a string");
+            compression
+                .parse::<crate::domain::Compression>()
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 }

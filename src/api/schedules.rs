@@ -18,8 +18,9 @@ use super::exportlogs::{
     user_target,
 };
 use super::schemas::{
-    ErrorBody, FilterParams, OrgPath, RepoPath, Schedule, ScheduleCreated, ScheduleDeleted,
-    ScheduleList, SchedulePath,
+    ArchiveCompression, ArchiveFormat, CallbackUrlOrNone, EmailOrNone, ErrorBody, FilterParams,
+    OrgPath, PerformerName, RepoPath, Schedule, ScheduleCreated, ScheduleDeleted, ScheduleList,
+    SchedulePath, TimeZoneName,
 };
 use super::{ApiError, AppState};
 use crate::access::{Access, Caller};
@@ -38,16 +39,20 @@ pub struct ScheduleBody {
     #[schema(example = "daily")]
     period: Option<String>,
     /// IANA time zone the periods are in; default UTC.
-    #[schema(example = "Europe/Berlin")]
+    #[schema(value_type = Option<TimeZoneName>, example = "Europe/Berlin")]
     timezone: Option<String>,
     start_date: Option<String>,
     delay_minutes: Option<u32>,
+    #[schema(value_type = Option<ArchiveFormat>)]
     format: Option<String>,
+    #[schema(value_type = Option<ArchiveCompression>)]
     compression: Option<String>,
+    #[schema(value_type = Option<PerformerName>)]
     performer: Option<String>,
     kind: Option<OneOrMany>,
-    #[schema(example = "ops@example.com")]
+    #[schema(value_type = Option<EmailOrNone>, example = "ops@example.com")]
     callback_email: Option<String>,
+    #[schema(value_type = Option<CallbackUrlOrNone>)]
     callback_url: Option<String>,
 }
 
@@ -57,9 +62,13 @@ pub struct ScheduleBody {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleChanges {
     paused: Option<bool>,
+    #[schema(value_type = Option<EmailOrNone>)]
     callback_email: Option<String>,
+    #[schema(value_type = Option<CallbackUrlOrNone>)]
     callback_url: Option<String>,
+    #[schema(value_type = Option<ArchiveFormat>)]
     format: Option<String>,
+    #[schema(value_type = Option<ArchiveCompression>)]
     compression: Option<String>,
 }
 

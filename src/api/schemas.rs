@@ -188,6 +188,7 @@ pub struct Jwk {
 #[into_params(parameter_in = Query)]
 pub struct ChainParams {
     /// The namespace (user or organization) whose chain head to answer.
+    #[param(value_type = NamespaceName)]
     pub namespace: String,
 }
 
@@ -380,18 +381,89 @@ pub struct ScheduleList {
     pub schedules: Vec<Schedule>,
 }
 
+/// A user or organization name: lowercase letters and digits, single `.`, `_` or `-` between
+/// them, 2 to 255 characters (the API answers 400 to any other).
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[a-z0-9]+([._-][a-z0-9]+)*$", example = "ns0")]
+pub struct NamespaceName(String);
+
+/// A repository's name: a lowercase letter or digit, then lowercase letters, digits, `.`, `_`
+/// or `-`, at most 255 characters.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[a-z0-9][a-z0-9._-]*$", example = "repo1")]
+pub struct RepoName(String);
+
+/// A user name, or a robot's `namespace+robot`.
+#[derive(Debug, ToSchema)]
+#[schema(
+    pattern = "^[a-z0-9]+([._-][a-z0-9]+)*([+][a-z][a-z0-9_]*)?$",
+    example = "alice"
+)]
+pub struct PerformerName(String);
+
+/// A log kind: lowercase letters, digits and `_`.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[a-z0-9_]+$", example = "push_repo")]
+pub struct LogKind(String);
+
+/// A day, `MM/DD/YYYY` (Quay's) or `YYYY-MM-DD`, or an RFC 3339 instant (a date that does not
+/// exist, or a range the server does not allow, is still a 400).
+#[derive(Debug, ToSchema)]
+#[schema(
+    pattern = "^([0-9]{2}/[0-9]{2}/[0-9]{4}|[0-9]{4}-[0-9]{2}-[0-9]{2}([Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))?)$",
+    example = "01/01/2024"
+)]
+pub struct DayOrInstant(String);
+
+/// An IANA time zone name, e.g. `Europe/Berlin` (an unknown one is a 400).
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^[A-Za-z][A-Za-z0-9_+/-]*$", example = "Europe/Berlin")]
+pub struct TimeZoneName(String);
+
+/// An archive's format.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ArchiveFormat {
+    Json,
+    Ndjson,
+    Csv,
+}
+
+/// An archive's compression.
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum ArchiveCompression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// An e-mail address; empty for none.
+#[derive(Debug, ToSchema)]
+#[schema(pattern = "^([^@\\s]+@[^@\\s]+)?$", example = "ops@example.com")]
+pub struct EmailOrNone(String);
+
+/// An `http` or `https` URL; empty for none.
+#[derive(Debug, ToSchema)]
+#[schema(
+    pattern = "^(https?://.+)?$",
+    example = "https://hooks.example.com/logexport"
+)]
+pub struct CallbackUrlOrNone(String);
+
 /// The date range of a listing or an export, as Quay takes it.
 #[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct RangeParams {
     /// First day: `MM/DD/YYYY` (Quay's), `YYYY-MM-DD` or an RFC 3339 timestamp; default a
     /// month before `endtime`.
-    #[param(example = "01/01/2024")]
+    #[param(value_type = Option<DayOrInstant>, example = "01/01/2024")]
     pub starttime: Option<String>,
     /// Last day (included), same forms; default today.
-    #[param(example = "01/31/2024")]
+    #[param(value_type = Option<DayOrInstant>, example = "01/31/2024")]
     pub endtime: Option<String>,
     /// IANA time zone the days are in, e.g. `Europe/Berlin`; default UTC.
+    #[param(value_type = Option<TimeZoneName>)]
     pub timezone: Option<String>,
 }
 
@@ -400,9 +472,10 @@ pub struct RangeParams {
 #[into_params(parameter_in = Query)]
 pub struct FilterParams {
     /// Only this performer's events (a user or robot name).
+    #[param(value_type = Option<PerformerName>)]
     pub performer: Option<String>,
     /// Only these kinds (repeatable: `kind=push_repo&kind=delete_tag`).
-    #[param(style = Form, explode)]
+    #[param(style = Form, explode, value_type = Option<Vec<LogKind>>)]
     pub kind: Option<Vec<String>>,
 }
 
@@ -419,8 +492,10 @@ pub struct PageParams {
 #[into_params(parameter_in = Query)]
 pub struct ExportListParams {
     /// Only this namespace's exports (all of them for its admins, else the caller's own).
+    #[param(value_type = Option<NamespaceName>)]
     pub namespace: Option<String>,
     /// Only this repository's (needs `namespace`).
+    #[param(value_type = Option<RepoName>)]
     pub repository: Option<String>,
     /// Only exports in this state.
     pub state: Option<crate::queue::JobState>,
@@ -446,7 +521,7 @@ pub struct DownloadLinkParams {
 #[into_params(parameter_in = Path)]
 pub struct OrgPath {
     /// The organization's name.
-    #[param(example = "ns0")]
+    #[param(value_type = NamespaceName, example = "ns0")]
     pub orgname: String,
 }
 
@@ -455,10 +530,10 @@ pub struct OrgPath {
 #[into_params(parameter_in = Path)]
 pub struct RepoPath {
     /// The repository's namespace (organization or user).
-    #[param(example = "ns1")]
+    #[param(value_type = NamespaceName, example = "ns1")]
     pub namespace: String,
     /// The repository's name.
-    #[param(example = "repo1")]
+    #[param(value_type = RepoName, example = "repo1")]
     pub repository: String,
 }
 
@@ -492,5 +567,6 @@ pub struct IdempotencyKey {
 #[into_params(parameter_in = Query)]
 pub struct AggregateFilterParams {
     /// Only this performer's events.
+    #[param(value_type = Option<PerformerName>)]
     pub performer: Option<String>,
 }
