@@ -8,9 +8,8 @@ use serde::Deserialize;
 
 use super::auth::{check_not_forged, checked_repository};
 use super::schemas::{
-    ArchiveCompression, ArchiveFormat, CallbackUrlOrNone, DayOrInstant, EmailOrNone, ErrorBody,
-    ExportQueued, FilterParams, IdempotencyKey, OrgPath, PerformerName, RangeParams, RepoPath,
-    TimeZoneName,
+    CallbackUrlOrNone, DayOrInstant, EmailOrNone, ErrorBody, ExportQueued, FilterParams,
+    IdempotencyKey, OrgPath, PerformerName, RangeParams, RepoPath, TimeZoneName,
 };
 use super::{ApiError, AppState};
 use crate::access::{Access, Caller, Resource};
@@ -45,10 +44,10 @@ pub struct ExportBody {
     #[schema(value_type = Option<TimeZoneName>)]
     timezone: Option<String>,
     /// `json` (Quay's), `ndjson` or `csv`.
-    #[schema(value_type = Option<ArchiveFormat>, example = "ndjson")]
+    #[schema(value_type = Option<ExportFormat>, example = "ndjson")]
     format: Option<String>,
     /// `none`, `gzip` or `zstd`.
-    #[schema(value_type = Option<ArchiveCompression>, example = "gzip")]
+    #[schema(value_type = Option<Compression>, example = "gzip")]
     compression: Option<String>,
     /// Only this performer's events.
     #[schema(value_type = Option<PerformerName>)]

@@ -18,13 +18,12 @@ use super::exportlogs::{
     user_target,
 };
 use super::schemas::{
-    ArchiveCompression, ArchiveFormat, CallbackUrlOrNone, EmailOrNone, ErrorBody, FilterParams,
-    OrgPath, PerformerName, RepoPath, Schedule, ScheduleCreated, ScheduleDeleted, ScheduleList,
-    SchedulePath, TimeZoneName,
+    CallbackUrlOrNone, EmailOrNone, ErrorBody, FilterParams, OrgPath, PerformerName, RepoPath,
+    Schedule, ScheduleCreated, ScheduleDeleted, ScheduleList, SchedulePath, TimeZoneName,
 };
 use super::{ApiError, AppState};
 use crate::access::{Access, Caller};
-use crate::domain::parse_timezone;
+use crate::domain::{Compression, ExportFormat, parse_timezone};
 use crate::schedule::storage::{self, Changes};
 use crate::schedule::{Grid, MAX_DELAY_MINUTES, NewSchedule, Period, ScheduleRow};
 
@@ -43,9 +42,9 @@ pub struct ScheduleBody {
     timezone: Option<String>,
     start_date: Option<String>,
     delay_minutes: Option<u32>,
-    #[schema(value_type = Option<ArchiveFormat>)]
+    #[schema(value_type = Option<ExportFormat>)]
     format: Option<String>,
-    #[schema(value_type = Option<ArchiveCompression>)]
+    #[schema(value_type = Option<Compression>)]
     compression: Option<String>,
     #[schema(value_type = Option<PerformerName>)]
     performer: Option<String>,
@@ -66,9 +65,9 @@ pub struct ScheduleChanges {
     callback_email: Option<String>,
     #[schema(value_type = Option<CallbackUrlOrNone>)]
     callback_url: Option<String>,
-    #[schema(value_type = Option<ArchiveFormat>)]
+    #[schema(value_type = Option<ExportFormat>)]
     format: Option<String>,
-    #[schema(value_type = Option<ArchiveCompression>)]
+    #[schema(value_type = Option<Compression>)]
     compression: Option<String>,
 }
 

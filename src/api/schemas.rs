@@ -420,24 +420,6 @@ pub struct DayOrInstant(String);
 #[schema(pattern = "^[A-Za-z][A-Za-z0-9_+/-]*$", example = "Europe/Berlin")]
 pub struct TimeZoneName(String);
 
-/// An archive's format.
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum ArchiveFormat {
-    Json,
-    Ndjson,
-    Csv,
-}
-
-/// An archive's compression.
-#[derive(Debug, ToSchema)]
-#[schema(rename_all = "lowercase")]
-pub enum ArchiveCompression {
-    None,
-    Gzip,
-    Zstd,
-}
-
 /// An e-mail address; empty for none.
 #[derive(Debug, ToSchema)]
 #[schema(pattern = "^([^@\\s]+@[^@\\s]+)?$", example = "ops@example.com")]
