@@ -174,15 +174,16 @@ mod tests {
 
     #[test]
     fn every_name_the_document_allows_the_server_accepts() {
-        use crate::domain::{LogFilter, Namespace, Performer, RepositoryName};
+        use crate::domain::{EmailAddress, LogFilter, Namespace, Performer, RepositoryName};
         use proptest::test_runner::{Config, TestRunner};
         let doc: serde_json::Value = serde_json::from_str(&DOCUMENT).expect("renders as JSON");
         type Check = fn(&str) -> bool;
-        let checks: [(&str, Check); 4] = [
+        let checks: [(&str, Check); 5] = [
             ("NamespaceName", |v| Namespace::parse(v).is_ok()),
             ("RepoName", |v| RepositoryName::parse(v).is_ok()),
             ("PerformerName", |v| Performer::parse(v).is_ok()),
             ("LogKind", |v| LogFilter::parse(None, [v]).is_ok()),
+            ("EmailOrNone", |v| EmailAddress::parse(v).is_ok()),
         ];
         for (name, accepts) in checks {
             let strings = proptest::string::string_regex(&pattern(&doc, name))

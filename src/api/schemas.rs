@@ -420,9 +420,13 @@ pub struct DayOrInstant(String);
 #[schema(pattern = "^[A-Za-z][A-Za-z0-9_+/-]*$", example = "Europe/Berlin")]
 pub struct TimeZoneName(String);
 
-/// An e-mail address; empty for none.
+/// A bare e-mail address, `local@domain` with a fully qualified domain (at most 254
+/// characters); empty for none.
 #[derive(Debug, ToSchema)]
-#[schema(pattern = "^([^@\\s]+@[^@\\s]+)?$", example = "ops@example.com")]
+#[schema(
+    pattern = "^([A-Za-z0-9_+-]+([.][A-Za-z0-9_+-]+)*@[A-Za-z0-9]+(-[A-Za-z0-9]+)*([.][A-Za-z0-9]+(-[A-Za-z0-9]+)*)+)?$",
+    example = "ops@example.com"
+)]
 pub struct EmailOrNone(String);
 
 /// An `http` or `https` URL; empty for none.
